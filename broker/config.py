@@ -1,0 +1,37 @@
+"""The broker's configuration, built once by whoever starts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_INGRESS = "tcp://127.0.0.1:5560"
+DEFAULT_EVENTS = "tcp://127.0.0.1:5561"
+DEFAULT_CONTROL = "tcp://127.0.0.1:5562"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Where the broker binds and how much history it keeps.
+
+    Endpoints are ZeroMQ addresses; a port of ``*`` binds an ephemeral
+    port, which the broker reports once it is listening.
+    """
+
+    ingress: str = DEFAULT_INGRESS
+    events: str = DEFAULT_EVENTS
+    control: str = DEFAULT_CONTROL
+    max_messages: int = 100
+    min_messages: int = 0
+    # Seconds a message is kept; 0 keeps it until `max_messages` pushes it out.
+    message_timeout: float = 10.0
+    heartbeat_interval: float = 1.0
+    # How often the broker repeats the newest id of channels published to
+    # since the last time, so an edge that lost the last message of a burst
+    # notices without waiting for the next message.
+    sync_interval: float = 0.5
+    # An edge that has not reported its subscribers for this long is gone.
+    presence_timeout: float = 5.0
+    # Outgoing queue per edge on the events socket; 0 means unbounded.
+    events_sndhwm: int = 100_000
+    history_file: Path | None = None

@@ -1,0 +1,478 @@
+"""The ZeroMQ wire format spoken between publishers, the broker and edges.
+
+This module is the only place the format is written down; `send_update`,
+the broker and every edge import it, and none of them builds or parses a
+frame by hand. It imports nothing from Django.
+
+Three socket pairs carry it:
+
+* ingress, PUSH -> PULL: `[header, body]`, one frame pair per publish;
+* events, XPUB -> SUB: `[topic, header]` or `[topic, header, body]`;
+  a channel's topic is its UTF-8 id followed by NUL, so the subscription
+  for channel ``a`` never matches channel ``ab``; heartbeats travel on the
+  bare NUL topic, which no channel topic starts with because channel ids
+  may not contain NUL;
+* control, DEALER -> ROUTER: `[header, *bodies]` requests and replies.
+
+Headers are msgpack maps carrying the format version under ``v``; bodies
+are opaque bytes passed through untouched from the publisher to the
+browser. The trap: a frame from the network is untrusted, so every
+``decode_*`` raises `WireError` rather than anything else on bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import msgpack
+
+VERSION = 1
+HEARTBEAT_TOPIC = b"\0"
+MAX_CHANNEL_ID_BYTES = 1024
+
+
+class WireError(ValueError):
+    """A frame that does not follow this format."""
+
+
+class MessageId(NamedTuple):
+    """A message's id: the second the broker accepted it and a tag within that second.
+
+    Tuples order as the protocol orders ids, so ids compare with ``<``.
+    """
+
+    time: int
+    tag: int
+
+    def __str__(self) -> str:
+        return f"{self.time}:{self.tag}"
+
+
+def channel_id_problem(channel_id: str) -> str | None:
+    """Why `channel_id` cannot name a channel, or None when it can."""
+    if not channel_id:
+        return "channel id is empty"
+    if "\0" in channel_id:
+        return "channel id contains NUL"
+    if len(channel_id.encode("utf-8", "surrogatepass")) > MAX_CHANNEL_ID_BYTES:
+        return f"channel id is longer than {MAX_CHANNEL_ID_BYTES} bytes"
+    return None
+
+
+def topic(channel_id: str) -> bytes:
+    return channel_id.encode("utf-8") + b"\0"
+
+
+def channel_of(topic_frame: bytes) -> str:
+    if not topic_frame.endswith(b"\0") or len(topic_frame) < 2:
+        raise WireError(f"topic {topic_frame[:40]!r} does not end in NUL")
+    try:
+        return topic_frame[:-1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(f"topic is not UTF-8: {exc}") from None
+
+
+def _pack(header: dict[str, Any]) -> bytes:
+    header["v"] = VERSION
+    packed: bytes = msgpack.packb(header, use_bin_type=True)
+    return packed
+
+
+def _unpack(frame: bytes) -> dict[str, Any]:
+    try:
+        header = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"header is not msgpack: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError(f"header is a {type(header).__name__}, expected a map")
+    if header.get("v") != VERSION:
+        raise WireError(f"wire version {header.get('v')!r}, expected {VERSION}")
+    return header
+
+
+def _id(value: Any) -> MessageId:
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(part, int) and not isinstance(part, bool) for part in value)
+    ):
+        return MessageId(value[0], value[1])
+    raise WireError(f"message id {value!r} is not a [time, tag] pair")
+
+
+def _optional_id(value: Any) -> MessageId | None:
+    return None if value is None else _id(value)
+
+
+def _str(header: dict[str, Any], key: str) -> str:
+    value = header.get(key)
+    if not isinstance(value, str):
+        raise WireError(f"{key!r} is {type(value).__name__}, expected str")
+    return value
+
+
+def _optional_str(header: dict[str, Any], key: str) -> str | None:
+    value = header.get(key)
+    if value is not None and not isinstance(value, str):
+        raise WireError(f"{key!r} is {type(value).__name__}, expected str or nil")
+    return value
+
+
+def _channel(header: dict[str, Any]) -> str:
+    channel_id = _str(header, "c")
+    problem = channel_id_problem(channel_id)
+    if problem:
+        raise WireError(problem)
+    return channel_id
+
+
+def _bytes(frame: Any) -> bytes:
+    # pyzmq hands out bytes, or Frame objects when copy=False was used.
+    return frame if isinstance(frame, bytes) else bytes(frame)
+
+
+# -- ingress: publishers to the broker ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    channel_id: str
+    content_type: str | None
+    body: bytes
+
+
+def encode_publish(channel_id: str, body: bytes, content_type: str | None) -> list[bytes]:
+    return [_pack({"c": channel_id, "t": content_type}), body]
+
+
+def decode_publish(frames: Sequence[bytes]) -> Publish:
+    if len(frames) != 2:
+        raise WireError(f"publish has {len(frames)} frames, expected 2")
+    header = _unpack(_bytes(frames[0]))
+    return Publish(_channel(header), _optional_str(header, "t"), _bytes(frames[1]))
+
+
+# -- events: the broker to edges ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as the broker sequenced it.
+
+    `prev` is the id of the channel's message before this one (None for the
+    first the broker knows); `floor` is the newest id the broker has dropped
+    from the channel's history, so an edge drops the same messages.
+    """
+
+    channel_id: str
+    id: MessageId
+    prev: MessageId | None
+    floor: MessageId | None
+    content_type: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """The broker's summary of a channel: sent when an edge subscribes and
+    after bursts, so an edge that missed a live message notices."""
+
+    channel_id: str
+    exists: bool
+    last: MessageId | None
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    epoch: str
+    time: float
+
+
+Event = Message | Sync | Deleted | Heartbeat
+
+
+def encode_message(message: Message) -> list[bytes]:
+    header = {
+        "k": "m",
+        "id": message.id,
+        "prev": message.prev,
+        "floor": message.floor,
+        "t": message.content_type,
+    }
+    return [topic(message.channel_id), _pack(header), message.body]
+
+
+def encode_sync(sync: Sync) -> list[bytes]:
+    return [topic(sync.channel_id), _pack({"k": "s", "exists": sync.exists, "last": sync.last})]
+
+
+def encode_deleted(channel_id: str) -> list[bytes]:
+    return [topic(channel_id), _pack({"k": "d"})]
+
+
+def encode_heartbeat(heartbeat: Heartbeat) -> list[bytes]:
+    return [HEARTBEAT_TOPIC, _pack({"k": "h", "epoch": heartbeat.epoch, "time": heartbeat.time})]
+
+
+def decode_event(frames: Sequence[bytes]) -> Event:
+    if len(frames) < 2:
+        raise WireError(f"event has {len(frames)} frames, expected at least 2")
+    topic_frame = _bytes(frames[0])
+    header = _unpack(_bytes(frames[1]))
+    kind = header.get("k")
+    if topic_frame == HEARTBEAT_TOPIC:
+        if kind != "h":
+            raise WireError(f"event of kind {kind!r} on the heartbeat topic")
+        heartbeat_time = header.get("time")
+        if not isinstance(heartbeat_time, int | float):
+            raise WireError("heartbeat without a time")
+        return Heartbeat(_str(header, "epoch"), float(heartbeat_time))
+    channel_id = channel_of(topic_frame)
+    if kind == "m":
+        if len(frames) != 3:
+            raise WireError(f"message has {len(frames)} frames, expected 3")
+        return Message(
+            channel_id,
+            _id(header.get("id")),
+            _optional_id(header.get("prev")),
+            _optional_id(header.get("floor")),
+            _optional_str(header, "t"),
+            _bytes(frames[2]),
+        )
+    if kind == "s":
+        return Sync(channel_id, bool(header.get("exists")), _optional_id(header.get("last")))
+    if kind == "d":
+        return Deleted(channel_id)
+    raise WireError(f"unknown event kind {kind!r}")
+
+
+# -- control: edges to the broker and back -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """What the publisher location reports about a channel.
+
+    `requested` is the Unix time of the last subscriber request anywhere in
+    the cluster, None when never requested.
+    """
+
+    messages: int
+    requested: float | None
+    subscribers: int
+    last: MessageId | None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The history bounds the broker applies, sent to edges so both agree."""
+
+    max_messages: int
+    min_messages: int
+    message_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    channel_id: str
+    exists: bool
+    last: MessageId | None
+    floor: MessageId | None
+    limits: Limits
+    messages: tuple[Message, ...]
+
+
+# Requests an edge sends; the broker answers every one but "presence".
+SNAPSHOT = "snapshot"
+PUBLISH = "publish"
+CREATE = "create"
+INFO = "info"
+DELETE = "delete"
+PRESENCE = "presence"
+REQUEST_KINDS = frozenset({SNAPSHOT, PUBLISH, CREATE, INFO, DELETE, PRESENCE})
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    kind: str
+    request_id: int
+    channel_id: str
+    content_type: str | None = None
+    body: bytes = b""
+    create: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """An edge's held subscribers and latest request time, per channel it reports.
+
+    An edge sends the channels whose figures changed; a channel with zero
+    subscribers is reported once and then forgotten by the broker.
+    """
+
+    counts: dict[str, tuple[int, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: int
+    found: bool
+    info: ChannelInfo | None = None
+    snapshot: Snapshot | None = None
+    message_id: MessageId | None = None
+
+
+def encode_request(request: Request) -> list[bytes]:
+    header = {
+        "k": request.kind,
+        "r": request.request_id,
+        "c": request.channel_id,
+        "t": request.content_type,
+        "create": request.create,
+    }
+    if request.kind == PUBLISH:
+        return [_pack(header), request.body]
+    return [_pack(header)]
+
+
+def encode_presence(presence: Presence) -> list[bytes]:
+    return [_pack({"k": PRESENCE, "counts": presence.counts})]
+
+
+def decode_request(frames: Sequence[bytes]) -> Request | Presence:
+    if not frames:
+        raise WireError("empty control request")
+    header = _unpack(_bytes(frames[0]))
+    kind = header.get("k")
+    if kind not in REQUEST_KINDS:
+        raise WireError(f"unknown request kind {kind!r}")
+    if kind == PRESENCE:
+        counts = header.get("counts")
+        if not isinstance(counts, dict):
+            raise WireError("presence without counts")
+        checked: dict[str, tuple[int, float]] = {}
+        for channel_id, figures in counts.items():
+            if (
+                not isinstance(channel_id, str)
+                or channel_id_problem(channel_id)
+                or not isinstance(figures, list | tuple)
+                or len(figures) != 2
+                or not isinstance(figures[0], int)
+                or not isinstance(figures[1], int | float)
+            ):
+                raise WireError(f"bad presence entry for {channel_id!r}")
+            checked[channel_id] = (figures[0], float(figures[1]))
+        return Presence(checked)
+    request_id = header.get("r")
+    if not isinstance(request_id, int):
+        raise WireError("request without an integer id")
+    expected_frames = 2 if kind == PUBLISH else 1
+    if len(frames) != expected_frames:
+        raise WireError(f"{kind} request has {len(frames)} frames, expected {expected_frames}")
+    return Request(
+        kind,
+        request_id,
+        _channel(header),
+        _optional_str(header, "t"),
+        _bytes(frames[1]) if kind == PUBLISH else b"",
+        bool(header.get("create")),
+    )
+
+
+def _info_map(info: ChannelInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {"n": info.messages, "req": info.requested, "s": info.subscribers, "last": info.last}
+
+
+def encode_reply(reply: Reply) -> list[bytes]:
+    header: dict[str, Any] = {
+        "r": reply.request_id,
+        "found": reply.found,
+        "info": _info_map(reply.info),
+        "id": reply.message_id,
+    }
+    bodies: list[bytes] = []
+    snapshot = reply.snapshot
+    if snapshot is not None:
+        header["snap"] = {
+            "c": snapshot.channel_id,
+            "exists": snapshot.exists,
+            "last": snapshot.last,
+            "floor": snapshot.floor,
+            "limits": [
+                snapshot.limits.max_messages,
+                snapshot.limits.min_messages,
+                snapshot.limits.message_timeout,
+            ],
+            "ids": [(m.id, m.prev, m.content_type) for m in snapshot.messages],
+        }
+        bodies = [m.body for m in snapshot.messages]
+    return [_pack(header), *bodies]
+
+
+def _decode_info(value: Any) -> ChannelInfo | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise WireError("channel info is not a map")
+    try:
+        requested = value["req"]
+        return ChannelInfo(
+            int(value["n"]),
+            None if requested is None else float(requested),
+            int(value["s"]),
+            _optional_id(value["last"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WireError(f"bad channel info: {exc}") from None
+
+
+def _decode_snapshot(value: Any, bodies: Sequence[bytes]) -> Snapshot:
+    if not isinstance(value, dict):
+        raise WireError("snapshot is not a map")
+    try:
+        channel_id = value["c"]
+        entries = value["ids"]
+        max_messages, min_messages, message_timeout = value["limits"]
+        if len(entries) != len(bodies):
+            raise WireError(f"snapshot lists {len(entries)} messages but carries {len(bodies)}")
+        floor = _optional_id(value["floor"])
+        messages = tuple(
+            Message(channel_id, _id(mid), _optional_id(prev), floor, ctype, _bytes(body))
+            for (mid, prev, ctype), body in zip(entries, bodies, strict=True)
+        )
+        return Snapshot(
+            channel_id,
+            bool(value["exists"]),
+            _optional_id(value["last"]),
+            floor,
+            Limits(int(max_messages), int(min_messages), float(message_timeout)),
+            messages,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WireError(f"bad snapshot: {exc}") from None
+
+
+def decode_reply(frames: Sequence[bytes]) -> Reply:
+    if not frames:
+        raise WireError("empty control reply")
+    header = _unpack(_bytes(frames[0]))
+    request_id = header.get("r")
+    if not isinstance(request_id, int):
+        raise WireError("reply without an integer request id")
+    snap = header.get("snap")
+    return Reply(
+        request_id,
+        bool(header.get("found")),
+        _decode_info(header.get("info")),
+        None if snap is None else _decode_snapshot(snap, frames[1:]),
+        _optional_id(header.get("id")),
+    )

@@ -1,0 +1,59 @@
+"""The edge's configuration, built once by whoever starts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS
+
+LONG_POLL = "long"
+INTERVAL_POLL = "interval"
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberLocation:
+    # A regular expression with one group, the channel id.
+    url: str = r"/updates/([^/]+)"
+    polling: str = LONG_POLL
+    create_on_get: bool = True
+    # Origins allowed by CORS; ("*",) allows any.
+    allow_origin: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
+    passthrough: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherLocation:
+    url: str = r"/send-update/([^/]+)"
+    # Networks (CIDR) whose callers may publish.
+    allow_from: tuple[str, ...] = LOOPBACK
+    # When set, a caller from outside `allow_from` may still publish with
+    # this value in the `X-Push-Secret` header.
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    address: str = "127.0.0.1"
+    port: int = 8001
+    events: str = DEFAULT_EVENTS
+    control: str = DEFAULT_CONTROL
+    subscribers: tuple[SubscriberLocation, ...] = (SubscriberLocation(),)
+    publishers: tuple[PublisherLocation, ...] = (PublisherLocation(),)
+    # Seconds a long-poll is held before 304; below common load-balancer
+    # idle timeouts (nginx 60 s, many cloud balancers 30 s and up).
+    long_poll_timeout: float = 25.0
+    max_message_size: int = 4 * 1024 * 1024
+    # Seconds a channel's topic stays subscribed after its last client left,
+    # so a client re-polling after each message does not churn subscriptions.
+    topic_linger: float = 30.0
+    # Seconds to wait for the broker (a control reply, the first sync of a
+    # channel) before answering 503; also the heartbeat silence that marks
+    # the broker as away.
+    broker_timeout: float = 5.0
+    # Receive queue of the events socket; 0 means unbounded. Small values
+    # make the edge drop live messages under bursts, which it then refills.
+    events_rcvhwm: int = 0
+    max_connections: int = 10_000
+    cors_max_age: int = 86_400
