@@ -1,0 +1,82 @@
+# make demo   create .venv, install, run the demo site on http://127.0.0.1:8000
+# make test   create .venv, install everything the tests need, run every check and test
+#
+# Works unattended (CI=true, no stdin, as root) on a fresh machine with Python 3.11.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Editable install with the test extras; redone only when pyproject.toml changes.
+INSTALL_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+
+# System packages the tests need, as command:debian-package pairs. A package
+# is installed only when its command is missing, e.g. `nginx:nginx`.
+SYSTEM_DEPS :=
+
+DEMO_PYTHON := ../../$(BIN)/python
+
+.PHONY: help demo test lint typecheck pytest install system-deps clean distclean
+
+help:
+	@echo "make demo       run the demo site (runpushserver --allrequests) on http://127.0.0.1:8000"
+	@echo "make test       install what the tests need, then ruff, mypy and pytest"
+	@echo "make lint       ruff check and ruff format --check"
+	@echo "make clean      remove caches, build leftovers and the demo database"
+	@echo "make distclean  clean, and remove .venv"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALL_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check --no-input -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(INSTALL_STAMP)
+
+system-deps:
+	@missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+	    command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing system packages:$$missing"; \
+	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	    $$sudo apt-get update; \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install system-deps
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+# The publisher sends a 'tick' to channel 'demo' every 2 s; it is stopped
+# when runpushserver exits (Ctrl-C).
+demo: install
+	cd ops/demo && $(DEMO_PYTHON) manage.py migrate --noinput
+	cd ops/demo && $(DEMO_PYTHON) manage.py ensure_demo_user
+	cd ops/demo && { \
+	    $(DEMO_PYTHON) manage.py demo_publisher & publisher=$$!; \
+	    trap 'kill $$publisher 2>/dev/null || true; wait $$publisher 2>/dev/null || true' EXIT; \
+	    $(DEMO_PYTHON) manage.py runpushserver --allrequests; \
+	}
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f ops/demo/db.sqlite3
+
+distclean: clean
+	rm -rf $(VENV)
