@@ -318,6 +318,8 @@ class Presence:
     """
 
     counts: dict[str, tuple[int, float]]
+    # A full report replaces everything the broker held for this edge.
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +345,7 @@ def encode_request(request: Request) -> list[bytes]:
 
 
 def encode_presence(presence: Presence) -> list[bytes]:
-    return [_pack({"k": PRESENCE, "counts": presence.counts})]
+    return [_pack({"k": PRESENCE, "counts": presence.counts, "full": presence.full})]
 
 
 def decode_request(frames: Sequence[bytes]) -> Request | Presence:
@@ -369,7 +371,7 @@ def decode_request(frames: Sequence[bytes]) -> Request | Presence:
             ):
                 raise WireError(f"bad presence entry for {channel_id!r}")
             checked[channel_id] = (figures[0], float(figures[1]))
-        return Presence(checked)
+        return Presence(checked, bool(header.get("full")))
     request_id = header.get("r")
     if not isinstance(request_id, int):
         raise WireError("request without an integer id")

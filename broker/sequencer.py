@@ -1,0 +1,180 @@
+"""Gives each message its channel's next id and keeps each channel's bounded history.
+
+Pure bookkeeping with no sockets, so its rules can be tested alone. The
+trap is time: ids are built from the wall clock, and must still only ever
+increase for a channel when the clock steps back, when a channel is
+deleted and made again within one second, and when the broker restarts
+having lost its memory. The first two are handled per channel; for the
+last, a broker never issues an id earlier than the second after it
+started, which every id of a previous run precedes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from broker.wire import ChannelInfo, Limits, Message, MessageId, Snapshot
+
+
+@dataclass(slots=True)
+class Channel:
+    channel_id: str
+    messages: deque[Message] = field(default_factory=deque)
+    # The newest id ever issued here, which the next message names as `prev`.
+    last: MessageId | None = None
+    # The newest id dropped from `messages` by the limits.
+    floor: MessageId | None = None
+    # Ids here must exceed this even when `last` is None: the last id of a
+    # deleted channel of the same name.
+    after: MessageId | None = None
+    requested: float | None = None
+    subscribers: int = 0
+
+
+class Sequencer:
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.time) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._first_time = int(clock()) + 1
+        self._channels: dict[str, Channel] = {}
+        self._tombstones: dict[str, MessageId] = {}
+        # (expiry time, channel id) in publish order: expiry is O(expired)
+        # rather than a scan of every channel.
+        self._expiries: deque[tuple[float, str]] = deque()
+        # Per edge: channel id -> held subscribers it last reported.
+        self._presence: dict[bytes, dict[str, int]] = {}
+        self._edge_seen: dict[bytes, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def get(self, channel_id: str) -> Channel | None:
+        return self._channels.get(channel_id)
+
+    def channels(self) -> Iterable[Channel]:
+        return self._channels.values()
+
+    def _create(self, channel_id: str) -> Channel:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            channel = Channel(channel_id, after=self._tombstones.pop(channel_id, None))
+            self._channels[channel_id] = channel
+        return channel
+
+    def _next_id(self, channel: Channel) -> MessageId:
+        now = max(int(self._clock()), self._first_time)
+        newest = max(filter(None, (channel.last, channel.after)), default=None)
+        if newest is None or newest.time < now:
+            return MessageId(now, 0)
+        return MessageId(newest.time, newest.tag + 1)
+
+    def publish(self, channel_id: str, content_type: str | None, body: bytes) -> Message:
+        """Sequence a message and keep it; returns it as edges must receive it."""
+        channel = self._create(channel_id)
+        message = Message(
+            channel_id, self._next_id(channel), channel.last, None, content_type, body
+        )
+        channel.last = message.id
+        channel.messages.append(message)
+        self._trim(channel, self._clock())
+        if self.limits.message_timeout > 0:
+            self._expiries.append((message.id.time + self.limits.message_timeout, channel_id))
+        if channel.floor is None:
+            return message
+        return Message(
+            channel_id, message.id, message.prev, channel.floor, content_type, message.body
+        )
+
+    def _trim(self, channel: Channel, now: float) -> None:
+        messages = channel.messages
+        limits = self.limits
+        while len(messages) > limits.max_messages:
+            channel.floor = messages.popleft().id
+        if limits.message_timeout > 0:
+            deadline = now - limits.message_timeout
+            while len(messages) > limits.min_messages and messages[0].id.time <= deadline:
+                channel.floor = messages.popleft().id
+
+    def expire(self) -> None:
+        """Drop messages older than `message_timeout` (call about once a second)."""
+        now = self._clock()
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, channel_id = expiries.popleft()
+            channel = self._channels.get(channel_id)
+            if channel is not None:
+                self._trim(channel, now)
+        current = int(now)
+        for channel_id in [c for c, last in self._tombstones.items() if last.time < current]:
+            del self._tombstones[channel_id]
+
+    def create(self, channel_id: str) -> ChannelInfo:
+        return self.info_of(self._create(channel_id))
+
+    def delete(self, channel_id: str) -> ChannelInfo | None:
+        channel = self._channels.pop(channel_id, None)
+        if channel is None:
+            return None
+        newest = max(filter(None, (channel.last, channel.after)), default=None)
+        if newest is not None:
+            self._tombstones[channel_id] = newest
+        for counts in self._presence.values():
+            counts.pop(channel_id, None)
+        return self.info_of(channel)
+
+    def info(self, channel_id: str) -> ChannelInfo | None:
+        channel = self._channels.get(channel_id)
+        return None if channel is None else self.info_of(channel)
+
+    def info_of(self, channel: Channel) -> ChannelInfo:
+        return ChannelInfo(
+            len(channel.messages), channel.requested, channel.subscribers, channel.last
+        )
+
+    def snapshot(self, channel_id: str, create: bool) -> Snapshot:
+        channel = self._create(channel_id) if create else self._channels.get(channel_id)
+        if channel is None:
+            return Snapshot(channel_id, False, None, None, self.limits, ())
+        self._trim(channel, self._clock())
+        return Snapshot(
+            channel_id, True, channel.last, channel.floor, self.limits, tuple(channel.messages)
+        )
+
+    # -- presence: subscribers held on edges ---------------------------------
+
+    def report_presence(
+        self, edge: bytes, counts: dict[str, tuple[int, float]], full: bool
+    ) -> None:
+        self._edge_seen[edge] = self._clock()
+        held = self._presence.setdefault(edge, {})
+        if full:
+            for channel_id in set(held) - set(counts):
+                self._set_held(edge, held, channel_id, 0)
+        for channel_id, (subscribers, requested) in counts.items():
+            channel = self._channels.get(channel_id)
+            if channel is None:
+                continue
+            if requested and (channel.requested is None or requested > channel.requested):
+                channel.requested = requested
+            self._set_held(edge, held, channel_id, max(subscribers, 0))
+
+    def _set_held(self, edge: bytes, held: dict[str, int], channel_id: str, count: int) -> None:
+        before = held.pop(channel_id, 0)
+        if count:
+            held[channel_id] = count
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel.subscribers += count - before
+
+    def forget_silent_edges(self, timeout: float) -> list[bytes]:
+        deadline = self._clock() - timeout
+        gone = [edge for edge, seen in self._edge_seen.items() if seen < deadline]
+        for edge in gone:
+            held = self._presence.pop(edge, {})
+            for channel_id in list(held):
+                self._set_held(edge, held, channel_id, 0)
+            del self._edge_seen[edge]
+        return gone

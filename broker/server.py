@@ -1,0 +1,218 @@
+"""The broker's sockets and loop: ingress PULL, events XPUB, control ROUTER, heartbeats.
+
+One asyncio task per socket reads it by waiting once and then draining
+without blocking, which is several times faster than awaiting each
+message. Everything a socket delivers is untrusted: a malformed frame is
+dropped, logged and counted, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from broker import wire
+from broker.config import BrokerConfig
+from broker.sequencer import Sequencer
+from broker.sockets import configure_heartbeats, drain, send_now
+
+log = logging.getLogger("pushserver.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    ingress: str
+    events: str
+    control: str
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.epoch = uuid.uuid4().hex
+        self.counters: Counter[str] = Counter()
+        self.sequencer = Sequencer(
+            wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
+        )
+        self._context = zmq.asyncio.Context()
+        self._stopping = asyncio.Event()
+        self._recently_published: set[str] = set()
+        self._ingress: zmq.asyncio.Socket | None = None
+        self._events: zmq.asyncio.Socket | None = None
+        self._control: zmq.asyncio.Socket | None = None
+
+    def bind(self) -> Endpoints:
+        ingress = self._context.socket(zmq.PULL)
+        configure_heartbeats(ingress)
+        ingress.bind(self.config.ingress)
+        events = self._context.socket(zmq.XPUB)
+        configure_heartbeats(events)
+        # Every subscription, repeated ones too, asks for a fresh sync marker.
+        events.setsockopt(zmq.XPUB_VERBOSE, 1)
+        events.setsockopt(zmq.SNDHWM, self.config.events_sndhwm)
+        events.bind(self.config.events)
+        control = self._context.socket(zmq.ROUTER)
+        configure_heartbeats(control)
+        control.bind(self.config.control)
+        for sock in (ingress, events, control):
+            sock.setsockopt(zmq.LINGER, 0)
+        self._ingress, self._events, self._control = ingress, events, control
+        return Endpoints(
+            ingress.getsockopt_string(zmq.LAST_ENDPOINT),
+            events.getsockopt_string(zmq.LAST_ENDPOINT),
+            control.getsockopt_string(zmq.LAST_ENDPOINT),
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        if self._ingress is None or self._events is None or self._control is None:
+            self.bind()
+        assert self._ingress and self._events and self._control
+        tasks = [
+            asyncio.create_task(drain(self._ingress, self._on_publish, self._stopping)),
+            asyncio.create_task(drain(self._events, self._on_subscription, self._stopping)),
+            asyncio.create_task(drain(self._control, self._on_request, self._stopping)),
+            asyncio.create_task(self._tick()),
+        ]
+        try:
+            await self._stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._context.destroy(linger=0)
+            log.info("broker stopped; %s", dict(self.counters))
+
+    # -- sending -------------------------------------------------------------
+
+    def _emit(self, frames: list[bytes]) -> None:
+        assert self._events is not None
+        if not send_now(self._events, frames):
+            self.counters["events_dropped"] += 1
+
+    def _publish(self, channel_id: str, content_type: str | None, body: bytes) -> wire.Message:
+        message = self.sequencer.publish(channel_id, content_type, body)
+        self._emit(wire.encode_message(message))
+        self._recently_published.add(channel_id)
+        self.counters["published"] += 1
+        return message
+
+    def _emit_sync(self, channel_id: str) -> None:
+        channel = self.sequencer.get(channel_id)
+        sync = wire.Sync(channel_id, channel is not None, None if channel is None else channel.last)
+        self._emit(wire.encode_sync(sync))
+
+    def _drop(self, where: str, frames: list[bytes], error: Exception) -> None:
+        self.counters[f"{where}_malformed"] += 1
+        log.warning(
+            "dropped a malformed frame on %s (%d so far): %s",
+            where,
+            self.counters[f"{where}_malformed"],
+            error,
+        )
+
+    # -- receiving -----------------------------------------------------------
+
+    def _on_publish(self, frames: list[bytes]) -> None:
+        try:
+            publish = wire.decode_publish(frames)
+        except wire.WireError as error:
+            self._drop("ingress", frames, error)
+            return
+        self._publish(publish.channel_id, publish.content_type, publish.body)
+
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        frame = frames[0] if len(frames) == 1 else b""
+        if frame[:1] != b"\x01":
+            return  # unsubscriptions need no answer
+        topic = frame[1:]
+        if topic == wire.HEARTBEAT_TOPIC:
+            self._emit_heartbeat()
+            return
+        try:
+            channel_id = wire.channel_of(topic)
+        except wire.WireError as error:
+            self._drop("events", frames, error)
+            return
+        self._emit_sync(channel_id)
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self._drop("control", frames, wire.WireError("no routing frame"))
+            return
+        edge, payload = frames[0], frames[1:]
+        try:
+            request = wire.decode_request(payload)
+        except wire.WireError as error:
+            self._drop("control", frames, error)
+            return
+        if isinstance(request, wire.Presence):
+            self.sequencer.report_presence(edge, request.counts, request.full)
+            return
+        reply = self._answer(request)
+        assert self._control is not None
+        if not send_now(self._control, [edge, *wire.encode_reply(reply)]):
+            self.counters["control_replies_dropped"] += 1
+
+    def _answer(self, request: wire.Request) -> wire.Reply:
+        sequencer = self.sequencer
+        channel_id = request.channel_id
+        if request.kind == wire.PUBLISH:
+            message = self._publish(channel_id, request.content_type, request.body)
+            return wire.Reply(
+                request.request_id, True, sequencer.info(channel_id), None, message.id
+            )
+        if request.kind == wire.SNAPSHOT:
+            existed = sequencer.get(channel_id) is not None
+            snapshot = sequencer.snapshot(channel_id, request.create)
+            if snapshot.exists and not existed:
+                self._emit_sync(channel_id)
+            return wire.Reply(
+                request.request_id, snapshot.exists, sequencer.info(channel_id), snapshot
+            )
+        if request.kind == wire.CREATE:
+            info = sequencer.create(channel_id)
+            self._emit_sync(channel_id)
+            return wire.Reply(request.request_id, True, info)
+        if request.kind == wire.DELETE:
+            deleted = sequencer.delete(channel_id)
+            if deleted is not None:
+                self._emit(wire.encode_deleted(channel_id))
+                self._recently_published.add(channel_id)
+            return wire.Reply(request.request_id, deleted is not None, deleted)
+        found = sequencer.info(channel_id)
+        return wire.Reply(request.request_id, found is not None, found)
+
+    # -- timers --------------------------------------------------------------
+
+    def _emit_heartbeat(self) -> None:
+        self._emit(wire.encode_heartbeat(wire.Heartbeat(self.epoch, time.time())))
+
+    async def _tick(self) -> None:
+        config = self.config
+        period = min(config.heartbeat_interval, config.sync_interval)
+        next_heartbeat = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._emit_heartbeat()
+                next_heartbeat = now + config.heartbeat_interval
+                self.sequencer.expire()
+                for edge in self.sequencer.forget_silent_edges(config.presence_timeout):
+                    log.info("edge %s went silent; forgetting its subscribers", edge.hex())
+            published, self._recently_published = self._recently_published, set()
+            for channel_id in published:
+                self._emit_sync(channel_id)
+            await asyncio.sleep(period)

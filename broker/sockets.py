@@ -1,0 +1,59 @@
+"""ZeroMQ socket habits shared by the broker and edges.
+
+The trap these helpers exist for: a ZeroMQ socket's file descriptor is
+edge-triggered, so one task sending on a socket another task is waiting
+to read can swallow the wake-up. Sending through the asyncio socket (not a
+blocking shadow) lets pyzmq re-check pending events after each send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+import zmq
+import zmq.asyncio
+
+# ZMTP heartbeats: a frozen peer is noticed in seconds instead of never.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+# How long a drain waits before checking whether it should stop.
+POLL_MS = 200
+
+
+def configure_heartbeats(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+
+
+def send_now(sock: zmq.asyncio.Socket, frames: list[bytes]) -> bool:
+    """Send without waiting; False when the socket's queue is full or it cannot route."""
+    future = cast("asyncio.Future[object]", sock.send_multipart(frames, flags=zmq.NOBLOCK))
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+def wake_readers(sock: zmq.asyncio.Socket) -> None:
+    """Re-check a socket's events after an operation that may have consumed its wake-up."""
+    sock.get(zmq.EVENTS)
+
+
+async def drain(
+    sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None], stopping: asyncio.Event
+) -> None:
+    """Call `handle` with every multipart message `sock` receives until `stopping` is set.
+
+    Waits once, then reads without blocking until the queue is empty: several
+    times faster than awaiting each message.
+    """
+    shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+    while not stopping.is_set():
+        if not await sock.poll(POLL_MS, zmq.POLLIN):  # type: ignore[call-arg]
+            continue
+        while True:
+            try:
+                frames = shadow.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            handle(frames)
