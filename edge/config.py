@@ -57,3 +57,6 @@ class EdgeConfig:
     events_rcvhwm: int = 0
     max_connections: int = 10_000
     cors_max_age: int = 86_400
+    # Fault injection for testing gap repair: drop every Nth live message
+    # received from the broker. 0, the default, drops nothing.
+    drop_live_every: int = 0

@@ -1,0 +1,307 @@
+"""The edge's link to the broker: channel topics on demand, snapshots, gap repair.
+
+A channel's topic is subscribed when its first client asks for it. The
+broker answers each subscription with a sync marker on that same topic,
+after the subscription took effect; only then does the edge ask for the
+channel's snapshot, so no message can fall between the snapshot and the
+live stream. A live message whose `prev` is not the newest id held, or a
+sync marker naming another newest id, means this edge lost something (a
+high-water mark, a slow joiner): it fetches the snapshot again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import Counter
+
+import zmq
+import zmq.asyncio
+
+from broker import wire
+from broker.sockets import configure_heartbeats, drain, send_now, wake_readers
+from edge.channels import ChannelBuffer
+from edge.config import EdgeConfig
+
+log = logging.getLogger("pushserver.edge")
+
+# A subscription not answered by a sync marker within this many seconds
+# is sent again (the marker may have been dropped, or the broker was away).
+RESUBSCRIBE_AFTER = 1.0
+SWEEP_INTERVAL = 1.0
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not answer in time."""
+
+
+class Feed:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.counters: Counter[str] = Counter()
+        self.buffers: dict[str, ChannelBuffer] = {}
+        self.broker_epoch: str | None = None
+        self._context = zmq.asyncio.Context()
+        self._stopping = asyncio.Event()
+        self._request_ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[wire.Reply]] = {}
+        self._synced: dict[str, asyncio.Future[None]] = {}
+        self._subscribed_at: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
+        self._last_heartbeat = 0.0
+        self._broker_away = False
+        self._live_seen = 0
+        events = self._context.socket(zmq.SUB)
+        configure_heartbeats(events)
+        # Subscriptions obey SNDHWM: with the default only 1,000 topics
+        # reach the broker (libzmq #4064).
+        events.setsockopt(zmq.SNDHWM, 0)
+        events.setsockopt(zmq.RCVHWM, config.events_rcvhwm)
+        events.setsockopt(zmq.LINGER, 0)
+        events.subscribe(wire.HEARTBEAT_TOPIC)
+        control = self._context.socket(zmq.DEALER)
+        configure_heartbeats(control)
+        control.setsockopt(zmq.LINGER, 0)
+        self._events = events
+        self._control = control
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        self._events.connect(self.config.events)
+        self._control.connect(self.config.control)
+        tasks = [
+            asyncio.create_task(drain(self._events, self._on_event, self._stopping)),
+            asyncio.create_task(drain(self._control, self._on_reply, self._stopping)),
+            asyncio.create_task(self._sweep()),
+        ]
+        try:
+            await self._stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_exception(BrokerUnavailable("edge stopping"))
+            self._context.destroy(linger=0)
+
+    # -- what handlers call ----------------------------------------------------
+
+    async def channel(self, channel_id: str, create: bool) -> ChannelBuffer | None:
+        """The channel's buffer, synchronised with the broker; None when it does not exist.
+
+        With `create`, a missing channel is created. Raises BrokerUnavailable
+        when the broker does not answer within `broker_timeout`.
+        """
+        buffer = self.buffers.get(channel_id)
+        if buffer is None:
+            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id)
+            self._subscribe(channel_id)
+        if not buffer.ready:
+            waiting = self._synced.get(channel_id)
+            if waiting is None:
+                waiting = self._synced[channel_id] = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(waiting), self.config.broker_timeout)
+            except TimeoutError:
+                raise BrokerUnavailable("no snapshot from the broker") from None
+        if not buffer.exists and create:
+            reply = await self.request(wire.Request(wire.SNAPSHOT, 0, channel_id, create=True))
+            if reply.snapshot is not None and not buffer.exists:
+                buffer.refilling = True
+                self._load(buffer, reply.snapshot)
+        return buffer if buffer.exists else None
+
+    async def request(self, request: wire.Request) -> wire.Reply:
+        """Send a control request (its id is assigned here) and await the broker's reply."""
+        request_id = next(self._request_ids)
+        frames = wire.encode_request(
+            wire.Request(
+                request.kind,
+                request_id,
+                request.channel_id,
+                request.content_type,
+                request.body,
+                request.create,
+            )
+        )
+        future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            if not send_now(self._control, frames):
+                raise BrokerUnavailable("control queue is full")
+            return await asyncio.wait_for(future, self.config.broker_timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(f"no reply from the broker at {self.config.control}") from None
+        finally:
+            self._replies.pop(request_id, None)
+
+    def touch(self, buffer: ChannelBuffer) -> None:
+        """The channel's held polls or latest request changed: tell the broker soon."""
+        self._dirty.add(buffer.channel_id)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_presence)
+
+    # -- presence --------------------------------------------------------------
+
+    def _flush_presence(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        counts = {}
+        for channel_id in dirty:
+            buffer = self.buffers.get(channel_id)
+            if buffer is not None:
+                counts[channel_id] = (len(buffer.waiters), buffer.requested)
+        if counts:
+            send_now(self._control, wire.encode_presence(wire.Presence(counts)))
+
+    def _report_all(self) -> None:
+        counts = {
+            channel_id: (len(buffer.waiters), buffer.requested)
+            for channel_id, buffer in self.buffers.items()
+            if buffer.waiters
+        }
+        send_now(self._control, wire.encode_presence(wire.Presence(counts, full=True)))
+
+    # -- topics ----------------------------------------------------------------
+
+    def _subscribe(self, channel_id: str) -> None:
+        topic = wire.topic(channel_id)
+        if channel_id in self._subscribed_at:
+            # Repeating a subscription makes the broker send a sync marker again;
+            # unsubscribing first keeps the SUB socket's own count at one.
+            self._events.unsubscribe(topic)
+        self._events.subscribe(topic)
+        wake_readers(self._events)
+        self._subscribed_at[channel_id] = time.monotonic()
+
+    def _unsubscribe(self, channel_id: str) -> None:
+        if self._subscribed_at.pop(channel_id, None) is not None:
+            self._events.unsubscribe(wire.topic(channel_id))
+            wake_readers(self._events)
+
+    async def _sweep(self) -> None:
+        """Once a second: report presence, resubscribe unanswered topics, drop idle ones."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self._report_all()
+            now = time.monotonic()
+            silent = (
+                self._last_heartbeat and now - self._last_heartbeat > self.config.broker_timeout
+            )
+            if silent and not self._broker_away:
+                log.warning("no heartbeat from the broker at %s", self.config.events)
+                self._broker_away = True
+            for channel_id, buffer in list(self.buffers.items()):
+                if buffer.waiters or channel_id in self._synced and not buffer.ready:
+                    pass
+                elif now - buffer.idle_since > self.config.topic_linger:
+                    del self.buffers[channel_id]
+                    self._unsubscribe(channel_id)
+                    continue
+                if not buffer.ready and now - self._subscribed_at.get(channel_id, now) > (
+                    RESUBSCRIBE_AFTER
+                ):
+                    self._subscribe(channel_id)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _on_event(self, frames: list[bytes]) -> None:
+        try:
+            event = wire.decode_event(frames)
+        except wire.WireError as error:
+            self.counters["events_malformed"] += 1
+            log.warning("dropped a malformed event: %s", error)
+            return
+        if isinstance(event, wire.Heartbeat):
+            self._on_heartbeat(event)
+            return
+        buffer = self.buffers.get(event.channel_id)
+        if buffer is None:
+            return  # a topic being unsubscribed
+        if isinstance(event, wire.Message):
+            self._live_seen += 1
+            drop_every = self.config.drop_live_every
+            if drop_every and self._live_seen % drop_every == 0:
+                self.counters["live_dropped_by_fault_injection"] += 1
+                return
+            if not buffer.apply(event):
+                self._refill(buffer, f"message {event.id} follows {event.prev}, not {buffer.last}")
+        elif isinstance(event, wire.Sync):
+            if not buffer.ready:
+                self._refill(buffer, None)
+            elif not buffer.refilling and (
+                event.exists != buffer.exists or event.last != buffer.last
+            ):
+                self._refill(buffer, f"broker's newest is {event.last}, held {buffer.last}")
+        elif isinstance(event, wire.Deleted):
+            buffer.delete()
+            self.touch(buffer)
+
+    def _on_heartbeat(self, heartbeat: wire.Heartbeat) -> None:
+        self._last_heartbeat = time.monotonic()
+        if self._broker_away:
+            log.info("the broker at %s is back", self.config.events)
+            self._broker_away = False
+        if heartbeat.epoch != self.broker_epoch:
+            if self.broker_epoch is not None:
+                self.counters["broker_restarts"] += 1
+                log.info("the broker restarted; channels resynchronise")
+            self.broker_epoch = heartbeat.epoch
+
+    def _on_reply(self, frames: list[bytes]) -> None:
+        try:
+            reply = wire.decode_reply(frames)
+        except wire.WireError as error:
+            self.counters["control_malformed"] += 1
+            log.warning("dropped a malformed control reply: %s", error)
+            return
+        future = self._replies.get(reply.request_id)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    # -- snapshots -------------------------------------------------------------
+
+    def _refill(self, buffer: ChannelBuffer, gap: str | None) -> None:
+        if buffer.refilling:
+            return
+        if gap is not None:
+            self.counters["refills"] += 1
+            log.info(
+                "refilling channel %r after a gap (%d refills so far): %s",
+                buffer.channel_id,
+                self.counters["refills"],
+                gap,
+            )
+        buffer.refilling = True
+        asyncio.get_running_loop().create_task(self._fetch_snapshot(buffer))
+
+    async def _fetch_snapshot(self, buffer: ChannelBuffer) -> None:
+        channel_id = buffer.channel_id
+        while self.buffers.get(channel_id) is buffer and not self._stopping.is_set():
+            # A channel that has held polls exists for them: keep it so.
+            request = wire.Request(wire.SNAPSHOT, 0, channel_id, create=bool(buffer.waiters))
+            try:
+                reply = await self.request(request)
+            except BrokerUnavailable:
+                continue
+            if reply.snapshot is not None:
+                self._load(buffer, reply.snapshot)
+                return
+
+    def _load(self, buffer: ChannelBuffer, snapshot: wire.Snapshot) -> None:
+        complete = buffer.load(snapshot)
+        waiting = self._synced.pop(buffer.channel_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+        if not complete:
+            self._refill(buffer, "live messages after the snapshot do not follow it")

@@ -1,0 +1,87 @@
+"""What every push location's handler shares: errors, methods, the channel id.
+
+Tornado's defaults fight the protocol in two places, both switched off
+here: it computes an Etag for GET responses and turns a matching
+If-None-Match into 304 (the protocol's Etag is a message tag, not a body
+hash), and it answers unknown methods 405 without an Allow header.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NoReturn
+
+import tornado.web
+
+from broker.wire import channel_id_problem
+
+
+class AnyMethod(tuple[str, ...]):
+    """Lets every method reach `prepare`, which answers 405 with `Allow`."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+class Refusal(tornado.web.HTTPError):
+    """A request refused with a short reason for the client."""
+
+    def __init__(self, status: int, why: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(status)
+        self.why = why
+        self.headers = headers or []
+
+
+class PushHandler(tornado.web.RequestHandler):
+    SUPPORTED_METHODS = AnyMethod(())
+    ALLOWED: ClassVar[tuple[str, ...]] = ()
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Content-Type")
+
+    def compute_etag(self) -> None:
+        return None
+
+    def prepare(self) -> None:
+        if self.request.method not in self.ALLOWED:
+            raise Refusal(
+                405,
+                f"method {self.request.method} not allowed here",
+                [("Allow", ", ".join(self.ALLOWED))],
+            )
+
+    def refuse(self, status: int, why: str) -> NoReturn:
+        raise Refusal(status, why)
+
+    def channel_id(self, raw: str) -> str:
+        problem = channel_id_problem(raw)
+        if problem:
+            self.refuse(400, problem)
+        return raw
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            self.refuse(400, "channel id is not UTF-8")
+
+    def always_headers(self) -> list[tuple[str, str]]:
+        """Headers every response carries, errors included."""
+        return []
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        for name, value in self.always_headers():
+            self.add_header(name, value)
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, Refusal):
+            why = error.why
+            for name, value in error.headers:
+                self.set_header(name, value)
+        else:
+            why = self._reason
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(why + "\n")
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, Refusal):
+            return  # the client was told why; a log line per bad request is noise
+        super().log_exception(typ, value, tb)

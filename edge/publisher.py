@@ -1,0 +1,101 @@
+"""The publisher location: POST publishes, PUT creates, GET describes, DELETE removes.
+
+Trusted callers only: an address in `allow_from`, or the shared secret.
+Bodies are streamed so an over-size one is refused with 413 before it is
+read whole.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+import tornado.http1connection
+import tornado.web
+
+from broker import wire
+from edge.config import EdgeConfig, PublisherLocation
+from edge.feed import BrokerUnavailable, Feed
+from edge.handlers import PushHandler
+from edge.info import render
+from edge.protocol import PUBLISHER_METHODS, PUSH_SECRET
+
+
+@tornado.web.stream_request_body
+class PublisherHandler(PushHandler):
+    ALLOWED = PUBLISHER_METHODS
+
+    def initialize(self, feed: Feed, location: PublisherLocation, config: EdgeConfig) -> None:
+        self.feed = feed
+        self.location = location
+        self.limit = config.max_message_size
+        self.networks = [ipaddress.ip_network(net, strict=False) for net in location.allow_from]
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not self._trusted():
+            self.refuse(403, "publishing is not allowed from this address")
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            if not length.isdigit():
+                self.refuse(400, "Content-Length is not a number")
+            if int(length) > self.limit:
+                self.refuse(413, f"message is larger than {self.limit} bytes")
+        connection = self.request.connection
+        if isinstance(connection, tornado.http1connection.HTTP1Connection):
+            # One byte over the limit must arrive for a chunked body to be refused.
+            connection.set_max_body_size(self.limit + 1)
+
+    def _trusted(self) -> bool:
+        remote = self.request.remote_ip or ""
+        try:
+            address = ipaddress.ip_address(remote.split("%")[0])
+        except ValueError:
+            address = None
+        if address is not None and any(address in net for net in self.networks):
+            return True
+        secret = self.location.secret
+        given = self.request.headers.get(PUSH_SECRET)
+        return bool(secret and given and hmac.compare_digest(secret.encode(), given.encode()))
+
+    def data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.refuse(413, f"message is larger than {self.limit} bytes")
+        self.chunks.append(chunk)
+
+    async def _ask(self, request: wire.Request) -> wire.Reply:
+        try:
+            return await self.feed.request(request)
+        except BrokerUnavailable:
+            self.refuse(503, "the push broker is unavailable; try again shortly")
+
+    def _info(self, status: int, info: wire.ChannelInfo | None) -> None:
+        if info is None:
+            self.refuse(404, "channel not found")
+        content_type, body = render(info, self.request.headers.get("Accept"))
+        self.set_status(status)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+    async def post(self, raw_channel_id: str) -> None:
+        channel_id = self.channel_id(raw_channel_id)
+        body = b"".join(self.chunks)
+        content_type = self.request.headers.get("Content-Type")
+        reply = await self._ask(wire.Request(wire.PUBLISH, 0, channel_id, content_type, body))
+        info = reply.info
+        self._info(201 if info is not None and info.subscribers > 0 else 202, info)
+
+    async def put(self, raw_channel_id: str) -> None:
+        reply = await self._ask(wire.Request(wire.CREATE, 0, self.channel_id(raw_channel_id)))
+        self._info(200, reply.info)
+
+    async def get(self, raw_channel_id: str) -> None:
+        reply = await self._ask(wire.Request(wire.INFO, 0, self.channel_id(raw_channel_id)))
+        self._info(200, reply.info)
+
+    async def delete(self, raw_channel_id: str) -> None:
+        reply = await self._ask(wire.Request(wire.DELETE, 0, self.channel_id(raw_channel_id)))
+        self._info(200, reply.info)
