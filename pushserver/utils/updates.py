@@ -1,0 +1,93 @@
+"""Publishing from Django: ``from pushserver.utils import updates``.
+
+Thin on purpose: data is encoded as JSON here, once (the broker and edges
+pass the bytes through untouched), and the signals fire here; the sockets
+and their failure policy live in `pushserver.sender`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from broker.wire import channel_id_problem
+from pushserver import PushServerError, conf, sender, signals
+
+CONTENT_TYPE = "application/json"
+
+log = logging.getLogger("pushserver")
+
+
+def send_update(
+    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+) -> None:
+    """Send `data` to every browser subscribed to `channel_id`.
+
+    `data` is encoded as JSON (dates, decimals and UUIDs as Django's
+    encoder writes them); with ``already_serialized=True`` it is a JSON
+    ``str`` or ``bytes`` sent as it is. Blocks at most
+    ``PUSH_SERVER['send_timeout']`` seconds. Raises `PushServerError` when
+    the broker cannot take the message, unless `ignore_errors` or the
+    ``PUSH_SERVER_IGNORE_ERRORS`` setting is true (then logs a warning);
+    raises ValueError for a channel id no channel can have.
+
+    >>> updates.send_update("news", {"title": "Hello"})
+    """
+    if not isinstance(channel_id, str):
+        raise TypeError(f"channel_id must be a str, got {type(channel_id).__name__}")
+    problem = channel_id_problem(channel_id)
+    if problem is not None:
+        raise ValueError(f"{problem}: {channel_id[:80]!r}")
+    body = _body(data, already_serialized)
+    module = sys.modules[__name__]
+    signals.pre_send_update.send(
+        sender=module, channel_id=channel_id, data=data, already_serialized=already_serialized
+    )
+    try:
+        sender.publish(channel_id, body, CONTENT_TYPE)
+    except PushServerError as error:
+        signals.post_send_update.send(
+            sender=module,
+            channel_id=channel_id,
+            data=data,
+            already_serialized=already_serialized,
+            error=error,
+        )
+        if ignore_errors or conf.ignore_errors():
+            log.warning("update for channel %r was not sent: %s", channel_id, error)
+            return
+        raise
+    signals.post_send_update.send(
+        sender=module,
+        channel_id=channel_id,
+        data=data,
+        already_serialized=already_serialized,
+        error=None,
+    )
+
+
+async def asend_update(
+    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+) -> None:
+    """`send_update` for async code; the bounded send runs in a worker thread.
+
+    >>> await updates.asend_update("news", {"title": "Hello"})
+    """
+    await asyncio.to_thread(send_update, channel_id, data, already_serialized, ignore_errors)
+
+
+def _body(data: Any, already_serialized: bool) -> bytes:
+    if not already_serialized:
+        return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode("utf-8")
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(
+        f"already_serialized data must be a JSON str or bytes, got {type(data).__name__}"
+    )
