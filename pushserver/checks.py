@@ -383,8 +383,10 @@ def _broker(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
                 "E012",
                 hint=f"For example {conf.BROKER_DEFAULTS[key]!r}.",
             )
+    # Ephemeral ports (`*` or 0) differ by construction.
     bound = [written.get(key) or conf.BROKER_DEFAULTS[key] for key in conf.BROKER_DEFAULTS]
-    if len(set(bound)) != len(bound):
+    fixed = [endpoint for endpoint in bound if not str(endpoint).endswith((":*", ":0"))]
+    if len(set(fixed)) != len(fixed):
         yield _error(
             f"{SETTING}['broker'] endpoints must differ from each other, got {bound!r}", "E012"
         )

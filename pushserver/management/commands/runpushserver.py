@@ -1,0 +1,127 @@
+"""``manage.py runpushserver``: the broker, an edge, or both (the default), from PUSH_SERVER.
+
+Kept thin like ``runserver``: parse the arguments, run the system checks,
+build the configurations with `pushserver.conf`, print the banner and hand
+over to `pushserver.runner`.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.commands.runserver import naiveip_re
+
+from pushserver import conf, runner
+
+BROKER = "broker"
+EDGE = "edge"
+
+
+class Command(BaseCommand):
+    help = (
+        "Starts the push server: the broker and an edge in one process, or one of them with --role."
+    )
+    # Checks run in handle(), as runserver runs them, so their output comes first.
+    requires_system_checks: list[str] = []
+    suppressed_base_arguments = {"--verbosity", "--traceback"}
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "addrport",
+            nargs="?",
+            help="Where the edge listens: a port, or address:port (default from PUSH_SERVER).",
+        )
+        parser.add_argument(
+            "--ipv6", "-6", action="store_true", dest="use_ipv6", help="Use an IPv6 address."
+        )
+        parser.add_argument(
+            "--role",
+            choices=[BROKER, EDGE],
+            help="Run only the broker or only an edge; without it, both in one process.",
+        )
+        parser.add_argument(
+            "--allrequests",
+            action="store_true",
+            help="Also serve the Django site for paths no push location matches "
+            f"(default port {conf.ALL_REQUESTS_PORT}).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        role = options["role"]
+        all_requests = options["allrequests"]
+        if role == BROKER and (options["addrport"] or all_requests or options["use_ipv6"]):
+            raise CommandError(
+                "the address:port argument, --ipv6 and --allrequests are for edges; "
+                "the broker binds the endpoints in PUSH_SERVER['broker']"
+            )
+        address, port = self._parse_addrport(options["addrport"], options["use_ipv6"])
+
+        self.stdout.write("Performing system checks...\n\n")
+        self.check(display_num_errors=True)
+
+        broker_config = conf.broker_config() if role != EDGE else None
+        edge_config = None
+        wsgi_app = None
+        if role != BROKER:
+            default_port = conf.ALL_REQUESTS_PORT if all_requests else conf.DEFAULT_PORT
+            edge_config = conf.edge_config(
+                address, conf.edge_port(default_port) if port is None else port
+            )
+            if all_requests:
+                from django.core.wsgi import get_wsgi_application
+
+                wsgi_app = get_wsgi_application()
+
+        now = datetime.now().strftime("%B %d, %Y - %X")
+        self._say(
+            f"{now}\n"
+            f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}"
+        )
+        runner.run(broker_config, edge_config, wsgi_app=wsgi_app, on_ready=self._announce)
+
+    def _parse_addrport(
+        self, addrport: str | None, use_ipv6: bool
+    ) -> tuple[str | None, int | None]:
+        """``8011``, ``127.0.0.1:8011`` or ``[::1]:8011``, as runserver reads them."""
+        if use_ipv6 and not socket.has_ipv6:
+            raise CommandError("Your Python does not support IPv6.")
+        default_address = conf.DEFAULT_IPV6_ADDRESS if use_ipv6 else None
+        if not addrport:
+            return default_address, None
+        match = re.match(naiveip_re, addrport)
+        if match is None:
+            raise CommandError(f'"{addrport}" is not a valid port number or address:port pair.')
+        address, _ipv4, ipv6, fqdn, port = match.groups()
+        if not address:
+            return default_address, int(port)
+        if ipv6:
+            address = address[1:-1]
+        elif use_ipv6 and not fqdn:
+            raise CommandError(f'"{address}" is not a valid IPv6 address.')
+        elif address == "0":
+            address = "0.0.0.0"
+        return address, int(port)
+
+    def _announce(self, listening: runner.Listening) -> None:
+        # The test harness and ops scripts parse these lines; keep their shape.
+        lines = []
+        if listening.broker is not None:
+            endpoints = listening.broker
+            lines.append(
+                f"Broker listening: ingress {endpoints.ingress}, events {endpoints.events}, "
+                f"control {endpoints.control}"
+            )
+        lines += [f"Edge listening on {url}" for url in listening.edge_urls or ()]
+        quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
+        lines.append(f"Quit the server with {quit_command}.")
+        self._say("\n".join(lines))
+
+    def _say(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
