@@ -5,8 +5,9 @@ trap is time: ids are built from the wall clock, and must still only ever
 increase for a channel when the clock steps back, when a channel is
 deleted and made again within one second, and when the broker restarts
 having lost its memory. The first two are handled per channel; for the
-last, a broker never issues an id earlier than the second after it
-started, which every id of a previous run precedes.
+last, a broker issues no id before the second after it started
+(`first_time`; the server waits for it), which every id of a previous
+run precedes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Sequencer:
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits
         self._clock = clock
-        self._first_time = int(clock()) + 1
+        self.first_time = int(clock()) + 1
         self._channels: dict[str, Channel] = {}
         self._tombstones: dict[str, MessageId] = {}
         # (expiry time, channel id) in publish order: expiry is O(expired)
@@ -65,7 +66,7 @@ class Sequencer:
         return channel
 
     def _next_id(self, channel: Channel) -> MessageId:
-        now = max(int(self._clock()), self._first_time)
+        now = max(int(self._clock()), self.first_time)
         newest = max(filter(None, (channel.last, channel.after)), default=None)
         if newest is None or newest.time < now:
             return MessageId(now, 0)

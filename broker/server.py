@@ -78,6 +78,8 @@ class Broker:
         if self._ingress is None or self._events is None or self._control is None:
             self.bind()
         assert self._ingress and self._events and self._control
+        # Ids of a previous run all precede this broker's first second.
+        await asyncio.sleep(max(0.0, self.sequencer.first_time - time.time()))
         tasks = [
             asyncio.create_task(drain(self._ingress, self._on_publish, self._stopping)),
             asyncio.create_task(drain(self._events, self._on_subscription, self._stopping)),

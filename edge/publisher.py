@@ -1,8 +1,9 @@
 """The publisher location: POST publishes, PUT creates, GET describes, DELETE removes.
 
 Trusted callers only: an address in `allow_from`, or the shared secret.
-Bodies are streamed so an over-size one is refused with 413 before it is
-read whole.
+Bodies are streamed: an over-size one is read and thrown away before the
+413, because closing on a client still sending resets the connection and
+the client never sees why. Beyond `discard_limit` the edge stops reading.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class PublisherHandler(PushHandler):
         self.feed = feed
         self.location = location
         self.limit = config.max_message_size
+        self.discard_limit = max(2 * self.limit, self.limit + 16 * 1024 * 1024)
         self.networks = [ipaddress.ip_network(net, strict=False) for net in location.allow_from]
         self.chunks: list[bytes] = []
         self.size = 0
@@ -41,12 +43,11 @@ class PublisherHandler(PushHandler):
         if length is not None:
             if not length.isdigit():
                 self.refuse(400, "Content-Length is not a number")
-            if int(length) > self.limit:
+            if int(length) > self.discard_limit:
                 self.refuse(413, f"message is larger than {self.limit} bytes")
         connection = self.request.connection
         if isinstance(connection, tornado.http1connection.HTTP1Connection):
-            # One byte over the limit must arrive for a chunked body to be refused.
-            connection.set_max_body_size(self.limit + 1)
+            connection.set_max_body_size(self.discard_limit)
 
     def _trusted(self) -> bool:
         remote = self.request.remote_ip or ""
@@ -62,9 +63,10 @@ class PublisherHandler(PushHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.size > self.limit:
-            self.refuse(413, f"message is larger than {self.limit} bytes")
-        self.chunks.append(chunk)
+        if self.size <= self.limit:
+            self.chunks.append(chunk)
+        else:
+            self.chunks.clear()
 
     async def _ask(self, request: wire.Request) -> wire.Reply:
         try:
@@ -82,6 +84,8 @@ class PublisherHandler(PushHandler):
 
     async def post(self, raw_channel_id: str) -> None:
         channel_id = self.channel_id(raw_channel_id)
+        if self.size > self.limit:
+            self.refuse(413, f"message is larger than {self.limit} bytes")
         body = b"".join(self.chunks)
         content_type = self.request.headers.get("Content-Type")
         reply = await self._ask(wire.Request(wire.PUBLISH, 0, channel_id, content_type, body))

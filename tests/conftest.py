@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import django
+import pytest
+
+from tests.processes import Launcher, Process
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_settings")
+    django.setup()
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    started = Launcher(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    started = Launcher(tmp_path_factory.mktemp("processes"))
+    yield started
+    started.stop_all()
+
+
+# One server for the protocol tests: a location of each kind the protocol has.
+PROTOCOL_SETTINGS = {
+    "store": {"type": "memory", "min_messages": 0, "max_messages": 10, "message_timeout": 60},
+    "long_poll_timeout": 2,
+    "max_message_size": 2 * 1024 * 1024,
+    "locations": (
+        {"type": "subscriber", "url": r"/updates/([^/]+)", "polling": "long"},
+        {
+            "type": "subscriber",
+            "url": r"/private/([^/]+)",
+            "allow_origin": ["http://allowed.example", "http://other.example"],
+            "allow_credentials": True,
+        },
+        {"type": "subscriber", "url": r"/poll/([^/]+)", "polling": "interval"},
+        {"type": "subscriber", "url": r"/strict/([^/]+)", "create_on_get": False},
+        {"type": "publisher", "url": r"/send-update/([^/]+)"},
+        {
+            "type": "publisher",
+            "url": r"/guarded/([^/]+)",
+            "allow_from": ["192.0.2.0/24"],
+            "secret": "s3cret",
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def server(module_launcher: Launcher) -> tuple[Process, str]:
+    """An embedded broker and edge speaking the protocol, and the edge's base URL."""
+    return module_launcher.embedded(**PROTOCOL_SETTINGS)

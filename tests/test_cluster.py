@@ -1,0 +1,133 @@
+"""A broker and several edge processes: any edge serves any client's cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import httpx
+
+from edge.protocol import ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED
+from tests.client import fresh, path, publish, walk
+from tests.processes import ROOT, Launcher, eventually
+
+STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 120}
+
+
+async def subscriber(
+    edges: list[str], channel: str, count: int, client: httpx.AsyncClient, offset: int
+) -> list[bytes]:
+    """Walk `channel` until `count` messages arrived, on the next edge at every poll."""
+    received: list[bytes] = []
+    headers: dict[str, str] = {}
+    polls = offset
+    while len(received) < count:
+        base = edges[polls % len(edges)]
+        polls += 1
+        response = await client.get(base + path("updates", channel), headers=headers)
+        if response.status_code == 304:
+            continue
+        assert response.status_code == 200, response.text
+        received.append(response.content)
+        headers = {
+            IF_MODIFIED_SINCE: response.headers[LAST_MODIFIED],
+            IF_NONE_MATCH: response.headers[ETAG],
+        }
+    return received
+
+
+async def publisher(base: str, channel: str, bodies: list[bytes], interval: float) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        for body in bodies:
+            response = await client.post(base + path("send-update", channel), content=body)
+            assert response.status_code in (201, 202), response.text
+            await asyncio.sleep(interval)
+
+
+def test_subscribers_switching_edge_on_every_poll_get_every_message_once_in_order(
+    launcher: Launcher,
+) -> None:
+    broker, endpoints = launcher.broker(store=STORE)
+    edges = [launcher.edge(endpoints, store=STORE)[1] for _ in range(2)]
+    channel = fresh("stream")
+    bodies = [f"message {n:03d}".encode() for n in range(200)]
+
+    async def run() -> list[list[bytes]]:
+        limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            # The channel exists and both edges follow it before the stream starts.
+            await client.put(edges[0] + path("send-update", channel))
+            subscribers = [
+                asyncio.create_task(subscriber(edges, channel, len(bodies), client, n))
+                for n in range(100)
+            ]
+            await publisher(edges[0], channel, bodies, 0.01)
+            return await asyncio.wait_for(asyncio.gather(*subscribers), 120)
+
+    results = asyncio.run(run())
+    assert all(received == bodies for received in results)
+    print(f"cluster stream: {sum(map(len, results))} deliveries to 100 subscribers over 2 edges")
+
+
+def test_an_edge_started_after_publishing_serves_history_from_the_snapshot(
+    launcher: Launcher,
+) -> None:
+    _, endpoints = launcher.broker(store=STORE)
+    _, first = launcher.edge(endpoints, store=STORE)
+    channel = fresh("history")
+    bodies = [f"early {n}".encode() for n in range(20)]
+    for body in bodies:
+        publish(first, channel, body)
+    _, late = launcher.edge(endpoints, store=STORE)
+    assert walk(late, channel, 20) == bodies
+
+
+def test_an_edge_that_loses_live_messages_refills_from_the_broker(launcher: Launcher) -> None:
+    _, endpoints = launcher.broker(store=STORE)
+    lossy, lossy_url = launcher.edge(endpoints, store=STORE, drop_live_every=3)
+    _, publisher_url = launcher.edge(endpoints, store=STORE)
+    channel = fresh("refill")
+    bodies = [f"live {n}".encode() for n in range(30)]
+
+    async def run() -> list[bytes]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            await client.put(publisher_url + path("send-update", channel))
+            # Subscribe on the lossy edge first, so what it gets comes live.
+            task = asyncio.create_task(subscriber([lossy_url], channel, len(bodies), client, 0))
+            await asyncio.sleep(0.3)
+            await publisher(publisher_url, channel, bodies, 0.02)
+            return await asyncio.wait_for(task, 60)
+
+    assert asyncio.run(run()) == bodies
+    refills = eventually(
+        lambda: [line for line in lossy.lines if "refilling channel" in line], 10, "a refill"
+    )
+    print(f"lossy edge: {len(refills)} gaps detected and refilled for {len(bodies)} messages")
+
+
+def test_send_update_from_django_reaches_subscribers_on_every_edge(launcher: Launcher) -> None:
+    _, endpoints = launcher.broker(store=STORE)
+    edges = [launcher.edge(endpoints, store=STORE)[1] for _ in range(2)]
+    channel = fresh("django")
+    module = launcher.settings({"broker": endpoints, "store": STORE})
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(launcher.folder), str(ROOT)])
+    env["DJANGO_SETTINGS_MODULE"] = module
+    code = (
+        "from pushserver.utils import updates\n"
+        f"for n in range(5): updates.send_update({channel!r}, {{'type': 'answer', 'value': n}})\n"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "django", "shell", "-c", code],
+        cwd=launcher.folder,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    expected = [f'{{"type":"answer","value":{n}}}'.encode() for n in range(5)]
+    for base in edges:
+        assert walk(base, channel, 5) == expected
+        response = httpx.get(base + path("updates", channel))
+        assert response.headers["Content-Type"] == "application/json"

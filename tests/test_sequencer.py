@@ -1,0 +1,146 @@
+"""The broker's id and history rules, with the clock under the test's control."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.sequencer import Sequencer
+from broker.wire import Limits, MessageId
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(1_000.5)
+
+
+def sequencer(
+    clock: Clock, max_messages: int = 100, min_messages: int = 0, timeout: float = 10
+) -> Sequencer:
+    return Sequencer(Limits(max_messages, min_messages, timeout), clock)
+
+
+def test_first_ids_are_never_earlier_than_the_second_after_start(clock: Clock) -> None:
+    seq = sequencer(clock)
+    assert seq.publish("c", None, b"a").id == MessageId(1_001, 0)
+    assert seq.publish("c", None, b"b").id == MessageId(1_001, 1)
+
+
+def test_tags_count_within_a_second_and_restart_at_zero(clock: Clock) -> None:
+    seq = sequencer(clock)
+    clock.now = 2_000.1
+    ids = [seq.publish("c", None, b"x").id for _ in range(3)]
+    clock.now = 2_001.0
+    ids.append(seq.publish("c", None, b"x").id)
+    assert ids == [
+        MessageId(2_000, 0),
+        MessageId(2_000, 1),
+        MessageId(2_000, 2),
+        MessageId(2_001, 0),
+    ]
+
+
+def test_each_message_names_the_previous_one(clock: Clock) -> None:
+    seq = sequencer(clock)
+    first = seq.publish("c", None, b"a")
+    second = seq.publish("c", None, b"b")
+    other = seq.publish("d", None, b"c")
+    assert first.prev is None
+    assert second.prev == first.id
+    assert other.prev is None
+
+
+def test_ids_keep_increasing_when_the_clock_steps_back(clock: Clock) -> None:
+    seq = sequencer(clock)
+    clock.now = 3_000
+    before = seq.publish("c", None, b"a").id
+    clock.now = 2_990
+    after = seq.publish("c", None, b"b").id
+    assert after > before
+
+
+def test_a_channel_deleted_and_made_again_in_the_same_second_continues_its_ids(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock)
+    clock.now = 4_000
+    old = seq.publish("c", None, b"a").id
+    seq.delete("c")
+    new = seq.publish("c", None, b"b")
+    assert new.id > old
+    assert new.prev is None
+
+
+def test_a_restarted_broker_issues_ids_after_every_id_of_the_previous_run(clock: Clock) -> None:
+    clock.now = 5_000.9
+    previous = sequencer(clock)
+    clock.now = previous.first_time + 0.1  # the broker waits for its first second
+    last = previous.publish("c", None, b"a").id
+    clock.now += 0.1
+    restarted = sequencer(clock)
+    assert restarted.publish("c", None, b"b").id > last
+
+
+def test_max_messages_drops_the_oldest_and_raises_the_floor(clock: Clock) -> None:
+    seq = sequencer(clock, max_messages=2)
+    ids = [seq.publish("c", None, bytes([n])).id for n in range(4)]
+    snapshot = seq.snapshot("c", create=False)
+    assert [m.id for m in snapshot.messages] == ids[2:]
+    assert snapshot.floor == ids[1]
+    assert snapshot.last == ids[3]
+
+
+def test_live_messages_carry_the_floor_once_something_was_dropped(clock: Clock) -> None:
+    seq = sequencer(clock, max_messages=1)
+    first = seq.publish("c", None, b"a")
+    second = seq.publish("c", None, b"b")
+    assert first.floor is None
+    assert second.floor == first.id
+
+
+def test_messages_expire_after_the_timeout_but_min_messages_stay(clock: Clock) -> None:
+    seq = sequencer(clock, min_messages=1, timeout=10)
+    clock.now = 6_000
+    seq.publish("c", None, b"a")
+    seq.publish("c", None, b"b")
+    clock.now = 6_011
+    seq.expire()
+    snapshot = seq.snapshot("c", create=False)
+    assert [m.body for m in snapshot.messages] == [b"b"]
+
+
+def test_message_timeout_zero_keeps_messages_until_max_messages(clock: Clock) -> None:
+    seq = sequencer(clock, timeout=0)
+    seq.publish("c", None, b"a")
+    clock.now += 10_000
+    seq.expire()
+    assert len(seq.snapshot("c", create=False).messages) == 1
+
+
+def test_snapshot_of_a_missing_channel_creates_it_only_when_asked(clock: Clock) -> None:
+    seq = sequencer(clock)
+    assert not seq.snapshot("c", create=False).exists
+    assert seq.info("c") is None
+    assert seq.snapshot("c", create=True).exists
+    assert seq.info("c") is not None
+
+
+def test_presence_sums_edges_and_forgets_silent_ones(clock: Clock) -> None:
+    seq = sequencer(clock)
+    seq.create("c")
+    seq.report_presence(b"edge-1", {"c": (3, clock.now)}, full=False)
+    seq.report_presence(b"edge-2", {"c": (2, clock.now)}, full=False)
+    assert seq.info("c").subscribers == 5  # type: ignore[union-attr]
+    seq.report_presence(b"edge-1", {}, full=True)
+    assert seq.info("c").subscribers == 2  # type: ignore[union-attr]
+    clock.now += 60
+    assert seq.forget_silent_edges(5) == [b"edge-1", b"edge-2"]
+    assert seq.info("c").subscribers == 0  # type: ignore[union-attr]
+    assert seq.info("c").requested == 1_000.5  # type: ignore[union-attr]
