@@ -8,6 +8,7 @@ wait polls a condition against a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -152,7 +153,5 @@ class Launcher:
 
     def stop_all(self) -> None:
         for process in self.processes:
-            try:
+            with contextlib.suppress(AssertionError):
                 process.stop(timeout=5)
-            except AssertionError:
-                pass
