@@ -13,6 +13,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import zmq
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.commands.runserver import naiveip_re
@@ -83,7 +84,11 @@ class Command(BaseCommand):
             f"{now}\n"
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}"
         )
-        runner.run(broker_config, edge_config, wsgi_app=wsgi_app, on_ready=self._announce)
+        try:
+            runner.run(broker_config, edge_config, wsgi_app=wsgi_app, on_ready=self._announce)
+        except (OSError, zmq.ZMQError) as exc:
+            # Mostly a port in use: say so instead of printing a traceback.
+            raise CommandError(f"could not start the push server: {exc}") from exc
 
     def _parse_addrport(
         self, addrport: str | None, use_ipv6: bool
