@@ -1,0 +1,99 @@
+"""`manage.py runpushserver`: roles, --allrequests, and stopping cleanly on signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.client import Cursor, fresh, in_background, poll, publish, wait_for_subscribers
+from tests.processes import ANY_PORT, EDGE_LINE, Launcher
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_answers_held_polls_with_304_and_stops_the_server(
+    launcher: Launcher, sig: int
+) -> None:
+    process, base = launcher.embedded(long_poll_timeout=60)
+    channel = fresh("stopping")
+    publish(base, channel, "only")
+    with httpx.Client(timeout=30) as client:
+        first = poll(client, base, channel)
+        waiting = in_background(poll, client, base, channel, Cursor().advanced(first))
+        wait_for_subscribers(base, channel, 1)
+        assert process.stop(sig, timeout=10) == 0
+        response = waiting.result(5)
+    assert response.status_code == 304
+    assert response.headers["Etag"] == first.headers["Etag"]
+
+
+def test_allrequests_serves_django_beside_the_push_locations(launcher: Launcher) -> None:
+    process = launcher.start(
+        "allrequests",
+        {"broker": dict(ANY_PORT)},
+        "--allrequests",
+        "127.0.0.1:0",
+        ROOT_URLCONF="tests.allrequests_urls",
+    )
+    base = process.wait_for(EDGE_LINE).group("url")
+    assert httpx.get(base + "/hello/").text == "hello from django"
+    channel = fresh("beside-django")
+    publish(base, channel, "pushed")
+    with httpx.Client(timeout=30) as client:
+        # Views stuck in Django do not stall the event loop serving pushes.
+        stuck = [in_background(httpx.get, base + "/slow/", timeout=30) for _ in range(4)]
+        assert poll(client, base + "", channel).text == "pushed"
+        assert not any(request.done() for request in stuck)
+        assert client.get(base + "/release/").text == "released"
+    assert [request.result(10).text for request in stuck] == ["slow view done"] * 4
+    assert httpx.get(base + "/nowhere/").status_code == 404
+
+
+def test_without_allrequests_other_paths_get_404_with_a_reason(launcher: Launcher) -> None:
+    _, base = launcher.embedded()
+    response = httpx.get(base + "/hello/")
+    assert response.status_code == 404
+    assert "no push location" in response.text
+
+
+def test_broker_role_refuses_an_edge_address(launcher: Launcher) -> None:
+    process = launcher.start("broker", {"broker": dict(ANY_PORT)}, "--role=broker", "8011")
+    assert process.popen.wait(30) != 0
+    assert "for edges" in process.output
+
+
+def test_invalid_settings_fail_at_startup_with_a_check_id(launcher: Launcher) -> None:
+    process = launcher.start("bad", {"store": {"type": "memory", "max_messages": -3}})
+    assert process.popen.wait(30) != 0
+    assert "pushserver.E004" in process.output
+
+
+def test_an_edge_alone_and_a_broker_alone_deliver_together(launcher: Launcher) -> None:
+    _, endpoints = launcher.broker()
+    _, base = launcher.edge(endpoints)
+    channel = fresh("roles")
+    publish(base, channel, "through the broker")
+    with httpx.Client(timeout=30) as client:
+        assert poll(client, base, channel).text == "through the broker"
+
+
+def test_manage_py_help_lists_the_options() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "help",
+            "runpushserver",
+            "--settings=tests.django_settings",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for option in ("--role", "--allrequests", "--ipv6", "addrport"):
+        assert option in result.stdout
