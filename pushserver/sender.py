@@ -94,7 +94,16 @@ class _Publisher:
         self.socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
         # IMMEDIATE stays 0: messages queue while the broker is briefly away.
         self.monitor: zmq.Socket[bytes] = self.socket.get_monitor_socket(MONITOR_EVENTS)
-        self.socket.connect(config.endpoint)
+        try:
+            self.socket.connect(config.endpoint)
+        except zmq.ZMQError as exc:
+            self.close(0)
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"PUSH_SERVER['broker']['ingress'] {config.endpoint!r} "
+                f"cannot be connected to: {exc}"
+            ) from exc
 
     def drain_monitor(self) -> None:
         while True:
