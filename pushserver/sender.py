@@ -144,8 +144,10 @@ class _Process:
         self.config = config
         self.context = zmq.Context()
         self.started = time.monotonic()
-        # When a socket of this process was last seen connected (monotonic).
+        # When a socket of this process was last seen connected (monotonic), or
+        # when the current outage was first noticed, whichever is later.
         self.last_up: float | None = None
+        self.outage_noticed = False
         self.lock = threading.Lock()
         self.publishers: list[_Publisher] = []
         self.closed = False
@@ -318,9 +320,14 @@ def _observe(process: _Process, publisher: _Publisher, wait: float) -> float:
     else:
         publisher.drain_monitor()
     now = time.monotonic()
-    if publisher.connected or was_connected:
-        # Up, or up until now that a drain noticed it is not: an outage counts from here.
+    if publisher.connected:
         process.last_up = now
+        process.outage_noticed = False
+    elif was_connected and not process.outage_noticed:
+        # Up until this drain noticed it is not: the outage counts from here.
+        # Other threads noticing the same outage later must not restart its clock.
+        process.last_up = now
+        process.outage_noticed = True
     return now
 
 

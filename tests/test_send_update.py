@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +344,32 @@ def test_a_broker_away_longer_than_the_unreachable_timeout_is_an_error(
     while bodies[-1] != b'"back"':
         bodies.append(receiver.receive().body)
     assert bodies[0] == b'"queued"'
+
+
+def test_a_thread_noticing_an_outage_late_does_not_restart_its_clock(
+    receiver: Receiver,
+) -> None:
+    from pushserver import sender
+    from pushserver.utils import updates
+
+    def refused() -> str | None:
+        try:
+            updates.send_update("late", "main")
+        except PushServerError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=1) as other_thread:
+        updates.send_update("late", "main")
+        other_thread.submit(updates.send_update, "late", "other").result()
+        assert {receiver.receive().body, receiver.receive().body} == {b'"main"', b'"other"'}
+        receiver.stop()
+        eventually(lambda: not sender.broker_connected(), what="the main thread to notice")
+        eventually(refused, timeout=10 * UNREACHABLE_TIMEOUT, what="the main thread's refusal")
+        # The other thread last looked while the broker was up; the outage is
+        # still as old as the main thread found it.
+        with pytest.raises(PushServerError, match="could not reach the push broker"):
+            other_thread.submit(updates.send_update, "late", "other").result()
 
 
 def test_a_full_queue_is_an_error_naming_its_size(
