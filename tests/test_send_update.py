@@ -238,6 +238,26 @@ def test_eight_threads_sending_200_messages_each_arrive_complete_and_in_order(
     assert receiver.nothing_more()
 
 
+def test_threads_that_end_do_not_leave_their_sockets_open(receiver: Receiver) -> None:
+    from pushserver.utils import updates
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def send_from_a_new_thread(number: int) -> None:
+        thread = threading.Thread(target=updates.send_update, args=("per-request", number))
+        thread.start()
+        thread.join()
+
+    send_from_a_new_thread(0)  # a thread-per-request server, like runserver's
+    before = open_files()
+    for number in range(1, 100):
+        send_from_a_new_thread(number)
+    # Each socket holds a few descriptors; a leak would add hundreds.
+    assert open_files() - before < 30
+    assert [json.loads(receiver.receive().body) for _ in range(100)] == list(range(100))
+
+
 def test_a_forked_child_sends_on_a_socket_of_its_own(receiver: Receiver) -> None:
     from pushserver import sender
     from pushserver.utils import updates
