@@ -397,7 +397,13 @@ def _numbers(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
         number = value.get(key)
         if number is None:
             continue
-        if key in conf.INTEGER_KEYS:
+        if key in conf.ZERO_ALLOWED_KEYS:
+            if not (_is_integer(number) and number >= 0):
+                yield _error(
+                    f"{SETTING}[{key!r}] must be an integer of 0 (off) or more, got {number!r}",
+                    "E013",
+                )
+        elif key in conf.INTEGER_KEYS:
             if not (_is_integer(number) and number > 0):
                 yield _error(
                     f"{SETTING}[{key!r}] must be a positive integer, got {number!r}", "E013"

@@ -83,8 +83,15 @@ NUMBER_DEFAULTS: Mapping[str, float] = {
     "broker_unreachable_timeout": 3.0,
     "send_queue_size": 10_000,
     "exit_timeout": 1.0,
+    # Fault injection for tests of gap repair: an edge drops every Nth live
+    # message from the broker. 0 drops nothing.
+    "drop_live_every": 0,
 }
-INTEGER_KEYS = frozenset({"max_message_size", "max_connections", "send_queue_size"})
+INTEGER_KEYS = frozenset(
+    {"max_message_size", "max_connections", "send_queue_size", "drop_live_every"}
+)
+# Keys where 0 means "off"; every other number must be positive.
+ZERO_ALLOWED_KEYS = frozenset({"drop_live_every"})
 HOST_KEYS = ("publisher_host", "subscriber_host")
 # Keys of the original that are accepted and have no effect here.
 IGNORED_KEYS = frozenset({"servername"})
@@ -273,4 +280,5 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         topic_linger=number("topic_linger"),
         broker_timeout=number("broker_timeout"),
         max_connections=int(number("max_connections")),
+        drop_live_every=int(number("drop_live_every")),
     )

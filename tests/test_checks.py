@@ -209,6 +209,7 @@ def test_broker_endpoints_must_differ_unless_ephemeral() -> None:
         ("broker_unreachable_timeout", "3", "got '3'"),
         ("send_queue_size", 1.5, "must be a positive integer, got 1.5"),
         ("max_message_size", 0, "must be a positive integer, got 0"),
+        ("drop_live_every", -1, "must be an integer of 0 (off) or more, got -1"),
     ],
 )
 def test_bad_timeouts_and_sizes(key: str, value: Any, expected: str) -> None:

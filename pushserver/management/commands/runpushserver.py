@@ -7,6 +7,7 @@ over to `pushserver.runner`.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import sys
@@ -79,6 +80,7 @@ class Command(BaseCommand):
 
                 wsgi_app = get_wsgi_application()
 
+        _configure_logging()
         now = datetime.now().strftime("%B %d, %Y - %X")
         self._say(
             f"{now}\n"
@@ -130,3 +132,21 @@ class Command(BaseCommand):
     def _say(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
+
+
+def _configure_logging() -> None:
+    """Show the push server's own log lines (refills, stops) and Tornado's warnings on stderr,
+    as runserver shows its requests, unless the project's LOGGING already routes them."""
+    if logging.getLogger().handlers:
+        return
+    for name, level in (("pushserver", logging.INFO), ("tornado", logging.WARNING)):
+        logger = logging.getLogger(name)
+        if logger.handlers:
+            continue
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%d/%b/%Y %X")
+        )
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(level)
