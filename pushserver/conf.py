@@ -171,11 +171,6 @@ def named_stores() -> dict[str, Any]:
     return stores
 
 
-def store_name() -> str:
-    stores = named_stores()
-    return next(iter(stores)) if stores else DEFAULT_STORE_NAME
-
-
 def store() -> dict[str, Any]:
     """The cluster's one store, merged with the defaults."""
     stores = named_stores()

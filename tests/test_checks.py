@@ -274,6 +274,36 @@ def test_a_bind_all_broker_endpoint_is_reached_on_loopback() -> None:
         assert conf.edge_config().events == "tcp://127.0.0.1:6001"
 
 
+def test_hosts_default_to_where_the_edge_listens() -> None:
+    from pushserver import conf
+
+    with override_settings(PUSH_SERVER={"address": "::1", "port": 8011}):
+        assert conf.host(conf.SUBSCRIBER).base_url == "http://[::1]:8011"
+    secure = {"publisher_host": {"location": "push.example.com", "secure": True}}
+    with override_settings(PUSH_SERVER=secure):
+        assert conf.host(conf.PUBLISHER).base_url == "https://push.example.com"
+
+
+@pytest.mark.parametrize(
+    ("addrport", "use_ipv6", "expected"),
+    [
+        (None, False, (None, None)),
+        (None, True, ("::1", None)),
+        ("8011", False, (None, 8011)),
+        ("127.0.0.1:8011", False, ("127.0.0.1", 8011)),
+        ("[::1]:8011", False, ("::1", 8011)),
+        ("0:8011", False, ("0.0.0.0", 8011)),
+        ("localhost:8011", True, ("localhost", 8011)),
+    ],
+)
+def test_runpushserver_reads_addrport_as_runserver_does(
+    addrport: str | None, use_ipv6: bool, expected: tuple[str | None, int | None]
+) -> None:
+    from pushserver.management.commands.runpushserver import Command
+
+    assert Command()._parse_addrport(addrport, use_ipv6) == expected
+
+
 @pytest.fixture
 def bad_settings() -> Iterator[None]:
     with override_settings(PUSH_SERVER={"store": {"type": "redis"}}):
