@@ -50,6 +50,13 @@ class Broker:
         self._control: zmq.asyncio.Socket | None = None
 
     def bind(self) -> Endpoints:
+        try:
+            return self._bind()
+        except zmq.ZMQError:
+            self._context.destroy(linger=0)
+            raise
+
+    def _bind(self) -> Endpoints:
         ingress = self._context.socket(zmq.PULL)
         configure_heartbeats(ingress)
         ingress.bind(self.config.ingress)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import tornado.web
-import tornado.wsgi
 
 from edge.config import EdgeConfig
 from edge.feed import Feed
 from edge.handlers import PushHandler
 from edge.publisher import PublisherHandler
 from edge.subscriber import SubscriberHandler
-
-# Django views may be slow; they run here so they never stall the event loop.
-WSGI_THREADS = 16
+from edge.wsgi import WSGIApp, WSGIFallback
 
 
 class NotFoundHandler(PushHandler):
@@ -31,7 +27,7 @@ def anchored(pattern: str) -> str:
 
 
 def build_application(
-    config: EdgeConfig, feed: Feed, wsgi_app: Any | None = None
+    config: EdgeConfig, feed: Feed, wsgi_app: WSGIApp | None = None
 ) -> tornado.web.Application:
     rules: list[Any] = []
     for subscriber in config.subscribers:
@@ -41,10 +37,8 @@ def build_application(
         options = {"feed": feed, "location": publisher, "config": config}
         rules.append((anchored(publisher.url), PublisherHandler, options))
     if wsgi_app is not None:
-        container = tornado.wsgi.WSGIContainer(
-            wsgi_app, executor=ThreadPoolExecutor(WSGI_THREADS, "pushserver-wsgi")
-        )
-        rules.append((r".*", tornado.web.FallbackHandler, {"fallback": container}))
+        fallback = WSGIFallback(wsgi_app)
+        rules.append((r".*", tornado.web.FallbackHandler, {"fallback": fallback}))
     return tornado.web.Application(
         rules, default_handler_class=NotFoundHandler, compress_response=False
     )

@@ -20,6 +20,12 @@ def slow(request: HttpRequest) -> HttpResponse:
     return HttpResponse("slow view done", content_type="text/plain")
 
 
+def cookie(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse("cookie set", content_type="text/plain")
+    response.set_cookie("flavour", "oatmeal")
+    return response
+
+
 def release(request: HttpRequest) -> HttpResponse:
     released.set()
     return HttpResponse("released", content_type="text/plain")
@@ -29,4 +35,5 @@ urlpatterns = [
     path("hello/", hello),
     path("slow/", slow),
     path("release/", release),
+    path("cookie/", cookie),
 ]

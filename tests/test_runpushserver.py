@@ -40,6 +40,9 @@ def test_allrequests_serves_django_beside_the_push_locations(launcher: Launcher)
     )
     base = process.wait_for(EDGE_LINE).group("url")
     assert httpx.get(base + "/hello/").text == "hello from django"
+    with_cookie = httpx.get(base + "/cookie/", timeout=10)
+    assert with_cookie.text == "cookie set"
+    assert with_cookie.cookies["flavour"] == "oatmeal"
     channel = fresh("beside-django")
     publish(base, channel, "pushed")
     with httpx.Client(timeout=30) as client:
