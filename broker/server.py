@@ -9,7 +9,6 @@ dropped, logged and counted, and the loop goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -22,7 +21,7 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.sequencer import Sequencer
-from broker.sockets import configure_heartbeats, drain, send_now
+from broker.sockets import configure_heartbeats, drain, run_until, send_now
 
 log = logging.getLogger("pushserver.broker")
 
@@ -87,20 +86,15 @@ class Broker:
         assert self._ingress and self._events and self._control
         # Ids of a previous run all precede this broker's first second.
         await asyncio.sleep(max(0.0, self.sequencer.first_time - time.time()))
-        tasks = [
-            asyncio.create_task(drain(self._ingress, self._on_publish, self._stopping)),
-            asyncio.create_task(drain(self._events, self._on_subscription, self._stopping)),
-            asyncio.create_task(drain(self._control, self._on_request, self._stopping)),
-            asyncio.create_task(self._tick()),
-        ]
         try:
-            await self._stopping.wait()
+            await run_until(
+                self._stopping,
+                drain(self._ingress, self._on_publish, self._stopping),
+                drain(self._events, self._on_subscription, self._stopping),
+                drain(self._control, self._on_request, self._stopping),
+                self._tick(),
+            )
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             self._context.destroy(linger=0)
             log.info("broker stopped; %s", dict(self.counters))
 

@@ -9,8 +9,9 @@ blocking shadow) lets pyzmq re-check pending events after each send.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import cast
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -37,6 +38,19 @@ def send_now(sock: zmq.asyncio.Socket, frames: list[bytes]) -> bool:
 def wake_readers(sock: zmq.asyncio.Socket) -> None:
     """Re-check a socket's events after an operation that may have consumed its wake-up."""
     sock.get(zmq.EVENTS)
+
+
+async def run_until(stopping: asyncio.Event, *coroutines: Coroutine[Any, Any, None]) -> None:
+    """Run `coroutines` as tasks until `stopping` is set, then cancel and await them."""
+    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
+    try:
+        await stopping.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def drain(

@@ -12,7 +12,6 @@ high-water mark, a slow joiner): it fetches the snapshot again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -22,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from broker import wire
-from broker.sockets import configure_heartbeats, drain, send_now, wake_readers
+from broker.sockets import configure_heartbeats, drain, run_until, send_now, wake_readers
 from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig
 
@@ -75,19 +74,14 @@ class Feed:
     async def run(self) -> None:
         self._events.connect(self.config.events)
         self._control.connect(self.config.control)
-        tasks = [
-            asyncio.create_task(drain(self._events, self._on_event, self._stopping)),
-            asyncio.create_task(drain(self._control, self._on_reply, self._stopping)),
-            asyncio.create_task(self._sweep()),
-        ]
         try:
-            await self._stopping.wait()
+            await run_until(
+                self._stopping,
+                drain(self._events, self._on_event, self._stopping),
+                drain(self._control, self._on_reply, self._stopping),
+                self._sweep(),
+            )
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             for future in self._replies.values():
                 if not future.done():
                     future.set_exception(BrokerUnavailable("edge stopping"))

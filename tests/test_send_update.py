@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import django
 import pytest
 import zmq
 from django.core.serializers.json import DjangoJSONEncoder
@@ -31,29 +30,13 @@ from django.test.utils import override_settings
 
 from broker import wire
 from pushserver import PushServerError
+from tests.processes import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 # Small, so the tests that wait for a give-up stay short.
 SEND_TIMEOUT = 0.3
 UNREACHABLE_TIMEOUT = 0.5
 EXIT_TIMEOUT = 0.2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def django_setup() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_settings")
-    django.setup()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Receiver:
