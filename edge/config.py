@@ -20,7 +20,15 @@ class SubscriberLocation:
     # Origins allowed by CORS; ("*",) allows any.
     allow_origin: tuple[str, ...] = ("*",)
     allow_credentials: bool = False
+    # Django's passthrough URL, called on each subscribe and unsubscribe.
     passthrough: str | None = None
+    # Seconds an unsubscribe waits for the same client to poll again; a
+    # re-poll within it fires neither the unsubscribe nor a new subscribe.
+    passthrough_grace: float = 0.0
+    # Hold a poll only once Django's passthrough view admitted the client.
+    authorize: bool = False
+    # Seconds an admission is remembered per client and channel.
+    authorize_cache: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,11 @@ class EdgeConfig:
     events_rcvhwm: int = 0
     max_connections: int = 10_000
     cors_max_age: int = 86_400
+    # Sent to Django's passthrough view so it trusts edges on other hosts.
+    passthrough_secret: str | None = None
+    passthrough_timeout: float = 5.0
+    # Passthrough calls in flight at once; beyond it calls are dropped and counted.
+    passthrough_concurrency: int = 64
     # Fault injection for testing gap repair: drop every Nth live message
     # received from the broker. 0, the default, drops nothing.
     drop_live_every: int = 0

@@ -87,3 +87,11 @@ def echo_headers(cursor: Cursor) -> list[tuple[str, str]]:
         headers.append((ETAG, str(cursor.id.tag)))
         headers.append((CACHE_CONTROL, cache_control(cursor.id.tag)))
     return headers
+
+# Edges send this to Django's passthrough view, which trusts a matching value
+# from any address (PUSH_SERVER['passthrough_secret']).
+PASSTHROUGH_SECRET = "X-Passthrough-Secret"
+# The form fields of a passthrough call, as the original sent them.
+PASSTHROUGH_CHANNEL = "channel_id"
+PASSTHROUGH_SUBSCRIBE = "subscribe"
+PASSTHROUGH_UNSUBSCRIBE = "unsubscribe"

@@ -9,7 +9,8 @@ Ids: E001 not a dict, E002 several stores, E003 store type, E004 store
 numbers, E005 address or port, E006 publisher/subscriber host, E007
 location shape, E008 location url, E009 polling, E010 allow_origin, E011
 allow_from or secret, E012 broker endpoints, E013 timeouts and sizes, E014
-history_file, E015 PUSH_SERVER_IGNORE_ERRORS; W001 unknown keys.
+history_file, E015 PUSH_SERVER_IGNORE_ERRORS, E016 passthrough_secret;
+W001 unknown keys.
 """
 
 from __future__ import annotations
@@ -59,7 +60,17 @@ def check_settings(
         )
         return messages
     messages.extend(_unknown_keys(SETTING, value, conf.KNOWN_KEYS))
-    for part in (_stores, _address_and_port, _hosts, _locations, _broker, _numbers, _history_file):
+    parts = (
+        _stores,
+        _address_and_port,
+        _hosts,
+        _locations,
+        _broker,
+        _numbers,
+        _history_file,
+        _passthrough_secret,
+    )
+    for part in parts:
         messages.extend(part(value))
     return messages
 
@@ -288,7 +299,7 @@ def _subscriber(where: str, location: dict[str, Any]) -> Iterator[checks.CheckMe
             f"{where}['polling'] must be 'long' or 'interval', got {location['polling']!r}",
             "E009",
         )
-    for key in ("create_on_get", "allow_credentials"):
+    for key in ("create_on_get", "allow_credentials", "authorize"):
         if not isinstance(location[key], bool):
             yield _error(f"{where}[{key!r}] must be True or False, got {location[key]!r}", "E007")
     passthrough = location["passthrough"]
@@ -297,6 +308,18 @@ def _subscriber(where: str, location: dict[str, Any]) -> Iterator[checks.CheckMe
     ):
         yield _error(
             f"{where}['passthrough'] must be an http:// or https:// URL, got {passthrough!r}",
+            "E007",
+        )
+    for key in ("passthrough_grace", "authorize_cache"):
+        seconds = location[key]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            yield _error(
+                f"{where}[{key!r}] must be a number of seconds >= 0, got {seconds!r}", "E007"
+            )
+    if location["authorize"] and not passthrough:
+        yield _error(
+            f"{where}['authorize'] needs a 'passthrough' URL: "
+            "Django's passthrough view decides who may subscribe",
             "E007",
         )
     yield from _allow_origin(where, location["allow_origin"])
@@ -412,6 +435,15 @@ def _numbers(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
             yield _error(
                 f"{SETTING}[{key!r}] must be a positive number of seconds, got {number!r}", "E013"
             )
+
+
+def _passthrough_secret(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
+    secret = value.get("passthrough_secret")
+    if secret is not None and not (isinstance(secret, str) and secret):
+        yield _error(
+            f"{SETTING}['passthrough_secret'] must be a non-empty string or None, got {secret!r}",
+            "E016",
+        )
 
 
 def _history_file(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:

@@ -57,6 +57,9 @@ LOCATION_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
         "allow_origin": "*",
         "allow_credentials": False,
         "passthrough": None,
+        "passthrough_grace": 0,
+        "authorize": False,
+        "authorize_cache": 60,
         "store": None,
     },
     PUBLISHER: {
@@ -83,12 +86,20 @@ NUMBER_DEFAULTS: Mapping[str, float] = {
     "broker_unreachable_timeout": 3.0,
     "send_queue_size": 10_000,
     "exit_timeout": 1.0,
+    "passthrough_timeout": 5.0,
+    "passthrough_concurrency": 64,
     # Fault injection for tests of gap repair: an edge drops every Nth live
     # message from the broker. 0 drops nothing.
     "drop_live_every": 0,
 }
 INTEGER_KEYS = frozenset(
-    {"max_message_size", "max_connections", "send_queue_size", "drop_live_every"}
+    {
+        "max_message_size",
+        "max_connections",
+        "send_queue_size",
+        "drop_live_every",
+        "passthrough_concurrency",
+    }
 )
 # Keys where 0 means "off"; every other number must be positive.
 ZERO_ALLOWED_KEYS = frozenset({"drop_live_every"})
@@ -96,7 +107,16 @@ HOST_KEYS = ("publisher_host", "subscriber_host")
 # Keys of the original that are accepted and have no effect here.
 IGNORED_KEYS = frozenset({"servername"})
 KNOWN_KEYS = frozenset(
-    {"address", "port", "store", "stores", "locations", "broker", "history_file"}
+    {
+        "address",
+        "port",
+        "store",
+        "stores",
+        "locations",
+        "broker",
+        "history_file",
+        "passthrough_secret",
+    }
     | set(HOST_KEYS)
     | set(NUMBER_DEFAULTS)
     | IGNORED_KEYS
@@ -202,6 +222,12 @@ def number(key: str) -> float:
     return int(value) if key in INTEGER_KEYS else float(value)
 
 
+def passthrough_secret() -> str | None:
+    """The secret edges send to the passthrough view, so it trusts them from any address."""
+    value = push_server().get("passthrough_secret")
+    return str(value) if value else None
+
+
 def history_file() -> Path | None:
     value = push_server().get("history_file")
     return Path(value) if value else None
@@ -247,6 +273,9 @@ def _subscriber(location: dict[str, Any]) -> SubscriberLocation:
         allow_origin=_strings(location["allow_origin"]),
         allow_credentials=bool(location["allow_credentials"]),
         passthrough=location["passthrough"] or None,
+        passthrough_grace=float(location["passthrough_grace"]),
+        authorize=bool(location["authorize"]),
+        authorize_cache=float(location["authorize_cache"]),
     )
 
 
@@ -276,4 +305,7 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         broker_timeout=number("broker_timeout"),
         max_connections=int(number("max_connections")),
         drop_live_every=int(number("drop_live_every")),
+        passthrough_secret=passthrough_secret(),
+        passthrough_timeout=number("passthrough_timeout"),
+        passthrough_concurrency=int(number("passthrough_concurrency")),
     )
