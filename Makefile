@@ -15,11 +15,11 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-1
 
 # System packages the tests need, as command:debian-package pairs. A package
 # is installed only when its command is missing, e.g. `nginx:nginx`.
-SYSTEM_DEPS :=
+SYSTEM_DEPS := node:nodejs chromium:chromium
 
 DEMO_PYTHON := ../../$(BIN)/python
 
-.PHONY: help demo test lint typecheck pytest install system-deps clean distclean
+.PHONY: help demo test lint typecheck jstest pytest install system-deps clean distclean
 
 help:
 	@echo "make demo       run the demo site (runpushserver --allrequests) on http://127.0.0.1:8000"
@@ -60,7 +60,11 @@ typecheck: install
 pytest: install system-deps
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The browser client's own tests: node's test runner, no network.
+jstest: system-deps
+	node --test js/test/
+
+test: lint typecheck jstest pytest
 
 # The publisher sends a 'tick' to channel 'demo' every 2 s; it is stopped
 # when runpushserver exits (Ctrl-C).
