@@ -9,6 +9,7 @@ import tornado.web
 from edge.config import EdgeConfig
 from edge.feed import Feed
 from edge.handlers import PushHandler
+from edge.passthrough import Passthrough
 from edge.publisher import PublisherHandler
 from edge.subscriber import SubscriberHandler
 from edge.wsgi import WSGIApp, WSGIFallback
@@ -27,11 +28,16 @@ def anchored(pattern: str) -> str:
 
 
 def build_application(
-    config: EdgeConfig, feed: Feed, wsgi_app: WSGIApp | None = None
+    config: EdgeConfig, feed: Feed, passthrough: Passthrough, wsgi_app: WSGIApp | None = None
 ) -> tornado.web.Application:
     rules: list[Any] = []
     for subscriber in config.subscribers:
-        options = {"feed": feed, "location": subscriber, "config": config}
+        options = {
+            "feed": feed,
+            "location": subscriber,
+            "config": config,
+            "passthrough": passthrough,
+        }
         rules.append((anchored(subscriber.url), SubscriberHandler, options))
     for publisher in config.publishers:
         options = {"feed": feed, "location": publisher, "config": config}

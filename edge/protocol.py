@@ -88,6 +88,7 @@ def echo_headers(cursor: Cursor) -> list[tuple[str, str]]:
         headers.append((CACHE_CONTROL, cache_control(cursor.id.tag)))
     return headers
 
+
 # Edges send this to Django's passthrough view, which trusts a matching value
 # from any address (PUSH_SERVER['passthrough_secret']).
 PASSTHROUGH_SECRET = "X-Passthrough-Secret"

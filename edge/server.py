@@ -16,6 +16,7 @@ import tornado.netutil
 from edge.app import build_application
 from edge.config import EdgeConfig
 from edge.feed import Feed
+from edge.passthrough import Passthrough
 
 log = logging.getLogger("pushserver.edge")
 
@@ -64,7 +65,8 @@ class Edge:
     def __init__(self, config: EdgeConfig, wsgi_app: Any | None = None) -> None:
         self.config = config
         self.feed = Feed(config)
-        self.application = build_application(config, self.feed, wsgi_app)
+        self.passthrough = Passthrough(config)
+        self.application = build_application(config, self.feed, self.passthrough, wsgi_app)
         self._server: CappedHTTPServer | None = None
         self._stopping = asyncio.Event()
 
@@ -109,6 +111,7 @@ class Edge:
                 log.info("answered %d held polls before stopping", released)
                 # Let the handlers write their 304s before connections close.
                 await asyncio.sleep(0.1)
+            await self.passthrough.close()
             self.feed.stop()
             await feed_task
             await self._server.close_all_connections()

@@ -11,6 +11,7 @@ from edge.config import INTERVAL_POLL, EdgeConfig, SubscriberLocation
 from edge.cors import cors_headers, preflight_headers
 from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import PushHandler
+from edge.passthrough import Passthrough
 from edge.protocol import (
     IF_MODIFIED_SINCE,
     IF_NONE_MATCH,
@@ -31,10 +32,17 @@ CLOSED = "closed"
 class SubscriberHandler(PushHandler):
     ALLOWED = SUBSCRIBER_METHODS
 
-    def initialize(self, feed: Feed, location: SubscriberLocation, config: EdgeConfig) -> None:
+    def initialize(
+        self,
+        feed: Feed,
+        location: SubscriberLocation,
+        config: EdgeConfig,
+        passthrough: Passthrough,
+    ) -> None:
         self.feed = feed
         self.location = location
         self.config = config
+        self.passthrough = passthrough if location.passthrough else None
         self._held: asyncio.Future[Any] | None = None
 
     def always_headers(self) -> list[tuple[str, str]]:
@@ -63,6 +71,26 @@ class SubscriberHandler(PushHandler):
             self.refuse(503, "the push broker is unavailable; try again shortly")
         if buffer is None:
             self.refuse(403, "channel does not exist")
+        passthrough = self.passthrough
+        if passthrough is None:
+            await self._serve(buffer, cursor)
+            return
+        if not self.location.authorize:
+            passthrough.subscribe(self.location, self.request, channel_id)
+        else:
+            admitted = await passthrough.admit(self.location, self.request, channel_id)
+            if admitted is None:
+                self.refuse(
+                    503, "the site could not authorize this subscription; try again shortly"
+                )
+            if not admitted:
+                self.refuse(403, "subscription refused")
+        try:
+            await self._serve(buffer, cursor)
+        finally:
+            passthrough.unsubscribe(self.location, self.request, channel_id)
+
+    async def _serve(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
         buffer.requested = time.time()
         held, missed = buffer.find(cursor.id)
         if held is not None:

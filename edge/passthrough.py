@@ -1,0 +1,269 @@
+"""Calls to Django's passthrough view on each subscribe and unsubscribe.
+
+The edge POSTs `channel_id` and `subscribe=1` or `unsubscribe=1` with the
+browser's own headers, so Django's session and auth middleware see the
+same user. None of it sits on the delivery path: calls run beside the
+polls with a timeout and a bound on how many are in flight; a failure is
+counted and logged (at most once per `LOG_EVERY` seconds), never retried.
+Only authorization, when a location asks for it, makes a poll wait for
+Django, and a granted admission is remembered so later polls do not.
+
+With `passthrough_grace`, a client's unsubscribe waits that long for the
+same client to poll again; a re-poll within it calls nothing. A client is
+known by its cookies, credentials, address and user agent: several tabs
+of one browser count as one client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+
+import tornado.httpclient
+import tornado.httputil
+import tornado.simple_httpclient
+
+from edge.config import EdgeConfig, SubscriberLocation
+from edge.protocol import (
+    PASSTHROUGH_CHANNEL,
+    PASSTHROUGH_SECRET,
+    PASSTHROUGH_SUBSCRIBE,
+    PASSTHROUGH_UNSUBSCRIBE,
+)
+
+log = logging.getLogger("pushserver.edge")
+
+LOG_EVERY = 10.0
+# Headers that describe this hop or this body, not the browser.
+NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-type",
+        "accept-encoding",
+        "if-modified-since",
+        "if-none-match",
+        PASSTHROUGH_SECRET.lower(),
+    }
+)
+IDENTITY_HEADERS = ("Cookie", "Authorization", "User-Agent")
+
+# Who is subscribed to what, as Django was told: (client, channel, passthrough URL).
+Key = tuple[bytes, str, str]
+
+
+@dataclass(slots=True)
+class Subscription:
+    polls: int = 0
+    unsubscribe_timer: asyncio.TimerHandle | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Passthrough:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.counters: Counter[str] = Counter()
+        self._client = tornado.simple_httpclient.SimpleAsyncHTTPClient(
+            force_instance=True, max_clients=config.passthrough_concurrency
+        )
+        self._in_flight = 0
+        self._subscriptions: dict[Key, Subscription] = {}
+        self._grants: dict[Key, float] = {}
+        self._last_log = 0.0
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """Tell Django about every subscription still waiting out its grace, then stop."""
+        calls = []
+        for key, subscription in list(self._subscriptions.items()):
+            if subscription.unsubscribe_timer is not None:
+                subscription.unsubscribe_timer.cancel()
+                del self._subscriptions[key]
+                calls.append(self._post(key, subscription.headers, PASSTHROUGH_UNSUBSCRIBE))
+        if calls:
+            await asyncio.wait([asyncio.ensure_future(call) for call in calls], timeout=timeout)
+        self._client.close()
+
+    # -- what the subscriber location calls -----------------------------------
+
+    def subscribe(
+        self,
+        location: SubscriberLocation,
+        request: tornado.httputil.HTTPServerRequest,
+        channel_id: str,
+    ) -> None:
+        """A poll began: tell Django, unless this client is still subscribed."""
+        key = self._key(location, request, channel_id)
+        if location.passthrough_grace <= 0:
+            self._call(key, self._headers(request), PASSTHROUGH_SUBSCRIBE)
+            return
+        subscription = self._subscriptions.get(key)
+        if subscription is None:
+            subscription = self._subscriptions[key] = Subscription(headers=self._headers(request))
+            self._call(key, subscription.headers, PASSTHROUGH_SUBSCRIBE)
+        elif subscription.unsubscribe_timer is not None:
+            subscription.unsubscribe_timer.cancel()
+            subscription.unsubscribe_timer = None
+        subscription.polls += 1
+
+    def unsubscribe(
+        self,
+        location: SubscriberLocation,
+        request: tornado.httputil.HTTPServerRequest,
+        channel_id: str,
+    ) -> None:
+        """A poll ended: tell Django, now or after the grace if no new poll comes."""
+        key = self._key(location, request, channel_id)
+        if location.passthrough_grace <= 0:
+            self._call(key, self._headers(request), PASSTHROUGH_UNSUBSCRIBE)
+            return
+        subscription = self._subscriptions.get(key)
+        if subscription is None:
+            return
+        subscription.polls -= 1
+        if subscription.polls <= 0:
+            subscription.unsubscribe_timer = asyncio.get_running_loop().call_later(
+                location.passthrough_grace, self._finish, key
+            )
+
+    async def admit(
+        self,
+        location: SubscriberLocation,
+        request: tornado.httputil.HTTPServerRequest,
+        channel_id: str,
+    ) -> bool | None:
+        """Whether Django admits this client to the channel; None when Django did not answer.
+
+        An admission is remembered for `authorize_cache` seconds. The call is
+        the subscribe itself, so an admitted poll is not announced twice.
+        """
+        key = self._key(location, request, channel_id)
+        now = time.monotonic()
+        if self._grants.get(key, 0.0) > now:
+            self.subscribe(location, request, channel_id)
+            return True
+        headers = self._headers(request)
+        verdict = await self._ask(key, headers)
+        if verdict:
+            self._remember(key, now + location.authorize_cache)
+            if location.passthrough_grace > 0:
+                subscription = self._subscriptions.setdefault(key, Subscription(headers=headers))
+                if subscription.unsubscribe_timer is not None:
+                    subscription.unsubscribe_timer.cancel()
+                    subscription.unsubscribe_timer = None
+                subscription.polls += 1
+        return verdict
+
+    # -- calls --------------------------------------------------------------------
+
+    def _finish(self, key: Key) -> None:
+        subscription = self._subscriptions.pop(key, None)
+        if subscription is not None:
+            self._call(key, subscription.headers, PASSTHROUGH_UNSUBSCRIBE)
+
+    def _remember(self, key: Key, until: float) -> None:
+        grants = self._grants
+        grants[key] = until
+        # Forget lapsed grants now and then so the cache stays as large as the
+        # set of recent clients, not of every client ever seen.
+        if len(grants) > 1024 and len(grants) % 1024 == 0:
+            now = time.monotonic()
+            for lapsed in [k for k, expiry in grants.items() if expiry <= now]:
+                del grants[lapsed]
+
+    def _call(self, key: Key, headers: dict[str, str], action: str) -> None:
+        asyncio.get_running_loop().create_task(self._post(key, headers, action))
+
+    async def _ask(self, key: Key, headers: dict[str, str]) -> bool | None:
+        code = await self._post(key, headers, PASSTHROUGH_SUBSCRIBE)
+        if code == 200:
+            return True
+        if code == 403:
+            self.counters["passthrough_refused"] += 1
+            return False
+        return None
+
+    async def _post(self, key: Key, headers: dict[str, str], action: str) -> int | None:
+        _, channel_id, url = key
+        if self._in_flight >= self.config.passthrough_concurrency:
+            self._failed(
+                f"{self.config.passthrough_concurrency} calls already in flight", "dropped"
+            )
+            return None
+        body = urllib.parse.urlencode({PASSTHROUGH_CHANNEL: channel_id, action: "1"})
+        timeout = self.config.passthrough_timeout
+        request = tornado.httpclient.HTTPRequest(
+            url,
+            method="POST",
+            body=body,
+            headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
+            connect_timeout=timeout,
+            request_timeout=timeout,
+            follow_redirects=False,
+        )
+        self._in_flight += 1
+        try:
+            response = await self._client.fetch(request, raise_error=False)
+        finally:
+            self._in_flight -= 1
+        self.counters[f"passthrough_{action}"] += 1
+        if response.code in (200, 403):
+            return response.code
+        reason = str(response.error) if response.code == 599 else f"answered {response.code}"
+        self._failed(f"{action} of {channel_id!r} at {url}: {reason}", "failed")
+        return response.code
+
+    def _failed(self, what: str, kind: str) -> None:
+        self.counters[f"passthrough_{kind}"] += 1
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY:
+            self._last_log = now
+            log.warning(
+                "passthrough call %s (%d failed, %d dropped so far): %s",
+                kind,
+                self.counters["passthrough_failed"],
+                self.counters["passthrough_dropped"],
+                what,
+            )
+
+    # -- identity -----------------------------------------------------------------
+
+    def _key(
+        self,
+        location: SubscriberLocation,
+        request: tornado.httputil.HTTPServerRequest,
+        channel_id: str,
+    ) -> Key:
+        identity = hashlib.blake2b(digest_size=16)
+        for name in IDENTITY_HEADERS:
+            identity.update(request.headers.get(name, "").encode("utf-8", "surrogateescape"))
+            identity.update(b"\0")
+        identity.update((request.remote_ip or "").encode())
+        return identity.digest(), channel_id, location.passthrough or ""
+
+    def _headers(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, str]:
+        headers = {
+            name: value
+            for name, value in request.headers.get_all()
+            if name.lower() not in NOT_FORWARDED
+        }
+        forwarded = request.headers.get("X-Forwarded-For")
+        remote = request.remote_ip or ""
+        headers["X-Forwarded-For"] = f"{forwarded}, {remote}" if forwarded else remote
+        headers["X-Forwarded-Host"] = request.host
+        headers["X-Forwarded-Proto"] = request.protocol
+        if self.config.passthrough_secret:
+            headers[PASSTHROUGH_SECRET] = self.config.passthrough_secret
+        return headers
