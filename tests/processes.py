@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +47,14 @@ def eventually(check: Callable[[], T | None], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port free right now, for a server that must restart on the same port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -116,12 +125,34 @@ class Launcher:
         (self.folder / f"{module}.py").write_text("\n".join(lines) + "\n")
         return module
 
-    def start(self, name: str, push_server: dict[str, Any], *args: str, **extra: Any) -> Process:
-        module = self.settings(push_server, **extra)
+    def environment(self, module: str) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(self.folder), str(ROOT)])
         env["DJANGO_SETTINGS_MODULE"] = module
         env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def manage(self, module: str, *args: str) -> str:
+        """Run a management command with the settings `module` and return its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "django", *args],
+            cwd=self.folder,
+            env=self.environment(module),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def start(self, name: str, push_server: dict[str, Any], *args: str, **extra: Any) -> Process:
+        module = self.settings(push_server, **extra)
+        return self.run(name, module, *args)
+
+    def run(self, name: str, module: str, *args: str) -> Process:
+        """Start `runpushserver` with an already written settings `module`."""
+        env = self.environment(module)
         popen = subprocess.Popen(
             [sys.executable, "-m", "django", "runpushserver", *args],
             cwd=self.folder,
