@@ -1,0 +1,215 @@
+"""Absolute URLs of a channel on the edges, for browsers (subscriber) and HTTP publishers.
+
+One helper, `channel_url`, builds both kinds: the scheme and host come from
+``subscriber_host`` / ``publisher_host``, the path from reversing the
+location's URL pattern with the channel id in place of its one group.
+
+The trap is the encoding. The edge matches the pattern against the raw,
+still percent-encoded path and percent-decodes the group as UTF-8, with
+``+`` meaning a plus. So the id is encoded with ``quote(id, safe='')``:
+slashes, ``?``, ``#``, ``+``, ``%``, spaces and non-ASCII are all escaped,
+and the edge receives exactly the id that was given here.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from django.core.exceptions import ImproperlyConfigured
+
+from broker.wire import channel_id_problem
+from pushserver import conf
+from pushserver.conf import PUBLISHER, SUBSCRIBER
+
+__all__ = ["PUBLISHER", "SUBSCRIBER", "channel_url", "publisher_url", "subscriber_url"]
+
+# Outside the channel id's group these have a regex meaning, so the path a
+# pattern matches cannot be read off it. Inside the group anything goes.
+_NOT_REVERSIBLE = {
+    "|": "an alternation",
+    "*": "a quantifier",
+    "+": "a quantifier",
+    "?": "a quantifier",
+    "{": "a quantifier",
+    "[": "a character class",
+    ".": "an unescaped '.' (write '\\.' for a dot)",
+    "^": "an anchor inside the pattern",
+    "$": "an anchor inside the pattern",
+}
+
+
+def channel_url(
+    channel_id: str,
+    kind: str = SUBSCRIBER,
+    location: Mapping[str, Any] | str | None = None,
+) -> str:
+    """The absolute URL of `channel_id` on the edges' `kind` location.
+
+    `kind` is ``SUBSCRIBER`` (where browsers poll) or ``PUBLISHER`` (where
+    HTTP clients publish). `location` is a location dict as written in
+    ``PUSH_SERVER['locations']``, or just its URL pattern; by default the
+    first location of that kind.
+
+    >>> channel_url("news feed")
+    'http://127.0.0.1:8001/updates/news%20feed'
+
+    Raises ValueError for an id no channel can have or that the location's
+    group does not match, ImproperlyConfigured when the pattern cannot be
+    reversed.
+    """
+    if kind not in (SUBSCRIBER, PUBLISHER):
+        raise ValueError(f"kind must be {SUBSCRIBER!r} or {PUBLISHER!r}, got {kind!r}")
+    problem = channel_id_problem(channel_id)
+    if problem:
+        raise ValueError(f"{problem}: {channel_id!r}")
+    pattern = _pattern(kind, location)
+    reversed_pattern = _reverse(pattern)
+    encoded = quote(channel_id, safe="")
+    path = f"{reversed_pattern.prefix}{encoded}{reversed_pattern.suffix}"
+    # The literal parts match themselves, so a miss means the group refuses
+    # this id (e.g. a group of digits); the edge would answer it with 404.
+    match = reversed_pattern.regex.fullmatch(path)
+    if match is None or match.group(1) != encoded:
+        raise ValueError(
+            f"channel id {channel_id!r}, encoded as {encoded!r}, does not match the group of "
+            f"the {kind} location pattern {pattern!r}"
+        )
+    return f"{conf.host(kind).base_url}{path}"
+
+
+def subscriber_url(channel_id: str) -> str:
+    """Where browsers poll `channel_id`; what ``{% channel_url %}`` outputs."""
+    return channel_url(channel_id, SUBSCRIBER)
+
+
+def publisher_url(channel_id: str) -> str:
+    """Where an HTTP client POSTs a message to `channel_id`."""
+    return channel_url(channel_id, PUBLISHER)
+
+
+def _pattern(kind: str, location: Mapping[str, Any] | str | None) -> str:
+    if isinstance(location, str):
+        return location
+    if location is None:
+        location = next((loc for loc in conf.locations() if loc.get("type") == kind), None)
+        if location is None:
+            raise ImproperlyConfigured(f"PUSH_SERVER['locations'] has no {kind} location")
+    written_type = location.get("type", kind)
+    if written_type != kind:
+        raise ValueError(f"asked for a {kind} URL of a {written_type!r} location")
+    url = location.get("url", conf.LOCATION_DEFAULTS[kind]["url"])
+    if not isinstance(url, str):
+        raise ImproperlyConfigured(f"a {kind} location's 'url' must be a string, got {url!r}")
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class _Reversed:
+    prefix: str
+    suffix: str
+    # The pattern without its anchors, as the edge matches it (to the end).
+    regex: re.Pattern[str]
+
+
+@functools.lru_cache(maxsize=64)
+def _reverse(pattern: str) -> _Reversed:
+    """Split `pattern` into the literal path around its one group."""
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise ImproperlyConfigured(f"location pattern {pattern!r} is not valid: {exc}") from None
+    if groups != 1:
+        raise ImproperlyConfigured(
+            f"location pattern {pattern!r} must have exactly one group (the channel id), "
+            f"has {groups}"
+        )
+    body = pattern.removeprefix("^")
+    if body.endswith("$") and not _escaped(body, len(body) - 1):
+        body = body[:-1]
+
+    def refuse(why: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(
+            f"location pattern {pattern!r} cannot be reversed into a URL: {why}; "
+            "outside its one group it may hold only literal characters"
+        )
+
+    literals: list[str] = [""]
+    index = 0
+    while index < len(body):
+        char = body[index]
+        if char == "\\":
+            escaped = body[index + 1]
+            if escaped.isalnum() or escaped == "_":
+                raise refuse(f"the escape '\\{escaped}' is not one literal character")
+            literals[-1] += escaped
+            index += 2
+        elif char == "(":
+            if len(literals) > 1:
+                raise refuse("it has a group besides the channel id's")
+            if body.startswith("(?", index) and not body.startswith("(?P<", index):
+                raise refuse(f"{body[index : index + 3]!r}… is not the channel id's group")
+            index = _group_end(body, index)
+            if index < len(body) and body[index] in "*+?{":
+                raise refuse("the channel id's group has a quantifier")
+            literals.append("")
+        elif char in _NOT_REVERSIBLE:
+            raise refuse(f"it has {_NOT_REVERSIBLE[char]}")
+        else:
+            literals[-1] += char
+            index += 1
+    if len(literals) != 2:
+        # re counted one group, yet it is not at this level: it sits inside
+        # a non-capturing group or a lookaround, which the loop refused.
+        raise refuse("the channel id's group is not at the top level")
+    return _Reversed(literals[0], literals[1], re.compile(body))
+
+
+def _escaped(text: str, index: int) -> bool:
+    backslashes = len(text[:index]) - len(text[:index].rstrip("\\"))
+    return backslashes % 2 == 1
+
+
+def _group_end(body: str, start: int) -> int:
+    """The index just after the ``)`` closing the group opened at `start`."""
+    depth = 0
+    index = start
+    while index < len(body):
+        char = body[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "[":
+            index = _class_end(body, index)
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    # re.compile accepted the pattern, so its parentheses balance.
+    raise AssertionError(f"unbalanced group in {body!r}")
+
+
+def _class_end(body: str, start: int) -> int:
+    """The index just after the ``]`` closing the character class opened at `start`."""
+    index = start + 1
+    if index < len(body) and body[index] == "^":
+        index += 1
+    # A ']' first in a class is a literal.
+    if index < len(body) and body[index] == "]":
+        index += 1
+    while index < len(body):
+        if body[index] == "\\":
+            index += 2
+            continue
+        if body[index] == "]":
+            return index + 1
+        index += 1
+    raise AssertionError(f"unterminated character class in {body!r}")
