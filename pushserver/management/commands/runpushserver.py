@@ -53,6 +53,12 @@ class Command(BaseCommand):
             help="Also serve the Django site for paths no push location matches "
             f"(default port {conf.ALL_REQUESTS_PORT}).",
         )
+        parser.add_argument(
+            "--nostatic",
+            action="store_false",
+            dest="use_static_handler",
+            help="With --allrequests, do not serve static files even when DEBUG is on.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         role = options["role"]
@@ -76,9 +82,7 @@ class Command(BaseCommand):
                 address, conf.edge_port(default_port) if port is None else port
             )
             if all_requests:
-                from django.core.wsgi import get_wsgi_application
-
-                wsgi_app = get_wsgi_application()
+                wsgi_app = _django_application(options["use_static_handler"])
 
         _configure_logging()
         now = datetime.now().strftime("%B %d, %Y - %X")
@@ -132,6 +136,20 @@ class Command(BaseCommand):
     def _say(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
+
+
+def _django_application(serve_static: bool) -> Any:
+    """The site's WSGI application; with DEBUG and staticfiles, serving static files
+    as ``runserver`` does, so ``{% static 'pushserver/updates.js' %}`` works."""
+    from django.apps import apps
+    from django.core.wsgi import get_wsgi_application
+
+    application = get_wsgi_application()
+    if serve_static and settings.DEBUG and apps.is_installed("django.contrib.staticfiles"):
+        from django.contrib.staticfiles.handlers import StaticFilesHandler
+
+        return StaticFilesHandler(application)
+    return application
 
 
 def _configure_logging() -> None:
