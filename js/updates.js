@@ -1,0 +1,347 @@
+/*
+ * django-pushserver browser client: $.updates (requires jQuery).
+ *
+ * Each subscribed channel is walked by one loop of long-polls, as the Basic
+ * HTTP Push Relay Protocol asks:
+ *   1. GET the subscriber URL with no validators: the edge answers with the
+ *      oldest message it holds, or holds the request until one arrives.
+ *   2. A 200 carries one message and its id as Last-Modified + Etag. Send
+ *      them back as If-Modified-Since + If-None-Match to get the next one.
+ *      Where the Etag header is not readable, the tag is the `etag=` of
+ *      Cache-Control (always readable, also across origins).
+ *   3. A 304 means nothing arrived before the edge's long-poll timeout: ask
+ *      again with the same validators.
+ *   4. X-Messages-Missed on a 200: the edge no longer holds what followed
+ *      the cursor; the page is told (onMissed callbacks and the jQuery event
+ *      'updates:missed' on document) so it can reload its state.
+ * Anything else (network error, timeout, 4xx, 5xx, a 200 without an id)
+ * backs off with jitter before the next poll, so a dead edge is never
+ * hammered. Every edge serves the same id for the same message, so a cursor
+ * stays valid when a load balancer sends the next poll to another edge.
+ *
+ * Usage:
+ *   $.updates.subscribe({main_channel: 'https://push.example.com/updates/some_channel_id'});
+ *   $.updates.registerProcessor('main_channel', 'answer', function (data) { ... });
+ *   $.updates.onMissed('main_channel', function (name) { reloadState(); });
+ *   $(document).on('updates:missed', function (event, name) { ... });
+ *   $.updates.unsubscribe('main_channel');
+ *
+ * Options ($.updates.options, read at every poll):
+ *   backoff: {base: 1000, cap: 30000}  after the n-th failure in a row, wait
+ *       min(cap, base * 2^(n-1)) ms, times a random factor in [0.5, 1)
+ *   timeout: 60000  ms before a poll is abandoned as failed; keep it above
+ *       the edge's long_poll_timeout (25 s by default)
+ *   interval: 1000  least ms between the starts of a poll ending in 304 and
+ *       the next one, so an interval-polling location is not polled in a loop
+ *   withCredentials: true  send cookies cross-origin; the subscriber
+ *       location then needs allow_credentials and the page's origin allowed,
+ *       as browsers refuse credentialed responses to "*"
+ *
+ * 403 and 410 are retried with back-off like other errors: a refusal may be
+ * lifted (a login, a grant expiring) and a deleted channel may be created
+ * again, and the back-off keeps the cost of waiting for that small.
+ */
+(function () {
+  'use strict';
+
+  const DEFAULTS = Object.freeze({
+    backoff: Object.freeze({ base: 1000, cap: 30000 }),
+    timeout: 60000,
+    interval: 1000,
+    withCredentials: true,
+  });
+
+  const MISSED_EVENT = 'updates:missed';
+  const ETAG_IN_CACHE_CONTROL = /etag=(\S+)/;
+
+  // The message id of a response as {lastModified, etag}, or null when the
+  // response does not carry a complete one. `getHeader` is
+  // jqXHR.getResponseHeader or anything answering the same way.
+  function readCursor(getHeader) {
+    const lastModified = getHeader('Last-Modified');
+    let etag = getHeader('Etag');
+    if (!etag) {
+      const match = ETAG_IN_CACHE_CONTROL.exec(getHeader('Cache-Control') || '');
+      etag = match ? match[1] : null;
+    }
+    return lastModified && etag ? { lastModified, etag } : null;
+  }
+
+  function backoffDelay(failures, backoff, random) {
+    const { base, cap } = { ...DEFAULTS.backoff, ...backoff };
+    const ceiling = Math.min(cap, base * 2 ** Math.max(0, failures - 1));
+    return ceiling * (0.5 + random() / 2);
+  }
+
+  // An update, or a reason why the body is not one. Bodies are parsed here
+  // rather than by jQuery so a publisher's Content-Type cannot change how.
+  function parseUpdate(text) {
+    let data;
+    try {
+      data = JSON.parse(text);
+    } catch (error) {
+      return { reason: 'body is not JSON: ' + error.message };
+    }
+    if (data === null || typeof data !== 'object' || Array.isArray(data) || !('type' in data)) {
+      return { reason: 'body is not a JSON object with a "type"' };
+    }
+    return { update: data };
+  }
+
+  // What one finished poll means for its loop:
+  //   {kind: 'message', cursor, missed, update?, warning?}
+  //   {kind: 'notModified', cursor}
+  //   {kind: 'error', reason}
+  function readResponse(status, getHeader, text, previous) {
+    if (status === 200) {
+      const cursor = readCursor(getHeader);
+      if (!cursor) {
+        // Without an id the next poll would fetch this message again, so
+        // processing it would repeat it; back off and hope for a sane edge.
+        return { kind: 'error', reason: '200 without Last-Modified and Etag (or Cache-Control etag=)' };
+      }
+      const missed = (getHeader('X-Messages-Missed') || '0') !== '0';
+      const { update, reason } = parseUpdate(text);
+      return update ? { kind: 'message', cursor, missed, update } : { kind: 'message', cursor, missed, warning: reason };
+    }
+    if (status === 304) {
+      return { kind: 'notModified', cursor: readCursor(getHeader) || previous };
+    }
+    return { kind: 'error', reason: status ? 'HTTP ' + status : 'network error or timeout' };
+  }
+
+  function createUpdates($, env) {
+    const console_ = env.console || console;
+    const random = env.random || Math.random;
+    const now = env.now || Date.now;
+    const report = typeof env.reportError === 'function'
+      ? (error) => env.reportError(error)
+      : (error) => console_.error(error);
+
+    const loops = new Map(); // name -> loop
+    const processors = new Map(); // name -> Map(type -> [fn])
+    const missedCallbacks = new Map(); // name -> [fn]
+    let suspended = false;
+
+    const api = {
+      options: { ...DEFAULTS, backoff: { ...DEFAULTS.backoff } },
+      subscribe,
+      unsubscribe,
+      registerProcessor,
+      onMissed,
+    };
+
+    function option(key) {
+      const value = api.options[key];
+      return value === undefined ? DEFAULTS[key] : value;
+    }
+
+    // Calls page code so that its exceptions reach the console (and error
+    // trackers listening on window) without ending the loop or the others.
+    function callSafely(fn, args) {
+      try {
+        fn(...args);
+      } catch (error) {
+        report(error);
+      }
+    }
+
+    function subscribe(channels) {
+      for (const [name, url] of Object.entries(channels)) {
+        if (!url) {
+          continue;
+        }
+        const current = loops.get(name);
+        if (current && current.url === url) {
+          continue;
+        }
+        if (current) {
+          stop(current);
+        }
+        const loop = { name, url, cursor: null, failures: 0, request: null, timer: null, stopped: false };
+        loops.set(name, loop);
+        poll(loop);
+      }
+    }
+
+    function unsubscribe(name) {
+      const loop = loops.get(name);
+      if (loop) {
+        stop(loop);
+      }
+    }
+
+    function registerProcessor(name, type, fn) {
+      if (!processors.has(name)) {
+        processors.set(name, new Map());
+      }
+      const byType = processors.get(name);
+      const key = String(type);
+      if (!byType.has(key)) {
+        byType.set(key, []);
+      }
+      byType.get(key).push(fn);
+    }
+
+    function onMissed(name, fn) {
+      if (!missedCallbacks.has(name)) {
+        missedCallbacks.set(name, []);
+      }
+      missedCallbacks.get(name).push(fn);
+    }
+
+    function stop(loop) {
+      loop.stopped = true;
+      halt(loop);
+      if (loops.get(loop.name) === loop) {
+        loops.delete(loop.name);
+      }
+    }
+
+    // Ends what a loop has in flight or scheduled; its cursor is kept.
+    function halt(loop) {
+      if (loop.timer !== null) {
+        env.clearTimeout(loop.timer);
+        loop.timer = null;
+      }
+      const request = loop.request;
+      if (request) {
+        // Cleared first: abort() settles the request at once, and settle()
+        // must see it is no longer the loop's.
+        loop.request = null;
+        request.abort();
+      }
+    }
+
+    function schedule(loop, delay) {
+      loop.timer = env.setTimeout(() => {
+        loop.timer = null;
+        poll(loop);
+      }, delay);
+    }
+
+    function poll(loop) {
+      if (loop.stopped || suspended) {
+        return;
+      }
+      const headers = {};
+      if (loop.cursor) {
+        headers['If-Modified-Since'] = loop.cursor.lastModified;
+        headers['If-None-Match'] = loop.cursor.etag;
+      }
+      const startedAt = now();
+      // cache: true because cache: false adds a query string; validators, not
+      // URLs, keep caches out of the way. dataType 'text': parsed in settle().
+      // No other headers: the edge's CORS preflight allows just these.
+      const request = $.ajax({
+        url: loop.url,
+        type: 'GET',
+        dataType: 'text',
+        cache: true,
+        headers,
+        timeout: option('timeout'),
+        xhrFields: { withCredentials: option('withCredentials') },
+      });
+      loop.request = request;
+      request.always(() => settle(loop, request, startedAt));
+    }
+
+    function settle(loop, request, startedAt) {
+      if (loop.stopped || loop.request !== request) {
+        return; // aborted by unsubscribe, a new URL or the page going away
+      }
+      loop.request = null;
+      const outcome = readResponse(
+        request.status,
+        (header) => request.getResponseHeader(header),
+        request.responseText,
+        loop.cursor,
+      );
+      if (outcome.kind === 'error') {
+        loop.failures += 1;
+        const delay = backoffDelay(loop.failures, option('backoff'), random);
+        console_.warn(`updates: ${loop.name}: ${outcome.reason}; polling again in ${Math.round(delay)} ms`);
+        schedule(loop, delay);
+        return;
+      }
+      loop.failures = 0;
+      loop.cursor = outcome.cursor;
+      if (outcome.kind === 'notModified') {
+        const wait = option('interval') - (now() - startedAt);
+        if (wait > 0) {
+          schedule(loop, wait);
+        } else {
+          poll(loop);
+        }
+        return;
+      }
+      if (outcome.missed) {
+        notifyMissed(loop.name);
+      }
+      if (outcome.update) {
+        dispatch(loop.name, outcome.update);
+      } else {
+        console_.warn(`updates: ${loop.name}: update skipped: ${outcome.warning}`);
+      }
+      // Called directly rather than through a timer: background tabs
+      // throttle timers, and a backlog should drain at network speed.
+      poll(loop);
+    }
+
+    function notifyMissed(name) {
+      for (const fn of (missedCallbacks.get(name) || []).slice()) {
+        callSafely(fn, [name]);
+      }
+      callSafely(() => $(env.document).trigger(MISSED_EVENT, [name]), []);
+    }
+
+    function dispatch(name, update) {
+      const byType = processors.get(name);
+      const registered = byType && byType.get(String(update.type));
+      // A copy: a processor registering another must not see it called for
+      // the update being dispatched.
+      for (const fn of (registered || []).slice()) {
+        callSafely(fn, [update]);
+      }
+    }
+
+    // Polls are aborted when the page is hidden for navigation, so the
+    // browser does not keep their connections open, and resumed with their
+    // cursors if the page comes back from the back/forward cache.
+    // pagehide, not beforeunload: the latter can be cancelled and keeps
+    // pages out of Firefox's back/forward cache.
+    if (typeof env.addEventListener === 'function') {
+      env.addEventListener('pagehide', () => {
+        suspended = true;
+        for (const loop of loops.values()) {
+          halt(loop);
+        }
+      });
+      env.addEventListener('pageshow', (event) => {
+        if (!suspended) {
+          return;
+        }
+        suspended = false;
+        for (const loop of loops.values()) {
+          if (!loop.request && loop.timer === null) {
+            poll(loop);
+          }
+        }
+      });
+    }
+
+    return api;
+  }
+
+  if (typeof module !== 'undefined' && module.exports) {
+    module.exports = { createUpdates, readCursor, readResponse, parseUpdate, backoffDelay, DEFAULTS, MISSED_EVENT };
+  } else if (typeof window !== 'undefined' && window.jQuery) {
+    // Loaded twice (two templates including it): keep the first, which may
+    // already hold subscriptions and processors.
+    if (!window.jQuery.updates) {
+      window.jQuery.updates = createUpdates(window.jQuery, window);
+    }
+  } else if (typeof console !== 'undefined') {
+    console.error('pushserver/updates.js needs jQuery loaded before it');
+  }
+})();
