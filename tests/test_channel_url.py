@@ -1,0 +1,224 @@
+"""channel_url and {% channel_url %}: reversing location patterns, escaping ids, and a real edge
+receiving the same id the template was given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.template.backends.django import DjangoTemplates
+from django.test.utils import override_settings
+
+from pushserver.locations import (
+    PUBLISHER,
+    SUBSCRIBER,
+    channel_url,
+    publisher_url,
+    subscriber_url,
+)
+from tests.processes import Launcher, Process
+
+
+def render(source: str, **context: Any) -> str:
+    # The backend a TEMPLATES entry builds, which finds installed apps' tag
+    # libraries; the test settings configure none.
+    engine = DjangoTemplates({"NAME": "tests", "DIRS": [], "APP_DIRS": False, "OPTIONS": {}})
+    return engine.from_string(source).render(context)
+
+
+def with_locations(*locations: dict[str, Any], **push_server: Any) -> override_settings:
+    return override_settings(PUSH_SERVER={"locations": locations, **push_server})
+
+
+def test_defaults_give_the_embedded_edge_and_default_locations() -> None:
+    with override_settings(PUSH_SERVER={}):
+        assert subscriber_url("news") == "http://127.0.0.1:8001/updates/news"
+        assert publisher_url("news") == "http://127.0.0.1:8001/send-update/news"
+
+
+def test_anchors_are_dropped() -> None:
+    with with_locations({"type": SUBSCRIBER, "url": r"^/updates/([^/]+)$"}):
+        assert subscriber_url("news") == "http://127.0.0.1:8001/updates/news"
+
+
+def test_escaped_literals_are_unescaped_on_both_sides_of_the_group() -> None:
+    pattern = r"^/live\.feed/v\-1/(?P<channel>[^/]+)\.json$"
+    with with_locations({"type": SUBSCRIBER, "url": pattern}):
+        assert subscriber_url("news") == "http://127.0.0.1:8001/live.feed/v-1/news.json"
+
+
+def test_secure_subscriber_host_gives_https_on_that_host() -> None:
+    with override_settings(
+        PUSH_SERVER={"subscriber_host": {"location": "push.example.com", "secure": True}}
+    ):
+        assert subscriber_url("news") == "https://push.example.com/updates/news"
+        # The publisher host is separate and still the default.
+        assert publisher_url("news") == "http://127.0.0.1:8001/send-update/news"
+
+
+def test_publisher_kind_uses_publisher_host_and_first_publisher_location() -> None:
+    with with_locations(
+        {"type": SUBSCRIBER, "url": r"/updates/([^/]+)"},
+        {"type": PUBLISHER, "url": r"/pub/([^/]+)"},
+        {"type": PUBLISHER, "url": r"/other/([^/]+)"},
+        publisher_host={"location": "10.0.0.5:9000", "secure": False},
+    ):
+        assert publisher_url("news") == "http://10.0.0.5:9000/pub/news"
+        assert channel_url("news", PUBLISHER) == publisher_url("news")
+
+
+def test_a_given_location_dict_or_pattern_is_used_instead_of_the_first() -> None:
+    private = {"type": SUBSCRIBER, "url": r"/private/([^/]+)"}
+    with with_locations({"type": SUBSCRIBER, "url": r"/updates/([^/]+)"}, private):
+        assert channel_url("news", location=private) == "http://127.0.0.1:8001/private/news"
+        assert channel_url("news", location=r"/raw/(.+)") == "http://127.0.0.1:8001/raw/news"
+
+
+def test_a_location_of_the_other_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="subscriber URL of a 'publisher' location"):
+        channel_url("news", SUBSCRIBER, location={"type": PUBLISHER, "url": r"/p/(.+)"})
+
+
+@pytest.mark.parametrize(
+    ("channel_id", "encoded"),
+    [
+        ("with space", "with%20space"),
+        ("slash/inside", "slash%2Finside"),
+        ("q?and#hash", "q%3Fand%23hash"),
+        ("plus+sign", "plus%2Bsign"),
+        ("percent%20literal", "percent%2520literal"),
+        ("ünïcödé ✓", "%C3%BCn%C3%AFc%C3%B6d%C3%A9%20%E2%9C%93"),
+        ("safe-chars_.~", "safe-chars_.~"),
+    ],
+)
+def test_channel_ids_are_percent_encoded_whole(channel_id: str, encoded: str) -> None:
+    with override_settings(PUSH_SERVER={}):
+        assert subscriber_url(channel_id) == f"http://127.0.0.1:8001/updates/{encoded}"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        (r"/updates|/feed/([^/]+)", "alternation"),
+        (r"/updates/?([^/]+)", "quantifier"),
+        (r"/up+dates/([^/]+)", "quantifier"),
+        (r"/v{2}/([^/]+)", "quantifier"),
+        (r"/updates/([^/]+)+", "group has a quantifier"),
+        (r"/[uU]pdates/([^/]+)", "character class"),
+        (r"/updates.feed/([^/]+)", r"unescaped '\.'"),
+        (r"/updates/(?:x)([^/]+)", "not the channel id's group"),
+        (r"(?:/updates/([^/]+))", "not the channel id's group"),
+        (r"/\d+/([^/]+)", r"escape '\\d'"),
+        (r"/updates/([^/]+)/(\d+)", "exactly one group"),
+        (r"/updates/[^/]+", "exactly one group"),
+        (r"/updates/(", "not valid"),
+    ],
+)
+def test_irreversible_pattern_is_improperly_configured(pattern: str, why: str) -> None:
+    with (
+        with_locations({"type": SUBSCRIBER, "url": pattern}),
+        pytest.raises(ImproperlyConfigured, match=why),
+    ):
+        subscriber_url("news")
+
+
+def test_groups_inside_the_channel_group_and_brackets_in_classes_are_fine() -> None:
+    pattern = r"/updates/((?:[a-z()\]]|%[0-9A-F]{2})+)"
+    with with_locations({"type": SUBSCRIBER, "url": pattern}):
+        assert subscriber_url("a b") == "http://127.0.0.1:8001/updates/a%20b"
+
+
+def test_no_location_of_the_kind_is_improperly_configured() -> None:
+    with (
+        with_locations({"type": SUBSCRIBER}),
+        pytest.raises(ImproperlyConfigured, match="no publisher location"),
+    ):
+        publisher_url("news")
+
+
+def test_an_id_the_group_does_not_match_is_a_value_error() -> None:
+    with (
+        with_locations({"type": SUBSCRIBER, "url": r"/numbers/(\d+)"}),
+        pytest.raises(ValueError, match="does not match the group"),
+    ):
+        subscriber_url("not-a-number")
+
+
+@pytest.mark.parametrize("channel_id", ["", "nul\0inside", "x" * 1025])
+def test_an_id_no_channel_can_have_is_a_value_error(channel_id: str) -> None:
+    with override_settings(PUSH_SERVER={}), pytest.raises(ValueError, match="channel id"):
+        subscriber_url(channel_id)
+
+
+def test_tag_outputs_the_subscriber_url_for_a_literal_or_a_variable() -> None:
+    with override_settings(PUSH_SERVER={}):
+        literal = render('{% load pushserver %}{% channel_url "some channel" %}')
+        variable = render("{% load pushserver %}{% channel_url name %}", name="some channel")
+        number = render("{% load pushserver %}{% channel_url pk %}", pk=42)
+    assert literal == variable == "http://127.0.0.1:8001/updates/some%20channel"
+    assert number == "http://127.0.0.1:8001/updates/42"
+
+
+def test_tag_stores_the_url_with_as() -> None:
+    with override_settings(PUSH_SERVER={}):
+        rendered = render("{% load pushserver %}{% channel_url name as url %}[{{ url }}]", name="a")
+    assert rendered == "[http://127.0.0.1:8001/updates/a]"
+
+
+def test_tag_inside_escapejs_gives_a_javascript_string_of_the_url() -> None:
+    source = (
+        "{% load pushserver %}"
+        "'{% filter escapejs %}{% channel_url \"it's <here>\" %}{% endfilter %}'"
+    )
+    with override_settings(PUSH_SERVER={}):
+        rendered = render(source)
+    # The id's quote and angle brackets are percent-encoded, so nothing is left to escape.
+    assert rendered == "'http://127.0.0.1:8001/updates/it%27s%20%3Chere%3E'"
+
+
+# A real edge whose locations need unescaping and anchors stripped to reverse.
+ROUND_TRIP_LOCATIONS = (
+    {"type": SUBSCRIBER, "url": r"^/live\.feed/([^/]+)\.json$", "polling": "interval"},
+    {"type": PUBLISHER, "url": r"^/send\-update/([^/]+)$"},
+)
+AWKWARD_IDS = [
+    "with space",
+    "slash/inside",
+    "q?and#hash",
+    "plus+sign",
+    "percent%20literal",
+    "ünïcödé ✓",
+    "x.json",
+]
+
+
+@pytest.fixture(scope="module")
+def edge(module_launcher: Launcher) -> tuple[Process, str]:
+    return module_launcher.embedded(locations=ROUND_TRIP_LOCATIONS)
+
+
+@pytest.mark.parametrize("channel_id", AWKWARD_IDS)
+def test_awkward_ids_round_trip_through_a_real_edge(
+    edge: tuple[Process, str], channel_id: str
+) -> None:
+    _, base = edge
+    host = {"location": base.removeprefix("http://"), "secure": False}
+    push_server = {
+        "subscriber_host": host,
+        "publisher_host": host,
+        "locations": ROUND_TRIP_LOCATIONS,
+    }
+    with override_settings(PUSH_SERVER=push_server):
+        url = render("{% load pushserver %}{% channel_url id %}", id=channel_id)
+        published = httpx.post(
+            publisher_url(channel_id),
+            content=f"for {channel_id}".encode(),
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+            timeout=10,
+        )
+    assert published.status_code == 202, published.text
+    received = httpx.get(url, timeout=10)
+    assert received.status_code == 200, received.text
+    assert received.text == f"for {channel_id}"
