@@ -10,29 +10,36 @@
  *      Where the Etag header is not readable, the tag is the `etag=` of
  *      Cache-Control (always readable, also across origins).
  *   3. A 304 means nothing arrived before the edge's long-poll timeout: ask
- *      again with the same validators.
+ *      again with the same validators. So does a poll that got no answer
+ *      within options.timeout (a connection that died without a word).
  *   4. X-Messages-Missed on a 200: the edge no longer holds what followed
  *      the cursor; the page is told (onMissed callbacks and the jQuery event
  *      'updates:missed' on document) so it can reload its state.
- * Anything else (network error, timeout, 4xx, 5xx, a 200 without an id)
- * backs off with jitter before the next poll, so a dead edge is never
- * hammered. Every edge serves the same id for the same message, so a cursor
- * stays valid when a load balancer sends the next poll to another edge.
+ * Anything else (network error, 4xx, 5xx, a 200 without an id) backs off
+ * with jitter before the next poll, so a dead edge is never hammered. Every
+ * edge serves the same id for the same message, so a cursor stays valid
+ * when a load balancer sends the next poll to another edge.
  *
- * Usage:
+ * Usage (load jQuery first):
  *   $.updates.subscribe({main_channel: 'https://push.example.com/updates/some_channel_id'});
  *   $.updates.registerProcessor('main_channel', 'answer', function (data) { ... });
  *   $.updates.onMissed('main_channel', function (name) { reloadState(); });
  *   $(document).on('updates:missed', function (event, name) { ... });
  *   $.updates.unsubscribe('main_channel');
+ * Updates are JSON objects; each goes to the processors registered for its
+ * channel name and its `type`, in registration order. Missed-message
+ * callbacks run before the update that came with the news. An exception in
+ * page code is reported (reportError, else console.error) and skipped.
  *
  * Options ($.updates.options, read at every poll):
  *   backoff: {base: 1000, cap: 30000}  after the n-th failure in a row, wait
  *       min(cap, base * 2^(n-1)) ms, times a random factor in [0.5, 1)
- *   timeout: 60000  ms before a poll is abandoned as failed; keep it above
- *       the edge's long_poll_timeout (25 s by default)
- *   interval: 1000  least ms between the starts of a poll ending in 304 and
- *       the next one, so an interval-polling location is not polled in a loop
+ *   timeout: 60000  ms without an answer before a poll is abandoned and
+ *       asked again (a connection that died silently, a stuck proxy); keep
+ *       it above the edge's long_poll_timeout (25 s by default)
+ *   interval: 1000  least ms between the starts of a poll ending in 304 (or
+ *       the timeout) and the next one, so an interval-polling location is
+ *       not polled in a loop
  *   withCredentials: true  send cookies cross-origin; the subscriber
  *       location then needs allow_credentials and the page's origin allowed,
  *       as browsers refuse credentialed responses to "*"
@@ -92,7 +99,15 @@
   //   {kind: 'message', cursor, missed, update?, warning?}
   //   {kind: 'notModified', cursor}
   //   {kind: 'error', reason}
-  function readResponse(status, getHeader, text, previous) {
+  // `response` is {status, timedOut, getHeader, text}; `previous` the cursor
+  // the poll was sent with.
+  function readResponse(response, previous) {
+    const { status, getHeader, text } = response;
+    if (response.timedOut) {
+      // Not an error: the poll already waited the whole timeout, so asking
+      // again at once cannot become a tight loop.
+      return { kind: 'notModified', cursor: previous };
+    }
     if (status === 200) {
       const cursor = readCursor(getHeader);
       if (!cursor) {
@@ -107,7 +122,7 @@
     if (status === 304) {
       return { kind: 'notModified', cursor: readCursor(getHeader) || previous };
     }
-    return { kind: 'error', reason: status ? 'HTTP ' + status : 'network error or timeout' };
+    return { kind: 'error', reason: status ? 'HTTP ' + status : 'network error' };
   }
 
   function createUpdates($, env) {
@@ -252,9 +267,13 @@
       }
       loop.request = null;
       const outcome = readResponse(
-        request.status,
-        (header) => request.getResponseHeader(header),
-        request.responseText,
+        {
+          status: request.status,
+          // jQuery's name for an abort by its own `timeout` setting.
+          timedOut: request.statusText === 'timeout',
+          getHeader: (header) => request.getResponseHeader(header),
+          text: request.responseText,
+        },
         loop.cursor,
       );
       if (outcome.kind === 'error') {

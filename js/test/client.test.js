@@ -52,18 +52,20 @@ function fakeClock() {
   };
 }
 
-// The part of jqXHR the client uses: always(), abort(), status,
+// The part of jqXHR the client uses: always(), abort(), status, statusText,
 // responseText, getResponseHeader(). Like jQuery, abort() settles at once
-// with status 0, and callbacks added after settling run at once.
-function fakeRequest(settings, sentAt) {
+// with status 0, the `timeout` setting aborts with statusText 'timeout',
+// and callbacks added after settling run at once.
+function fakeRequest(settings, clock) {
   const callbacks = [];
   let responseHeaders = new Map();
   const request = {
     settings,
-    sentAt,
+    sentAt: clock.now(),
     settled: false,
     aborted: false,
     status: 0,
+    statusText: undefined,
     responseText: undefined,
     always(fn) {
       if (request.settled) {
@@ -77,23 +79,26 @@ function fakeRequest(settings, sentAt) {
       const value = responseHeaders.get(name.toLowerCase());
       return value === undefined ? null : value;
     },
-    abort() {
+    abort(statusText) {
       if (!request.settled) {
         request.aborted = true;
-        settle(0, {}, undefined);
+        settle(0, {}, undefined, statusText || 'canceled');
       }
     },
     respond(status, headers = {}, body = '') {
       assert.ok(!request.settled, 'request already settled');
-      settle(status, headers, body);
+      settle(status, headers, body, status ? 'status ' + status : 'error');
     },
     message(lastModified, etag, body, extra = {}) {
       request.respond(200, { 'Last-Modified': lastModified, Etag: etag, ...extra }, JSON.stringify(body));
     },
   };
-  function settle(status, headers, body) {
+  const timer = settings.timeout > 0 ? clock.setTimeout(() => request.abort('timeout'), settings.timeout) : null;
+  function settle(status, headers, body, statusText) {
+    clock.clearTimeout(timer);
     request.settled = true;
     request.status = status;
+    request.statusText = statusText;
     request.responseText = body;
     responseHeaders = new Map(Object.entries(headers).map(([name, value]) => [name.toLowerCase(), value]));
     for (const fn of callbacks.splice(0)) {
@@ -117,7 +122,7 @@ function harness({ random = () => 0.5 } = {}) {
     },
   });
   $.ajax = (settings) => {
-    const request = fakeRequest(settings, clock.now());
+    const request = fakeRequest(settings, clock);
     requests.push(request);
     return request;
   };
@@ -347,7 +352,7 @@ test('back-off settings come from $.updates.options.backoff at each failure', ()
   assert.deepEqual(starts, [50, 1100, 2150, 3150]);
 });
 
-test('403, 410, 400 and timeouts back off like other errors', () => {
+test('403, 410, 400 and network errors back off like other errors', () => {
   for (const status of [403, 410, 400, 0]) {
     const h = harness({ random: () => 0 });
     h.updates.subscribe({ main: 'http://edge/updates/a' });
@@ -356,6 +361,31 @@ test('403, 410, 400 and timeouts back off like other errors', () => {
     h.clock.advance(500);
     assert.equal(h.requests.length, 2, String(status));
   }
+});
+
+test('a poll that times out is asked again at once from the same cursor, without backing off', () => {
+  const h = harness();
+  h.updates.subscribe({ main: 'http://edge/updates/a' });
+  h.last().message(T0, '0', { type: 'x' });
+  h.clock.advance(60000);
+  assert.equal(h.requests[1].statusText, 'timeout');
+  assert.equal(h.requests.length, 3);
+  assert.equal(h.last().sentAt, 60000);
+  assert.deepEqual(h.last().settings.headers, { 'If-Modified-Since': T0, 'If-None-Match': '0' });
+  h.clock.advance(60000 * 5);
+  assert.equal(h.requests.length, 8);
+  assert.deepEqual(h.warnings, []);
+});
+
+test('a timeout shorter than the interval still waits out the interval', () => {
+  const h = harness();
+  h.updates.options.timeout = 100;
+  h.updates.subscribe({ main: 'http://edge/updates/a' });
+  h.clock.advance(10000);
+  assert.deepEqual(
+    h.requests.map((request) => request.sentAt),
+    [0, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000],
+  );
 });
 
 test('a 200 without a cursor backs off instead of fetching the same message in a loop', () => {
@@ -406,8 +436,9 @@ test('unsubscribe aborts the poll in flight and stops the loop', () => {
   assert.equal(main.aborted, true);
   assert.equal(other.aborted, false);
   h.clock.advance(600000);
-  assert.equal(h.requests.length, 2);
-  assert.equal(h.clock.pending(), 0);
+  const polls = (url) => h.requests.filter((request) => request.settings.url === url).length;
+  assert.equal(polls('http://edge/updates/a'), 1);
+  assert.ok(polls('http://edge/updates/b') > 1, 'the other channel goes on');
   assert.deepEqual(h.warnings, [], 'an abort is not an error');
 });
 
@@ -502,7 +533,7 @@ test('withCredentials and timeout come from $.updates.options', () => {
 test('loaded as a classic script it installs jQuery.updates, and a second load keeps the first', () => {
   const source = fs.readFileSync(path.join(__dirname, '..', 'updates.js'), 'utf8');
   const jQuery = () => ({ trigger() {} });
-  jQuery.ajax = () => fakeRequest({}, 0);
+  jQuery.ajax = () => fakeRequest({}, fakeClock());
   const window = { jQuery, setTimeout, clearTimeout, document: {}, addEventListener() {} };
   const context = vm.createContext({ window, console });
   vm.runInContext(source, context);

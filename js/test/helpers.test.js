@@ -15,6 +15,10 @@ function headers(map) {
 
 const LAST_MODIFIED = 'Thu, 28 Nov 2024 00:00:00 GMT';
 
+function read(status, getHeader, text, previous, timedOut = false) {
+  return readResponse({ status, timedOut, getHeader, text }, previous);
+}
+
 test('readCursor takes the id from Last-Modified and Etag', () => {
   const cursor = readCursor(headers({ 'Last-Modified': LAST_MODIFIED, Etag: '3', 'Cache-Control': 'no-cache, etag=9' }));
   assert.deepEqual(cursor, { lastModified: LAST_MODIFIED, etag: '3' });
@@ -71,19 +75,19 @@ test('parseUpdate rejects bodies that are not a JSON object with a type', () => 
 
 test('readResponse on a 200 gives the message, its cursor and whether messages were missed', () => {
   const getHeader = headers({ 'Last-Modified': LAST_MODIFIED, Etag: '0', 'X-Messages-Missed': '1' });
-  const outcome = readResponse(200, getHeader, '{"type": "answer"}', null);
+  const outcome = read(200, getHeader, '{"type": "answer"}', null);
   assert.deepEqual(outcome, {
     kind: 'message',
     cursor: { lastModified: LAST_MODIFIED, etag: '0' },
     missed: true,
     update: { type: 'answer' },
   });
-  const quiet = readResponse(200, headers({ 'Last-Modified': LAST_MODIFIED, Etag: '0' }), '{"type": "a"}', null);
+  const quiet = read(200, headers({ 'Last-Modified': LAST_MODIFIED, Etag: '0' }), '{"type": "a"}', null);
   assert.equal(quiet.missed, false);
 });
 
 test('readResponse on a 200 with a bad body still advances the cursor', () => {
-  const outcome = readResponse(200, headers({ 'Last-Modified': LAST_MODIFIED, Etag: '4' }), 'oops', null);
+  const outcome = read(200, headers({ 'Last-Modified': LAST_MODIFIED, Etag: '4' }), 'oops', null);
   assert.equal(outcome.kind, 'message');
   assert.deepEqual(outcome.cursor, { lastModified: LAST_MODIFIED, etag: '4' });
   assert.equal(outcome.update, undefined);
@@ -91,20 +95,25 @@ test('readResponse on a 200 with a bad body still advances the cursor', () => {
 });
 
 test('readResponse counts a 200 without an id as an error, so the message is not repeated in a loop', () => {
-  const outcome = readResponse(200, headers({}), '{"type": "answer"}', null);
+  const outcome = read(200, headers({}), '{"type": "answer"}', null);
   assert.equal(outcome.kind, 'error');
 });
 
 test('readResponse on a 304 keeps the echoed validators, or the previous ones when none are echoed', () => {
   const previous = { lastModified: LAST_MODIFIED, etag: '2' };
-  const echoed = readResponse(304, headers({ 'Last-Modified': LAST_MODIFIED, Etag: '2' }), '', previous);
+  const echoed = read(304, headers({ 'Last-Modified': LAST_MODIFIED, Etag: '2' }), '', previous);
   assert.deepEqual(echoed, { kind: 'notModified', cursor: { lastModified: LAST_MODIFIED, etag: '2' } });
-  assert.deepEqual(readResponse(304, headers({}), '', previous), { kind: 'notModified', cursor: previous });
-  assert.deepEqual(readResponse(304, headers({}), '', null), { kind: 'notModified', cursor: null });
+  assert.deepEqual(read(304, headers({}), '', previous), { kind: 'notModified', cursor: previous });
+  assert.deepEqual(read(304, headers({}), '', null), { kind: 'notModified', cursor: null });
+});
+
+test('readResponse asks again from the same cursor after a poll that timed out', () => {
+  const previous = { lastModified: LAST_MODIFIED, etag: '2' };
+  assert.deepEqual(read(0, headers({}), undefined, previous, true), { kind: 'notModified', cursor: previous });
 });
 
 test('readResponse counts network errors and statuses other than 200 and 304 as errors', () => {
   for (const status of [0, 201, 204, 400, 403, 404, 410, 500, 502, 503]) {
-    assert.equal(readResponse(status, headers({}), '', null).kind, 'error', String(status));
+    assert.equal(read(status, headers({}), '', null).kind, 'error', String(status));
   }
 });
