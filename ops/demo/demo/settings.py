@@ -1,7 +1,9 @@
-"""Settings of the demo site: one process serves the pages and the push
-locations (`manage.py runpushserver --allrequests` on 127.0.0.1:8000).
+"""Settings of the demo site: one process serves the pages, the passthrough
+view and the push locations (`manage.py runpushserver --allrequests` on
+127.0.0.1:8000, broker and edge embedded).
 
-For local use only: the secret key is public and DEBUG is on.
+For local use only: the secret key is public and DEBUG is on (DEBUG is also
+what makes `runpushserver --allrequests` serve the static files).
 """
 
 from pathlib import Path
@@ -11,6 +13,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "demo-only-not-secret"
 DEBUG = True
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+# The passthrough view trusts callers from these addresses: the edge runs
+# in this very process and calls http://127.0.0.1:8000/passthrough.
+INTERNAL_IPS = ["127.0.0.1"]
 
 INSTALLED_APPS = [
     "django.contrib.auth",
@@ -57,11 +62,22 @@ DATABASES = {
     }
 }
 
+# Presence (demo/presence.py) lives here. The local-memory cache is private
+# to one process, which is enough because runpushserver --allrequests runs
+# the whole site in one; a site with several processes needs a shared cache.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "demo"}
+}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_TZ = True
 STATIC_URL = "static/"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "login"
 
 # The pages and the push locations share one address, so the page polls
 # its own origin and needs no CORS.
@@ -77,6 +93,13 @@ PUSH_SERVER = {
             "url": r"/updates/([^/]+)",
             "polling": "long",
             "create_on_get": True,
+            # The edge tells this URL (demo/urls.py) of every subscribe and
+            # unsubscribe; the signals it fires feed the presence list.
+            "passthrough": "http://127.0.0.1:8000/passthrough",
+            # A browser re-polls after every update; within 5 s that is the
+            # same visit, so presence does not flap on each tick. Leaving is
+            # reported up to 5 s late.
+            "passthrough_grace": 5,
         },
         {"type": "publisher", "url": r"/send-update/([^/]+)"},
     ),
@@ -85,3 +108,5 @@ PUSH_SERVER = {
 # The user `make demo` creates (see the ensure_demo_user command).
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo"
+# Channel the page subscribes to and everything is published on.
+DEMO_CHANNEL_ID = "demo"

@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 
 
@@ -7,10 +7,9 @@ class Command(BaseCommand):
     help = "Creates the demo user (settings.DEMO_USERNAME / DEMO_PASSWORD) unless it exists."
 
     def handle(self, *args: object, **options: object) -> None:
-        user_model = get_user_model()
         username = settings.DEMO_USERNAME
-        if user_model.objects.filter(username=username).exists():
+        if User.objects.filter(username=username).exists():
             self.stdout.write(f"Demo user {username!r} exists.")
             return
-        user_model.objects.create_user(username, password=settings.DEMO_PASSWORD)
+        User.objects.create_user(username, password=settings.DEMO_PASSWORD)
         self.stdout.write(f"Created demo user {username!r} (password {settings.DEMO_PASSWORD!r}).")
