@@ -248,11 +248,14 @@
       // cache: true because cache: false adds a query string; validators, not
       // URLs, keep caches out of the way. dataType 'text': parsed in settle().
       // No other headers: the edge's CORS preflight allows just these.
+      // global: false keeps polls that never end from firing the page's
+      // ajaxStart/ajaxStop spinners and ajaxError handlers.
       const request = $.ajax({
         url: loop.url,
         type: 'GET',
         dataType: 'text',
         cache: true,
+        global: false,
         headers,
         timeout: option('timeout'),
         xhrFields: { withCredentials: option('withCredentials') },

@@ -155,7 +155,7 @@ function harness({ random = () => 0.5 } = {}) {
   };
 }
 
-test('the first poll has no validators and asks with credentials, no cache-busting and the timeout', () => {
+test('the first poll has no validators and asks with credentials, no cache-busting, no global ajax events and the timeout', () => {
   const h = harness();
   h.updates.subscribe({ main: 'http://edge/updates/a' });
   assert.equal(h.requests.length, 1);
@@ -164,6 +164,7 @@ test('the first poll has no validators and asks with credentials, no cache-busti
   assert.equal(settings.type, 'GET');
   assert.equal(settings.dataType, 'text');
   assert.equal(settings.cache, true);
+  assert.equal(settings.global, false);
   assert.deepEqual(settings.headers, {});
   assert.deepEqual(settings.xhrFields, { withCredentials: true });
   assert.equal(settings.timeout, 60000);
