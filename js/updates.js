@@ -125,6 +125,9 @@
     return { kind: 'error', reason: status ? 'HTTP ' + status : 'network error' };
   }
 
+  // Builds $.updates. `env` is the window in a browser; tests pass their own
+  // setTimeout/clearTimeout, now, random, console, reportError, document and
+  // addEventListener, so no test needs a browser, jQuery or a network.
   function createUpdates($, env) {
     const console_ = env.console || console;
     const random = env.random || Math.random;
