@@ -170,6 +170,7 @@ def test_page_catches_up_after_the_edge_restarts_without_duplicates(
     for text in during:
         send(text)  # the broker keeps them while no edge runs
     eventually(lambda: len(failed_polls(page, since)) >= 2, 15, "two failed polls")
+    assert "Connection lost" in page.inner_text("#status")
     site.start()
 
     wait_seen(page, run, before + during)
