@@ -5,6 +5,9 @@ browser's own headers, so Django's session and auth middleware see the
 same user. None of it sits on the delivery path: calls run beside the
 polls with a timeout and a bound on how many are in flight; a failure is
 counted and logged (at most once per `LOG_EVERY` seconds), never retried.
+After a failure, calls are skipped (and counted) for a back-off that
+doubles up to `MAX_PAUSE` while Django keeps failing, so a site that is
+down costs the edge almost nothing.
 Only authorization, when a location asks for it, makes a poll wait for
 Django, and a granted admission is remembered so later polls do not.
 
@@ -39,6 +42,8 @@ from edge.protocol import (
 log = logging.getLogger("pushserver.edge")
 
 LOG_EVERY = 10.0
+FIRST_PAUSE = 0.5
+MAX_PAUSE = 30.0
 # Headers that describe this hop or this body, not the browser.
 NOT_FORWARDED = frozenset(
     {
@@ -82,7 +87,10 @@ class Passthrough:
         self._in_flight = 0
         self._subscriptions: dict[Key, Subscription] = {}
         self._grants: dict[Key, float] = {}
+        self._turns: dict[Key, asyncio.Task[int | None]] = {}
         self._last_log = 0.0
+        self._failures_in_a_row = 0
+        self._paused_until = 0.0
 
     async def close(self, timeout: float = 1.0) -> None:
         """Tell Django about every subscription still waiting out its grace, then stop."""
@@ -184,10 +192,25 @@ class Passthrough:
                 del grants[lapsed]
 
     def _call(self, key: Key, headers: dict[str, str], action: str) -> None:
-        asyncio.get_running_loop().create_task(self._post(key, headers, action))
+        asyncio.get_running_loop().create_task(self._in_turn(key, headers, action))
+
+    async def _in_turn(self, key: Key, headers: dict[str, str], action: str) -> int | None:
+        """Post after the calls already made for `key`, so Django never hears a
+        client's unsubscribe before its subscribe."""
+        previous = self._turns.get(key)
+        current = asyncio.current_task()
+        assert current is not None
+        self._turns[key] = current
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            return await self._post(key, headers, action)
+        finally:
+            if self._turns.get(key) is current:
+                del self._turns[key]
 
     async def _ask(self, key: Key, headers: dict[str, str]) -> bool | None:
-        code = await self._post(key, headers, PASSTHROUGH_SUBSCRIBE)
+        code = await self._in_turn(key, headers, PASSTHROUGH_SUBSCRIBE)
         if code == 200:
             return True
         if code == 403:
@@ -197,6 +220,9 @@ class Passthrough:
 
     async def _post(self, key: Key, headers: dict[str, str], action: str) -> int | None:
         _, channel_id, url = key
+        if time.monotonic() < self._paused_until:
+            self.counters["passthrough_skipped"] += 1
+            return None
         if self._in_flight >= self.config.passthrough_concurrency:
             self._failed(
                 f"{self.config.passthrough_concurrency} calls already in flight", "dropped"
@@ -215,26 +241,36 @@ class Passthrough:
         )
         self._in_flight += 1
         try:
+            # raise_error=False covers HTTP statuses only; a refused or
+            # timed-out connection still raises.
             response = await self._client.fetch(request, raise_error=False)
+        except (OSError, tornado.httpclient.HTTPClientError) as error:
+            self._failed(f"{action} of {channel_id!r} at {url}: {error}", "failed")
+            return None
         finally:
             self._in_flight -= 1
         self.counters[f"passthrough_{action}"] += 1
         if response.code in (200, 403):
+            self._failures_in_a_row = 0
             return response.code
-        reason = str(response.error) if response.code == 599 else f"answered {response.code}"
-        self._failed(f"{action} of {channel_id!r} at {url}: {reason}", "failed")
+        self._failed(f"{action} of {channel_id!r} at {url}: answered {response.code}", "failed")
         return response.code
 
     def _failed(self, what: str, kind: str) -> None:
         self.counters[f"passthrough_{kind}"] += 1
         now = time.monotonic()
+        if kind == "failed":
+            pause = min(MAX_PAUSE, FIRST_PAUSE * 2**self._failures_in_a_row)
+            self._failures_in_a_row += 1
+            self._paused_until = max(self._paused_until, now + pause)
         if now - self._last_log >= LOG_EVERY:
             self._last_log = now
             log.warning(
-                "passthrough call %s (%d failed, %d dropped so far): %s",
+                "passthrough call %s (%d failed, %d dropped, %d skipped so far): %s",
                 kind,
                 self.counters["passthrough_failed"],
                 self.counters["passthrough_dropped"],
+                self.counters["passthrough_skipped"],
                 what,
             )
 

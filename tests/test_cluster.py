@@ -9,33 +9,11 @@ import sys
 
 import httpx
 
-from edge.protocol import ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED
 from tests.client import fresh, path, publish, walk
+from tests.pollers import Subscriber
 from tests.processes import ROOT, Launcher, eventually
 
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 120}
-
-
-async def subscriber(
-    edges: list[str], channel: str, count: int, client: httpx.AsyncClient, offset: int
-) -> list[bytes]:
-    """Walk `channel` until `count` messages arrived, on the next edge at every poll."""
-    received: list[bytes] = []
-    headers: dict[str, str] = {}
-    polls = offset
-    while len(received) < count:
-        base = edges[polls % len(edges)]
-        polls += 1
-        response = await client.get(base + path("updates", channel), headers=headers)
-        if response.status_code == 304:
-            continue
-        assert response.status_code == 200, response.text
-        received.append(response.content)
-        headers = {
-            IF_MODIFIED_SINCE: response.headers[LAST_MODIFIED],
-            IF_NONE_MATCH: response.headers[ETAG],
-        }
-    return received
 
 
 async def publisher(base: str, channel: str, bodies: list[bytes], interval: float) -> None:
@@ -55,16 +33,14 @@ def test_subscribers_switching_edge_on_every_poll_get_every_message_once_in_orde
     bodies = [f"message {n:03d}".encode() for n in range(200)]
 
     async def run() -> list[list[bytes]]:
-        limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            # The channel exists and both edges follow it before the stream starts.
-            await client.put(edges[0] + path("send-update", channel))
-            subscribers = [
-                asyncio.create_task(subscriber(edges, channel, len(bodies), client, n))
-                for n in range(100)
-            ]
-            await publisher(edges[0], channel, bodies, 0.01)
-            return await asyncio.wait_for(asyncio.gather(*subscribers), 120)
+        # The channel exists before the stream starts, so the walk starts at its first message.
+        httpx.put(edges[0] + path("send-update", channel))
+        subscribers = [
+            asyncio.create_task(Subscriber(edges, channel, offset=n).walk(len(bodies)))
+            for n in range(100)
+        ]
+        await publisher(edges[0], channel, bodies, 0.01)
+        return await asyncio.wait_for(asyncio.gather(*subscribers), 120)
 
     results = asyncio.run(run())
     assert all(received == bodies for received in results)
@@ -92,13 +68,12 @@ def test_an_edge_that_loses_live_messages_refills_from_the_broker(launcher: Laun
     bodies = [f"live {n}".encode() for n in range(30)]
 
     async def run() -> list[bytes]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            await client.put(publisher_url + path("send-update", channel))
-            # Subscribe on the lossy edge first, so what it gets comes live.
-            task = asyncio.create_task(subscriber([lossy_url], channel, len(bodies), client, 0))
-            await asyncio.sleep(0.3)
-            await publisher(publisher_url, channel, bodies, 0.02)
-            return await asyncio.wait_for(task, 60)
+        httpx.put(publisher_url + path("send-update", channel))
+        # Subscribe on the lossy edge first, so what it gets comes live.
+        task = asyncio.create_task(Subscriber([lossy_url], channel).walk(len(bodies)))
+        await asyncio.sleep(0.3)
+        await publisher(publisher_url, channel, bodies, 0.02)
+        return await asyncio.wait_for(task, 60)
 
     assert asyncio.run(run()) == bodies
     refills = eventually(
