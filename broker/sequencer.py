@@ -89,6 +89,30 @@ class Sequencer:
             channel_id, message.id, message.prev, channel.floor, content_type, message.body
         )
 
+    def restore(self, message: Message) -> None:
+        """Keep a message sequenced by an earlier run, as it was (history replay)."""
+        channel = self._create(message.channel_id)
+        held = channel.messages
+        if held and message.id <= held[-1].id:
+            return
+        held.append(message)
+        if channel.last is None or message.id > channel.last:
+            channel.last = message.id
+        self._trim(channel, self._clock())
+        if self.limits.message_timeout > 0:
+            self._expiries.append(
+                (message.id.time + self.limits.message_timeout, channel.channel_id)
+            )
+
+    def restore_channel(
+        self, channel_id: str, last: MessageId | None, floor: MessageId | None
+    ) -> None:
+        channel = self._create(channel_id)
+        if last is not None and (channel.last is None or last > channel.last):
+            channel.last = last
+        if floor is not None and (channel.floor is None or floor > channel.floor):
+            channel.floor = floor
+
     def _trim(self, channel: Channel, now: float) -> None:
         messages = channel.messages
         limits = self.limits

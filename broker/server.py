@@ -20,6 +20,7 @@ import zmq.asyncio
 
 from broker import wire
 from broker.config import BrokerConfig
+from broker.history import History
 from broker.sequencer import Sequencer
 from broker.sockets import configure_heartbeats, drain, run_until, send_now
 
@@ -41,6 +42,7 @@ class Broker:
         self.sequencer = Sequencer(
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
+        self.history = None if config.history_file is None else History(config.history_file)
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
         self._recently_published: set[str] = set()
@@ -84,6 +86,14 @@ class Broker:
         if self._ingress is None or self._events is None or self._control is None:
             self.bind()
         assert self._ingress and self._events and self._control
+        if self.history is not None:
+            replayed = self.history.load(self.sequencer)
+            log.info(
+                "history %s: %d records replayed, %d channels",
+                self.history.path,
+                replayed,
+                len(self.sequencer),
+            )
         # Ids of a previous run all precede this broker's first second.
         await asyncio.sleep(max(0.0, self.sequencer.first_time - time.time()))
         try:
@@ -95,6 +105,8 @@ class Broker:
                 self._tick(),
             )
         finally:
+            if self.history is not None:
+                self.history.close()
             self._context.destroy(linger=0)
             log.info("broker stopped; %s", dict(self.counters))
 
@@ -107,10 +119,18 @@ class Broker:
 
     def _publish(self, channel_id: str, content_type: str | None, body: bytes) -> wire.Message:
         message = self.sequencer.publish(channel_id, content_type, body)
+        if self.history is not None:
+            # On disk before any edge can serve it.
+            self.history.published(message)
         self._emit(wire.encode_message(message))
         self._recently_published.add(channel_id)
         self.counters["published"] += 1
         return message
+
+    def _created(self, channel_id: str) -> None:
+        if self.history is not None:
+            self.history.created(channel_id)
+        self._emit_sync(channel_id)
 
     def _emit_sync(self, channel_id: str) -> None:
         channel = self.sequencer.get(channel_id)
@@ -181,17 +201,21 @@ class Broker:
             existed = sequencer.get(channel_id) is not None
             snapshot = sequencer.snapshot(channel_id, request.create)
             if snapshot.exists and not existed:
-                self._emit_sync(channel_id)
+                self._created(channel_id)
             return wire.Reply(
                 request.request_id, snapshot.exists, sequencer.info(channel_id), snapshot
             )
         if request.kind == wire.CREATE:
+            existed = sequencer.get(channel_id) is not None
             info = sequencer.create(channel_id)
-            self._emit_sync(channel_id)
+            if not existed:
+                self._created(channel_id)
             return wire.Reply(request.request_id, True, info)
         if request.kind == wire.DELETE:
             deleted = sequencer.delete(channel_id)
             if deleted is not None:
+                if self.history is not None:
+                    self.history.deleted(channel_id)
                 self._emit(wire.encode_deleted(channel_id))
                 self._recently_published.add(channel_id)
             return wire.Reply(request.request_id, deleted is not None, deleted)
@@ -213,6 +237,8 @@ class Broker:
                 self._emit_heartbeat()
                 next_heartbeat = now + config.heartbeat_interval
                 self.sequencer.expire()
+                if self.history is not None:
+                    self.history.maybe_compact(self.sequencer)
                 for edge in self.sequencer.forget_silent_edges(config.presence_timeout):
                     log.info("edge %s went silent; forgetting its subscribers", edge.hex())
             published, self._recently_published = self._recently_published, set()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from broker.history import History
 from broker.sequencer import Sequencer
 from broker.wire import Limits, MessageId
 
@@ -144,3 +147,51 @@ def test_presence_sums_edges_and_forgets_silent_ones(clock: Clock) -> None:
     assert seq.forget_silent_edges(5) == [b"edge-1", b"edge-2"]
     assert seq.info("c").subscribers == 0  # type: ignore[union-attr]
     assert seq.info("c").requested == 1_000.5  # type: ignore[union-attr]
+
+
+def test_history_survives_a_restart_with_ids_links_and_limits(tmp_path: Path, clock: Clock) -> None:
+    first = sequencer(clock, max_messages=2)
+    history = History(tmp_path / "history")
+    history.load(first)
+    messages = []
+    for body in (b"a", b"b", b"c"):
+        message = first.publish("kept", "text/plain", body)
+        history.published(message)
+        messages.append(message)
+    first.create("empty")
+    history.created("empty")
+    first.publish("gone", None, b"x")
+    history.published(first.get("gone").messages[-1])  # type: ignore[union-attr]
+    first.delete("gone")
+    history.deleted("gone")
+    history.close()
+
+    clock.now += 5
+    second = sequencer(clock, max_messages=2)
+    reopened = History(tmp_path / "history")
+    reopened.load(second)
+    reopened.close()
+    snapshot = second.snapshot("kept", create=False)
+    assert [m.body for m in snapshot.messages] == [b"b", b"c"]
+    assert snapshot.last == messages[-1].id
+    assert snapshot.floor == messages[0].id
+    assert second.get("empty") is not None
+    assert second.get("gone") is None
+    follow_up = second.publish("kept", None, b"d")
+    assert follow_up.prev == messages[-1].id
+    assert follow_up.id > messages[-1].id
+
+
+def test_a_torn_last_record_is_ignored(tmp_path: Path, clock: Clock) -> None:
+    first = sequencer(clock)
+    history = History(tmp_path / "history")
+    history.load(first)
+    history.published(first.publish("c", None, b"whole"))
+    history.close()
+    with (tmp_path / "history").open("ab") as torn:
+        torn.write(b"\x96\xa1m")  # a record cut off after its first bytes
+    second = sequencer(clock)
+    reopened = History(tmp_path / "history")
+    assert reopened.load(second) >= 2
+    reopened.close()
+    assert [m.body for m in second.snapshot("c", create=False).messages] == [b"whole"]

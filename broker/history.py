@@ -1,0 +1,132 @@
+"""The broker's history on disk, so channels survive a broker restart.
+
+An append-only file of msgpack records: every sequenced message, every
+channel created or deleted. Each record is written with one unbuffered
+`write` before the message is sent to edges, so a killed broker (even
+`kill -9`) loses nothing the operating system was handed; only a crash of
+the machine itself can lose the last records, because nothing is fsynced
+per message. At start the file is replayed, then rewritten compactly (what
+the limits still hold, and each channel's newest id); it is compacted
+again whenever it has grown to several times that size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+from broker.sequencer import Sequencer
+from broker.wire import Message, MessageId
+
+log = logging.getLogger("pushserver.broker")
+
+FORMAT = 1
+COMPACT_FACTOR = 4
+COMPACT_MIN_BYTES = 16 * 1024 * 1024
+
+
+def _id(value: Any) -> MessageId | None:
+    return None if value is None else MessageId(int(value[0]), int(value[1]))
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._compacted_size = 0
+
+    def load(self, sequencer: Sequencer) -> int:
+        """Replay the file into `sequencer`, rewrite it compactly and open it for appending.
+
+        Returns how many records were replayed. A torn last record (the
+        broker died mid-write) is ignored.
+        """
+        replayed = 0
+        if self.path.exists():
+            with self.path.open("rb") as existing:
+                unpacker = msgpack.Unpacker(existing, raw=False, strict_map_key=False)
+                try:
+                    for record in unpacker:
+                        self._apply(sequencer, record)
+                        replayed += 1
+                except (ValueError, msgpack.UnpackException) as error:
+                    log.warning("history %s ends in a damaged record: %s", self.path, error)
+            sequencer.expire()
+        self.compact(sequencer)
+        return replayed
+
+    def _apply(self, sequencer: Sequencer, record: Any) -> None:
+        kind = record[0]
+        if kind == "m":
+            _, channel_id, mid, prev, content_type, body = record
+            message_id = MessageId(int(mid[0]), int(mid[1]))
+            sequencer.restore(Message(channel_id, message_id, _id(prev), None, content_type, body))
+        elif kind == "c":
+            _, channel_id, last, floor = record
+            sequencer.restore_channel(channel_id, _id(last), _id(floor))
+        elif kind == "d":
+            sequencer.delete(record[1])
+        elif kind == "v" and record[1] != FORMAT:
+            raise ValueError(f"history format {record[1]}, expected {FORMAT}")
+
+    def compact(self, sequencer: Sequencer) -> None:
+        """Rewrite the file as the channels are now, then append to it."""
+        if self._file is not None:
+            self._file.close()
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("wb") as compacted:
+            compacted.write(msgpack.packb(("v", FORMAT)))
+            for channel in sequencer.channels():
+                compacted.write(
+                    msgpack.packb(("c", channel.channel_id, channel.last, channel.floor))
+                )
+                for message in channel.messages:
+                    compacted.write(self._message_record(message))
+            compacted.flush()
+            os.fsync(compacted.fileno())
+        os.replace(temporary, self.path)
+        self._compacted_size = self.path.stat().st_size
+        self._file = self.path.open("ab", buffering=0)
+
+    def maybe_compact(self, sequencer: Sequencer) -> None:
+        if self._file is None:
+            return
+        size = self._file.tell()
+        if size > max(COMPACT_MIN_BYTES, COMPACT_FACTOR * self._compacted_size):
+            self.compact(sequencer)
+
+    @staticmethod
+    def _message_record(message: Message) -> bytes:
+        packed: bytes = msgpack.packb(
+            (
+                "m",
+                message.channel_id,
+                message.id,
+                message.prev,
+                message.content_type,
+                message.body,
+            ),
+            use_bin_type=True,
+        )
+        return packed
+
+    def published(self, message: Message) -> None:
+        assert self._file is not None
+        self._file.write(self._message_record(message))
+
+    def created(self, channel_id: str) -> None:
+        assert self._file is not None
+        self._file.write(msgpack.packb(("c", channel_id, None, None)))
+
+    def deleted(self, channel_id: str) -> None:
+        assert self._file is not None
+        self._file.write(msgpack.packb(("d", channel_id)))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
