@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import tornado.web
 
+from edge.access import TrustedCallers
 from edge.config import EdgeConfig
 from edge.feed import Feed
 from edge.handlers import PushHandler
+from edge.metrics import MetricsHandler, registry_for
 from edge.passthrough import Passthrough
 from edge.publisher import PublisherHandler
 from edge.subscriber import SubscriberHandler
@@ -28,15 +31,24 @@ def anchored(pattern: str) -> str:
 
 
 def build_application(
-    config: EdgeConfig, feed: Feed, passthrough: Passthrough, wsgi_app: WSGIApp | None = None
+    config: EdgeConfig,
+    feed: Feed,
+    passthrough: Passthrough,
+    wsgi_app: WSGIApp | None = None,
 ) -> tornado.web.Application:
-    rules: list[Any] = []
+    responses: Counter[str] = Counter()
+    registry = registry_for(responses, feed, passthrough)
+    callers = TrustedCallers(config.metrics_allow_from, None)
+    rules: list[Any] = [
+        (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})
+    ]
     for subscriber in config.subscribers:
         options = {
             "feed": feed,
             "location": subscriber,
             "config": config,
             "passthrough": passthrough,
+            "responses": responses,
         }
         rules.append((anchored(subscriber.url), SubscriberHandler, options))
     for publisher in config.publishers:

@@ -70,6 +70,9 @@ class EdgeConfig:
     passthrough_timeout: float = 5.0
     # Passthrough calls in flight at once; beyond it calls are dropped and counted.
     passthrough_concurrency: int = 64
+    # Prometheus metrics, shown to callers from `metrics_allow_from` only.
+    metrics_url: str = "/pushserver/metrics"
+    metrics_allow_from: tuple[str, ...] = LOOPBACK
     # Fault injection for testing gap repair: drop every Nth live message
     # received from the broker. 0, the default, drops nothing.
     drop_live_every: int = 0

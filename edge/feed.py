@@ -52,7 +52,7 @@ class Feed:
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._last_heartbeat = 0.0
-        self._broker_away = False
+        self.broker_away = False
         self._live_seen = 0
         events = self._context.socket(zmq.SUB)
         configure_heartbeats(events)
@@ -192,9 +192,9 @@ class Feed:
             silent = (
                 self._last_heartbeat and now - self._last_heartbeat > self.config.broker_timeout
             )
-            if silent and not self._broker_away:
+            if silent and not self.broker_away:
                 log.warning("no heartbeat from the broker at %s", self.config.events)
-                self._broker_away = True
+                self.broker_away = True
             for channel_id, buffer in list(self.buffers.items()):
                 if buffer.waiters or channel_id in self._synced and not buffer.ready:
                     pass
@@ -243,9 +243,9 @@ class Feed:
 
     def _on_heartbeat(self, heartbeat: wire.Heartbeat) -> None:
         self._last_heartbeat = time.monotonic()
-        if self._broker_away:
+        if self.broker_away:
             log.info("the broker at %s is back", self.config.events)
-            self._broker_away = False
+            self.broker_away = False
         if heartbeat.epoch != self.broker_epoch:
             if self.broker_epoch is not None:
                 self.counters["broker_restarts"] += 1

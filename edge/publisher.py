@@ -8,18 +8,16 @@ the client never sees why. Beyond `discard_limit` the edge stops reading.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-
 import tornado.http1connection
 import tornado.web
 
 from broker import wire
+from edge.access import TrustedCallers
 from edge.config import EdgeConfig, PublisherLocation
 from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import PushHandler
 from edge.info import render
-from edge.protocol import PUBLISHER_METHODS, PUSH_SECRET
+from edge.protocol import PUBLISHER_METHODS
 
 
 @tornado.web.stream_request_body
@@ -31,13 +29,13 @@ class PublisherHandler(PushHandler):
         self.location = location
         self.limit = config.max_message_size
         self.discard_limit = max(2 * self.limit, self.limit + 16 * 1024 * 1024)
-        self.networks = [ipaddress.ip_network(net, strict=False) for net in location.allow_from]
+        self.callers = TrustedCallers(location.allow_from, location.secret)
         self.chunks: list[bytes] = []
         self.size = 0
 
     def prepare(self) -> None:
         super().prepare()
-        if not self._trusted():
+        if not self.callers.admit(self.request):
             self.refuse(403, "publishing is not allowed from this address")
         length = self.request.headers.get("Content-Length")
         if length is not None:
@@ -48,18 +46,6 @@ class PublisherHandler(PushHandler):
         connection = self.request.connection
         if isinstance(connection, tornado.http1connection.HTTP1Connection):
             connection.set_max_body_size(self.discard_limit)
-
-    def _trusted(self) -> bool:
-        remote = self.request.remote_ip or ""
-        try:
-            address = ipaddress.ip_address(remote.split("%")[0])
-        except ValueError:
-            address = None
-        if address is not None and any(address in net for net in self.networks):
-            return True
-        secret = self.location.secret
-        given = self.request.headers.get(PUSH_SECRET)
-        return bool(secret and given and hmac.compare_digest(secret.encode(), given.encode()))
 
     def data_received(self, chunk: bytes) -> None:
         self.size += len(chunk)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 from edge.channels import ChannelBuffer, Held, Waiter
@@ -38,7 +39,9 @@ class SubscriberHandler(PushHandler):
         location: SubscriberLocation,
         config: EdgeConfig,
         passthrough: Passthrough,
+        responses: Counter[str],
     ) -> None:
+        self.responses = responses
         self.feed = feed
         self.location = location
         self.config = config
@@ -137,6 +140,9 @@ class SubscriberHandler(PushHandler):
         if held is None:
             self.refuse(410, "channel deleted")
         self._answer(held, missed)
+
+    def on_finish(self) -> None:
+        self.responses[str(self.get_status())] += 1
 
     def on_connection_close(self) -> None:
         if self._held is not None and not self._held.done():

@@ -9,8 +9,8 @@ Ids: E001 not a dict, E002 several stores, E003 store type, E004 store
 numbers, E005 address or port, E006 publisher/subscriber host, E007
 location shape, E008 location url, E009 polling, E010 allow_origin, E011
 allow_from or secret, E012 broker endpoints, E013 timeouts and sizes, E014
-history_file, E015 PUSH_SERVER_IGNORE_ERRORS, E016 passthrough_secret;
-W001 unknown keys.
+history_file, E015 PUSH_SERVER_IGNORE_ERRORS, E016 passthrough_secret, E017
+metrics_allow_from; W001 unknown keys.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def check_settings(
         _numbers,
         _history_file,
         _passthrough_secret,
+        _metrics_allow_from,
     )
     for part in parts:
         messages.extend(part(value))
@@ -434,6 +435,21 @@ def _numbers(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
         elif not (_is_number(number) and number > 0):
             yield _error(
                 f"{SETTING}[{key!r}] must be a positive number of seconds, got {number!r}", "E013"
+            )
+
+
+def _metrics_allow_from(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
+    networks = value.get("metrics_allow_from")
+    if networks is None:
+        return
+    for network in [networks] if isinstance(networks, str) else networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError):
+            yield _error(
+                f"{SETTING}['metrics_allow_from'] must list networks like '10.0.0.0/8', "
+                f"got {network!r}",
+                "E017",
             )
 
 

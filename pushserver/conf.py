@@ -116,6 +116,7 @@ KNOWN_KEYS = frozenset(
         "broker",
         "history_file",
         "passthrough_secret",
+        "metrics_allow_from",
     }
     | set(HOST_KEYS)
     | set(NUMBER_DEFAULTS)
@@ -222,6 +223,12 @@ def number(key: str) -> float:
     return int(value) if key in INTEGER_KEYS else float(value)
 
 
+def metrics_allow_from() -> tuple[str, ...]:
+    """Networks allowed to read an edge's metrics; loopback unless the settings say otherwise."""
+    value = push_server().get("metrics_allow_from")
+    return LOOPBACK if value is None else _strings(value)
+
+
 def passthrough_secret() -> str | None:
     """The secret edges send to the passthrough view, so it trusts them from any address."""
     value = push_server().get("passthrough_secret")
@@ -306,6 +313,7 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         max_connections=int(number("max_connections")),
         drop_live_every=int(number("drop_live_every")),
         passthrough_secret=passthrough_secret(),
+        metrics_allow_from=metrics_allow_from(),
         passthrough_timeout=number("passthrough_timeout"),
         passthrough_concurrency=int(number("passthrough_concurrency")),
     )
