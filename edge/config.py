@@ -45,6 +45,9 @@ class PublisherLocation:
 class EdgeConfig:
     address: str = "127.0.0.1"
     port: int = 8001
+    # Several edge processes on one port (SO_REUSEPORT): the kernel spreads
+    # connections over them.
+    reuse_port: bool = False
     events: str = DEFAULT_EVENTS
     control: str = DEFAULT_CONTROL
     subscribers: tuple[SubscriberLocation, ...] = (SubscriberLocation(),)

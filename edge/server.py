@@ -73,7 +73,9 @@ class Edge:
     def listen(self) -> list[str]:
         """Bind the HTTP port (0 picks one) and return the URLs it serves."""
         config = self.config
-        sockets = tornado.netutil.bind_sockets(config.port, config.address or None)
+        sockets = tornado.netutil.bind_sockets(
+            config.port, config.address or None, reuse_port=config.reuse_port
+        )
         self._server = CappedHTTPServer(
             self.application,
             max_connections=raise_fd_limit(config.max_connections),

@@ -13,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
+import os
 import signal
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +28,11 @@ from edge.config import EdgeConfig
 
 # After a stop request, how long the parts get to answer held polls and close.
 STOP_GRACE = 5.0
+# Between a worker's death and its replacement, so a worker failing at start
+# does not make its parent spin.
+RESPAWN_DELAY = 1.0
+
+log = logging.getLogger("pushserver")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +117,77 @@ async def _serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+def run_workers(
+    edge_config: EdgeConfig,
+    workers: int,
+    *,
+    wsgi_app: Any | None = None,
+    on_ready: Callable[[Listening], None] = lambda listening: None,
+) -> None:
+    """Run `workers` edge processes on one port until SIGINT or SIGTERM.
+
+    Each worker is a whole edge with its own link to the broker; the kernel
+    spreads connections over them (SO_REUSEPORT). This process only holds
+    the port (bound, never listening, so it is never handed a connection),
+    forwards stop signals, and starts a worker again if one dies.
+    """
+    reserved = _reserve_port(edge_config.address, edge_config.port)
+    config = dataclasses.replace(edge_config, port=reserved.getsockname()[1], reuse_port=True)
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, signal.SIG_DFL)
+                asyncio.run(_serve(None, config, wsgi_app, lambda listening: None))
+            except BaseException:
+                log.exception("edge worker %d failed", os.getpid())
+                code = 1
+            finally:
+                os._exit(code)
+        children.add(pid)
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for _ in range(workers):
+            spawn()
+        host = f"[{config.address}]" if ":" in config.address else config.address
+        on_ready(Listening(None, [f"http://{host}:{config.port}/"]))
+        log.info("edge workers on port %d: %s", config.port, sorted(children))
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            children.discard(pid)
+            if not stopping:
+                log.warning("edge worker %d ended (status %d); starting another", pid, status)
+                time.sleep(RESPAWN_DELAY)
+                spawn()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        reserved.close()
+
+
+def _reserve_port(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    reserved = socket.socket(family, socket.SOCK_STREAM)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserved.bind((address, port))
+    return reserved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from tests.client import Cursor, fresh, in_background, poll, publish, wait_for_subscribers
-from tests.processes import ANY_PORT, EDGE_LINE, Launcher
+from tests.processes import ANY_PORT, EDGE_LINE, Launcher, eventually
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -100,3 +101,32 @@ def test_manage_py_help_lists_the_options() -> None:
     )
     for option in ("--role", "--allrequests", "--ipv6", "addrport"):
         assert option in result.stdout
+
+
+def test_workers_share_one_port_and_each_takes_connections(launcher: Launcher) -> None:
+    _, endpoints = launcher.broker()
+    process = launcher.start(
+        "workers", {"broker": dict(endpoints)}, "--role=edge", "--workers=2", "127.0.0.1:0"
+    )
+    base = process.wait_for(EDGE_LINE).group("url")
+    channel = fresh("workers")
+    publish(base, channel, "from either worker")
+    pids: set[str] = set()
+
+    def both_answered() -> bool:
+        # A new connection each time: the kernel picks the worker per connection.
+        response = httpx.get(base + "/pushserver/metrics", headers={"Connection": "close"})
+        pids.update(re.findall(r'pushserver_edge_process\{pid="(\d+)"\}', response.text))
+        with httpx.Client(timeout=10) as client:
+            assert poll(client, base, channel).text == "from either worker"
+        return len(pids) == 2
+
+    eventually(both_answered, 30, "both workers to answer")
+    assert str(process.popen.pid) not in pids
+    assert process.stop(signal.SIGTERM, timeout=15) == 0
+
+
+def test_workers_are_refused_without_the_edge_role(launcher: Launcher) -> None:
+    process = launcher.start("workers", {"broker": dict(ANY_PORT)}, "--workers=2")
+    assert process.popen.wait(30) != 0
+    assert "--workers is for --role=edge" in process.output

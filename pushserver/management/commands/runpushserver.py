@@ -54,6 +54,12 @@ class Command(BaseCommand):
             f"(default port {conf.ALL_REQUESTS_PORT}).",
         )
         parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="With --role=edge, run this many edge processes sharing the port (SO_REUSEPORT).",
+        )
+        parser.add_argument(
             "--nostatic",
             action="store_false",
             dest="use_static_handler",
@@ -67,6 +73,14 @@ class Command(BaseCommand):
             raise CommandError(
                 "the address:port argument, --ipv6 and --allrequests are for edges; "
                 "the broker binds the endpoints in PUSH_SERVER['broker']"
+            )
+        workers = options["workers"]
+        if workers < 1:
+            raise CommandError(f"--workers must be at least 1, got {workers}")
+        if workers > 1 and role != EDGE:
+            raise CommandError(
+                "--workers is for --role=edge: one broker serves the cluster, "
+                "and an embedded broker cannot be shared by several processes"
             )
         address, port = self._parse_addrport(options["addrport"], options["use_ipv6"])
 
@@ -91,7 +105,11 @@ class Command(BaseCommand):
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}"
         )
         try:
-            runner.run(broker_config, edge_config, wsgi_app=wsgi_app, on_ready=self._announce)
+            if workers > 1:
+                assert edge_config is not None
+                runner.run_workers(edge_config, workers, wsgi_app=wsgi_app, on_ready=self._announce)
+            else:
+                runner.run(broker_config, edge_config, wsgi_app=wsgi_app, on_ready=self._announce)
         except (OSError, zmq.ZMQError) as exc:
             # Mostly a port in use: say so instead of printing a traceback.
             raise CommandError(f"could not start the push server: {exc}") from exc
