@@ -27,6 +27,9 @@ from broker.sockets import configure_heartbeats, drain, run_until, send_now
 log = logging.getLogger("pushserver.broker")
 
 
+STOP_LINGER_MS = 500
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoints:
     ingress: str
@@ -82,6 +85,17 @@ class Broker:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _sequence_what_arrived(self) -> None:
+        """Publish what publishers sent before the stop, rather than drop it with the socket."""
+        assert self._ingress is not None
+        ingress: zmq.Socket[bytes] = zmq.Socket.shadow(self._ingress.underlying)
+        while True:
+            try:
+                frames = ingress.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_publish(frames)
+
     async def run(self) -> None:
         if self._ingress is None or self._events is None or self._control is None:
             self.bind()
@@ -104,10 +118,13 @@ class Broker:
                 drain(self._control, self._on_request, self._stopping),
                 self._tick(),
             )
+            self._sequence_what_arrived()
         finally:
             if self.history is not None:
                 self.history.close()
-            self._context.destroy(linger=0)
+            # A moment for the last messages to reach edges; no longer, so a
+            # vanished edge cannot hold the broker's exit.
+            self._context.destroy(linger=STOP_LINGER_MS)
             log.info("broker stopped; %s", dict(self.counters))
 
     # -- sending -------------------------------------------------------------

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -137,15 +138,23 @@ def run_workers(
     config = dataclasses.replace(edge_config, port=reserved.getsockname()[1], reuse_port=True)
     children: set[int] = set()
     stopping = False
+    # Each worker writes a byte here once it listens, so the banner never
+    # announces a port that still refuses connections.
+    ready_read, ready_write = os.pipe()
 
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                os.close(ready_read)
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(signum, signal.SIG_DFL)
-                asyncio.run(_serve(None, config, wsgi_app, lambda listening: None))
+
+                def listening(_: Listening) -> None:
+                    os.write(ready_write, b".")
+
+                asyncio.run(_serve(None, config, wsgi_app, listening))
             except BaseException:
                 log.exception("edge worker %d failed", os.getpid())
                 code = 1
@@ -164,6 +173,7 @@ def run_workers(
     try:
         for _ in range(workers):
             spawn()
+        _await_ready(ready_read, workers)
         host = f"[{config.address}]" if ":" in config.address else config.address
         on_ready(Listening(None, [f"http://{host}:{config.port}/"]))
         log.info("edge workers on port %d: %s", config.port, sorted(children))
@@ -183,6 +193,18 @@ def run_workers(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         reserved.close()
+        os.close(ready_read)
+        os.close(ready_write)
+
+
+def _await_ready(ready: int, workers: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < workers:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([ready], [], [], remaining)[0]:
+            raise RuntimeError(f"only {seen} of {workers} edge workers started listening")
+        seen += len(os.read(ready, workers - seen))
 
 
 def _reserve_port(address: str, port: int) -> socket.socket:
