@@ -52,7 +52,10 @@ class PushHandler(tornado.web.RequestHandler):
     def refuse(self, status: int, why: str) -> NoReturn:
         raise Refusal(status, why)
 
-    def channel_id(self, raw: str) -> str:
+    def channel_id(self) -> str:
+        """The channel id from the location pattern's one group, named or not."""
+        groups = self.path_args or list(self.path_kwargs.values())
+        raw = groups[0] if groups else ""
         problem = channel_id_problem(raw)
         if problem:
             self.refuse(400, problem)

@@ -91,9 +91,13 @@ class Passthrough:
         self._last_log = 0.0
         self._failures_in_a_row = 0
         self._paused_until = 0.0
+        # While closing, a refused call is expected (an edge calling its own
+        # Django under --allrequests has stopped listening) and only noted.
+        self._closing = False
 
     async def close(self, timeout: float = 1.0) -> None:
         """Tell Django about every subscription still waiting out its grace, then stop."""
+        self._closing = True
         calls = []
         for key, subscription in list(self._subscriptions.items()):
             if subscription.unsubscribe_timer is not None:
@@ -263,7 +267,9 @@ class Passthrough:
             pause = min(MAX_PAUSE, FIRST_PAUSE * 2**self._failures_in_a_row)
             self._failures_in_a_row += 1
             self._paused_until = max(self._paused_until, now + pause)
-        if now - self._last_log >= LOG_EVERY:
+        if self._closing:
+            log.info("passthrough call %s while the edge stops: %s", kind, what)
+        elif now - self._last_log >= LOG_EVERY:
             self._last_log = now
             log.warning(
                 "passthrough call %s (%d failed, %d dropped, %d skipped so far): %s",

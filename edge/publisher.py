@@ -68,8 +68,8 @@ class PublisherHandler(PushHandler):
         self.set_header("Content-Type", content_type)
         self.finish(body)
 
-    async def post(self, raw_channel_id: str) -> None:
-        channel_id = self.channel_id(raw_channel_id)
+    async def post(self, *groups: str, **named_groups: str) -> None:
+        channel_id = self.channel_id()
         if self.size > self.limit:
             self.refuse(413, f"message is larger than {self.limit} bytes")
         body = b"".join(self.chunks)
@@ -78,14 +78,14 @@ class PublisherHandler(PushHandler):
         info = reply.info
         self._info(201 if info is not None and info.subscribers > 0 else 202, info)
 
-    async def put(self, raw_channel_id: str) -> None:
-        reply = await self._ask(wire.Request(wire.CREATE, 0, self.channel_id(raw_channel_id)))
+    async def put(self, *groups: str, **named_groups: str) -> None:
+        reply = await self._ask(wire.Request(wire.CREATE, 0, self.channel_id()))
         self._info(200, reply.info)
 
-    async def get(self, raw_channel_id: str) -> None:
-        reply = await self._ask(wire.Request(wire.INFO, 0, self.channel_id(raw_channel_id)))
+    async def get(self, *groups: str, **named_groups: str) -> None:
+        reply = await self._ask(wire.Request(wire.INFO, 0, self.channel_id()))
         self._info(200, reply.info)
 
-    async def delete(self, raw_channel_id: str) -> None:
-        reply = await self._ask(wire.Request(wire.DELETE, 0, self.channel_id(raw_channel_id)))
+    async def delete(self, *groups: str, **named_groups: str) -> None:
+        reply = await self._ask(wire.Request(wire.DELETE, 0, self.channel_id()))
         self._info(200, reply.info)

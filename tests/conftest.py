@@ -44,6 +44,7 @@ PROTOCOL_SETTINGS = {
         },
         {"type": "subscriber", "url": r"/poll/([^/]+)", "polling": "interval"},
         {"type": "subscriber", "url": r"/strict/([^/]+)", "create_on_get": False},
+        {"type": "subscriber", "url": r"/named/(?P<channel>[^/]+)"},
         {"type": "publisher", "url": r"/send-update/([^/]+)"},
         {
             "type": "publisher",

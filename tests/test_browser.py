@@ -30,11 +30,10 @@ from tests.browser import (
 from tests.client import wait_for_subscribers
 from tests.processes import Launcher, eventually
 
-pytestmark = pytest.mark.skipif(
-    not chromium_available(), reason=f"no Chromium at {CHROMIUM} (make test installs it)"
-)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+# `make test` installs Chromium and Playwright; a machine without them fails
+# these tests rather than skipping them.
+assert chromium_available(), f"no Chromium at {CHROMIUM}: run `make test`, which installs it"
+from playwright import sync_api  # noqa: E402
 
 # Short, so the outage tests see several retries in a few seconds.
 BACKOFF = {"base": 400, "cap": 1600}

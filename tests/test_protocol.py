@@ -336,3 +336,10 @@ def test_validators_without_a_time_start_from_the_oldest(
         headers={IF_MODIFIED_SINCE: "Thu, 01 Jan 1970 00:00:00 GMT"},
     )
     assert old.text == "a"
+
+
+def test_a_location_pattern_may_name_its_group(server: Server, client: httpx.Client) -> None:
+    _, base = server
+    channel = fresh("named group")
+    publish(base, channel, "found by name")
+    assert poll(client, base, channel, location="named").text == "found by name"
