@@ -1,0 +1,213 @@
+"""Starts real broker and edge processes through `manage.py runpushserver`.
+
+Used by the local cluster launcher, the tests and the benchmarks. Each
+process gets a settings module of its own, written into a folder, binds
+port 0 (or `*` for ZeroMQ) unless told otherwise, and is known to be ready
+when its banner names the addresses it really listens on. No fixed sleeps:
+every wait polls a condition against a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_LINE = re.compile(
+    r"Broker listening: ingress (?P<ingress>\S+), events (?P<events>\S+), control (?P<control>\S+)"
+)
+EDGE_LINE = re.compile(r"Edge listening on (?P<url>http://\S+?)/?$")
+ANY_PORT = {
+    "ingress": "tcp://127.0.0.1:*",
+    "events": "tcp://127.0.0.1:*",
+    "control": "tcp://127.0.0.1:*",
+}
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port free right now, for a server that must restart on the same port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        with self.popen.stdout:
+            for line in self.popen.stdout:
+                self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 20.0) -> re.Match[str]:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+
+        def found() -> re.Match[str] | None:
+            for line in list(self.lines):
+                match = regex.search(line)
+                if match:
+                    return match
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.output}")
+            return None
+
+        return eventually(found, timeout, f"{regex.pattern!r} from {self.name}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the process and wait for it; fails when it does not exit in time."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+                raise AssertionError(f"{self.name} ignored signal {sig}:\n{self.output}") from None
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+# Settings for a site that only runs the push server.
+MINIMAL_SETTINGS = """\
+SECRET_KEY = {secret!r}
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "pushserver",
+]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}}
+ROOT_URLCONF = __name__
+urlpatterns = []
+USE_TZ = True
+"""
+
+
+class Launcher:
+    """Writes settings modules and starts processes; stops everything it started.
+
+    Settings modules import `base` when given (a project's own settings),
+    else they are a minimal site with only the push server installed.
+    """
+
+    def __init__(self, folder: Path, base: str | None = None) -> None:
+        self.folder = folder
+        self.base = base
+        self.processes: list[Process] = []
+
+    def settings(self, push_server: dict[str, Any], **extra: Any) -> str:
+        module = f"settings_{uuid.uuid4().hex[:12]}"
+        if self.base is None:
+            lines = [MINIMAL_SETTINGS.format(secret=uuid.uuid4().hex)]
+        else:
+            lines = [f"from {self.base} import *  # noqa: F403"]
+        lines.append(f"PUSH_SERVER = {push_server!r}")
+        lines += [f"{name} = {value!r}" for name, value in extra.items()]
+        (self.folder / f"{module}.py").write_text("\n".join(lines) + "\n")
+        return module
+
+    def environment(self, module: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.folder), str(ROOT)])
+        env["DJANGO_SETTINGS_MODULE"] = module
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def manage(self, module: str, *args: str) -> str:
+        """Run a management command with the settings `module` and return its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "django", *args],
+            cwd=self.folder,
+            env=self.environment(module),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def start(self, name: str, push_server: dict[str, Any], *args: str, **extra: Any) -> Process:
+        module = self.settings(push_server, **extra)
+        return self.run(name, module, *args)
+
+    def run(self, name: str, module: str, *args: str) -> Process:
+        """Start `runpushserver` with an already written settings `module`."""
+        env = self.environment(module)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "django", "runpushserver", *args],
+            cwd=self.folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        process = Process(name, popen)
+        self.processes.append(process)
+        return process
+
+    def broker(self, **push_server: Any) -> tuple[Process, dict[str, str]]:
+        settings = {"broker": dict(ANY_PORT), **push_server}
+        process = self.start("broker", settings, "--role=broker")
+        match = process.wait_for(BROKER_LINE)
+        return process, match.groupdict()
+
+    def edge(self, endpoints: dict[str, str], **push_server: Any) -> tuple[Process, str]:
+        settings = {"broker": dict(endpoints), **push_server}
+        process = self.start("edge", settings, "--role=edge", "127.0.0.1:0")
+        return process, process.wait_for(EDGE_LINE).group("url")
+
+    def embedded(self, **push_server: Any) -> tuple[Process, str]:
+        settings = {"broker": dict(ANY_PORT), **push_server}
+        process = self.start("embedded", settings, "127.0.0.1:0")
+        return process, process.wait_for(EDGE_LINE).group("url")
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(AssertionError):
+                process.stop(timeout=5)
