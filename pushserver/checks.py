@@ -70,6 +70,7 @@ def check_settings(
         _history_file,
         _passthrough_secret,
         _metrics_allow_from,
+        _events_hwm,
     )
     for part in parts:
         messages.extend(part(value))
@@ -436,6 +437,16 @@ def _numbers(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
             yield _error(
                 f"{SETTING}[{key!r}] must be a positive number of seconds, got {number!r}", "E013"
             )
+
+
+def _events_hwm(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
+    hwm = value.get("events_hwm")
+    if hwm is not None and (isinstance(hwm, bool) or not isinstance(hwm, int) or hwm < 0):
+        yield _error(
+            f"{SETTING}['events_hwm'] must be a number of messages >= 0 (0: unbounded), "
+            f"got {hwm!r}",
+            "E013",
+        )
 
 
 def _metrics_allow_from(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:

@@ -13,6 +13,7 @@ broker binds and where publishers and edges connect, so a wildcard host
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ KNOWN_KEYS = frozenset(
         "history_file",
         "passthrough_secret",
         "metrics_allow_from",
+        "events_hwm",
     }
     | set(HOST_KEYS)
     | set(NUMBER_DEFAULTS)
@@ -223,6 +225,13 @@ def number(key: str) -> float:
     return int(value) if key in INTEGER_KEYS else float(value)
 
 
+def events_hwm() -> int | None:
+    """The events queue (messages) at both ends of the broker-edge link; None keeps each
+    side's default. Small values make edges drop live messages under bursts and refill."""
+    value = push_server().get("events_hwm")
+    return None if value is None else int(value)
+
+
 def metrics_allow_from() -> tuple[str, ...]:
     """Networks allowed to read an edge's metrics; loopback unless the settings say otherwise."""
     value = push_server().get("metrics_allow_from")
@@ -256,7 +265,7 @@ def connect_endpoint(endpoint: str) -> str:
 def broker_config() -> BrokerConfig:
     endpoints = broker_endpoints()
     limits = store()
-    return BrokerConfig(
+    config = BrokerConfig(
         ingress=endpoints["ingress"],
         events=endpoints["events"],
         control=endpoints["control"],
@@ -266,6 +275,8 @@ def broker_config() -> BrokerConfig:
         heartbeat_interval=number("heartbeat_interval"),
         history_file=history_file(),
     )
+    hwm = events_hwm()
+    return config if hwm is None else dataclasses.replace(config, events_sndhwm=hwm)
 
 
 def _strings(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -299,7 +310,7 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
     ``runpushserver``'s address:port argument does."""
     endpoints = broker_endpoints()
     merged = locations()
-    return EdgeConfig(
+    config = EdgeConfig(
         address=address or edge_address(),
         port=edge_port() if port is None else port,
         events=connect_endpoint(endpoints["events"]),
@@ -317,3 +328,5 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         passthrough_timeout=number("passthrough_timeout"),
         passthrough_concurrency=int(number("passthrough_concurrency")),
     )
+    hwm = events_hwm()
+    return config if hwm is None else dataclasses.replace(config, events_rcvhwm=hwm)
