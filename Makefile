@@ -1,5 +1,6 @@
 # make demo   create .venv, install, run the demo site on http://127.0.0.1:8000
 # make test   create .venv, install everything the tests need, run every check and test
+# make cluster  a broker, 3 edges and nginx on loopback (python -m ops.cluster)
 #
 # Works unattended (CI=true, no stdin, as root) on a fresh machine with Python 3.11.
 
@@ -14,15 +15,17 @@ BIN := $(VENV)/bin
 INSTALL_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
 # System packages the tests need, as command:debian-package pairs. A package
-# is installed only when its command is missing, e.g. `nginx:nginx`.
-SYSTEM_DEPS := node:nodejs chromium:chromium
+# is installed only when its command is missing (looked up on PATH and in
+# /usr/sbin, where Debian puts nginx and haproxy), e.g. `nginx:nginx`.
+SYSTEM_DEPS := node:nodejs chromium:chromium nginx:nginx haproxy:haproxy
 
 DEMO_PYTHON := ../../$(BIN)/python
 
-.PHONY: help demo test lint typecheck jstest pytest install system-deps clean distclean
+.PHONY: help demo cluster test lint typecheck jstest pytest install system-deps clean distclean
 
 help:
 	@echo "make demo       run the demo site (runpushserver --allrequests) on http://127.0.0.1:8000"
+	@echo "make cluster    a broker, 3 edges and nginx on loopback (python -m ops.cluster); Ctrl-C stops"
 	@echo "make test       install what the tests need, then ruff, mypy and pytest"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove caches, build leftovers and the demo database"
@@ -41,7 +44,8 @@ install: $(INSTALL_STAMP)
 system-deps:
 	@missing=""; \
 	for pair in $(SYSTEM_DEPS); do \
-	    command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	    cmd="$${pair%%:*}"; \
+	    command -v "$$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$$cmd" ] || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing system packages:$$missing"; \
@@ -76,6 +80,10 @@ demo: install
 	    trap 'kill $$publisher 2>/dev/null || true; wait $$publisher 2>/dev/null || true' EXIT; \
 	    $(DEMO_PYTHON) manage.py runpushserver --allrequests; \
 	}
+
+# Prints where the broker, each edge and nginx listen; Ctrl-C stops them all.
+cluster: install system-deps
+	$(BIN)/python -m ops.cluster --edges 3
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
