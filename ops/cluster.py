@@ -32,11 +32,19 @@ BALANCERS = ("nginx", "haproxy")
 
 
 def nginx_config(template: str, port: int, edges: list[int]) -> str:
-    """The nginx configuration with this cluster's edges and listening port."""
-    servers = "".join(f"    server 127.0.0.1:{edge} max_fails=0;\n" for edge in edges)
+    """The nginx configuration with this cluster's edges and listening port.
+
+    Each edge gets the options the template's first `server` line has.
+    """
+    server_line = re.compile(r"(?m)^(\s*)server\s+\S+([^;]*);\s*\n")
 
     def upstream(match: re.Match[str]) -> str:
-        body = re.sub(r"(?m)^\s*server\s+\S+[^;]*;\s*\n", "", match.group(2))
+        first = server_line.search(match.group(2))
+        if first is None:
+            raise ValueError("the nginx upstream `pushserver_edges` has no `server` line")
+        indent, options = first.groups()
+        servers = "".join(f"{indent}server 127.0.0.1:{edge}{options};\n" for edge in edges)
+        body = server_line.sub("", match.group(2))
         return f"{match.group(1)}\n{servers}{body.lstrip(chr(10))}{match.group(3)}"
 
     rewritten, count = re.subn(
@@ -48,20 +56,31 @@ def nginx_config(template: str, port: int, edges: list[int]) -> str:
 
 
 def haproxy_config(template: str, port: int, edges: list[int]) -> str:
-    """The HAProxy configuration with this cluster's edges and listening port."""
+    """The HAProxy configuration with this cluster's edges and listening port.
+
+    The backend's `server` lines are replaced where the first one stood, each
+    edge with that line's options.
+    """
     lines = []
     in_backend = False
+    placed = False
     for line in template.splitlines():
         stripped = line.strip()
         if re.match(r"^(frontend|backend|listen|defaults|global)\b", stripped):
             in_backend = stripped.split()[:2] == ["backend", "pushserver_edges"]
-            lines.append(line)
-            if in_backend:
-                lines += [f"    server edge{n} 127.0.0.1:{edge}" for n, edge in enumerate(edges, 1)]
-            continue
-        if in_backend and stripped.startswith("server "):
+        elif in_backend and stripped.startswith("server "):
+            if not placed:
+                indent = line[: len(line) - len(line.lstrip())]
+                options = " ".join(stripped.split()[3:])
+                lines += [
+                    f"{indent}server edge{n} 127.0.0.1:{edge} {options}".rstrip()
+                    for n, edge in enumerate(edges, 1)
+                ]
+                placed = True
             continue
         lines.append(re.sub(r"^(\s*bind\s+)\S+:\d+", rf"\g<1>127.0.0.1:{port}", line))
+    if not placed:
+        raise ValueError("the HAProxy backend `pushserver_edges` has no `server` line")
     return "\n".join(lines) + "\n"
 
 

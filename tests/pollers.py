@@ -8,6 +8,7 @@ and speaks just the HTTP/1.1 the edges answer with (Content-Length bodies).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -67,15 +68,27 @@ class Connection:
         self.reader = self.writer = None
 
 
+# After an error (an edge gone, the balancer answering 502), the pause
+# before asking again from the same cursor.
+RETRY_AFTER = 0.2
+
+
 @dataclass
 class Subscriber:
-    """Walks one channel with the protocol's cursor, on the next edge at every poll."""
+    """Walks one channel with the protocol's cursor, on the next edge at every poll.
+
+    With `tolerate_errors`, a failed poll (refused connection, reset, 5xx) is
+    counted and asked again from the same cursor, as a browser client does.
+    """
 
     edges: list[str]
     channel_id: str
     offset: int = 0
+    tolerate_errors: bool = False
     received: list[bytes] = field(default_factory=list)
+    ids: list[tuple[int, int]] = field(default_factory=list)
     polls: int = 0
+    errors: int = 0
 
     async def walk(self, count: int) -> list[bytes]:
         connections = [Connection(base) for base in self.edges]
@@ -85,15 +98,26 @@ class Subscriber:
             while len(self.received) < count:
                 index = (self.offset + self.polls) % len(connections)
                 self.polls += 1
-                response = await connections[index].get(target, headers)
+                try:
+                    response = await connections[index].get(target, headers)
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    if not self.tolerate_errors:
+                        raise
+                    response = Response(0, {}, b"")
                 if response.status == 304:
+                    continue
+                if response.status != 200 and self.tolerate_errors:
+                    self.errors += 1
+                    connections[index].close()
+                    await asyncio.sleep(RETRY_AFTER)
                     continue
                 assert response.status == 200, (response.status, response.body)
                 self.received.append(response.body)
-                headers = {
-                    IF_MODIFIED_SINCE: response.headers[LAST_MODIFIED.lower()],
-                    IF_NONE_MATCH: response.headers[ETAG.lower()],
-                }
+                last_modified = response.headers[LAST_MODIFIED.lower()]
+                etag = response.headers[ETAG.lower()]
+                seconds = int(email.utils.parsedate_to_datetime(last_modified).timestamp())
+                self.ids.append((seconds, int(etag)))
+                headers = {IF_MODIFIED_SINCE: last_modified, IF_NONE_MATCH: etag}
         finally:
             for connection in connections:
                 connection.close()
