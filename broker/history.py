@@ -1,7 +1,8 @@
 """The broker's history on disk, so channels survive a broker restart.
 
-An append-only file of msgpack records: every sequenced message, every
-channel created or deleted. Each record is written with one unbuffered
+An append-only file of msgpack records: every sequenced message (with
+the publisher's sequence number, so a restarted broker still drops
+repeats), every channel created or deleted. Each record is written with one unbuffered
 `write` before the message is sent to edges, so a killed broker (even
 `kill -9`) loses nothing the operating system was handed; only a crash of
 the machine itself can lose the last records, because nothing is fsynced
@@ -19,6 +20,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from broker.publishers import Publishers
 from broker.sequencer import Sequencer
 from broker.wire import Message, MessageId
 
@@ -39,7 +41,7 @@ class History:
         self._file: BinaryIO | None = None
         self._compacted_size = 0
 
-    def load(self, sequencer: Sequencer) -> int:
+    def load(self, sequencer: Sequencer, publishers: Publishers) -> int:
         """Replay the file into `sequencer`, rewrite it compactly and open it for appending.
 
         Returns how many records were replayed. A torn last record (the
@@ -51,29 +53,33 @@ class History:
                 unpacker = msgpack.Unpacker(existing, raw=False, strict_map_key=False)
                 try:
                     for record in unpacker:
-                        self._apply(sequencer, record)
+                        self._apply(sequencer, publishers, record)
                         replayed += 1
                 except (ValueError, msgpack.UnpackException) as error:
                     log.warning("history %s ends in a damaged record: %s", self.path, error)
             sequencer.expire()
-        self.compact(sequencer)
+        self.compact(sequencer, publishers)
         return replayed
 
-    def _apply(self, sequencer: Sequencer, record: Any) -> None:
+    def _apply(self, sequencer: Sequencer, publishers: Publishers, record: Any) -> None:
         kind = record[0]
         if kind == "m":
-            _, channel_id, mid, prev, content_type, body = record
+            _, channel_id, mid, prev, content_type, body, *sent_by = record
             message_id = MessageId(int(mid[0]), int(mid[1]))
             sequencer.restore(Message(channel_id, message_id, _id(prev), None, content_type, body))
+            if sent_by:
+                publishers.restore(sent_by[0], int(sent_by[1]))
         elif kind == "c":
             _, channel_id, last, floor = record
             sequencer.restore_channel(channel_id, _id(last), _id(floor))
         elif kind == "d":
             sequencer.delete(record[1])
+        elif kind == "p":
+            publishers.restore(record[1], int(record[2]))
         elif kind == "v" and record[1] != FORMAT:
             raise ValueError(f"history format {record[1]}, expected {FORMAT}")
 
-    def compact(self, sequencer: Sequencer) -> None:
+    def compact(self, sequencer: Sequencer, publishers: Publishers) -> None:
         """Rewrite the file as the channels are now, then append to it."""
         if self._file is not None:
             self._file.close()
@@ -86,37 +92,32 @@ class History:
                 )
                 for message in channel.messages:
                     compacted.write(self._message_record(message))
+            for publisher, seq in publishers.items():
+                compacted.write(msgpack.packb(("p", publisher, seq), use_bin_type=True))
             compacted.flush()
             os.fsync(compacted.fileno())
         os.replace(temporary, self.path)
         self._compacted_size = self.path.stat().st_size
         self._file = self.path.open("ab", buffering=0)
 
-    def maybe_compact(self, sequencer: Sequencer) -> None:
+    def maybe_compact(self, sequencer: Sequencer, publishers: Publishers) -> None:
         if self._file is None:
             return
         size = self._file.tell()
         if size > max(COMPACT_MIN_BYTES, COMPACT_FACTOR * self._compacted_size):
-            self.compact(sequencer)
+            self.compact(sequencer, publishers)
 
     @staticmethod
-    def _message_record(message: Message) -> bytes:
-        packed: bytes = msgpack.packb(
-            (
-                "m",
-                message.channel_id,
-                message.id,
-                message.prev,
-                message.content_type,
-                message.body,
-            ),
-            use_bin_type=True,
-        )
+    def _message_record(message: Message, sent_by: tuple[bytes, int] | None = None) -> bytes:
+        record = ("m", message.channel_id, message.id, message.prev, message.content_type)
+        # The publisher's number travels in the same record as the message, so
+        # no kill can keep one without the other.
+        packed: bytes = msgpack.packb((*record, message.body, *(sent_by or ())), use_bin_type=True)
         return packed
 
-    def published(self, message: Message) -> None:
+    def published(self, message: Message, sent_by: tuple[bytes, int] | None = None) -> None:
         assert self._file is not None
-        self._file.write(self._message_record(message))
+        self._file.write(self._message_record(message, sent_by))
 
     def created(self, channel_id: str) -> None:
         assert self._file is not None

@@ -1,4 +1,4 @@
-"""The broker's sockets and loop: ingress PULL, events XPUB, control ROUTER, heartbeats.
+"""The broker's sockets and loop: ingress and control ROUTERs, events XPUB, heartbeats.
 
 One asyncio task per socket reads it by waiting once and then draining
 without blocking, which is several times faster than awaiting each
@@ -21,6 +21,7 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
+from broker.publishers import Publishers, Verdict
 from broker.sequencer import Sequencer
 from broker.sockets import configure_heartbeats, drain, run_until, send_now
 
@@ -49,6 +50,9 @@ class Broker:
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
         self._recently_published: set[str] = set()
+        self.publishers = Publishers()
+        self._acks: dict[bytes, tuple[bytes, bool]] = {}
+        self._acks_scheduled = False
         self._ingress: zmq.asyncio.Socket | None = None
         self._events: zmq.asyncio.Socket | None = None
         self._control: zmq.asyncio.Socket | None = None
@@ -61,7 +65,7 @@ class Broker:
             raise
 
     def _bind(self) -> Endpoints:
-        ingress = self._context.socket(zmq.PULL)
+        ingress = self._context.socket(zmq.ROUTER)
         configure_heartbeats(ingress)
         ingress.bind(self.config.ingress)
         events = self._context.socket(zmq.XPUB)
@@ -101,7 +105,7 @@ class Broker:
             self.bind()
         assert self._ingress and self._events and self._control
         if self.history is not None:
-            replayed = self.history.load(self.sequencer)
+            replayed = self.history.load(self.sequencer, self.publishers)
             log.info(
                 "history %s: %d records replayed, %d channels",
                 self.history.path,
@@ -134,11 +138,17 @@ class Broker:
         if not send_now(self._events, frames):
             self.counters["events_dropped"] += 1
 
-    def _publish(self, channel_id: str, content_type: str | None, body: bytes) -> wire.Message:
+    def _publish(
+        self,
+        channel_id: str,
+        content_type: str | None,
+        body: bytes,
+        sent_by: tuple[bytes, int] | None = None,
+    ) -> wire.Message:
         message = self.sequencer.publish(channel_id, content_type, body)
         if self.history is not None:
             # On disk before any edge can serve it.
-            self.history.published(message)
+            self.history.published(message, sent_by)
         self._emit(wire.encode_message(message))
         self._recently_published.add(channel_id)
         self.counters["published"] += 1
@@ -167,11 +177,37 @@ class Broker:
 
     def _on_publish(self, frames: list[bytes]) -> None:
         try:
-            publish = wire.decode_publish(frames)
+            if len(frames) < 2:
+                raise wire.WireError("no routing frame")
+            publish = wire.decode_publish(frames[1:])
         except wire.WireError as error:
             self._drop("ingress", frames, error)
             return
-        self._publish(publish.channel_id, publish.content_type, publish.body)
+        verdict = self.publishers.admit(publish.publisher, publish.seq)
+        if verdict is Verdict.NEW:
+            sent_by = (publish.publisher, publish.seq)
+            self._publish(publish.channel_id, publish.content_type, publish.body, sent_by)
+        else:
+            self.counters[f"ingress_{verdict.value}"] += 1
+        self._acknowledge(frames[0], publish.publisher, verdict is Verdict.GAP)
+
+    def _acknowledge(self, route: bytes, publisher: bytes, gap: bool) -> None:
+        """Acknowledge once per loop turn per publisher, not once per message."""
+        pending = self._acks.get(route)
+        self._acks[route] = (publisher, gap or (pending is not None and pending[1]))
+        if not self._acks_scheduled:
+            self._acks_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_acks)
+
+    def _send_acks(self) -> None:
+        self._acks_scheduled = False
+        acks, self._acks = self._acks, {}
+        assert self._ingress is not None
+        for route, (publisher, gap) in acks.items():
+            seq = self.publishers.last(publisher)
+            if seq is not None:
+                ack = wire.encode_ack(wire.Ack(publisher, seq, gap))
+                send_now(self._ingress, [route, *ack])
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if len(frames) == 1 else b""
@@ -254,8 +290,9 @@ class Broker:
                 self._emit_heartbeat()
                 next_heartbeat = now + config.heartbeat_interval
                 self.sequencer.expire()
+                self.publishers.forget_silent()
                 if self.history is not None:
-                    self.history.maybe_compact(self.sequencer)
+                    self.history.maybe_compact(self.sequencer, self.publishers)
                 for edge in self.sequencer.forget_silent_edges(config.presence_timeout):
                     log.info("edge %s went silent; forgetting its subscribers", edge.hex())
             published, self._recently_published = self._recently_published, set()

@@ -6,7 +6,10 @@ frame by hand. It imports nothing from Django.
 
 Three socket pairs carry it:
 
-* ingress, PUSH -> PULL: `[header, body]`, one frame pair per publish;
+* ingress, DEALER -> ROUTER: `[header, body]` per publish, each naming its
+  publisher and that publisher's sequence number; the broker answers with
+  cumulative acknowledgements, so a publisher can send again what a dead
+  connection swallowed and the broker can drop what it already has;
 * events, XPUB -> SUB: `[topic, header]` or `[topic, header, body]`;
   a channel's topic is its UTF-8 id followed by NUL, so the subscription
   for channel ``a`` never matches channel ``ab``; heartbeats travel on the
@@ -141,17 +144,57 @@ class Publish:
     channel_id: str
     content_type: str | None
     body: bytes
+    # Who sent it (random, one per sending socket) and its number there,
+    # counting from 0 without gaps.
+    publisher: bytes
+    seq: int
 
 
-def encode_publish(channel_id: str, body: bytes, content_type: str | None) -> list[bytes]:
-    return [_pack({"c": channel_id, "t": content_type}), body]
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The broker holds every message of `publisher` up to `seq`.
+
+    With `gap`, the broker refused a later message because one before it
+    never arrived: the publisher sends again everything after `seq`.
+    """
+
+    publisher: bytes
+    seq: int
+    gap: bool = False
+
+
+def encode_publish(
+    channel_id: str, body: bytes, content_type: str | None, publisher: bytes, seq: int
+) -> list[bytes]:
+    return [_pack({"c": channel_id, "t": content_type, "p": publisher, "s": seq}), body]
 
 
 def decode_publish(frames: Sequence[bytes]) -> Publish:
     if len(frames) != 2:
         raise WireError(f"publish has {len(frames)} frames, expected 2")
     header = _unpack(_bytes(frames[0]))
-    return Publish(_channel(header), _optional_str(header, "t"), _bytes(frames[1]))
+    publisher = header.get("p")
+    seq = header.get("s")
+    if not isinstance(publisher, bytes) or not publisher:
+        raise WireError("publish without a publisher id")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise WireError(f"publish sequence number {seq!r} is not a whole number")
+    return Publish(_channel(header), _optional_str(header, "t"), _bytes(frames[1]), publisher, seq)
+
+
+def encode_ack(ack: Ack) -> list[bytes]:
+    return [_pack({"k": "ack", "p": ack.publisher, "s": ack.seq, "gap": ack.gap})]
+
+
+def decode_ack(frames: Sequence[bytes]) -> Ack:
+    if len(frames) != 1:
+        raise WireError(f"ack has {len(frames)} frames, expected 1")
+    header = _unpack(_bytes(frames[0]))
+    publisher = header.get("p")
+    seq = header.get("s")
+    if header.get("k") != "ack" or not isinstance(publisher, bytes) or not isinstance(seq, int):
+        raise WireError("not an ack")
+    return Ack(publisher, seq, bool(header.get("gap")))
 
 
 # -- events: the broker to edges ---------------------------------------------

@@ -134,15 +134,15 @@ def test_malformed_frames_on_the_broker_ingress_are_dropped_and_counted(server: 
     ingress = process.wait_for(BROKER_LINE).group("ingress")
     context = zmq.Context()
     try:
-        push = context.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 1000)
-        push.connect(ingress)
-        push.send_multipart([b"garbage"])
-        push.send_multipart([b"\x81\xa1v\x09", b"wrong version"])
-        push.send_multipart(encode_publish("", b"empty channel id", None))
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 1000)
+        dealer.connect(ingress)
+        dealer.send_multipart([b"garbage"])
+        dealer.send_multipart([b"\x81\xa1v\x09", b"wrong version"])
+        dealer.send_multipart(encode_publish("", b"empty channel id", None, b"tester", 0))
         channel = fresh("after-garbage")
-        push.send_multipart(encode_publish(channel, b"valid", "text/plain"))
-        push.close()
+        dealer.send_multipart(encode_publish(channel, b"valid", "text/plain", b"tester", 0))
+        dealer.close()
     finally:
         context.term()
     assert walk(base, channel, 1) == [b"valid"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from broker.history import History
+from broker.publishers import Publishers
 from broker.sequencer import Sequencer
 from broker.wire import Limits, MessageId
 
@@ -152,11 +153,11 @@ def test_presence_sums_edges_and_forgets_silent_ones(clock: Clock) -> None:
 def test_history_survives_a_restart_with_ids_links_and_limits(tmp_path: Path, clock: Clock) -> None:
     first = sequencer(clock, max_messages=2)
     history = History(tmp_path / "history")
-    history.load(first)
+    history.load(first, Publishers())
     messages = []
-    for body in (b"a", b"b", b"c"):
+    for seq, body in enumerate((b"a", b"b", b"c")):
         message = first.publish("kept", "text/plain", body)
-        history.published(message)
+        history.published(message, (b"publisher", seq))
         messages.append(message)
     first.create("empty")
     history.created("empty")
@@ -169,8 +170,11 @@ def test_history_survives_a_restart_with_ids_links_and_limits(tmp_path: Path, cl
     clock.now += 5
     second = sequencer(clock, max_messages=2)
     reopened = History(tmp_path / "history")
-    reopened.load(second)
+    publishers = Publishers()
+    reopened.load(second, publishers)
     reopened.close()
+    # Repeats of what the first run sequenced are still recognised.
+    assert publishers.last(b"publisher") == 2
     snapshot = second.snapshot("kept", create=False)
     assert [m.body for m in snapshot.messages] == [b"b", b"c"]
     assert snapshot.last == messages[-1].id
@@ -185,13 +189,13 @@ def test_history_survives_a_restart_with_ids_links_and_limits(tmp_path: Path, cl
 def test_a_torn_last_record_is_ignored(tmp_path: Path, clock: Clock) -> None:
     first = sequencer(clock)
     history = History(tmp_path / "history")
-    history.load(first)
+    history.load(first, Publishers())
     history.published(first.publish("c", None, b"whole"))
     history.close()
     with (tmp_path / "history").open("ab") as torn:
         torn.write(b"\x96\xa1m")  # a record cut off after its first bytes
     second = sequencer(clock)
     reopened = History(tmp_path / "history")
-    assert reopened.load(second) >= 2
+    assert reopened.load(second, Publishers()) >= 2
     reopened.close()
     assert [m.body for m in second.snapshot("c", create=False).messages] == [b"whole"]
