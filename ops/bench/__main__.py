@@ -1,0 +1,168 @@
+"""Benchmarks side by side with Nchan, in one run on one machine by one client.
+
+    python -m ops.bench [--quick] [--targets embedded,cluster,nchan] [--json FILE]
+
+Starts each target in turn, runs W1–W5 against it, stops it, then prints
+one table with each figure's ratio to Nchan's and writes the JSON file. A
+run with a single lost, duplicated or out-of-order delivery fails (exit
+status 1), whatever its speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ops.bench.loadgen import run
+from ops.bench.targets import TARGETS, Limits, Target
+from ops.bench.workloads import (
+    QUICK,
+    Result,
+    Sizes,
+    w1_latency,
+    w2_throughput,
+    w3_channels,
+    w4_idle_and_burst,
+    w5_publish,
+)
+
+# Figures where less is better; the ratio column reads the same either way:
+# this project's figure over Nchan's.
+LOWER_IS_BETTER = ("latency", "ms", "KiB")
+
+
+def configure_django() -> None:
+    """send_update needs Django settings; the bench is its own tiny site."""
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=["pushserver"],
+            PUSH_SERVER={},
+            USE_TZ=True,
+        )
+        import django
+
+        django.setup()
+
+
+def raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def run_target(target: Target, sizes: Sizes) -> list[Result]:
+    target.start()
+    try:
+
+        async def workloads() -> list[Result]:
+            return [
+                await w1_latency(target, sizes),
+                await w2_throughput(target, sizes),
+                await w3_channels(target, sizes),
+                await w4_idle_and_burst(target, sizes),
+            ]
+
+        results = run(workloads)
+        assert isinstance(results, list)
+        results.append(w5_publish(target, sizes))
+        return results
+    finally:
+        target.stop()
+
+
+def table(results: list[Result], targets: list[str]) -> str:
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    cpu: dict[tuple[str, str], str] = {}
+    for result in results:
+        for figure, value in result.figures.items():
+            rows.setdefault((result.workload, figure), {})[result.target] = value
+        cpu[(result.workload, result.target)] = f"{result.server_cpu:.1f}/{result.client_cpu:.1f}"
+    ours = [t for t in targets if t != "nchan"]
+    header = ["workload", "figure", *targets]
+    if "nchan" in targets:
+        header += [f"{t} ÷ nchan" for t in ours]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (workload, figure), values in rows.items():
+        cells = [workload, figure] + [f"{values[t]:,.1f}" if t in values else "–" for t in targets]
+        if "nchan" in targets:
+            for target in ours:
+                nchan = values.get("nchan")
+                cells.append(f"{values[target] / nchan:.2f}" if nchan and target in values else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "CPU seconds, server/load generator: "
+        + "; ".join(f"{workload} {target} {figures}" for (workload, target), figures in cpu.items())
+    )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: under a minute in all")
+    parser.add_argument("--targets", default="embedded,cluster,nchan")
+    parser.add_argument("--json", type=Path, default=Path("ops/bench/results.json"))
+    for name, default in dataclasses.asdict(Sizes()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None)
+    options = parser.parse_args(argv)
+    sizes = QUICK if options.quick else Sizes()
+    overrides = {
+        name: getattr(options, name)
+        for name in dataclasses.asdict(sizes)
+        if getattr(options, name) is not None
+    }
+    sizes = dataclasses.replace(sizes, **overrides)
+    targets = [name.strip() for name in options.targets.split(",") if name.strip()]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}; choose from {sorted(TARGETS)}")
+    configure_django()
+    raise_open_files()
+    limits = Limits(max_messages=max(100, sizes.w2_messages, sizes.w3_rounds), message_timeout=60)
+    folder = Path(tempfile.mkdtemp(prefix="pushserver-bench-"))
+    results: list[Result] = []
+    started = time.time()
+    try:
+        for name in targets:
+            print(f"running {name} …", file=sys.stderr, flush=True)
+            results += run_target(TARGETS[name](name, folder / name, limits), sizes)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    faults = [r for r in results if not r.faults.clean]
+    report = table(results, targets)
+    print(report)
+    options.json.parent.mkdir(parents=True, exist_ok=True)
+    options.json.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
+                "machine": machine(),
+                "sizes": dataclasses.asdict(sizes),
+                "results": [dataclasses.asdict(r) for r in results],
+            },
+            indent=2,
+        )
+    )
+    for result in faults:
+        print(f"FAILED: {result.workload} on {result.target}: {result.faults}", file=sys.stderr)
+    return 1 if faults else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

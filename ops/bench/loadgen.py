@@ -1,0 +1,163 @@
+"""The load generator: one persistent HTTP/1.1 connection per subscriber, on asyncio protocols.
+
+Each subscriber walks its channel with If-Modified-Since / If-None-Match
+exactly as a browser client does and records every body it receives. It
+is written against the bare protocol (no HTTP library) so that the client
+is not what limits a run; its own CPU time is reported beside the server's
+so a reader can tell when it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ops.bench.ledger import Ledger
+
+# Where a failed poll waits before asking again, as a client backs off.
+RETRY_AFTER = 0.2
+# Connections opened at once: beyond the listen backlog, SYNs are dropped
+# and retried a second later, which would show up as latency.
+CONNECT_BATCH = 100
+
+
+@dataclass
+class Subscriber:
+    channel_id: str
+    target_path: str
+    expected: int
+    ledger: Ledger = field(default_factory=Ledger)
+    errors: int = 0
+    polls: int = 0
+    done: asyncio.Future[None] | None = None
+
+    @property
+    def received(self) -> int:
+        return len(self.ledger.seqs)
+
+
+class PollProtocol(asyncio.Protocol):
+    def __init__(self, subscriber: Subscriber, host: str) -> None:
+        self.subscriber = subscriber
+        self.host = host
+        self.buffer = bytearray()
+        self.validators = b""
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.poll()
+
+    def poll(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.subscriber.polls += 1
+        self.transport.write(
+            b"GET "
+            + self.subscriber.target_path.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + self.host.encode()
+            + b"\r\n"
+            + self.validators
+            + b"\r\n"
+        )
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).split(b"\r\n")
+            length = 0
+            last_modified = etag = None
+            for line in head[1:]:
+                name, _, value = line.partition(b":")
+                lowered = name.strip().lower()
+                if lowered == b"content-length":
+                    length = int(value)
+                elif lowered == b"last-modified":
+                    last_modified = value.strip()
+                elif lowered == b"etag":
+                    etag = value.strip()
+            if len(buffer) < end + 4 + length:
+                return
+            body = bytes(buffer[end + 4 : end + 4 + length])
+            del buffer[: end + 4 + length]
+            self.answered(int(head[0].split()[1]), body, last_modified, etag)
+
+    def answered(
+        self, status: int, body: bytes, last_modified: bytes | None, etag: bytes | None
+    ) -> None:
+        subscriber = self.subscriber
+        if status == 200:
+            subscriber.ledger.record(body, time.time())
+            if last_modified is not None and etag is not None:
+                self.validators = (
+                    b"If-Modified-Since: " + last_modified + b"\r\nIf-None-Match: " + etag + b"\r\n"
+                )
+            if subscriber.received >= subscriber.expected:
+                if subscriber.done is not None and not subscriber.done.done():
+                    subscriber.done.set_result(None)
+                return
+            self.poll()
+        elif status == 304:
+            self.poll()
+        else:
+            subscriber.errors += 1
+            asyncio.get_running_loop().call_later(RETRY_AFTER, self.poll)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def connect_all(host: str, port: int, subscribers: list[Subscriber]) -> list[PollProtocol]:
+    loop = asyncio.get_running_loop()
+    protocols: list[PollProtocol] = []
+    for start in range(0, len(subscribers), CONNECT_BATCH):
+        batch = subscribers[start : start + CONNECT_BATCH]
+        for subscriber in batch:
+            subscriber.done = loop.create_future()
+        made = await asyncio.gather(
+            *(
+                loop.create_connection(factory(subscriber, host, port), host, port)
+                for subscriber in batch
+            )
+        )
+        protocols += [protocol for _, protocol in made]
+    return protocols
+
+
+def factory(subscriber: Subscriber, host: str, port: int) -> Callable[[], PollProtocol]:
+    return lambda: PollProtocol(subscriber, f"{host}:{port}")
+
+
+async def wait_all(subscribers: list[Subscriber], timeout: float) -> float:
+    """Wait until every subscriber has all it expects; returns when the last one did."""
+    futures = [s.done for s in subscribers if s.done is not None]
+    await asyncio.wait_for(asyncio.gather(*futures), timeout)
+    return time.time()
+
+
+def close_all(protocols: list[PollProtocol]) -> None:
+    for protocol in protocols:
+        protocol.close()
+
+
+def run(coroutine_factory: Callable[[], object]) -> object:
+    """Run the benchmark's loop, on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine_factory())  # type: ignore[arg-type]
+    return uvloop.run(coroutine_factory())

@@ -1,0 +1,227 @@
+"""The workloads W1–W5, each run against one started target.
+
+Every workload checks every delivery (ops/bench/ledger.py) and reports
+the server's and the load generator's CPU seconds beside its figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ops.bench.ledger import Faults, message_body, percentile
+from ops.bench.loadgen import Subscriber, close_all, connect_all, wait_all
+from ops.bench.targets import Target, cpu_seconds, rss_bytes
+from ops.launch import eventually
+
+
+@dataclass(frozen=True)
+class Sizes:
+    w1_subscribers: int = 500
+    w1_interval: float = 0.05
+    w1_duration: float = 10
+    w2_subscribers: int = 500
+    w2_messages: int = 2000
+    w3_channels: int = 2000
+    w3_rounds: int = 20
+    w4_connections: int = 5000
+    w4_hold: float = 10
+    w5_calls: int = 20_000
+
+
+QUICK = Sizes(
+    w1_subscribers=50,
+    w1_duration=2,
+    w2_subscribers=50,
+    w2_messages=200,
+    w3_channels=200,
+    w3_rounds=5,
+    w4_connections=500,
+    w4_hold=2,
+    w5_calls=2000,
+)
+
+
+@dataclass
+class Result:
+    workload: str
+    target: str
+    figures: dict[str, float]
+    faults: Faults = field(default_factory=Faults)
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+
+def client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Meter:
+    """CPU seconds of the server's processes and of this load generator over a workload."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.server = cpu_seconds(target.pids())
+        self.client = client_cpu()
+
+    def finish(self, result: Result) -> Result:
+        result.server_cpu = cpu_seconds(self.target.pids()) - self.server
+        result.client_cpu = client_cpu() - self.client
+        return result
+
+
+def channel(workload: str) -> str:
+    return f"{workload}-{uuid.uuid4().hex[:8]}"
+
+
+def subscribers_for(target: Target, channel_id: str, count: int, expected: int) -> list[Subscriber]:
+    return [
+        Subscriber(channel_id, target.subscriber_path(channel_id), expected) for _ in range(count)
+    ]
+
+
+def wait_held(target: Target, channel_id: str, count: int) -> None:
+    eventually(lambda: target.subscribers(channel_id) >= count, 60, f"{count} held polls")
+
+
+def publish_in_thread(publish: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    return thread
+
+
+def faults_of(subscribers: list[Subscriber]) -> Faults:
+    total = Faults()
+    for subscriber in subscribers:
+        total = total + subscriber.ledger.faults(subscriber.expected)
+    return total
+
+
+async def w1_latency(target: Target, sizes: Sizes) -> Result:
+    meter = Meter(target)
+    channel_id = channel("w1")
+    messages = int(sizes.w1_duration / sizes.w1_interval)
+    subscribers = subscribers_for(target, channel_id, sizes.w1_subscribers, messages)
+    target.publish(channel_id, message_body(0, time.time()))
+    protocols = await connect_all(target.host, target.port, subscribers)
+    await asyncio.to_thread(wait_held, target, channel_id, len(subscribers))
+
+    def publish() -> None:
+        start = time.monotonic()
+        for seq in range(1, messages):
+            time.sleep(max(0.0, start + seq * sizes.w1_interval - time.monotonic()))
+            target.publish(channel_id, message_body(seq, time.time()))
+
+    await asyncio.to_thread(publish)
+    await wait_all(subscribers, 120)
+    close_all(protocols)
+    # Message 0 was waiting before anyone subscribed: its latency is not delivery latency.
+    latencies = [lag for s in subscribers for lag in s.ledger.latencies[1:]]
+    figures = {
+        "p50 latency ms": percentile(latencies, 0.5) * 1000,
+        "p99 latency ms": percentile(latencies, 0.99) * 1000,
+        "max latency ms": max(latencies) * 1000,
+    }
+    return meter.finish(Result("W1 latency", target.name, figures, faults_of(subscribers)))
+
+
+async def w2_throughput(target: Target, sizes: Sizes) -> Result:
+    meter = Meter(target)
+    channel_id = channel("w2")
+    subscribers = subscribers_for(target, channel_id, sizes.w2_subscribers, sizes.w2_messages)
+    target.publish(channel_id, message_body(0, time.time()))
+    protocols = await connect_all(target.host, target.port, subscribers)
+    await asyncio.to_thread(wait_held, target, channel_id, len(subscribers))
+    started = time.time()
+
+    def publish() -> None:
+        for seq in range(1, sizes.w2_messages):
+            target.publish(channel_id, message_body(seq, time.time()))
+
+    thread = publish_in_thread(publish)
+    finished = await wait_all(subscribers, 600)
+    thread.join()
+    close_all(protocols)
+    deliveries = sizes.w2_subscribers * (sizes.w2_messages - 1)
+    figures = {"deliveries/s": deliveries / (finished - started)}
+    return meter.finish(Result("W2 throughput", target.name, figures, faults_of(subscribers)))
+
+
+async def w3_channels(target: Target, sizes: Sizes) -> Result:
+    meter = Meter(target)
+    prefix = channel("w3")
+    names = [f"{prefix}-{n}" for n in range(sizes.w3_channels)]
+    subscribers = [s for name in names for s in subscribers_for(target, name, 1, sizes.w3_rounds)]
+    protocols = await connect_all(target.host, target.port, subscribers)
+    # Every poll sent and held: the channel of the last one counts it.
+    await asyncio.to_thread(wait_held, target, names[-1], 1)
+    await asyncio.sleep(0.5)
+    started = time.time()
+
+    def publish() -> None:
+        for seq in range(sizes.w3_rounds):
+            for name in names:
+                target.publish(name, message_body(seq, time.time()))
+
+    thread = publish_in_thread(publish)
+    finished = await wait_all(subscribers, 600)
+    thread.join()
+    close_all(protocols)
+    latencies = [lag for s in subscribers for lag in s.ledger.latencies]
+    figures = {
+        "deliveries/s": len(names) * sizes.w3_rounds / (finished - started),
+        "p99 latency ms": percentile(latencies, 0.99) * 1000,
+    }
+    return meter.finish(Result("W3 many channels", target.name, figures, faults_of(subscribers)))
+
+
+async def w4_idle_and_burst(target: Target, sizes: Sizes) -> Result:
+    meter = Meter(target)
+    channel_id = channel("w4")
+    subscribers = subscribers_for(target, channel_id, sizes.w4_connections, 1)
+    # The channel exists before the polls arrive, so each poll is held.
+    target.publish(f"{channel_id}-warm", message_body(0, time.time()))
+    before = rss_bytes(target.pids())
+    protocols = await connect_all(target.host, target.port, subscribers)
+    await asyncio.to_thread(wait_held, target, channel_id, len(subscribers))
+    await asyncio.sleep(sizes.w4_hold)
+    held = rss_bytes(target.pids())
+    published = time.time()
+    target.publish(channel_id, message_body(0, published))
+    finished = await wait_all(subscribers, 120)
+    close_all(protocols)
+    figures = {
+        "KiB per held poll": (held - before) / len(subscribers) / 1024,
+        "burst to last ms": (finished - published) * 1000,
+    }
+    return meter.finish(Result("W4 idle and burst", target.name, figures, faults_of(subscribers)))
+
+
+def w5_publish(target: Target, sizes: Sizes) -> Result:
+    meter = Meter(target)
+    channel_id = channel("w5")
+    body = message_body(0, time.time())
+    figures = {}
+    for threads in (1, 8):
+        per_thread = sizes.w5_calls // threads
+
+        def send(per_thread: int = per_thread) -> None:
+            for _ in range(per_thread):
+                target.publish(channel_id, body)
+
+        started = time.perf_counter()
+        workers = [threading.Thread(target=send) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        figures[f"publishes/s, {threads} thread{'s' if threads > 1 else ''}"] = (
+            per_thread * threads / (time.perf_counter() - started)
+        )
+    return meter.finish(Result("W5 publish cost", target.name, figures))
