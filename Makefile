@@ -21,11 +21,12 @@ SYSTEM_DEPS := node:nodejs chromium:chromium nginx:nginx haproxy:haproxy
 
 DEMO_PYTHON := ../../$(BIN)/python
 
-.PHONY: help demo cluster test lint typecheck jstest pytest install system-deps clean distclean
+.PHONY: help demo cluster bench bench-quick test lint typecheck jstest pytest install system-deps clean distclean
 
 help:
 	@echo "make demo       run the demo site (runpushserver --allrequests) on http://127.0.0.1:8000"
 	@echo "make cluster    a broker, 3 edges and nginx on loopback (python -m ops.cluster); Ctrl-C stops"
+	@echo "make bench      benchmarks beside Nchan (make bench-quick: under a minute)"
 	@echo "make test       install what the tests need, then ruff, mypy and pytest"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove caches, build leftovers and the demo database"
@@ -84,6 +85,16 @@ demo: install
 # Prints where the broker, each edge and nginx listen; Ctrl-C stops them all.
 cluster: install system-deps
 	$(BIN)/python -m ops.cluster --edges 3
+
+# Side by side with Nchan (installed from Debian when missing): W1-W5, a table
+# of ratios and ops/bench/results.json. `make bench-quick` is the under-a-minute run.
+bench: install system-deps
+	$(BIN)/python -m pip install --disable-pip-version-check -q uvloop
+	$(BIN)/python -m ops.bench
+
+bench-quick: install system-deps
+	$(BIN)/python -m pip install --disable-pip-version-check -q uvloop
+	$(BIN)/python -m ops.bench --quick
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
