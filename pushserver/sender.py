@@ -1,38 +1,80 @@
-"""The ZeroMQ PUSH sockets that carry `send_update`'s messages to the broker.
+"""The ZeroMQ sockets that carry `send_update`'s messages to the broker, and their acks.
+
+Why acknowledgements: a message handed to a socket is not yet the
+broker's. With PUSH -> PULL, a message written at the instant the broker
+was killed died in the connection with it, and nothing noticed. So each
+sending socket is a DEALER with an identity of its own (16 random bytes)
+that numbers its messages 0, 1, 2, … and keeps every one in a queue of
+its own (``unacked``) until the broker acknowledges it. The broker drops
+numbers it already holds and refuses one that skips a number (a gap ack),
+so writing the unacknowledged tail again after any reconnection is always
+safe: the guarantee is that a message `send_update` accepted is sequenced
+exactly once while this process lives, across broker restarts, in the
+order each thread sent it, provided the broker keeps a history file
+(``history_file``, which records each publisher's numbers with its
+messages). Without one, a restarted broker does not know this publisher:
+a message the old broker had sequenced but not yet acknowledged when it
+died is sequenced again by the new one (a repeat, never a loss).
 
 Why a module of its own: ZeroMQ sockets are not thread-safe and do not
 survive `fork`, so each thread of each process gets its own socket
 (``threading.local`` plus a pid check: a gunicorn ``--preload`` child makes
-its own context and never touches its parent's), and pyzmq does not flush
-queued messages at interpreter exit, so an ``atexit`` hook closes every
-socket of the process with a bounded linger.
+its own context and never touches its parent's). Each socket has a lock;
+whoever holds it may use the socket, which is how one flusher thread per
+process serves every socket: every ~100 ms, while any socket holds
+unacknowledged messages, it takes the acks and writes again what a
+reconnection requires, so messages queued during an outage reach the
+broker once it is back even if the application sends nothing more. It is
+a daemon thread, started when needed and ending when nothing is pending.
+At interpreter exit (``atexit``) and in `close`, the queues get up to
+``exit_timeout`` to be acknowledged; then the sockets close with no linger.
 
 The policy (settings in `pushserver.conf`):
 
 * a fresh socket waits up to ``send_timeout`` for its first connection;
 * while the broker is reachable, or was less than
-  ``broker_unreachable_timeout`` ago (a restart), messages are queued in the
-  socket, up to ``send_queue_size``, and delivered in order once it is back;
+  ``broker_unreachable_timeout`` ago (a restart), messages are queued, up
+  to ``send_queue_size`` unacknowledged per thread, and delivered in order
+  once it is back; a full queue is an error (after waiting up to
+  ``send_timeout`` for acks while connected);
 * once the broker has been unreachable for longer (or was never reached),
   `PushServerError` is raised instead, so callers are not misled.
 
-Nothing here blocks longer than ``send_timeout``. Reachability comes from a
-socket monitor drained on each send; ZMTP heartbeats make a frozen broker
-show up as a disconnect. The trap: an outage is counted from the moment a
-send noticed it, not from when it began, so after a long idle period up to
-``broker_unreachable_timeout`` worth of messages may be queued for a broker
-that is already gone.
+Nothing here blocks a sender longer than ``send_timeout``. Writes use
+``ZMQ_IMMEDIATE``, so nothing waits inside a connection that may die:
+messages wait in ``unacked`` instead. Reachability comes from a socket
+monitor; ZMTP heartbeats make a frozen broker show up as a disconnect.
+
+The traps:
+
+* an outage is counted from the moment a sender or the flusher noticed
+  it, not from when it began; the flusher only runs while something is
+  unacknowledged, so after a long idle period up to
+  ``broker_unreachable_timeout`` worth of messages may be queued for a
+  broker that is already gone;
+* messages still unacknowledged when ``exit_timeout`` runs out at exit
+  are lost with the process, and so is everything queued if the process
+  is killed: the guarantee holds while the process lives;
+* a broker whose history lost messages it had acknowledged (a machine
+  crash before the file reached the disk) refuses the next numbers as a
+  gap this socket can no longer fill; the socket then takes a new
+  identity and numbers its queue afresh, and any of those messages the
+  broker held without having acknowledged them are sequenced twice;
+* a thread that ended keeps its socket while it has unacknowledged
+  messages (the flusher delivers them); it is closed once they are.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -40,10 +82,30 @@ from zmq.utils.monitor import recv_monitor_message
 from broker import wire
 from pushserver import PushServerError
 
+log = logging.getLogger("pushserver")
+
 # ZMTP heartbeats, as the broker's sockets use: a frozen broker is noticed in seconds.
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
 MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+# How often the flusher looks at sockets with unacknowledged messages.
+FLUSH_INTERVAL = 0.1
+# Written messages unacknowledged for this long on a live connection are
+# written again (the broker drops what it already has). Covers a write
+# swallowed by a connection torn down under it with no later message to
+# provoke a gap ack.
+RESEND_AFTER = 2.0
+# How long a wait for acks sleeps at most before looking again.
+POLL_SLICE = 0.05
+# Plain ints: pyzmq's flag enums cost more than the socket calls on this path.
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    # Asking is much cheaper than the exception a read of nothing raises.
+    return bool(cast(int, sock.get(zmq.EVENTS)) & _POLLIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,29 +137,46 @@ def _load_config() -> SenderConfig:
 
 
 class _Publisher:
-    """One thread's PUSH socket and the monitor that tells whether it is connected."""
+    """One thread's DEALER socket, its numbered messages awaiting acks, and its monitor.
+
+    Every method but `__init__` is called with `lock` held.
+    """
 
     def __init__(self, process: _Process) -> None:
         config = process.config
         self.process = process
         self.thread = threading.current_thread()
-        # Held while the socket is in use, so closing it from another thread
-        # (atexit, `close`, the sweep of ended threads) never races a send.
+        # Held while the socket is in use: by its thread sending, by the
+        # flusher, by `close` and the sweep of ended threads.
         self.lock = threading.Lock()
         self.connected = False
+        # Set once `close` takes this socket over; senders then make a new one.
+        self.retired = False
         self.closed = False
-        self.socket: zmq.Socket[bytes] = process.context.socket(zmq.PUSH)
+        self.identity = os.urandom(16)
+        self.next_seq = 0
+        # (seq, frames), seq contiguous and increasing: everything the broker
+        # has not acknowledged yet.
+        self.unacked: deque[tuple[int, list[bytes]]] = deque()
+        self.acked = -1
+        # The newest seq written on the current connection; never below `acked`.
+        self.written_upto = -1
+        # When `acked` last moved, or a wait for it began.
+        self.progress_at = time.monotonic()
+        self.socket: zmq.Socket[bytes] = process.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self.socket.setsockopt(zmq.SNDHWM, config.queue_size)
-        self.socket.setsockopt(zmq.LINGER, round(config.exit_timeout * 1000))
+        # Acks are small and cumulative; never let the broker drop one for want of room.
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         self.socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
-        # IMMEDIATE stays 0: messages queue while the broker is briefly away.
         self.monitor: zmq.Socket[bytes] = self.socket.get_monitor_socket(MONITOR_EVENTS)
         try:
             self.socket.connect(config.endpoint)
         except zmq.ZMQError as exc:
-            self.close(0)
+            self.close()
             from django.core.exceptions import ImproperlyConfigured
 
             raise ImproperlyConfigured(
@@ -105,8 +184,10 @@ class _Publisher:
                 f"cannot be connected to: {exc}"
             ) from exc
 
+    # -- connection state ----------------------------------------------------
+
     def drain_monitor(self) -> None:
-        while True:
+        while _readable(self.monitor):
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
@@ -114,6 +195,9 @@ class _Publisher:
             # CONNECTED is only TCP; messages flow once the ZMTP handshake is done.
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected = True
+                # A new connection: whatever the last one carried past the
+                # acks may have died with it, so write it all again, oldest first.
+                self.written_upto = self.acked
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected = False
 
@@ -126,18 +210,118 @@ class _Publisher:
                 return self.connected
             self.monitor.poll(max(1, round(remaining * 1000)), zmq.POLLIN)
 
-    def close(self, linger: float) -> None:
-        """Close the socket; queued messages get `linger` seconds to leave, in the background."""
+    # -- acks and writes -----------------------------------------------------
+
+    def take_acks(self) -> None:
+        while _readable(self.socket):
+            try:
+                frames = self.socket.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                ack = wire.decode_ack(frames)
+            except wire.WireError as error:
+                log.warning(
+                    "ignored a malformed ack from %s: %s", self.process.config.endpoint, error
+                )
+                continue
+            if ack.publisher == self.identity:
+                self._acknowledged(ack)
+
+    def _acknowledged(self, ack: wire.Ack) -> None:
+        seq = min(ack.seq, self.next_seq - 1)
+        if seq > self.acked:
+            self.acked = seq
+            self.progress_at = time.monotonic()
+            unacked = self.unacked
+            while unacked and unacked[0][0] <= seq:
+                unacked.popleft()
+            self.written_upto = max(self.written_upto, seq)
+        if ack.gap:
+            if ack.seq < self.acked:
+                self._renumber(ack.seq)
+            else:
+                # Refused for want of an earlier message: write again after it.
+                self.written_upto = min(self.written_upto, ack.seq)
+
+    def _renumber(self, broker_holds: int) -> None:
+        """The broker lacks messages it once acknowledged; start again under a new identity."""
+        log.warning(
+            "the push broker at %s holds this publisher's messages only up to %d, "
+            "though it acknowledged up to %d (its history lost the rest); "
+            "sending the %d queued messages again under a new publisher id",
+            self.process.config.endpoint,
+            broker_holds,
+            self.acked,
+            len(self.unacked),
+        )
+        self.identity = os.urandom(16)
+        entries = [wire.decode_publish(frames) for _, frames in self.unacked]
+        self.unacked = deque(
+            (seq, wire.encode_publish(p.channel_id, p.body, p.content_type, self.identity, seq))
+            for seq, p in enumerate(entries)
+        )
+        self.next_seq = len(entries)
+        self.acked = self.written_upto = -1
+        self.progress_at = time.monotonic()
+
+    def append(self, channel_id: str, body: bytes, content_type: str | None) -> None:
+        seq = self.next_seq
+        frames = wire.encode_publish(channel_id, body, content_type, self.identity, seq)
+        self.unacked.append((seq, frames))
+        self.next_seq = seq + 1
+
+    def write_due(self) -> None:
+        """Write, oldest first, every message past `written_upto`; stops when the socket
+        cannot take more (no connection, or its queue is full)."""
+        due = self.next_seq - 1 - self.written_upto
+        if due <= 0:
+            return
+        if self.written_upto == self.acked:
+            self.progress_at = time.monotonic()
+        unacked, sock = self.unacked, self.socket
+        for index in range(len(unacked) - due, len(unacked)):
+            seq, (header, body) = unacked[index]
+            try:
+                sock.send(header, _MORE_NOBLOCK)
+            except zmq.Again:
+                return
+            # Once the first frame is taken, ZeroMQ takes the rest of the message.
+            sock.send(body, _NOBLOCK)
+            self.written_upto = seq
+
+    def flush(self) -> None:
+        """Take acks and write what is due, without blocking."""
+        self.take_acks()
+        if (
+            self.connected
+            and self.written_upto > self.acked
+            and time.monotonic() - self.progress_at > RESEND_AFTER
+        ):
+            self.written_upto = self.acked
+        self.write_due()
+
+    def wait_for_acks(self, until: Callable[[], bool], deadline: float) -> bool:
+        """Flush until `until()` holds or `deadline` (monotonic) passes; returns `until()`."""
+        while True:
+            self.drain_monitor()
+            self.flush()
+            remaining = deadline - time.monotonic()
+            if until() or remaining <= 0:
+                return until()
+            self.socket.poll(max(1, round(min(remaining, POLL_SLICE) * 1000)), zmq.POLLIN)
+
+    def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.socket.disable_monitor()
         self.monitor.close(linger=0)
-        self.socket.close(linger=round(linger * 1000))
+        self.socket.close(linger=0)
 
 
 class _Process:
-    """This process's context and sockets; a forked child builds its own."""
+    """This process's context, sockets and flusher; a forked child builds its own."""
 
     def __init__(self, config: SenderConfig) -> None:
         self.pid = os.getpid()
@@ -151,6 +335,8 @@ class _Process:
         self.lock = threading.Lock()
         self.publishers: list[_Publisher] = []
         self.closed = False
+        self.flusher: threading.Thread | None = None
+        self.stopping = threading.Event()
 
     def add_publisher(self) -> _Publisher | None:
         """A new socket for the calling thread; None when this process's sender is closed."""
@@ -164,9 +350,8 @@ class _Process:
 
     def _close_ended_threads(self) -> None:
         # A thread-per-request server would otherwise leak a socket per request.
-        # An ended thread's socket is kept while it may hold messages for a
-        # broker that is only restarting.
-        now = time.monotonic()
+        # An ended thread's socket is kept while it holds unacknowledged
+        # messages: the flusher delivers them once the broker takes them.
         keep = []
         for publisher in self.publishers:
             if publisher.thread.is_alive() or not publisher.lock.acquire(blocking=False):
@@ -174,10 +359,11 @@ class _Process:
                 continue
             try:
                 publisher.drain_monitor()
-                if publisher.connected or not self.reachable_lately(now):
-                    publisher.close(self.config.exit_timeout)
-                else:
+                publisher.flush()
+                if publisher.unacked:
                     keep.append(publisher)
+                else:
+                    publisher.close()
             finally:
                 publisher.lock.release()
         self.publishers = keep
@@ -189,23 +375,103 @@ class _Process:
     def unreachable_for(self, now: float) -> float:
         return now - (self.started if self.last_up is None else self.last_up)
 
-    def shutdown(self, linger: float) -> None:
+    # -- the flusher ---------------------------------------------------------
+
+    def ensure_flusher(self) -> None:
+        """Start the flusher unless it runs; called when a socket is left with unacked messages."""
+        with self.lock:
+            if self.flusher is not None or self.closed or _exiting:
+                return
+            thread = threading.Thread(
+                target=self._flush_while_pending, name="pushserver-sender-flusher", daemon=True
+            )
+            self.flusher = thread
+            try:
+                thread.start()
+            except RuntimeError:  # the interpreter is shutting down
+                self.flusher = None
+
+    def _flush_while_pending(self) -> None:
+        while not self.stopping.wait(FLUSH_INTERVAL):
+            with self.lock:
+                publishers = list(self.publishers)
+            for publisher in publishers:
+                # A thread sending on it flushes it itself; never wait for one.
+                if not publisher.lock.acquire(blocking=False):
+                    continue
+                try:
+                    if not publisher.retired and not publisher.closed and publisher.unacked:
+                        _observe(self, publisher, 0.0)
+                        publisher.flush()
+                finally:
+                    publisher.lock.release()
+            # A sender appends before it looks for the flusher under this lock,
+            # so nothing is left behind when the flusher ends here.
+            with self.lock:
+                if not self.closed:
+                    self._close_ended_threads()
+                if self.closed or not any(p.unacked for p in self.publishers):
+                    self.flusher = None
+                    return
+        with self.lock:
+            self.flusher = None
+
+    # -- closing -------------------------------------------------------------
+
+    def shutdown(self, timeout: float) -> None:
+        """Give unacknowledged messages up to `timeout` seconds, then close everything."""
+        deadline = time.monotonic() + timeout
         with self.lock:
             self.closed = True
             publishers, self.publishers = self.publishers, []
-        all_closed = True
+            flusher = self.flusher
+        self.stopping.set()
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(FLUSH_INTERVAL * 10)
+        # Take every socket from its thread: a sender holds its lock for at
+        # most send_timeout, and finds the socket retired once it gets it.
+        taken: list[_Publisher] = []
         for publisher in publishers:
-            # A thread still sending holds its lock for at most send_timeout.
             if publisher.lock.acquire(timeout=self.config.send_timeout * 2):
+                publisher.retired = True
+                taken.append(publisher)
+        try:
+            self._flush_until(taken, deadline)
+        finally:
+            for publisher in taken:
                 try:
-                    publisher.close(linger)
+                    publisher.close()
                 finally:
                     publisher.lock.release()
-            else:
-                all_closed = False
         # term() waits for open sockets, so it would hang on one still in use.
-        if all_closed:
+        if len(taken) == len(publishers):
             self.context.term()
+
+    def _flush_until(self, publishers: list[_Publisher], deadline: float) -> None:
+        poller = zmq.Poller()
+        for publisher in publishers:
+            poller.register(publisher.socket, zmq.POLLIN)
+            poller.register(publisher.monitor, zmq.POLLIN)
+        while True:
+            pending = 0
+            for publisher in publishers:
+                if publisher.closed:
+                    continue
+                publisher.drain_monitor()
+                publisher.flush()
+                pending += len(publisher.unacked)
+            remaining = deadline - time.monotonic()
+            if not pending:
+                return
+            if remaining <= 0:
+                log.warning(
+                    "%d messages for the push broker at %s were not acknowledged "
+                    "within exit_timeout and are dropped",
+                    pending,
+                    self.config.endpoint,
+                )
+                return
+            poller.poll(max(1, round(min(remaining, POLL_SLICE) * 1000)))
 
 
 _lock = threading.Lock()
@@ -235,7 +501,8 @@ def _current_process() -> _Process:
 
 def _after_fork_in_child() -> None:
     global _lock, _process
-    # Another thread of the parent may have held the lock at the fork.
+    # Another thread of the parent may have held the lock at the fork; the
+    # parent's flusher thread does not exist here.
     _lock = threading.Lock()
     if _process is not None:
         _inherited.append(_process)
@@ -248,7 +515,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def publish(channel_id: str, body: bytes, content_type: str | None) -> None:
     """Queue one message for the broker, or raise `PushServerError`; blocks at most
     ``send_timeout``. `send_update` is the public way in."""
-    frames = wire.encode_publish(channel_id, body, content_type)
 
     def send(process: _Process, publisher: _Publisher, fresh: bool) -> None:
         config = process.config
@@ -257,19 +523,30 @@ def publish(channel_id: str, body: bytes, content_type: str | None) -> None:
                 f"message for channel {channel_id!r} is {len(body)} bytes, "
                 f"more than max_message_size ({config.max_message_size})"
             )
+        started = time.monotonic()
         now = _observe(process, publisher, config.send_timeout if fresh else 0.0)
         if not publisher.connected and not process.reachable_lately(now):
             raise PushServerError(
                 f"could not reach the push broker at {config.endpoint} "
                 f"for {process.unreachable_for(now):.1f} s"
             )
-        try:
-            publisher.socket.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
+        publisher.flush()
+        # Connected but behind: acks may make room within the bound.
+        if len(publisher.unacked) >= config.queue_size and (
+            not publisher.connected
+            or not publisher.wait_for_acks(
+                lambda: len(publisher.unacked) < config.queue_size,
+                started + config.send_timeout,
+            )
+        ):
             raise PushServerError(
                 f"the queue of {config.queue_size} messages for the push broker at "
                 f"{config.endpoint} is full"
-            ) from None
+            )
+        publisher.append(channel_id, body, content_type)
+        publisher.write_due()
+        if publisher.unacked:
+            process.ensure_flusher()
 
     _with_publisher(send)
 
@@ -289,12 +566,23 @@ def broker_connected(timeout: float = 0.0) -> bool:
     return _with_publisher(observe)
 
 
+def pending() -> int:
+    """How many messages of the calling thread the broker has not acknowledged yet."""
+
+    def count(process: _Process, publisher: _Publisher, fresh: bool) -> int:
+        publisher.drain_monitor()
+        publisher.flush()
+        return len(publisher.unacked)
+
+    return _with_publisher(count)
+
+
 _T = TypeVar("_T")
 
 
 def _with_publisher(use: Callable[[_Process, _Publisher, bool], _T]) -> _T:
     """Call `use` with the calling thread's socket, locked; `fresh` says it was just made."""
-    # A `close` between finding the socket and locking it closes that socket;
+    # A `close` between finding the socket and locking it retires that socket;
     # the second round then uses a fresh one.
     for _ in range(2):
         process = _current_process()
@@ -307,7 +595,7 @@ def _with_publisher(use: Callable[[_Process, _Publisher, bool], _T]) -> _T:
             _local.publisher = publisher
         assert publisher is not None
         with publisher.lock:
-            if not publisher.closed:
+            if not publisher.retired and not publisher.closed:
                 return use(process, publisher, fresh)
     raise PushServerError("the push sender was closed while in use; try again")
 
@@ -332,10 +620,12 @@ def _observe(process: _Process, publisher: _Publisher, wait: float) -> float:
 
 
 def close() -> None:
-    """Close this process's sockets, giving queued messages ``exit_timeout`` to leave.
+    """Give unacknowledged messages up to ``exit_timeout`` to be acknowledged, then close
+    this process's sockets.
 
     The next `publish` starts afresh and reads the settings again. Called at
-    interpreter exit; also useful to pick up changed settings.
+    interpreter exit; also useful to pick up changed settings. A thread
+    sending meanwhile gets a fresh socket.
     """
     global _process
     with _lock:
