@@ -135,6 +135,7 @@ class Launcher:
     """
 
     def __init__(self, folder: Path, base: str | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.base = base
         self.processes: list[Process] = []

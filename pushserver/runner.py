@@ -19,9 +19,11 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import uvloop
 
 from broker.config import BrokerConfig
 from broker.server import Broker, Endpoints
@@ -60,7 +62,12 @@ def run(
     """Run the given parts until SIGINT or SIGTERM; with both, the edge uses this broker."""
     if broker_config is None and edge_config is None:
         raise ValueError("nothing to run: give a broker configuration, an edge one, or both")
-    asyncio.run(_serve(broker_config, edge_config, wsgi_app, on_ready))
+    run_loop(_serve(broker_config, edge_config, wsgi_app, on_ready))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop, which serves long-polls with less CPU than asyncio's own loop."""
+    uvloop.run(main)
 
 
 async def _serve(
@@ -154,7 +161,7 @@ def run_workers(
                 def listening(_: Listening) -> None:
                     os.write(ready_write, b".")
 
-                asyncio.run(_serve(None, config, wsgi_app, listening))
+                run_loop(_serve(None, config, wsgi_app, listening))
             except BaseException:
                 log.exception("edge worker %d failed", os.getpid())
                 code = 1

@@ -75,7 +75,6 @@ def run_target(target: Target, sizes: Sizes) -> list[Result]:
             ]
 
         results = run(workloads)
-        assert isinstance(results, list)
         results.append(w5_publish(target, sizes))
         return results
     finally:
