@@ -15,6 +15,12 @@ import tornado.web
 from broker.wire import channel_id_problem
 
 
+def anchored(pattern: str) -> str:
+    """A location pattern as Tornado matches it: anchored at the start by `re.match`,
+    so a leading ^ is dropped rather than doubled."""
+    return pattern.removeprefix("^")
+
+
 class AnyMethod(tuple[str, ...]):
     """Lets every method reach `prepare`, which answers 405 with `Allow`."""
 

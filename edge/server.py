@@ -13,7 +13,7 @@ import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
 
-from edge.app import build_application
+from edge.app import build_router
 from edge.config import EdgeConfig
 from edge.feed import Feed
 from edge.passthrough import Passthrough
@@ -66,7 +66,7 @@ class Edge:
         self.config = config
         self.feed = Feed(config)
         self.passthrough = Passthrough(config)
-        self.application = build_application(config, self.feed, self.passthrough, wsgi_app)
+        self.router = build_router(config, self.feed, self.passthrough, wsgi_app)
         self._server: CappedHTTPServer | None = None
         self._stopping = asyncio.Event()
 
@@ -77,7 +77,7 @@ class Edge:
             config.port, config.address or None, reuse_port=config.reuse_port
         )
         self._server = CappedHTTPServer(
-            self.application,
+            self.router,
             max_connections=raise_fd_limit(config.max_connections),
             # Bodies are checked by the publisher location, which answers 413.
             max_body_size=config.max_message_size + 1,

@@ -1,17 +1,37 @@
-"""The subscriber location: long-poll and interval-poll GETs, CORS preflight."""
+"""The subscriber location: long-poll and interval-poll GETs, CORS preflight.
+
+This is the edge's hot path, so it is served below Tornado's
+RequestHandler: a message delegate per request on Tornado's HTTP/1.1
+connection, answering from the channel buffer without a coroutine when
+the channel is already followed, and holding a poll with two callbacks
+and one timer rather than a task. Per request it parses the two
+validators (cached: clients send the same few), looks the cursor up
+(a bisect) and writes headers rendered once per message. Everything
+that may wait (the first sync of a channel, Django's passthrough) takes
+the slower coroutine path.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import re
 import time
+import urllib.parse
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
+import tornado.http1connection
+import tornado.httputil
+import tornado.web
+
+from broker.wire import channel_id_problem
 from edge.channels import ChannelBuffer, Held, Waiter
 from edge.config import INTERVAL_POLL, EdgeConfig, SubscriberLocation
 from edge.cors import cors_headers, preflight_headers
 from edge.feed import BrokerUnavailable, Feed
-from edge.handlers import PushHandler
+from edge.handlers import anchored
 from edge.passthrough import Passthrough
 from edge.protocol import (
     IF_MODIFIED_SINCE,
@@ -24,141 +44,365 @@ from edge.protocol import (
     parse_cursor,
 )
 
-# What a held poll's future resolves to besides a message.
-TIMED_OUT = "timed out"
-RELEASED = "released"
-CLOSED = "closed"
+REASONS = {
+    200: "OK",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    410: "Gone",
+    503: "Service Unavailable",
+}
+# Caches of what many requests share; cleared when full rather than evicted
+# one by one, since their contents are cheap to rebuild.
+CACHE_LIMIT = 4096
 
 
-class SubscriberHandler(PushHandler):
-    ALLOWED = SUBSCRIBER_METHODS
+class Refused(Exception):
+    def __init__(self, status: int, why: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(why)
+        self.status = status
+        self.why = why
+        self.headers = headers or []
 
-    def initialize(
-        self,
-        feed: Feed,
-        location: SubscriberLocation,
-        config: EdgeConfig,
-        passthrough: Passthrough,
-        responses: Counter[str],
+
+@dataclass
+class Subscribers:
+    """What every poll of an edge's subscriber locations shares."""
+
+    config: EdgeConfig
+    feed: Feed
+    passthrough: Passthrough
+    responses: Counter[str]
+    locations: list[tuple[re.Pattern[str], SubscriberLocation]] = field(init=False)
+    _cursors: dict[tuple[str | None, str | None], Cursor] = field(default_factory=dict)
+    _cors: dict[tuple[int, str | None], list[tuple[str, str]]] = field(default_factory=dict)
+    _date: tuple[int, str] = (0, "")
+
+    def __post_init__(self) -> None:
+        self.locations = []
+        for location in self.config.subscribers:
+            pattern = anchored(location.url)
+            self.locations.append(
+                (re.compile(pattern if pattern.endswith("$") else pattern + "$"), location)
+            )
+
+    def match(self, path: str) -> tuple[SubscriberLocation, str] | None:
+        for pattern, location in self.locations:
+            found = pattern.match(path)
+            if found is not None:
+                return location, found.group(1)
+        return None
+
+    def cursor(self, if_modified_since: str | None, if_none_match: str | None) -> Cursor:
+        key = (if_modified_since, if_none_match)
+        cursor = self._cursors.get(key)
+        if cursor is None:
+            cursor = parse_cursor(if_modified_since, if_none_match)
+            if len(self._cursors) >= CACHE_LIMIT:
+                self._cursors.clear()
+            self._cursors[key] = cursor
+        return cursor
+
+    def cors(self, location: SubscriberLocation, origin: str | None) -> list[tuple[str, str]]:
+        key = (id(location), origin)
+        headers = self._cors.get(key)
+        if headers is None:
+            headers = cors_headers(location, origin)
+            if len(self._cors) >= CACHE_LIMIT:
+                self._cors.clear()
+            self._cors[key] = headers
+        return headers
+
+    def date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True))
+        return self._date[1]
+
+
+class EdgeRouter(tornado.httputil.HTTPServerConnectionDelegate):
+    """Sends subscriber-location requests to `SubscriberPoll`, everything else to Tornado."""
+
+    def __init__(self, application: tornado.web.Application, subscribers: Subscribers) -> None:
+        self.application = application
+        self.subscribers = subscribers
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        return Dispatch(self, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.application.on_close(server_conn)
+
+
+class Dispatch(tornado.httputil.HTTPMessageDelegate):
+    def __init__(
+        self, router: EdgeRouter, server_conn: object, request_conn: tornado.httputil.HTTPConnection
     ) -> None:
-        self.responses = responses
-        self.feed = feed
-        self.location = location
-        self.config = config
-        self.passthrough = passthrough if location.passthrough else None
-        self._held: asyncio.Future[Any] | None = None
+        self.router = router
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.target: tornado.httputil.HTTPMessageDelegate | None = None
 
-    def always_headers(self) -> list[tuple[str, str]]:
-        return cors_headers(self.location, self.request.headers.get("Origin"))
-
-    def prepare(self) -> None:
-        for name, value in self.always_headers():
-            self.add_header(name, value)
-        super().prepare()
-
-    def options(self, *groups: str, **named_groups: str) -> None:
-        for name, value in preflight_headers(self.config.cors_max_age):
-            self.set_header(name, value)
-        self.finish()
-
-    async def get(self, *groups: str, **named_groups: str) -> None:
-        channel_id = self.channel_id()
-        headers = self.request.headers
-        try:
-            cursor = parse_cursor(headers.get(IF_MODIFIED_SINCE), headers.get(IF_NONE_MATCH))
-        except BadValidator as error:
-            self.refuse(400, str(error))
-        try:
-            buffer = await self.feed.channel(channel_id, self.location.create_on_get)
-        except BrokerUnavailable:
-            self.refuse(503, "the push broker is unavailable; try again shortly")
-        if buffer is None:
-            self.refuse(403, "channel does not exist")
-        passthrough = self.passthrough
-        if passthrough is None:
-            await self._serve(buffer, cursor)
-            return
-        if not self.location.authorize:
-            passthrough.subscribe(self.location, self.request, channel_id)
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Any:
+        assert isinstance(start_line, tornado.httputil.RequestStartLine)
+        path = start_line.path.partition("?")[0]
+        found = self.router.subscribers.match(path)
+        if found is not None:
+            location, raw_channel_id = found
+            self.target = SubscriberPoll(
+                self.router.subscribers, location, raw_channel_id, self.request_conn
+            )
         else:
-            admitted = await passthrough.admit(self.location, self.request, channel_id)
+            self.target = self.router.application.start_request(self.server_conn, self.request_conn)
+        return self.target.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        assert self.target is not None
+        return self.target.data_received(chunk)
+
+    def finish(self) -> None:
+        assert self.target is not None
+        self.target.finish()
+
+    def on_connection_close(self) -> None:
+        if self.target is not None:
+            self.target.on_connection_close()
+
+
+class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
+    def __init__(
+        self,
+        shared: Subscribers,
+        location: SubscriberLocation,
+        raw_channel_id: str,
+        connection: tornado.httputil.HTTPConnection,
+    ) -> None:
+        self.shared = shared
+        self.location = location
+        self.raw_channel_id = raw_channel_id
+        self.connection = connection
+        self.method = ""
+        self.headers = tornado.httputil.HTTPHeaders()
+        self.start_line: tornado.httputil.RequestStartLine | None = None
+        self.cors: list[tuple[str, str]] = []
+        self.answered = False
+        self.buffer: ChannelBuffer | None = None
+        self.waiter: Waiter | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.request: tornado.httputil.HTTPServerRequest | None = None
+        self.channel_id = ""
+        self.task: asyncio.Task[None] | None = None
+
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> None:
+        assert isinstance(start_line, tornado.httputil.RequestStartLine)
+        self.start_line = start_line
+        self.method = start_line.method
+        self.headers = headers
+
+    def data_received(self, chunk: bytes) -> None:
+        return None  # a body on a poll means nothing
+
+    def finish(self) -> None:
+        self.cors = self.shared.cors(self.location, self.headers.get("Origin"))
+        try:
+            self._begin()
+        except Refused as refused:
+            self._refuse(refused)
+
+    def _begin(self) -> None:
+        if self.method == "OPTIONS":
+            self._respond(200, preflight_headers(self.shared.config.cors_max_age))
+            return
+        if self.method not in SUBSCRIBER_METHODS:
+            raise Refused(
+                405,
+                f"method {self.method} not allowed here",
+                [("Allow", ", ".join(SUBSCRIBER_METHODS))],
+            )
+        try:
+            channel_id = urllib.parse.unquote_to_bytes(self.raw_channel_id).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused(400, "channel id is not UTF-8") from None
+        problem = channel_id_problem(channel_id)
+        if problem:
+            raise Refused(400, problem)
+        self.channel_id = channel_id
+        try:
+            cursor = self.shared.cursor(
+                self.headers.get(IF_MODIFIED_SINCE), self.headers.get(IF_NONE_MATCH)
+            )
+        except BadValidator as error:
+            raise Refused(400, str(error)) from None
+        buffer = self.shared.feed.buffers.get(channel_id)
+        if (
+            buffer is not None
+            and buffer.ready
+            and buffer.exists
+            and not buffer.refilling
+            and not self.location.passthrough
+        ):
+            self._serve(buffer, cursor)
+        else:
+            self.task = asyncio.get_running_loop().create_task(self._begin_slowly(cursor))
+
+    async def _begin_slowly(self, cursor: Cursor) -> None:
+        try:
+            try:
+                buffer = await self.shared.feed.channel(
+                    self.channel_id, self.location.create_on_get
+                )
+            except BrokerUnavailable:
+                raise Refused(503, "the push broker is unavailable; try again shortly") from None
+            if buffer is None:
+                raise Refused(403, "channel does not exist")
+            if self.location.passthrough:
+                await self._subscribe()
+            self._serve(buffer, cursor)
+        except Refused as refused:
+            self._refuse(refused)
+
+    async def _subscribe(self) -> None:
+        passthrough = self.shared.passthrough
+        request = self._server_request()
+        if not self.location.authorize:
+            passthrough.subscribe(self.location, request, self.channel_id)
+        else:
+            admitted = await passthrough.admit(self.location, request, self.channel_id)
             if admitted is None:
-                self.refuse(
+                raise Refused(
                     503, "the site could not authorize this subscription; try again shortly"
                 )
             if not admitted:
-                self.refuse(403, "subscription refused")
-        try:
-            await self._serve(buffer, cursor)
-        finally:
-            passthrough.unsubscribe(self.location, self.request, channel_id)
+                raise Refused(403, "subscription refused")
+        if self.answered:
+            # The client left while Django was asked: it is unsubscribed at once.
+            passthrough.unsubscribe(self.location, request, self.channel_id)
+            return
+        # From here on, however the poll ends, Django hears of it.
+        self.request = request
 
-    async def _serve(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
+    def _server_request(self) -> tornado.httputil.HTTPServerRequest:
+        assert self.start_line is not None
+        return tornado.httputil.HTTPServerRequest(
+            connection=self.connection, start_line=self.start_line, headers=self.headers
+        )
+
+    # -- serving -------------------------------------------------------------------
+
+    def _serve(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
+        if self.answered:
+            return  # the client left while the channel was being synchronised
         buffer.requested = time.time()
+        self.shared.feed.touch(buffer)
         held, missed = buffer.find(cursor.id)
         if held is not None:
-            self.feed.touch(buffer)
             self._answer(held, missed)
         elif self.location.polling == INTERVAL_POLL:
-            self.feed.touch(buffer)
             self._not_modified(cursor)
         else:
-            await self._hold(buffer, cursor)
+            self._hold(buffer, cursor)
 
-    async def _hold(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
-        loop = asyncio.get_running_loop()
-        held_future: asyncio.Future[Any] = loop.create_future()
-        self._held = held_future
-
-        def settle(outcome: Any) -> None:
-            if not held_future.done():
-                held_future.set_result(outcome)
-
-        waiter = Waiter(
+    def _hold(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
+        self.buffer = buffer
+        self.waiter = Waiter(
             cursor.id,
-            lambda held, missed: settle((held, missed)),
-            lambda: settle(RELEASED),
+            lambda held, missed: self._woken(held, missed, cursor),
+            lambda: self._woken(None, False, cursor, released=True),
         )
-        buffer.wait(waiter)
-        self.feed.touch(buffer)
+        buffer.wait(self.waiter)
         # One timer per poll rather than asyncio.wait_for, which costs twice as
         # much when thousands of polls wake at once.
-        timer = loop.call_later(self.config.long_poll_timeout, settle, TIMED_OUT)
-        try:
-            outcome = await held_future
-        finally:
-            timer.cancel()
-            buffer.forget(waiter)
-            self.feed.touch(buffer)
-            self._held = None
-        if outcome == CLOSED:
-            return
-        if outcome in (TIMED_OUT, RELEASED):
-            self._not_modified(cursor)
-            return
-        held, missed = outcome
-        if held is None:
-            self.refuse(410, "channel deleted")
-        self._answer(held, missed)
+        self.timer = asyncio.get_running_loop().call_later(
+            self.shared.config.long_poll_timeout,
+            lambda: self._woken(None, False, cursor, released=True),
+        )
+        if isinstance(self.connection, tornado.http1connection.HTTP1Connection):
+            self.connection.set_close_callback(self._client_left)
 
-    def on_finish(self) -> None:
-        self.responses[str(self.get_status())] += 1
+    def _woken(
+        self, held: Held | None, missed: bool, cursor: Cursor, released: bool = False
+    ) -> None:
+        self._let_go()
+        if released:
+            self._not_modified(cursor)
+        elif held is None:
+            self._refuse(Refused(410, "channel deleted"))
+        else:
+            self._answer(held, missed)
+
+    def _let_go(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        buffer = self.buffer
+        if buffer is not None and self.waiter is not None:
+            buffer.forget(self.waiter)
+            self.waiter = None
+            self.shared.feed.touch(buffer)
+
+    def _client_left(self) -> None:
+        self._let_go()
+        self._finished()
 
     def on_connection_close(self) -> None:
-        if self._held is not None and not self._held.done():
-            self._held.set_result(CLOSED)
+        self._client_left()
+
+    # -- responses -------------------------------------------------------------------
 
     def _answer(self, held: Held, missed: bool) -> None:
-        for name, value in held.headers:
-            self.add_header(name, value)
-        if held.message.content_type is not None:
-            self.set_header("Content-Type", held.message.content_type)
+        headers = list(held.headers)
+        content_type = held.message.content_type
+        if content_type is not None:
+            headers.append(("Content-Type", content_type))
         if missed:
-            self.set_header(MESSAGES_MISSED, "1")
-        self.finish(held.message.body)
+            headers.append((MESSAGES_MISSED, "1"))
+        self._respond(200, headers, held.message.body)
 
     def _not_modified(self, cursor: Cursor) -> None:
-        self.set_status(304)
-        for name, value in echo_headers(cursor):
-            self.add_header(name, value)
-        self.finish()
+        self._respond(304, echo_headers(cursor))
+
+    def _refuse(self, refused: Refused) -> None:
+        headers = [*refused.headers, ("Content-Type", "text/plain; charset=utf-8")]
+        self._respond(refused.status, headers, (refused.why + "\n").encode())
+
+    def _respond(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        if self.answered:
+            return
+        self._finished()
+        connection = self.connection
+        if isinstance(connection, tornado.http1connection.HTTP1Connection) and (
+            connection.stream is None or connection.stream.closed()
+        ):
+            return
+        response = tornado.httputil.HTTPHeaders()
+        for name, value in self.cors:
+            response.add(name, value)
+        for name, value in headers:
+            response.add(name, value)
+        response["Date"] = self.shared.date()
+        if status != 304:
+            response["Content-Length"] = str(len(body))
+        start = tornado.httputil.ResponseStartLine("HTTP/1.1", status, REASONS[status])
+        connection.write_headers(start, response, chunk=body or None)
+        connection.finish()
+        self.shared.responses[str(status)] += 1
+
+    def _finished(self) -> None:
+        """The poll is over: Django hears it was (once), nothing more is written."""
+        if self.answered:
+            return
+        self.answered = True
+        if self.request is not None:
+            self.shared.passthrough.unsubscribe(self.location, self.request, self.channel_id)
+            self.request = None
