@@ -304,8 +304,9 @@ class Passthrough:
         forwarded = request.headers.get("X-Forwarded-For")
         remote = request.remote_ip or ""
         headers["X-Forwarded-For"] = f"{forwarded}, {remote}" if forwarded else remote
-        headers["X-Forwarded-Host"] = request.host
-        headers["X-Forwarded-Proto"] = request.protocol
+        # A balancer in front (terminating TLS, say) knows better than this hop.
+        headers.setdefault("X-Forwarded-Host", request.host)
+        headers.setdefault("X-Forwarded-Proto", request.protocol)
         if self.config.passthrough_secret:
             headers[PASSTHROUGH_SECRET] = self.config.passthrough_secret
         return headers

@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import tornado.http1connection
 import tornado.httputil
@@ -156,8 +156,10 @@ class Dispatch(tornado.httputil.HTTPMessageDelegate):
         found = self.router.subscribers.match(path)
         if found is not None:
             location, raw_channel_id = found
+            # HTTPServer only ever makes HTTP/1.1 connections.
+            connection = cast(tornado.http1connection.HTTP1Connection, self.request_conn)
             self.target = SubscriberPoll(
-                self.router.subscribers, location, raw_channel_id, self.request_conn
+                self.router.subscribers, location, raw_channel_id, connection
             )
         else:
             self.target = self.router.application.start_request(self.server_conn, self.request_conn)
@@ -182,7 +184,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
         shared: Subscribers,
         location: SubscriberLocation,
         raw_channel_id: str,
-        connection: tornado.httputil.HTTPConnection,
+        connection: tornado.http1connection.HTTP1Connection,
     ) -> None:
         self.shared = shared
         self.location = location
@@ -327,8 +329,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
             self.shared.config.long_poll_timeout,
             lambda: self._woken(None, False, cursor, released=True),
         )
-        if isinstance(self.connection, tornado.http1connection.HTTP1Connection):
-            self.connection.set_close_callback(self._client_left)
+        self.connection.set_close_callback(self._client_left)
 
     def _woken(
         self, held: Held | None, missed: bool, cursor: Cursor, released: bool = False
@@ -381,9 +382,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
             return
         self._finished()
         connection = self.connection
-        if isinstance(connection, tornado.http1connection.HTTP1Connection) and (
-            connection.stream is None or connection.stream.closed()
-        ):
+        if connection.stream is None or connection.stream.closed():
             return
         response = tornado.httputil.HTTPHeaders()
         for name, value in self.cors:
