@@ -101,12 +101,14 @@ class PollProtocol(asyncio.Protocol):
     ) -> None:
         subscriber = self.subscriber
         if status == 200:
-            subscriber.ledger.record(body, time.time())
+            seq = subscriber.ledger.record(body, time.time())
             if last_modified is not None and etag is not None:
                 self.validators = (
                     b"If-Modified-Since: " + last_modified + b"\r\nIf-None-Match: " + etag + b"\r\n"
                 )
-            if subscriber.received >= subscriber.expected:
+            # Done at the last message, or at as many as expected: a subscriber
+            # that lost some still finishes, and the ledger says what it lost.
+            if seq == subscriber.expected - 1 or subscriber.received >= subscriber.expected:
                 if subscriber.done is not None and not subscriber.done.done():
                     subscriber.done.set_result(None)
                 return

@@ -20,6 +20,7 @@ import socket
 import string
 import subprocess
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,9 +132,19 @@ class PushServerTarget(Target):
         sender.close()
 
     def publish(self, channel_id: str, body: bytes) -> None:
+        from pushserver import PushServerError
         from pushserver.utils import updates
 
-        updates.send_update(channel_id, body.decode(), already_serialized=True)
+        while True:
+            try:
+                updates.send_update(channel_id, body.decode(), already_serialized=True)
+                return
+            except PushServerError as error:
+                # A full queue is send_update's back-pressure: a publisher
+                # faster than the broker waits, as a well-behaved one would.
+                if "is full" not in str(error):
+                    raise
+                time.sleep(0.01)
 
     def stop(self) -> None:
         from pushserver import sender
