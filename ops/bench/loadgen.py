@@ -50,6 +50,7 @@ class PollProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.validators = b""
         self.transport: asyncio.Transport | None = None
+        self.closing = False
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,10 +121,27 @@ class PollProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_later(RETRY_AFTER, self.poll)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
+        self.transport = None
+        done = self.subscriber.done
+        if not self.closing and done is not None and not done.done():
+            # The server closed a keep-alive connection: poll again on a new
+            # one from the same cursor, as a browser does.
+            self.subscriber.errors += 1
+            self.buffer.clear()
+            asyncio.get_running_loop().create_task(self._reconnect())
+        elif not self.lost.done():
             self.lost.set_result(None)
 
+    async def _reconnect(self) -> None:
+        host, _, port = self.host.rpartition(":")
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: self, host, int(port))
+        except OSError:
+            self.subscriber.errors += 1
+            asyncio.get_running_loop().call_later(RETRY_AFTER, self.connection_lost, None)
+
     def close(self) -> None:
+        self.closing = True
         if self.transport is not None:
             self.transport.close()
 
