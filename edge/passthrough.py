@@ -121,10 +121,18 @@ class Passthrough:
         if location.passthrough_grace <= 0:
             self._call(key, self._headers(request), PASSTHROUGH_SUBSCRIBE)
             return
+        if key not in self._subscriptions:
+            headers = self._headers(request)
+            self._call(key, headers, PASSTHROUGH_SUBSCRIBE)
+            self._keep(key, headers)
+        else:
+            self._keep(key, {})
+
+    def _keep(self, key: Key, headers: dict[str, str]) -> None:
+        """One more poll of a subscription Django knows of (made with `headers` if new)."""
         subscription = self._subscriptions.get(key)
         if subscription is None:
-            subscription = self._subscriptions[key] = Subscription(headers=self._headers(request))
-            self._call(key, subscription.headers, PASSTHROUGH_SUBSCRIBE)
+            subscription = self._subscriptions[key] = Subscription(headers=headers)
         elif subscription.unsubscribe_timer is not None:
             subscription.unsubscribe_timer.cancel()
             subscription.unsubscribe_timer = None
@@ -171,11 +179,7 @@ class Passthrough:
         if verdict:
             self._remember(key, now + location.authorize_cache)
             if location.passthrough_grace > 0:
-                subscription = self._subscriptions.setdefault(key, Subscription(headers=headers))
-                if subscription.unsubscribe_timer is not None:
-                    subscription.unsubscribe_timer.cancel()
-                    subscription.unsubscribe_timer = None
-                subscription.polls += 1
+                self._keep(key, headers)
         return verdict
 
     # -- calls --------------------------------------------------------------------
