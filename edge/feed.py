@@ -189,6 +189,7 @@ class Feed:
             await asyncio.sleep(SWEEP_INTERVAL)
             self._report_all()
             now = time.monotonic()
+            wall_clock = time.time()
             silent = (
                 self._last_heartbeat and now - self._last_heartbeat > self.config.broker_timeout
             )
@@ -196,9 +197,16 @@ class Feed:
                 log.warning("no heartbeat from the broker at %s", self.config.events)
                 self.broker_away = True
             for channel_id, buffer in list(self.buffers.items()):
-                if buffer.waiters or channel_id in self._synced and not buffer.ready:
-                    pass
-                elif now - buffer.idle_since > self.config.topic_linger:
+                # Idle: nothing held, nothing asked (interval polls hold nothing)
+                # and no first sync awaited, for longer than the linger.
+                linger = self.config.topic_linger
+                idle = (
+                    not buffer.waiters
+                    and channel_id not in self._synced
+                    and now - buffer.idle_since > linger
+                    and wall_clock - buffer.requested > linger
+                )
+                if idle:
                     del self.buffers[channel_id]
                     self._unsubscribe(channel_id)
                     continue
