@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import re
 import time
 import urllib.parse
@@ -44,6 +45,8 @@ from edge.protocol import (
     parse_cursor,
 )
 
+log = logging.getLogger("pushserver.edge")
+
 REASONS = {
     200: "OK",
     304: "Not Modified",
@@ -51,6 +54,7 @@ REASONS = {
     403: "Forbidden",
     405: "Method Not Allowed",
     410: "Gone",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 # Caches of what many requests share; cleared when full rather than evicted
@@ -273,6 +277,10 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
             self._serve(buffer, cursor)
         except Refused as refused:
             self._refuse(refused)
+        except Exception:
+            # Never leave a poll unanswered: the client backs off and asks again.
+            log.exception("subscriber poll on %r failed", self.channel_id)
+            self._refuse(Refused(500, "the edge failed to answer this poll"))
 
     async def _subscribe(self) -> None:
         passthrough = self.shared.passthrough
