@@ -28,7 +28,7 @@ from edge.protocol import (
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """A message with its response headers, rendered once."""
+    """A message with its response headers (Content-Type too), rendered once."""
 
     message: Message
     headers: tuple[tuple[str, str], ...]
@@ -43,6 +43,11 @@ class Held:
                 (ETAG, str(tag)),
                 (CACHE_CONTROL, cache_control(tag)),
                 (VARY, VARY_VALUE),
+                *(
+                    ()
+                    if message.content_type is None
+                    else (("Content-Type", message.content_type),)
+                ),
             ),
         )
 

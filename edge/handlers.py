@@ -37,6 +37,18 @@ class Refusal(tornado.web.HTTPError):
         self.headers = headers or []
 
 
+def checked_channel_id(raw: bytes) -> str:
+    """A location's percent-decoded path group as a channel id, or a 400 saying why not."""
+    try:
+        channel_id = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refusal(400, "channel id is not UTF-8") from None
+    problem = channel_id_problem(channel_id)
+    if problem:
+        raise Refusal(400, problem)
+    return channel_id
+
+
 class PushHandler(tornado.web.RequestHandler):
     SUPPORTED_METHODS = AnyMethod(())
     ALLOWED: ClassVar[tuple[str, ...]] = ()
@@ -61,17 +73,10 @@ class PushHandler(tornado.web.RequestHandler):
     def channel_id(self) -> str:
         """The channel id from the location pattern's one group, named or not."""
         groups = self.path_args or list(self.path_kwargs.values())
-        raw = groups[0] if groups else ""
-        problem = channel_id_problem(raw)
-        if problem:
-            self.refuse(400, problem)
-        return raw
+        return groups[0] if groups else checked_channel_id(b"")
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            self.refuse(400, "channel id is not UTF-8")
+        return checked_channel_id(value)
 
     def always_headers(self) -> list[tuple[str, str]]:
         """Headers every response carries, errors included."""

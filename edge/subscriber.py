@@ -20,19 +20,20 @@ import re
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, cast
 
 import tornado.http1connection
 import tornado.httputil
 import tornado.web
 
-from broker.wire import channel_id_problem
 from edge.channels import ChannelBuffer, Held, Waiter
 from edge.config import INTERVAL_POLL, EdgeConfig, SubscriberLocation
 from edge.cors import cors_headers, preflight_headers
 from edge.feed import BrokerUnavailable, Feed
-from edge.handlers import anchored
+from edge.handlers import Refusal, anchored, checked_channel_id
 from edge.passthrough import Passthrough
 from edge.protocol import (
     IF_MODIFIED_SINCE,
@@ -47,27 +48,9 @@ from edge.protocol import (
 
 log = logging.getLogger("pushserver.edge")
 
-REASONS = {
-    200: "OK",
-    304: "Not Modified",
-    400: "Bad Request",
-    403: "Forbidden",
-    405: "Method Not Allowed",
-    410: "Gone",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 # Caches of what many requests share; cleared when full rather than evicted
 # one by one, since their contents are cheap to rebuild.
 CACHE_LIMIT = 4096
-
-
-class Refused(Exception):
-    def __init__(self, status: int, why: str, headers: list[tuple[str, str]] | None = None):
-        super().__init__(why)
-        self.status = status
-        self.why = why
-        self.headers = headers or []
 
 
 @dataclass
@@ -223,7 +206,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
         self.cors = self.shared.cors(self.location, self.headers.get("Origin"))
         try:
             self._begin()
-        except Refused as refused:
+        except Refusal as refused:
             self._refuse(refused)
 
     def _begin(self) -> None:
@@ -231,25 +214,20 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
             self._respond(200, preflight_headers(self.shared.config.cors_max_age))
             return
         if self.method not in SUBSCRIBER_METHODS:
-            raise Refused(
+            raise Refusal(
                 405,
                 f"method {self.method} not allowed here",
                 [("Allow", ", ".join(SUBSCRIBER_METHODS))],
             )
-        try:
-            channel_id = urllib.parse.unquote_to_bytes(self.raw_channel_id).decode("utf-8")
-        except UnicodeDecodeError:
-            raise Refused(400, "channel id is not UTF-8") from None
-        problem = channel_id_problem(channel_id)
-        if problem:
-            raise Refused(400, problem)
-        self.channel_id = channel_id
+        self.channel_id = channel_id = checked_channel_id(
+            urllib.parse.unquote_to_bytes(self.raw_channel_id)
+        )
         try:
             cursor = self.shared.cursor(
                 self.headers.get(IF_MODIFIED_SINCE), self.headers.get(IF_NONE_MATCH)
             )
         except BadValidator as error:
-            raise Refused(400, str(error)) from None
+            raise Refusal(400, str(error)) from None
         buffer = self.shared.feed.buffers.get(channel_id)
         if (
             buffer is not None
@@ -269,18 +247,18 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
                     self.channel_id, self.location.create_on_get
                 )
             except BrokerUnavailable:
-                raise Refused(503, "the push broker is unavailable; try again shortly") from None
+                raise Refusal(503, "the push broker is unavailable; try again shortly") from None
             if buffer is None:
-                raise Refused(403, "channel does not exist")
+                raise Refusal(403, "channel does not exist")
             if self.location.passthrough:
                 await self._subscribe()
             self._serve(buffer, cursor)
-        except Refused as refused:
+        except Refusal as refused:
             self._refuse(refused)
         except Exception:
             # Never leave a poll unanswered: the client backs off and asks again.
             log.exception("subscriber poll on %r failed", self.channel_id)
-            self._refuse(Refused(500, "the edge failed to answer this poll"))
+            self._refuse(Refusal(500, "the edge failed to answer this poll"))
 
     async def _subscribe(self) -> None:
         passthrough = self.shared.passthrough
@@ -290,11 +268,11 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
         else:
             admitted = await passthrough.admit(self.location, request, self.channel_id)
             if admitted is None:
-                raise Refused(
+                raise Refusal(
                     503, "the site could not authorize this subscription; try again shortly"
                 )
             if not admitted:
-                raise Refused(403, "subscription refused")
+                raise Refusal(403, "subscription refused")
         if self.answered:
             # The client left while Django was asked: it is unsubscribed at once.
             passthrough.unsubscribe(self.location, request, self.channel_id)
@@ -346,7 +324,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
         if released:
             self._not_modified(cursor)
         elif held is None:
-            self._refuse(Refused(410, "channel deleted"))
+            self._refuse(Refusal(410, "channel deleted"))
         else:
             self._answer(held, missed)
 
@@ -370,22 +348,17 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
     # -- responses -------------------------------------------------------------------
 
     def _answer(self, held: Held, missed: bool) -> None:
-        headers = list(held.headers)
-        content_type = held.message.content_type
-        if content_type is not None:
-            headers.append(("Content-Type", content_type))
-        if missed:
-            headers.append((MESSAGES_MISSED, "1"))
+        headers = [*held.headers, (MESSAGES_MISSED, "1")] if missed else held.headers
         self._respond(200, headers, held.message.body)
 
     def _not_modified(self, cursor: Cursor) -> None:
         self._respond(304, echo_headers(cursor))
 
-    def _refuse(self, refused: Refused) -> None:
+    def _refuse(self, refused: Refusal) -> None:
         headers = [*refused.headers, ("Content-Type", "text/plain; charset=utf-8")]
-        self._respond(refused.status, headers, (refused.why + "\n").encode())
+        self._respond(refused.status_code, headers, (refused.why + "\n").encode())
 
-    def _respond(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+    def _respond(self, status: int, headers: Sequence[tuple[str, str]], body: bytes = b"") -> None:
         if self.answered:
             return
         self._finished()
@@ -400,7 +373,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
         response["Date"] = self.shared.date()
         if status != 304:
             response["Content-Length"] = str(len(body))
-        start = tornado.httputil.ResponseStartLine("HTTP/1.1", status, REASONS[status])
+        start = tornado.httputil.ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase)
         connection.write_headers(start, response, chunk=body or None)
         connection.finish()
         self.shared.responses[str(status)] += 1

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -182,15 +181,7 @@ class Cluster:
         self.balancer_process = self._start_balancer("haproxy", [haproxy, "-db", "-f", str(config)])
 
     def _start_balancer(self, name: str, command: list[str]) -> Process:
-        popen = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        process = Process(name, popen)
-        self.launcher.processes.append(process)
+        process = self.launcher.spawn(name, command)
         port = self.port
         assert port is not None
 

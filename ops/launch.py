@@ -178,9 +178,13 @@ class Launcher:
 
     def run(self, name: str, module: str, *args: str) -> Process:
         """Start `runpushserver` with an already written settings `module`."""
-        env = self.environment(module)
+        command = [sys.executable, "-m", "django", "runpushserver", *args]
+        return self.spawn(name, command, self.environment(module))
+
+    def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Process:
+        """Start any process (a balancer, a service unit's command) to be stopped with the rest."""
         popen = subprocess.Popen(
-            [sys.executable, "-m", "django", "runpushserver", *args],
+            command,
             cwd=self.folder,
             env=env,
             stdout=subprocess.PIPE,

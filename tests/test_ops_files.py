@@ -292,27 +292,13 @@ def start_nginx(launcher: Launcher, edges: list[str], port: int) -> Process:
     prefix.mkdir()
     config = prefix / "pushserver.conf"
     config.write_text(nginx_for(edges, port))
-    popen = subprocess.Popen(
-        nginx_command(config, prefix, directives="daemon off;"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    return Process("nginx", popen)
+    return launcher.spawn("nginx", nginx_command(config, prefix, directives="daemon off;"))
 
 
 def start_haproxy(launcher: Launcher, edges: list[str], port: int) -> Process:
     config = launcher.folder / "haproxy.cfg"
     config.write_text(haproxy_for(edges, port))
-    popen = subprocess.Popen(
-        [program("haproxy"), "-db", "-f", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    return Process("haproxy", popen)
+    return launcher.spawn("haproxy", [program("haproxy"), "-db", "-f", str(config)])
 
 
 BALANCERS: dict[str, Callable[[Launcher, list[str], int], Process]] = {
@@ -451,18 +437,7 @@ def run_service(
         name, _, value = assignment.partition("=")
         if name != "DJANGO_SETTINGS_MODULE":
             env[name] = value
-    popen = subprocess.Popen(
-        service_command(service, instance),
-        cwd=launcher.folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    process = Process(file.name, popen)
-    launcher.processes.append(process)
-    return process
+    return launcher.spawn(file.name, service_command(service, instance), env)
 
 
 def stop_as_systemd(process: Process, file: Path) -> float:
