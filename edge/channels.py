@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.wire import Limits, Message, MessageId, Snapshot
+from edge.connection import render_head
 from edge.protocol import (
     CACHE_CONTROL,
     ETAG,
@@ -28,28 +29,31 @@ from edge.protocol import (
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """A message with its response headers (Content-Type too), rendered once."""
+    """A message with the head of the 200 that delivers it, rendered once.
+
+    `head` is the status line and every header that depends on the message
+    alone (validators, Content-Type, Content-Length); a response adds the
+    lines that depend on the request (CORS, Date, Connection) and the body.
+    """
 
     message: Message
-    headers: tuple[tuple[str, str], ...]
+    head: bytes
 
     @classmethod
     def of(cls, message: Message) -> Held:
         tag = message.id.tag
-        return cls(
-            message,
-            (
-                (LAST_MODIFIED, http_date(message.id.time)),
-                (ETAG, str(tag)),
-                (CACHE_CONTROL, cache_control(tag)),
-                (VARY, VARY_VALUE),
-                *(
-                    ()
-                    if message.content_type is None
-                    else (("Content-Type", message.content_type),)
-                ),
-            ),
-        )
+        headers = [
+            (LAST_MODIFIED, http_date(message.id.time)),
+            (ETAG, str(tag)),
+            (CACHE_CONTROL, cache_control(tag)),
+            (VARY, VARY_VALUE),
+        ]
+        content_type = message.content_type
+        # A line break in it would forge headers; the message goes out without it.
+        if content_type is not None and "\r" not in content_type and "\n" not in content_type:
+            headers.append(("Content-Type", content_type))
+        headers.append(("Content-Length", str(len(message.body))))
+        return cls(message, render_head(200, headers))
 
     @property
     def id(self) -> MessageId:

@@ -8,11 +8,11 @@ the client never sees why. Beyond `discard_limit` the edge stops reading.
 
 from __future__ import annotations
 
-import tornado.http1connection
 import tornado.web
 
 from broker import wire
 from edge.access import TrustedCallers
+from edge.bridge import Exchange
 from edge.config import EdgeConfig, PublisherLocation
 from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import PushHandler
@@ -44,7 +44,7 @@ class PublisherHandler(PushHandler):
             if int(length) > self.discard_limit:
                 self.refuse(413, f"message is larger than {self.limit} bytes")
         connection = self.request.connection
-        if isinstance(connection, tornado.http1connection.HTTP1Connection):
+        if isinstance(connection, Exchange):
             connection.set_max_body_size(self.discard_limit)
 
     def data_received(self, chunk: bytes) -> None:

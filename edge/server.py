@@ -9,12 +9,11 @@ import resource
 import socket
 from typing import Any
 
-import tornado.httpserver
-import tornado.iostream
 import tornado.netutil
 
 from edge.app import build_router
 from edge.config import EdgeConfig
+from edge.connection import HTTPServer
 from edge.feed import Feed
 from edge.passthrough import Passthrough
 
@@ -27,8 +26,8 @@ RESERVED_FDS = 64
 def raise_fd_limit(wanted: int) -> int:
     """Raise RLIMIT_NOFILE towards `wanted` and return the connections the edge may hold.
 
-    Out of descriptors, Tornado's accept loop spins and logs a traceback per
-    turn; capping connections below the limit keeps it from getting there.
+    Out of descriptors, an accept loop spins and logs an error per turn;
+    capping connections below the limit keeps it from getting there.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted + RESERVED_FDS
@@ -40,34 +39,14 @@ def raise_fd_limit(wanted: int) -> int:
     return max(1, min(wanted, soft - RESERVED_FDS))
 
 
-class CappedHTTPServer(tornado.httpserver.HTTPServer):
-    """Closes connections beyond `max_connections` at once instead of running out of files."""
-
-    def initialize(self, *args: Any, max_connections: int = 10_000, **kwargs: Any) -> None:
-        super().initialize(*args, **kwargs)
-        self.max_connections = max_connections
-        self.open_connections = 0
-
-    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
-        if self.open_connections >= self.max_connections:
-            stream.close()
-            return
-        self.open_connections += 1
-
-        def closed() -> None:
-            self.open_connections -= 1
-
-        stream.set_close_callback(closed)
-        super().handle_stream(stream, address)
-
-
 class Edge:
     def __init__(self, config: EdgeConfig, wsgi_app: Any | None = None) -> None:
         self.config = config
         self.feed = Feed(config)
         self.passthrough = Passthrough(config)
         self.router = build_router(config, self.feed, self.passthrough, wsgi_app)
-        self._server: CappedHTTPServer | None = None
+        self._server: HTTPServer | None = None
+        self._sockets: list[socket.socket] = []
         self._stopping = asyncio.Event()
 
     def listen(self) -> list[str]:
@@ -76,14 +55,15 @@ class Edge:
         sockets = tornado.netutil.bind_sockets(
             config.port, config.address or None, reuse_port=config.reuse_port
         )
-        self._server = CappedHTTPServer(
+        self._sockets = sockets
+        self._server = HTTPServer(
             self.router,
+            self.router.subscribers.responses,
             max_connections=raise_fd_limit(config.max_connections),
             # Bodies are checked by the publisher location, which answers 413.
             max_body_size=config.max_message_size + 1,
-            idle_connection_timeout=max(60.0, config.long_poll_timeout * 2),
+            idle_timeout=max(60.0, config.long_poll_timeout * 2),
         )
-        self._server.add_sockets(sockets)
         urls = []
         for sock in sockets:
             host, port = sock.getsockname()[:2]
@@ -99,11 +79,12 @@ class Edge:
         if self._server is None:
             self.listen()
         assert self._server is not None
+        await self._server.serve(self._sockets)
         feed_task = asyncio.create_task(self.feed.run())
         try:
             await self._stopping.wait()
         finally:
-            self._server.stop()
+            self._server.stop_accepting()
             released = 0
             for buffer in self.feed.buffers.values():
                 for waiter in list(buffer.waiters):
@@ -111,9 +92,9 @@ class Edge:
                     released += 1
             if released:
                 log.info("answered %d held polls before stopping", released)
-                # Let the handlers write their 304s before connections close.
+                # Let the 304s go out before connections close.
                 await asyncio.sleep(0.1)
             await self.passthrough.close()
             self.feed.stop()
             await feed_task
-            await self._server.close_all_connections()
+            await self._server.close_all()

@@ -1,14 +1,15 @@
 """The subscriber location: long-poll and interval-poll GETs, CORS preflight.
 
-This is the edge's hot path, so it is served below Tornado's
-RequestHandler: a message delegate per request on Tornado's HTTP/1.1
-connection, answering from the channel buffer without a coroutine when
-the channel is already followed, and holding a poll with two callbacks
-and one timer rather than a task. Per request it parses the two
-validators (cached: clients send the same few), looks the cursor up
-(a bisect) and writes headers rendered once per message. Everything
-that may wait (the first sync of a channel, Django's passthrough) takes
-the slower coroutine path.
+This is the edge's hot path, so it answers straight on the edge's own
+connection (`edge.connection`), not through Tornado: a poll of a channel
+already followed is answered from the channel buffer without a coroutine,
+and a held poll is two callbacks and one timer. Per request it reads three
+headers, parses the validators (cached: clients send the same few), looks
+the cursor up (a bisect) and writes one buffer: the message's head
+rendered once when it arrived (`Held.head`), the few lines that depend on
+the request (CORS, Date, Connection; cached as bytes too) and the body.
+Everything that may wait (the first sync of a channel, Django's
+passthrough) takes the slower coroutine path.
 """
 
 from __future__ import annotations
@@ -20,24 +21,21 @@ import re
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from typing import Any, cast
 
-import tornado.http1connection
 import tornado.httputil
 import tornado.web
 
+from edge.bridge import TornadoResponder
 from edge.channels import ChannelBuffer, Held, Waiter
 from edge.config import INTERVAL_POLL, EdgeConfig, SubscriberLocation
+from edge.connection import CRLF, Connection, Request, Responder, render_head
 from edge.cors import cors_headers, preflight_headers
 from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import Refusal, anchored, checked_channel_id
 from edge.passthrough import Passthrough
 from edge.protocol import (
-    IF_MODIFIED_SINCE,
-    IF_NONE_MATCH,
     MESSAGES_MISSED,
     SUBSCRIBER_METHODS,
     BadValidator,
@@ -52,6 +50,12 @@ log = logging.getLogger("pushserver.edge")
 # one by one, since their contents are cheap to rebuild.
 CACHE_LIMIT = 4096
 
+MISSED_LINE = f"{MESSAGES_MISSED}: 1\r\n".encode("latin-1")
+
+
+def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+
 
 @dataclass
 class Subscribers:
@@ -63,8 +67,9 @@ class Subscribers:
     responses: Counter[str]
     locations: list[tuple[re.Pattern[str], SubscriberLocation]] = field(init=False)
     _cursors: dict[tuple[str | None, str | None], Cursor] = field(default_factory=dict)
-    _cors: dict[tuple[int, str | None], list[tuple[str, str]]] = field(default_factory=dict)
-    _date: tuple[int, str] = (0, "")
+    _not_modified: dict[Cursor, bytes] = field(default_factory=dict)
+    _cors: dict[tuple[int, str | None], bytes] = field(default_factory=dict)
+    _date: tuple[int, bytes] = (0, b"")
 
     def __post_init__(self) -> None:
         self.locations = []
@@ -91,141 +96,127 @@ class Subscribers:
             self._cursors[key] = cursor
         return cursor
 
-    def cors(self, location: SubscriberLocation, origin: str | None) -> list[tuple[str, str]]:
+    def not_modified(self, cursor: Cursor) -> bytes:
+        """The head of a 304 that sends the client back to where it stood."""
+        head = self._not_modified.get(cursor)
+        if head is None:
+            head = render_head(304, echo_headers(cursor))
+            if len(self._not_modified) >= CACHE_LIMIT:
+                self._not_modified.clear()
+            self._not_modified[cursor] = head
+        return head
+
+    def cors(self, location: SubscriberLocation, origin: str | None) -> bytes:
         key = (id(location), origin)
-        headers = self._cors.get(key)
-        if headers is None:
-            headers = cors_headers(location, origin)
+        lines = self._cors.get(key)
+        if lines is None:
+            lines = header_lines(cors_headers(location, origin))
             if len(self._cors) >= CACHE_LIMIT:
                 self._cors.clear()
-            self._cors[key] = headers
-        return headers
+            self._cors[key] = lines
+        return lines
 
-    def date(self) -> str:
+    def date(self) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
-            self._date = (now, email.utils.formatdate(now, usegmt=True))
+            self._date = (now, f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode())
         return self._date[1]
 
 
-class EdgeRouter(tornado.httputil.HTTPServerConnectionDelegate):
+class EdgeRouter:
     """Sends subscriber-location requests to `SubscriberPoll`, everything else to Tornado."""
 
     def __init__(self, application: tornado.web.Application, subscribers: Subscribers) -> None:
         self.application = application
         self.subscribers = subscribers
 
-    def start_request(
-        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
-    ) -> tornado.httputil.HTTPMessageDelegate:
-        return Dispatch(self, server_conn, request_conn)
-
-    def on_close(self, server_conn: object) -> None:
-        self.application.on_close(server_conn)
-
-
-class Dispatch(tornado.httputil.HTTPMessageDelegate):
-    def __init__(
-        self, router: EdgeRouter, server_conn: object, request_conn: tornado.httputil.HTTPConnection
-    ) -> None:
-        self.router = router
-        self.server_conn = server_conn
-        self.request_conn = request_conn
-        self.target: tornado.httputil.HTTPMessageDelegate | None = None
-
-    def headers_received(
-        self,
-        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
-        headers: tornado.httputil.HTTPHeaders,
-    ) -> Any:
-        assert isinstance(start_line, tornado.httputil.RequestStartLine)
-        path = start_line.path.partition("?")[0]
-        found = self.router.subscribers.match(path)
-        if found is not None:
-            location, raw_channel_id = found
-            # HTTPServer only ever makes HTTP/1.1 connections.
-            connection = cast(tornado.http1connection.HTTP1Connection, self.request_conn)
-            self.target = SubscriberPoll(
-                self.router.subscribers, location, raw_channel_id, connection
-            )
-        else:
-            self.target = self.router.application.start_request(self.server_conn, self.request_conn)
-        return self.target.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes) -> Any:
-        assert self.target is not None
-        return self.target.data_received(chunk)
-
-    def finish(self) -> None:
-        assert self.target is not None
-        self.target.finish()
-
-    def on_connection_close(self) -> None:
-        if self.target is not None:
-            self.target.on_connection_close()
+    def __call__(self, connection: Connection, request: Request) -> Responder:
+        found = self.subscribers.match(request.path)
+        if found is None:
+            return TornadoResponder(self.application, connection, request)
+        location, raw_channel_id = found
+        return SubscriberPoll(self.subscribers, location, raw_channel_id, connection, request)
 
 
-class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
+class SubscriberPoll:
+    __slots__ = (
+        "shared",
+        "location",
+        "raw_channel_id",
+        "connection",
+        "request",
+        "cors",
+        "answered",
+        "buffer",
+        "waiter",
+        "timer",
+        "subscribed",
+        "channel_id",
+        "task",
+    )
+
     def __init__(
         self,
         shared: Subscribers,
         location: SubscriberLocation,
         raw_channel_id: str,
-        connection: tornado.http1connection.HTTP1Connection,
+        connection: Connection,
+        request: Request,
     ) -> None:
         self.shared = shared
         self.location = location
         self.raw_channel_id = raw_channel_id
         self.connection = connection
-        self.method = ""
-        self.headers = tornado.httputil.HTTPHeaders()
-        self.start_line: tornado.httputil.RequestStartLine | None = None
-        self.cors: list[tuple[str, str]] = []
+        self.request = request
+        self.cors = b""
         self.answered = False
         self.buffer: ChannelBuffer | None = None
         self.waiter: Waiter | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.request: tornado.httputil.HTTPServerRequest | None = None
+        # The request Django was told subscribed, so it hears when the poll ends.
+        self.subscribed: tornado.httputil.HTTPServerRequest | None = None
         self.channel_id = ""
         self.task: asyncio.Task[None] | None = None
 
-    def headers_received(
-        self,
-        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
-        headers: tornado.httputil.HTTPHeaders,
-    ) -> None:
-        assert isinstance(start_line, tornado.httputil.RequestStartLine)
-        self.start_line = start_line
-        self.method = start_line.method
-        self.headers = headers
-
-    def data_received(self, chunk: bytes) -> None:
+    def body(self, chunk: bytes) -> None:
         return None  # a body on a poll means nothing
 
-    def finish(self) -> None:
-        self.cors = self.shared.cors(self.location, self.headers.get("Origin"))
+    def complete(self) -> None:
+        origin = if_modified_since = if_none_match = None
+        # One pass over the headers for the three a poll reads.
+        for name, value in self.request.raw_headers:
+            lowered = name.lower()
+            if lowered == b"if-none-match":
+                if_none_match = _joined(if_none_match, value)
+            elif lowered == b"if-modified-since":
+                if_modified_since = _joined(if_modified_since, value)
+            elif lowered == b"origin":
+                origin = _joined(origin, value)
+        self.cors = self.shared.cors(self.location, origin)
         try:
-            self._begin()
+            self._begin(if_modified_since, if_none_match)
         except Refusal as refused:
             self._refuse(refused)
 
-    def _begin(self) -> None:
-        if self.method == "OPTIONS":
-            self._respond(200, preflight_headers(self.shared.config.cors_max_age))
+    def closed(self) -> None:
+        self._let_go()
+        self._finished()
+
+    def _begin(self, if_modified_since: str | None, if_none_match: str | None) -> None:
+        method = self.request.method
+        if method == "OPTIONS":
+            headers = [*preflight_headers(self.shared.config.cors_max_age), ("Content-Length", "0")]
+            self._respond(render_head(200, headers))
             return
-        if self.method not in SUBSCRIBER_METHODS:
+        if method not in SUBSCRIBER_METHODS:
             raise Refusal(
-                405,
-                f"method {self.method} not allowed here",
-                [("Allow", ", ".join(SUBSCRIBER_METHODS))],
+                405, f"method {method} not allowed here", [("Allow", ", ".join(SUBSCRIBER_METHODS))]
             )
         self.channel_id = channel_id = checked_channel_id(
             urllib.parse.unquote_to_bytes(self.raw_channel_id)
         )
         try:
-            cursor = self.shared.cursor(
-                self.headers.get(IF_MODIFIED_SINCE), self.headers.get(IF_NONE_MATCH)
-            )
+            cursor = self.shared.cursor(if_modified_since, if_none_match)
         except BadValidator as error:
             raise Refusal(400, str(error)) from None
         buffer = self.shared.feed.buffers.get(channel_id)
@@ -262,7 +253,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
 
     async def _subscribe(self) -> None:
         passthrough = self.shared.passthrough
-        request = self._server_request()
+        request = self.request.server_request()
         if not self.location.authorize:
             passthrough.subscribe(self.location, request, self.channel_id)
         else:
@@ -278,13 +269,7 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
             passthrough.unsubscribe(self.location, request, self.channel_id)
             return
         # From here on, however the poll ends, Django hears of it.
-        self.request = request
-
-    def _server_request(self) -> tornado.httputil.HTTPServerRequest:
-        assert self.start_line is not None
-        return tornado.httputil.HTTPServerRequest(
-            connection=self.connection, start_line=self.start_line, headers=self.headers
-        )
+        self.subscribed = request
 
     # -- serving -------------------------------------------------------------------
 
@@ -315,7 +300,6 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
             self.shared.config.long_poll_timeout,
             lambda: self._woken(None, False, cursor, released=True),
         )
-        self.connection.set_close_callback(self._client_left)
 
     def _woken(
         self, held: Held | None, missed: bool, cursor: Cursor, released: bool = False
@@ -338,51 +322,47 @@ class SubscriberPoll(tornado.httputil.HTTPMessageDelegate):
             self.waiter = None
             self.shared.feed.touch(buffer)
 
-    def _client_left(self) -> None:
-        self._let_go()
-        self._finished()
-
-    def on_connection_close(self) -> None:
-        self._client_left()
-
     # -- responses -------------------------------------------------------------------
 
     def _answer(self, held: Held, missed: bool) -> None:
-        headers = [*held.headers, (MESSAGES_MISSED, "1")] if missed else held.headers
-        self._respond(200, headers, held.message.body)
+        head = held.head + MISSED_LINE if missed else held.head
+        self._respond(head, held.message.body, status="200")
 
     def _not_modified(self, cursor: Cursor) -> None:
-        self._respond(304, echo_headers(cursor))
+        self._respond(self.shared.not_modified(cursor), status="304")
 
     def _refuse(self, refused: Refusal) -> None:
-        headers = [*refused.headers, ("Content-Type", "text/plain; charset=utf-8")]
-        self._respond(refused.status_code, headers, (refused.why + "\n").encode())
+        body = (refused.why + "\n").encode()
+        headers = [
+            *refused.headers,
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ]
+        self._respond(render_head(refused.status_code, headers), body)
 
-    def _respond(self, status: int, headers: Sequence[tuple[str, str]], body: bytes = b"") -> None:
+    def _respond(self, head: bytes, body: bytes = b"", status: str = "") -> None:
+        """Write one answer: `head` from `render_head`, then the lines of this request."""
         if self.answered:
             return
         self._finished()
+        shared = self.shared
         connection = self.connection
-        if connection.stream is None or connection.stream.closed():
-            return
-        response = tornado.httputil.HTTPHeaders()
-        for name, value in self.cors:
-            response.add(name, value)
-        for name, value in headers:
-            response.add(name, value)
-        response["Date"] = self.shared.date()
-        if status != 304:
-            response["Content-Length"] = str(len(body))
-        start = tornado.httputil.ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase)
-        connection.write_headers(start, response, chunk=body or None)
+        connection.send(
+            b"".join((head, self.cors, shared.date(), self.request.connection_line(), CRLF, body))
+        )
         connection.finish()
-        self.shared.responses[str(status)] += 1
+        shared.responses[status or head[9:12].decode()] += 1
 
     def _finished(self) -> None:
         """The poll is over: Django hears it was (once), nothing more is written."""
         if self.answered:
             return
         self.answered = True
-        if self.request is not None:
-            self.shared.passthrough.unsubscribe(self.location, self.request, self.channel_id)
-            self.request = None
+        if self.subscribed is not None:
+            self.shared.passthrough.unsubscribe(self.location, self.subscribed, self.channel_id)
+            self.subscribed = None
+
+
+def _joined(found: str | None, value: bytes) -> str:
+    text = value.decode("latin-1")
+    return text if found is None else f"{found},{text}"
