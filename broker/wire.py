@@ -6,10 +6,15 @@ frame by hand. It imports nothing from Django.
 
 Three socket pairs carry it:
 
-* ingress, DEALER -> ROUTER: `[header, body]` per publish, each naming its
+* ingress, DEALER -> ROUTER: one frame per publish, a msgpack array
+  ``[version, publisher, seq, channel_id, content_type, body]`` naming its
   publisher and that publisher's sequence number; the broker answers with
   cumulative acknowledgements, so a publisher can send again what a dead
-  connection swallowed and the broker can drop what it already has;
+  connection swallowed and the broker can drop what it already has. An
+  array, not a map, and one frame, not a header and a body, because this
+  is `send_update`'s hot path: each frame is a socket call. The broker
+  still reads the first format, ``[header, body]`` with a header map, from
+  publishers not yet upgraded (so upgrade brokers first);
 * events, XPUB -> SUB: `[topic, header]` or `[topic, header, body]`;
   a channel's topic is its UTF-8 id followed by NUL, so the subscription
   for channel ``a`` never matches channel ``ab``; heartbeats travel on the
@@ -17,7 +22,7 @@ Three socket pairs carry it:
   may not contain NUL;
 * control, DEALER -> ROUTER: `[header, *bodies]` requests and replies.
 
-Headers are msgpack maps carrying the format version under ``v``; bodies
+Other headers are msgpack maps carrying the format version under ``v``; bodies
 are opaque bytes passed through untouched from the publisher to the
 browser. The trap: a frame from the network is untrusted, so every
 ``decode_*`` raises `WireError` rather than anything else on bad input.
@@ -139,8 +144,9 @@ def _bytes(frame: Any) -> bytes:
 # -- ingress: publishers to the broker ---------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
+class Publish(NamedTuple):
+    # A tuple, not a frozen dataclass: the broker makes one per message, and a
+    # frozen dataclass's __init__ costs as much as decoding the frame.
     channel_id: str
     content_type: str | None
     body: bytes
@@ -163,23 +169,71 @@ class Ack:
     gap: bool = False
 
 
+class PublishPacker:
+    """Packs publishes into their one frame, reusing one msgpack buffer.
+
+    Not thread-safe (the buffer is shared): one per sending socket.
+    """
+
+    __slots__ = ("_pack",)
+
+    def __init__(self) -> None:
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+
+    def __call__(
+        self, channel_id: str, body: bytes, content_type: str | None, publisher: bytes, seq: int
+    ) -> bytes:
+        packed: bytes = self._pack([VERSION, publisher, seq, channel_id, content_type, body])
+        return packed
+
+
 def encode_publish(
     channel_id: str, body: bytes, content_type: str | None, publisher: bytes, seq: int
 ) -> list[bytes]:
-    return [_pack({"c": channel_id, "t": content_type, "p": publisher, "s": seq}), body]
+    packed: bytes = msgpack.packb(
+        [VERSION, publisher, seq, channel_id, content_type, body], use_bin_type=True
+    )
+    return [packed]
 
 
-def decode_publish(frames: Sequence[bytes]) -> Publish:
-    if len(frames) != 2:
-        raise WireError(f"publish has {len(frames)} frames, expected 2")
-    header = _unpack(_bytes(frames[0]))
-    publisher = header.get("p")
-    seq = header.get("s")
+def _checked_publish(
+    channel_id: Any, content_type: Any, body: bytes, publisher: Any, seq: Any
+) -> Publish:
     if not isinstance(publisher, bytes) or not publisher:
         raise WireError("publish without a publisher id")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise WireError(f"publish sequence number {seq!r} is not a whole number")
-    return Publish(_channel(header), _optional_str(header, "t"), _bytes(frames[1]), publisher, seq)
+    if not isinstance(channel_id, str):
+        raise WireError(f"channel id is {type(channel_id).__name__}, expected str")
+    problem = channel_id_problem(channel_id)
+    if problem:
+        raise WireError(problem)
+    if content_type is not None and not isinstance(content_type, str):
+        raise WireError(f"content type is {type(content_type).__name__}, expected str or nil")
+    return Publish(channel_id, content_type, body, publisher, seq)
+
+
+def decode_publish(frames: Sequence[bytes]) -> Publish:
+    if len(frames) == 1:
+        try:
+            fields = msgpack.unpackb(_bytes(frames[0]), raw=False)
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            raise WireError(f"publish is not msgpack: {exc}") from None
+        if not isinstance(fields, list) or len(fields) != 6:
+            raise WireError("publish is not an array of 6 fields")
+        version, publisher, seq, channel_id, content_type, body = fields
+        if version != VERSION:
+            raise WireError(f"wire version {version!r}, expected {VERSION}")
+        if not isinstance(body, bytes):
+            raise WireError(f"publish body is {type(body).__name__}, expected bytes")
+        return _checked_publish(channel_id, content_type, body, publisher, seq)
+    if len(frames) == 2:
+        # The first format: a header map and the body in a frame of its own.
+        header = _unpack(_bytes(frames[0]))
+        return _checked_publish(
+            header.get("c"), header.get("t"), _bytes(frames[1]), header.get("p"), header.get("s")
+        )
+    raise WireError(f"publish has {len(frames)} frames, expected 1 (or 2 in the first format)")
 
 
 def encode_ack(ack: Ack) -> list[bytes]:

@@ -45,6 +45,13 @@ Nothing here blocks a sender longer than ``send_timeout``. Writes use
 messages wait in ``unacked`` instead. Reachability comes from a socket
 monitor; ZMTP heartbeats make a frozen broker show up as a disconnect.
 
+What a message costs: asking a socket whether anything arrived costs as
+much as writing to it, so a sender that keeps sending looks at its monitor
+and takes its acks only every ``CHECK_INTERVAL`` (5 ms) or ``CHECK_EVERY``
+messages, at once when a write fails or the connection is down, and
+before the queue can reach ``send_queue_size``; in between a message is
+packed into one frame and written, nothing more.
+
 The traps:
 
 * an outage is counted from the moment a sender or the flusher noticed
@@ -97,10 +104,21 @@ FLUSH_INTERVAL = 0.1
 RESEND_AFTER = 2.0
 # How long a wait for acks sleeps at most before looking again.
 POLL_SLICE = 0.05
+# A sender looks at its monitor and takes its acks at most this long apart
+# while it keeps sending (each look costs as much as a write), and at once
+# when its connection is down. Far below the reconnection interval, so a new
+# connection is always seen before anything is written on it; see
+# `_Publisher.send`.
+CHECK_INTERVAL = 0.005
+# libzmq's default, set explicitly because `CHECK_INTERVAL` relies on it:
+# a dropped connection is made again no sooner than this (plus up to as
+# much again at random).
+RECONNECT_IVL_MS = 100
+# ... and after this many more messages are queued unacknowledged.
+CHECK_EVERY = 256
 # Plain ints: pyzmq's flag enums cost more than the socket calls on this path.
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 def _readable(sock: zmq.Socket[bytes]) -> bool:
@@ -155,16 +173,22 @@ class _Publisher:
         self.closed = False
         self.identity = os.urandom(16)
         self.next_seq = 0
-        # (seq, frames), seq contiguous and increasing: everything the broker
+        # (seq, frame), seq contiguous and increasing: everything the broker
         # has not acknowledged yet.
-        self.unacked: deque[tuple[int, list[bytes]]] = deque()
+        self.unacked: deque[tuple[int, bytes]] = deque()
         self.acked = -1
         # The newest seq written on the current connection; never below `acked`.
         self.written_upto = -1
         # When `acked` last moved, or a wait for it began.
         self.progress_at = time.monotonic()
+        # When `send` next looks at the monitor and the acks, or once the
+        # queue is this long: the cheap path in between only writes.
+        self.check_at = 0.0
+        self.check_len = 0
+        self.pack = wire.PublishPacker()
         self.socket: zmq.Socket[bytes] = process.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.socket.setsockopt(zmq.SNDHWM, config.queue_size)
         # Acks are small and cumulative; never let the broker drop one for want of room.
         self.socket.setsockopt(zmq.RCVHWM, 0)
@@ -256,20 +280,14 @@ class _Publisher:
             len(self.unacked),
         )
         self.identity = os.urandom(16)
-        entries = [wire.decode_publish(frames) for _, frames in self.unacked]
+        entries = [wire.decode_publish((frame,)) for _, frame in self.unacked]
         self.unacked = deque(
-            (seq, wire.encode_publish(p.channel_id, p.body, p.content_type, self.identity, seq))
+            (seq, self.pack(p.channel_id, p.body, p.content_type, self.identity, seq))
             for seq, p in enumerate(entries)
         )
         self.next_seq = len(entries)
         self.acked = self.written_upto = -1
         self.progress_at = time.monotonic()
-
-    def append(self, channel_id: str, body: bytes, content_type: str | None) -> None:
-        seq = self.next_seq
-        frames = wire.encode_publish(channel_id, body, content_type, self.identity, seq)
-        self.unacked.append((seq, frames))
-        self.next_seq = seq + 1
 
     def write_due(self) -> None:
         """Write, oldest first, every message past `written_upto`; stops when the socket
@@ -281,13 +299,11 @@ class _Publisher:
             self.progress_at = time.monotonic()
         unacked, sock = self.unacked, self.socket
         for index in range(len(unacked) - due, len(unacked)):
-            seq, (header, body) = unacked[index]
+            seq, frame = unacked[index]
             try:
-                sock.send(header, _MORE_NOBLOCK)
+                sock.send(frame, _NOBLOCK)
             except zmq.Again:
                 return
-            # Once the first frame is taken, ZeroMQ takes the rest of the message.
-            sock.send(body, _NOBLOCK)
             self.written_upto = seq
 
     def flush(self) -> None:
@@ -300,6 +316,78 @@ class _Publisher:
         ):
             self.written_upto = self.acked
         self.write_due()
+
+    def send(self, channel_id: str, body: bytes, content_type: str | None, fresh: bool) -> None:
+        """Queue one message and write it if it may go now, or raise `PushServerError`.
+
+        Looking at the monitor and at the acks costs as much as the write, so
+        it is done every `CHECK_INTERVAL` or `CHECK_EVERY` messages, after a
+        pause, and on every call while the connection is down or was just
+        made. Writing between looks is safe: libzmq makes a new connection
+        no sooner than `RECONNECT_IVL` after the old one died, far longer than
+        `CHECK_INTERVAL`, so a look sees the new connection's handshake (and
+        has the unacknowledged tail written again, oldest first) before
+        anything is written on it. As before, a thread stalled between a look
+        and its write for longer than that is the one exception.
+        """
+        process = self.process
+        config = process.config
+        if len(body) > config.max_message_size:
+            raise PushServerError(
+                f"message for channel {channel_id!r} is {len(body)} bytes, "
+                f"more than max_message_size ({config.max_message_size})"
+            )
+        now = time.monotonic()
+        unacked = self.unacked
+        if fresh or not self.connected or now >= self.check_at or len(unacked) >= self.check_len:
+            self._check(now, fresh)
+        seq = self.next_seq
+        frame = self.pack(channel_id, body, content_type, self.identity, seq)
+        was_empty = not unacked
+        unacked.append((seq, frame))
+        self.next_seq = seq + 1
+        if self.written_upto == seq - 1:
+            # Nothing older waits to be written: this one alone.
+            if self.written_upto == self.acked:
+                self.progress_at = now
+            try:
+                self.socket.send(frame, _NOBLOCK)
+                self.written_upto = seq
+            except zmq.Again:
+                # No connection (or a full one): look at the monitor next time.
+                self.check_at = 0.0
+        else:
+            self.write_due()
+        # The flusher ends only once every queue is empty, so a queue that was
+        # not empty already has one; `None` also retries one that failed to start.
+        if was_empty or process.flusher is None:
+            process.ensure_flusher()
+
+    def _check(self, started: float, fresh: bool) -> None:
+        """Bring connection state and acks up to date; raise when the message must be refused."""
+        process = self.process
+        config = process.config
+        now = _observe(process, self, config.send_timeout if fresh else 0.0)
+        if not self.connected and not process.reachable_lately(now):
+            raise PushServerError(
+                f"could not reach the push broker at {config.endpoint} "
+                f"for {process.unreachable_for(now):.1f} s"
+            )
+        self.flush()
+        # Connected but behind: acks may make room within the bound.
+        if len(self.unacked) >= config.queue_size and (
+            not self.connected
+            or not self.wait_for_acks(
+                lambda: len(self.unacked) < config.queue_size,
+                started + config.send_timeout,
+            )
+        ):
+            raise PushServerError(
+                f"the queue of {config.queue_size} messages for the push broker at "
+                f"{config.endpoint} is full"
+            )
+        self.check_at = time.monotonic() + CHECK_INTERVAL
+        self.check_len = min(len(self.unacked) + CHECK_EVERY, config.queue_size)
 
     def wait_for_acks(self, until: Callable[[], bool], deadline: float) -> bool:
         """Flush until `until()` holds or `deadline` (monotonic) passes; returns `until()`."""
@@ -515,40 +603,22 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def publish(channel_id: str, body: bytes, content_type: str | None) -> None:
     """Queue one message for the broker, or raise `PushServerError`; blocks at most
     ``send_timeout``. `send_update` is the public way in."""
-
-    def send(process: _Process, publisher: _Publisher, fresh: bool) -> None:
-        config = process.config
-        if len(body) > config.max_message_size:
-            raise PushServerError(
-                f"message for channel {channel_id!r} is {len(body)} bytes, "
-                f"more than max_message_size ({config.max_message_size})"
-            )
-        started = time.monotonic()
-        now = _observe(process, publisher, config.send_timeout if fresh else 0.0)
-        if not publisher.connected and not process.reachable_lately(now):
-            raise PushServerError(
-                f"could not reach the push broker at {config.endpoint} "
-                f"for {process.unreachable_for(now):.1f} s"
-            )
-        publisher.flush()
-        # Connected but behind: acks may make room within the bound.
-        if len(publisher.unacked) >= config.queue_size and (
-            not publisher.connected
-            or not publisher.wait_for_acks(
-                lambda: len(publisher.unacked) < config.queue_size,
-                started + config.send_timeout,
-            )
-        ):
-            raise PushServerError(
-                f"the queue of {config.queue_size} messages for the push broker at "
-                f"{config.endpoint} is full"
-            )
-        publisher.append(channel_id, body, content_type)
-        publisher.write_due()
-        if publisher.unacked:
-            process.ensure_flusher()
-
-    _with_publisher(send)
+    # `_with_publisher` inlined: this is the per-message path.
+    for _ in range(2):
+        process = _current_process()
+        publisher: _Publisher | None = getattr(_local, "publisher", None)
+        fresh = publisher is None or publisher.process is not process
+        if fresh:
+            publisher = process.add_publisher()
+            if publisher is None:
+                continue
+            _local.publisher = publisher
+        assert publisher is not None
+        with publisher.lock:
+            if not publisher.retired and not publisher.closed:
+                publisher.send(channel_id, body, content_type, fresh)
+                return
+    raise PushServerError("the push sender was closed while in use; try again")
 
 
 def broker_connected(timeout: float = 0.0) -> bool:

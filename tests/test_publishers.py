@@ -90,14 +90,21 @@ def test_a_publisher_silent_for_an_hour_is_forgotten_and_any_message_refreshes_i
 # -- the frames --------------------------------------------------------------
 
 
-def test_a_publish_carries_its_publisher_and_number() -> None:
+def test_a_publish_carries_its_publisher_and_number_in_one_frame() -> None:
     frames = wire.encode_publish("news", b'{"a":1}', "application/json", A, 12)
-    assert len(frames) == 2 and frames[1] == b'{"a":1}'
+    assert len(frames) == 1
     assert wire.decode_publish(frames) == wire.Publish(
         "news", "application/json", b'{"a":1}', A, 12
     )
     no_type = wire.decode_publish(wire.encode_publish("news", b"", None, B, 0))
     assert (no_type.content_type, no_type.body, no_type.seq) == (None, b"", 0)
+
+
+def test_the_packer_a_sender_keeps_writes_what_encode_publish_writes() -> None:
+    pack = wire.PublishPacker()
+    for seq, body in enumerate([b"", b"x" * 70_000, b'{"a":1}']):
+        frame = pack("news", body, "application/json", A, seq)
+        assert [frame] == wire.encode_publish("news", body, "application/json", A, seq)
 
 
 def test_publish_frames_also_decode_from_pyzmq_frame_objects() -> None:
@@ -107,6 +114,25 @@ def test_publish_frames_also_decode_from_pyzmq_frame_objects() -> None:
 
 def header(**fields: object) -> bytes:
     packed: bytes = msgpack.packb({"v": wire.VERSION, **fields}, use_bin_type=True)
+    return packed
+
+
+def first_format(
+    channel: str, body: bytes, content_type: str | None, publisher: bytes, seq: int
+) -> list[bytes]:
+    """A publish as senders before the one-frame format wrote it: a header map, then the body."""
+    return [header(c=channel, t=content_type, p=publisher, s=seq), body]
+
+
+def test_a_publish_in_the_first_format_still_decodes() -> None:
+    frames = first_format("news", b'{"a":1}', "application/json", A, 12)
+    assert wire.decode_publish(frames) == wire.Publish(
+        "news", "application/json", b'{"a":1}', A, 12
+    )
+
+
+def fields(*values: object) -> bytes:
+    packed: bytes = msgpack.packb(list(values), use_bin_type=True)
     return packed
 
 
@@ -122,9 +148,23 @@ def header(**fields: object) -> bytes:
         ([header(c="news", t=None, p=A, s=1.5), b""], "sequence number 1.5"),
         ([header(c="news", t=None, p=A, s="1"), b""], "sequence number '1'"),
         ([header(c="", t=None, p=A, s=0), b""], "channel id is empty"),
-        ([header(c="news", t=None, p=A, s=0)], "1 frames, expected 2"),
-        ([header(c="news", t=None, p=A, s=0), b"", b""], "3 frames, expected 2"),
+        ([header(c=7, t=None, p=A, s=0), b""], "channel id is int"),
+        ([header(c="news", t=3, p=A, s=0), b""], "content type is int"),
+        ([header(c="news", t=None, p=A, s=0), b"", b""], "3 frames, expected 1"),
+        ([], "0 frames, expected 1"),
         ([b"\xc1garbage", b""], "not msgpack"),
+        ([b"\xc1garbage"], "not msgpack"),
+        ([header(c="news", t=None, p=A, s=0)], "not an array of 6 fields"),
+        ([fields(wire.VERSION, A, 0, "news", None)], "not an array of 6 fields"),
+        ([fields(wire.VERSION + 1, A, 0, "news", None, b"")], "wire version 2"),
+        ([fields(wire.VERSION, b"", 0, "news", None, b"")], "without a publisher id"),
+        ([fields(wire.VERSION, "text", 0, "news", None, b"")], "without a publisher id"),
+        ([fields(wire.VERSION, A, -1, "news", None, b"")], "sequence number -1"),
+        ([fields(wire.VERSION, A, True, "news", None, b"")], "sequence number True"),
+        ([fields(wire.VERSION, A, 0, "", None, b"")], "channel id is empty"),
+        ([fields(wire.VERSION, A, 0, "a\0b", None, b"")], "channel id contains NUL"),
+        ([fields(wire.VERSION, A, 0, b"news", None, b"")], "channel id is bytes"),
+        ([fields(wire.VERSION, A, 0, "news", None, "text")], "body is str"),
     ],
 )
 def test_a_bad_publish_is_a_wire_error(frames: list[bytes], problem: str) -> None:
@@ -292,3 +332,17 @@ def test_a_broker_without_history_starts_a_publisher_wherever_it_resumes(
         assert raw.ack_for(1) == wire.Ack(A, 1)
     finally:
         broker.stop()
+
+
+def test_the_broker_still_takes_publishes_in_the_first_format(
+    context: zmq.Context[zmq.Socket[bytes]],
+    broker: ThreadBroker,
+    connect: Callable[[str], RawPublisher],
+) -> None:
+    raw = connect(broker.ingress)
+    raw.socket.send_multipart(first_format("old", b"first format", None, A, 0))
+    assert raw.ack() == wire.Ack(A, 0)
+    raw.send("old", 1)
+    raw.socket.send_multipart(first_format("old", b"first format again", None, A, 1))
+    assert raw.ack_for(1) == wire.Ack(A, 1)
+    assert bodies(context, broker, "old") == [b"first format", b"publisher-a:1"]

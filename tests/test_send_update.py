@@ -749,6 +749,42 @@ def test_without_a_history_file_unacknowledged_messages_are_sequenced_again(
         broker.stop()
 
 
+def test_a_connected_broker_that_does_not_acknowledge_fills_the_queue_at_its_size(
+    broker: ThreadBroker, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks are taken in batches, yet the bound is the queue's size, counted exactly."""
+    from pushserver import sender
+    from pushserver.utils import updates
+
+    configure(broker.ingress, send_queue_size=40)
+    swallow_acks(monkeypatch, broker)
+    for number in range(40):
+        updates.send_update("unacknowledged", number)
+    started = time.monotonic()
+    with pytest.raises(PushServerError, match="the queue of 40 messages for the push broker"):
+        updates.send_update("unacknowledged", 40)
+    # It waited for acks up to send_timeout before refusing.
+    assert SEND_TIMEOUT - 0.1 <= time.monotonic() - started < SEND_TIMEOUT + 1
+    assert sender.pending() == 40
+
+
+def test_a_long_burst_past_the_queue_size_arrives_once_and_in_order(
+    broker: ThreadBroker, configure: Callable[..., None], events: Events
+) -> None:
+    """Many times `CHECK_EVERY` messages from one thread, waiting on acks for room."""
+    from pushserver import sender
+    from pushserver.utils import updates
+
+    count = sender.CHECK_EVERY * 8 + 3
+    configure(broker.ingress, send_queue_size=sender.CHECK_EVERY + 10)
+    events.subscribe("burst")
+    for number in range(count):
+        updates.send_update("burst", number)
+    assert [int(events.receive().body) for _ in range(count)] == list(range(count))
+    assert events.nothing_more()
+    eventually(lambda: sender.pending() == 0, what="every ack")
+
+
 # -- a broker killed with SIGKILL under a steady stream -----------------------
 
 

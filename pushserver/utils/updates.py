@@ -8,19 +8,25 @@ and their failure policy live in `pushserver.sender`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from broker.wire import channel_id_problem
+from broker.wire import MAX_CHANNEL_ID_BYTES, channel_id_problem
 from pushserver import PushServerError, conf, sender, signals
 
 CONTENT_TYPE = "application/json"
+# A str this short cannot exceed MAX_CHANNEL_ID_BYTES in UTF-8 (4 bytes a
+# code point at most), so its length needs no encoding to check.
+_SHORT_CHANNEL_ID = MAX_CHANNEL_ID_BYTES // 4
 
 log = logging.getLogger("pushserver")
+# One encoder for every call: `json.dumps(cls=...)` builds a new one each time.
+_encode = DjangoJSONEncoder(separators=(",", ":")).encode
+# The signals' sender, as in the original django-pushserver.
+_MODULE = sys.modules[__name__]
 
 
 def send_update(
@@ -40,19 +46,22 @@ def send_update(
     """
     if not isinstance(channel_id, str):
         raise TypeError(f"channel_id must be a str, got {type(channel_id).__name__}")
-    problem = channel_id_problem(channel_id)
-    if problem is not None:
-        raise ValueError(f"{problem}: {channel_id[:80]!r}")
+    if not channel_id or len(channel_id) > _SHORT_CHANNEL_ID or "\0" in channel_id:
+        problem = channel_id_problem(channel_id)
+        if problem is not None:
+            raise ValueError(f"{problem}: {channel_id[:80]!r}")
     body = _body(data, already_serialized)
-    module = sys.modules[__name__]
-    signals.pre_send_update.send(
-        sender=module, channel_id=channel_id, data=data, already_serialized=already_serialized
-    )
+    # `Signal.send` returns at once without receivers too, but only after its
+    # keyword arguments are built and it is called: a cost on every message.
+    if signals.pre_send_update.receivers:
+        signals.pre_send_update.send(
+            sender=_MODULE, channel_id=channel_id, data=data, already_serialized=already_serialized
+        )
     try:
         sender.publish(channel_id, body, CONTENT_TYPE)
     except PushServerError as error:
         signals.post_send_update.send(
-            sender=module,
+            sender=_MODULE,
             channel_id=channel_id,
             data=data,
             already_serialized=already_serialized,
@@ -62,13 +71,14 @@ def send_update(
             log.warning("update for channel %r was not sent: %s", channel_id, error)
             return
         raise
-    signals.post_send_update.send(
-        sender=module,
-        channel_id=channel_id,
-        data=data,
-        already_serialized=already_serialized,
-        error=None,
-    )
+    if signals.post_send_update.receivers:
+        signals.post_send_update.send(
+            sender=_MODULE,
+            channel_id=channel_id,
+            data=data,
+            already_serialized=already_serialized,
+            error=None,
+        )
 
 
 async def asend_update(
@@ -83,7 +93,11 @@ async def asend_update(
 
 def _body(data: Any, already_serialized: bool) -> bytes:
     if not already_serialized:
-        return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode("utf-8")
+        return _encode(data).encode("utf-8")
+    if type(data) is str:
+        return data.encode("utf-8")
+    if type(data) is bytes:
+        return data
     if isinstance(data, str):
         return data.encode("utf-8")
     if isinstance(data, bytes | bytearray | memoryview):
