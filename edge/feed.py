@@ -31,6 +31,8 @@ log = logging.getLogger("pushserver.edge")
 # is sent again (the marker may have been dropped, or the broker was away).
 RESUBSCRIBE_AFTER = 1.0
 SWEEP_INTERVAL = 1.0
+# Presence reports to the broker, at most this often (seconds) while counts keep changing.
+PRESENCE_INTERVAL = 0.02
 
 
 class BrokerUnavailable(Exception):
@@ -51,6 +53,7 @@ class Feed:
         self._subscribed_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        self._flushed_at = 0.0
         self._last_heartbeat = 0.0
         self.broker_away = False
         self._live_seen = 0
@@ -139,16 +142,28 @@ class Feed:
             self._replies.pop(request_id, None)
 
     def touch(self, buffer: ChannelBuffer) -> None:
-        """The channel's held polls or latest request changed: tell the broker soon."""
+        """The channel's held polls or latest request changed: tell the broker soon.
+
+        At once after a quiet spell, so a publish right after a poll arrived
+        already counts it; under load at most every PRESENCE_INTERVAL, since
+        counts that change on every turn of the loop would otherwise cost a
+        message to the broker per turn.
+        """
         self._dirty.add(buffer.channel_id)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_presence)
+            loop = asyncio.get_running_loop()
+            wait = self._flushed_at + PRESENCE_INTERVAL - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush_presence)
+            else:
+                loop.call_soon(self._flush_presence)
 
     # -- presence --------------------------------------------------------------
 
     def _flush_presence(self) -> None:
         self._flush_scheduled = False
+        self._flushed_at = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, set()
         counts = {}
         for channel_id in dirty:

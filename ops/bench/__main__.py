@@ -1,6 +1,7 @@
 """Benchmarks side by side with Nchan, in one run on one machine by one client.
 
-    python -m ops.bench [--quick] [--targets embedded,cluster,nchan] [--json FILE]
+    python -m ops.bench [--quick] [--targets embedded,cluster,nchan] [--workloads w1,...,w5]
+                        [--json FILE]
 
 Starts each target in turn, runs W1–W5 against it, stops it, then prints
 one table with each figure's ratio to Nchan's and writes the JSON file. A
@@ -62,20 +63,29 @@ def raise_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def run_target(target: Target, sizes: Sizes) -> list[Result]:
+ASYNC_WORKLOADS = {
+    "w1": w1_latency,
+    "w2": w2_throughput,
+    "w3": w3_channels,
+    "w4": w4_idle_and_burst,
+}
+WORKLOADS = [*ASYNC_WORKLOADS, "w5"]
+
+
+def run_target(target: Target, sizes: Sizes, chosen: list[str]) -> list[Result]:
     target.start()
     try:
 
         async def workloads() -> list[Result]:
             return [
-                await w1_latency(target, sizes),
-                await w2_throughput(target, sizes),
-                await w3_channels(target, sizes),
-                await w4_idle_and_burst(target, sizes),
+                await workload(target, sizes)
+                for name, workload in ASYNC_WORKLOADS.items()
+                if name in chosen
             ]
 
         results = run(workloads)
-        results.append(w5_publish(target, sizes))
+        if "w5" in chosen:
+            results.append(w5_publish(target, sizes))
         return results
     finally:
         target.stop()
@@ -116,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute in all")
     parser.add_argument("--targets", default="embedded,cluster,nchan")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. w2,w4")
     parser.add_argument("--json", type=Path, default=Path("ops/bench/results.json"))
     for name, default in dataclasses.asdict(Sizes()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None)
@@ -131,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; choose from {sorted(TARGETS)}")
+    chosen = [name.strip().lower() for name in options.workloads.split(",") if name.strip()]
+    if set(chosen) - set(WORKLOADS):
+        parser.error(
+            f"unknown workloads {sorted(set(chosen) - set(WORKLOADS))}; choose from {WORKLOADS}"
+        )
     configure_django()
     raise_open_files()
     # Nothing may expire or be pushed out during a run: every subscriber must be
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in targets:
             print(f"running {name} …", file=sys.stderr, flush=True)
-            results += run_target(TARGETS[name](name, folder / name, limits), sizes)
+            results += run_target(TARGETS[name](name, folder / name, limits), sizes, chosen)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     faults = [r for r in results if not r.faults.clean]
