@@ -216,3 +216,36 @@ def test_a_client_leaving_a_held_poll_is_noticed_at_once(patient: Server, how: s
         if how == "reset":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     eventually(lambda: (info(base, channel) or {}).get("subscribers") == 0, 10, "the poll to end")
+
+
+def test_an_upgrade_request_gets_an_ordinary_answer_and_the_connection_closes(
+    server: Server,
+) -> None:
+    _, base = server
+    channel = fresh("upgrade")
+    publish(base, channel, "plain http")
+    with raw(base) as (sock, stream):
+        sock.sendall(
+            get(path("updates", channel), "Connection: Upgrade", "Upgrade: websocket")
+            + b"\x81\x05hello"
+        )
+        status, _, body = read_response(stream)
+        assert (status, body) == (200, b"plain http")
+        assert closed(sock, stream)
+
+
+def test_a_body_over_the_size_limit_gets_413_wherever_it_is_sent(server: Server) -> None:
+    _, base = server
+    limit = 2 * 1024 * 1024  # PROTOCOL_SETTINGS' max_message_size
+    with raw(base) as (sock, stream):
+        sock.sendall(
+            f"POST {path('updates', fresh('big-body'))} HTTP/1.1\r\nHost: edge\r\n"
+            f"Content-Length: {2 * limit}\r\n\r\n".encode()
+        )
+        # Just past the limit, so nothing unread is left when the edge closes.
+        sock.sendall(b"b" * (limit + 100))
+        status, headers, body = read_response(stream)
+        assert status == 413
+        assert b"too large" in body
+        assert headers["connection"] == "close"
+        assert closed(sock, stream)
