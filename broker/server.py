@@ -41,7 +41,7 @@ _RCVMORE = int(zmq.RCVMORE)
 
 STOP_LINGER_MS = 500
 # Publishes read before the acks go out and other tasks get a turn.
-INGRESS_BATCH = 1000
+INGRESS_BATCH = 250
 
 
 @dataclass(frozen=True, slots=True)
