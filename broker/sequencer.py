@@ -65,29 +65,33 @@ class Sequencer:
             self._channels[channel_id] = channel
         return channel
 
-    def _next_id(self, channel: Channel) -> MessageId:
-        now = max(int(self._clock()), self.first_time)
-        newest = max(filter(None, (channel.last, channel.after)), default=None)
-        if newest is None or newest.time < now:
-            return MessageId(now, 0)
+    def _next_id(self, channel: Channel, now: float) -> MessageId:
+        second = max(int(now), self.first_time)
+        newest = channel.last
+        after = channel.after
+        if newest is None or (after is not None and after > newest):
+            newest = after
+        if newest is None or newest.time < second:
+            return MessageId(second, 0)
         return MessageId(newest.time, newest.tag + 1)
 
     def publish(self, channel_id: str, content_type: str | None, body: bytes) -> Message:
         """Sequence a message and keep it; returns it as edges must receive it."""
-        channel = self._create(channel_id)
+        channel = self._channels.get(channel_id) or self._create(channel_id)
+        now = self._clock()
         message = Message(
-            channel_id, self._next_id(channel), channel.last, None, content_type, body
+            channel_id, self._next_id(channel, now), channel.last, None, content_type, body
         )
         channel.last = message.id
         channel.messages.append(message)
-        self._trim(channel, self._clock())
-        if self.limits.message_timeout > 0:
-            self._expiries.append((message.id.time + self.limits.message_timeout, channel_id))
-        if channel.floor is None:
+        self._trim(channel, now)
+        timeout = self.limits.message_timeout
+        if timeout > 0:
+            self._expiries.append((message.id.time + timeout, channel_id))
+        floor = channel.floor
+        if floor is None:
             return message
-        return Message(
-            channel_id, message.id, message.prev, channel.floor, content_type, message.body
-        )
+        return Message(channel_id, message.id, message.prev, floor, content_type, body)
 
     def restore(self, message: Message) -> None:
         """Keep a message sequenced by an earlier run, as it was (history replay)."""

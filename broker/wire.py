@@ -30,6 +30,7 @@ browser. The trap: a frame from the network is untrusted, so every
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -82,9 +83,18 @@ def channel_of(topic_frame: bytes) -> str:
         raise WireError(f"topic is not UTF-8: {exc}") from None
 
 
+_packers = threading.local()
+
+
 def _pack(header: dict[str, Any]) -> bytes:
+    # msgpack.packb builds a Packer per call, as costly as the packing; a Packer
+    # is not thread-safe (senders pack on their own threads), so one per thread.
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
     header["v"] = VERSION
-    packed: bytes = msgpack.packb(header, use_bin_type=True)
+    packed: bytes = packer.pack(header)
     return packed
 
 
@@ -254,13 +264,14 @@ def decode_ack(frames: Sequence[bytes]) -> Ack:
 # -- events: the broker to edges ---------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """A message as the broker sequenced it.
 
     `prev` is the id of the channel's message before this one (None for the
     first the broker knows); `floor` is the newest id the broker has dropped
     from the channel's history, so an edge drops the same messages.
+
+    A tuple, like `Publish`: the broker makes one per message.
     """
 
     channel_id: str
