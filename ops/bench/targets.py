@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,18 @@ class Target(ABC):
     @abstractmethod
     def publish(self, channel_id: str, body: bytes) -> None: ...
 
+    @abstractmethod
+    def settle(self) -> None:
+        """Return once everything this thread published is the server's."""
+
 
 class PushServerTarget(Target):
     """This project: publishing goes through send_update, as a Django site's would."""
 
     launcher: Launcher
     processes: list[Process]
+    send_update: Callable[..., None]
+    send_error: type[Exception]
 
     def push_server(self) -> dict[str, Any]:
         return {
@@ -124,27 +131,34 @@ class PushServerTarget(Target):
         }
 
     def use_for_sending(self, ingress: str) -> None:
+        # Imported here, once Django is configured; kept, as a site's module would.
         from django.conf import settings
 
-        from pushserver import sender
+        from pushserver import PushServerError, sender
+        from pushserver.utils import updates
 
         settings.PUSH_SERVER = {"broker": {"ingress": ingress}}
         sender.close()
+        self.send_update = updates.send_update
+        self.send_error = PushServerError
 
     def publish(self, channel_id: str, body: bytes) -> None:
-        from pushserver import PushServerError
-        from pushserver.utils import updates
-
         while True:
             try:
-                updates.send_update(channel_id, body.decode(), already_serialized=True)
+                self.send_update(channel_id, body.decode(), already_serialized=True)
                 return
-            except PushServerError as error:
+            except self.send_error as error:
                 # A full queue is send_update's back-pressure: a publisher
                 # faster than the broker waits, as a well-behaved one would.
                 if "is full" not in str(error):
                     raise
                 time.sleep(0.01)
+
+    def settle(self) -> None:
+        from pushserver import sender
+
+        while sender.pending():
+            time.sleep(0.001)
 
     def stop(self) -> None:
         from pushserver import sender
@@ -236,6 +250,9 @@ class Nchan(Target):
 
         eventually(listening, 20, "nginx with Nchan to listen")
         self.connections = threading.local()
+
+    def settle(self) -> None:
+        return None  # an HTTP publish is the server's when its answer arrives
 
     def publish(self, channel_id: str, body: bytes) -> None:
         connection = getattr(self.connections, "http", None)
