@@ -152,6 +152,7 @@ class TornadoResponder:
         self.request = request
         self.exchange = Exchange(connection, request)
         self.delegate = application.start_request(connection, self.exchange)
+        self.completed = False
         ready = self._call(
             lambda: self.delegate.headers_received(request.start_line(), request.tornado_headers())
         )
@@ -166,11 +167,15 @@ class TornadoResponder:
         self._call(lambda: self.delegate.data_received(chunk))
 
     def complete(self) -> None:
+        self.completed = True
         self._call(self.delegate.finish)
 
     def closed(self) -> None:
         self.exchange.lost()
-        self._call(self.delegate.on_connection_close)
+        if not self.completed:
+            # As Tornado's own connection does: the message delegate hears of a
+            # close only while its request is still arriving.
+            self._call(self.delegate.on_connection_close)
 
     def _open(self) -> None:
         exchange = self.exchange
