@@ -6,7 +6,9 @@ twice; it keeps the first, drops the repeat and acknowledges both. A
 message that skips a number is refused as a gap, because the missing one
 is on its way again and must be sequenced first. A publisher the broker
 does not know (new, or forgotten after a restart without a history file)
-starts wherever it is.
+starts at the message it marks as its oldest unacknowledged (`base`): one
+written on a new connection before that oldest one is refused as a gap,
+since messages before it may have died with the old broker.
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ class Publishers:
         self._last: dict[bytes, int] = {}
         self._seen: dict[bytes, float] = {}
 
-    def admit(self, publisher: bytes, seq: int) -> Verdict:
+    def admit(self, publisher: bytes, seq: int, base: int | None = None) -> Verdict:
         self._seen[publisher] = self._clock()
         last = self._last.get(publisher)
-        if last is None or seq == last + 1:
+        if last is None:
+            if base is not None and seq != base:
+                return Verdict.GAP
+            self._last[publisher] = seq
+            return Verdict.NEW
+        if seq == last + 1:
             self._last[publisher] = seq
             return Verdict.NEW
         return Verdict.REPEAT if seq <= last else Verdict.GAP

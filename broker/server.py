@@ -240,7 +240,7 @@ class Broker:
         except wire.WireError as error:
             self._drop("ingress", frames, error)
             return
-        verdict = self.publishers.admit(publish.publisher, publish.seq)
+        verdict = self.publishers.admit(publish.publisher, publish.seq, publish.base)
         if verdict is Verdict.NEW:
             sent_by = (publish.publisher, publish.seq)
             self._publish(publish.channel_id, publish.content_type, publish.body, sent_by)
@@ -262,9 +262,12 @@ class Broker:
         assert self._ingress is not None
         for route, (publisher, gap) in acks.items():
             seq = self.publishers.last(publisher)
-            if seq is not None:
-                ack = wire.encode_ack(wire.Ack(publisher, seq, gap))
-                send_now(self._ingress, [route, *ack])
+            if seq is None:
+                if not gap:
+                    continue
+                seq = wire.UNKNOWN
+            ack = wire.encode_ack(wire.Ack(publisher, seq, gap))
+            send_now(self._ingress, [route, *ack])
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if len(frames) == 1 else b""

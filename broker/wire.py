@@ -164,6 +164,10 @@ class Publish(NamedTuple):
     # counting from 0 without gaps.
     publisher: bytes
     seq: int
+    # Every number below this was acknowledged when the message was written;
+    # equal to `seq` when it is the oldest the sender still waits on. A broker
+    # that does not know the publisher starts it only there (None: anywhere).
+    base: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,12 +175,19 @@ class Ack:
     """The broker holds every message of `publisher` up to `seq`.
 
     With `gap`, the broker refused a later message because one before it
-    never arrived: the publisher sends again everything after `seq`.
+    never arrived: the publisher sends again everything after `seq`. A gap
+    at `UNKNOWN` means the broker does not know the publisher (it restarted
+    without a history file) and refused a message that was not the oldest
+    unacknowledged one: the publisher sends again from its oldest.
     """
 
     publisher: bytes
     seq: int
     gap: bool = False
+
+
+# The `seq` of a gap ack from a broker that does not know the publisher.
+UNKNOWN = -1
 
 
 class PublishPacker:
@@ -191,23 +202,40 @@ class PublishPacker:
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def __call__(
-        self, channel_id: str, body: bytes, content_type: str | None, publisher: bytes, seq: int
+        self,
+        channel_id: str,
+        body: bytes,
+        content_type: str | None,
+        publisher: bytes,
+        seq: int,
+        base: int,
     ) -> bytes:
-        packed: bytes = self._pack([VERSION, publisher, seq, channel_id, content_type, body])
+        packed: bytes = self._pack([VERSION, publisher, seq, channel_id, content_type, body, base])
         return packed
 
 
 def encode_publish(
-    channel_id: str, body: bytes, content_type: str | None, publisher: bytes, seq: int
+    channel_id: str,
+    body: bytes,
+    content_type: str | None,
+    publisher: bytes,
+    seq: int,
+    base: int | None = None,
 ) -> list[bytes]:
-    packed: bytes = msgpack.packb(
-        [VERSION, publisher, seq, channel_id, content_type, body], use_bin_type=True
-    )
+    fields = [VERSION, publisher, seq, channel_id, content_type, body]
+    if base is not None:
+        fields.append(base)
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return [packed]
 
 
 def _checked_publish(
-    channel_id: Any, content_type: Any, body: bytes, publisher: Any, seq: Any
+    channel_id: Any,
+    content_type: Any,
+    body: bytes,
+    publisher: Any,
+    seq: Any,
+    base: Any = None,
 ) -> Publish:
     if not isinstance(publisher, bytes) or not publisher:
         raise WireError("publish without a publisher id")
@@ -220,7 +248,11 @@ def _checked_publish(
         raise WireError(problem)
     if content_type is not None and not isinstance(content_type, str):
         raise WireError(f"content type is {type(content_type).__name__}, expected str or nil")
-    return Publish(channel_id, content_type, body, publisher, seq)
+    if base is not None and (
+        not isinstance(base, int) or isinstance(base, bool) or not 0 <= base <= seq
+    ):
+        raise WireError(f"publish base {base!r} is not a whole number up to its sequence number")
+    return Publish(channel_id, content_type, body, publisher, seq, base)
 
 
 def decode_publish(frames: Sequence[bytes]) -> Publish:
@@ -229,14 +261,16 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
             fields = msgpack.unpackb(_bytes(frames[0]), raw=False)
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             raise WireError(f"publish is not msgpack: {exc}") from None
-        if not isinstance(fields, list) or len(fields) != 6:
-            raise WireError("publish is not an array of 6 fields")
-        version, publisher, seq, channel_id, content_type, body = fields
+        if not isinstance(fields, list) or len(fields) not in (6, 7):
+            raise WireError("publish is not an array of 6 or 7 fields")
+        version, publisher, seq, channel_id, content_type, body, *base = fields
         if version != VERSION:
             raise WireError(f"wire version {version!r}, expected {VERSION}")
         if not isinstance(body, bytes):
             raise WireError(f"publish body is {type(body).__name__}, expected bytes")
-        return _checked_publish(channel_id, content_type, body, publisher, seq)
+        return _checked_publish(
+            channel_id, content_type, body, publisher, seq, base[0] if base else None
+        )
     if len(frames) == 2:
         # The first format: a header map and the body in a frame of its own.
         header = _unpack(_bytes(frames[0]))

@@ -262,7 +262,12 @@ class _Publisher:
                 unacked.popleft()
             self.written_upto = max(self.written_upto, seq)
         if ack.gap:
-            if ack.seq < self.acked:
+            if ack.seq == wire.UNKNOWN:
+                # A broker that lost track of this publisher (restarted without
+                # a history file) refused a message written ahead of the oldest
+                # unacknowledged one: everything again from that oldest.
+                self.written_upto = self.acked
+            elif ack.seq < self.acked:
                 self._renumber(ack.seq)
             else:
                 # Refused for want of an earlier message: write again after it.
@@ -282,7 +287,7 @@ class _Publisher:
         self.identity = os.urandom(16)
         entries = [wire.decode_publish((frame,)) for _, frame in self.unacked]
         self.unacked = deque(
-            (seq, self.pack(p.channel_id, p.body, p.content_type, self.identity, seq))
+            (seq, self.pack(p.channel_id, p.body, p.content_type, self.identity, seq, 0))
             for seq, p in enumerate(entries)
         )
         self.next_seq = len(entries)
@@ -300,11 +305,25 @@ class _Publisher:
         unacked, sock = self.unacked, self.socket
         for index in range(len(unacked) - due, len(unacked)):
             seq, frame = unacked[index]
+            if seq == self.acked + 1:
+                # Written again from the oldest, perhaps to a broker that no
+                # longer knows this publisher: marked as the oldest, so that
+                # broker starts the publisher here (see `Publish.base`).
+                frame = self._marked_oldest(frame, seq)
+                unacked[index] = (seq, frame)
             try:
                 sock.send(frame, _NOBLOCK)
             except zmq.Again:
                 return
             self.written_upto = seq
+
+    def _marked_oldest(self, frame: bytes, seq: int) -> bytes:
+        publish = wire.decode_publish((frame,))
+        if publish.base == seq:
+            return frame
+        return self.pack(
+            publish.channel_id, publish.body, publish.content_type, self.identity, seq, seq
+        )
 
     def flush(self) -> None:
         """Take acks and write what is due, without blocking."""
@@ -327,8 +346,11 @@ class _Publisher:
         no sooner than `RECONNECT_IVL` after the old one died, far longer than
         `CHECK_INTERVAL`, so a look sees the new connection's handshake (and
         has the unacknowledged tail written again, oldest first) before
-        anything is written on it. As before, a thread stalled between a look
-        and its write for longer than that is the one exception.
+        anything is written on it. Should a thread stall between a look and
+        its write for longer than that, each message also says which is its
+        oldest unacknowledged (`wire.Publish.base`): a new broker that does not
+        know this publisher refuses one written ahead of it, and the queue is
+        written again from the oldest.
         """
         process = self.process
         config = process.config
@@ -342,7 +364,7 @@ class _Publisher:
         if fresh or not self.connected or now >= self.check_at or len(unacked) >= self.check_len:
             self._check(now, fresh)
         seq = self.next_seq
-        frame = self.pack(channel_id, body, content_type, self.identity, seq)
+        frame = self.pack(channel_id, body, content_type, self.identity, seq, self.acked + 1)
         was_empty = not unacked
         unacked.append((seq, frame))
         self.next_seq = seq + 1

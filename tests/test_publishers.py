@@ -30,15 +30,30 @@ class Clock:
 # -- the rules ---------------------------------------------------------------
 
 
-def test_an_unknown_publisher_starts_wherever_its_first_message_is() -> None:
+def test_an_unknown_publisher_starts_at_the_message_it_marks_as_its_oldest() -> None:
     publishers = Publishers()
     assert publishers.last(A) is None
-    assert publishers.admit(A, 0) is Verdict.NEW
+    assert publishers.admit(A, 0, base=0) is Verdict.NEW
     # After a restart without a history file the broker knows nobody, and a
     # publisher resends from its oldest unacknowledged message.
-    assert publishers.admit(B, 41) is Verdict.NEW
+    assert publishers.admit(B, 41, base=41) is Verdict.NEW
     assert publishers.last(A) == 0
     assert publishers.last(B) == 41
+
+
+def test_an_unknown_publisher_writing_ahead_of_its_oldest_is_refused_as_a_gap() -> None:
+    """40 and 41 were written to a broker that died; 42 reached the new one first."""
+    publishers = Publishers()
+    assert publishers.admit(A, 42, base=40) is Verdict.GAP
+    assert publishers.last(A) is None
+    assert publishers.admit(A, 40, base=40) is Verdict.NEW
+    assert publishers.admit(A, 41, base=40) is Verdict.NEW
+    assert publishers.admit(A, 42, base=40) is Verdict.NEW
+
+
+def test_a_publish_without_a_base_starts_an_unknown_publisher_anywhere() -> None:
+    """The first format carries no base: such a sender is taken where it is, as before."""
+    assert Publishers().admit(A, 41) is Verdict.NEW
 
 
 def test_the_next_number_is_new_a_number_held_is_a_repeat_a_skip_is_a_gap() -> None:
@@ -103,8 +118,9 @@ def test_a_publish_carries_its_publisher_and_number_in_one_frame() -> None:
 def test_the_packer_a_sender_keeps_writes_what_encode_publish_writes() -> None:
     pack = wire.PublishPacker()
     for seq, body in enumerate([b"", b"x" * 70_000, b'{"a":1}']):
-        frame = pack("news", body, "application/json", A, seq)
-        assert [frame] == wire.encode_publish("news", body, "application/json", A, seq)
+        frame = pack("news", body, "application/json", A, seq, 0)
+        assert [frame] == wire.encode_publish("news", body, "application/json", A, seq, 0)
+        assert wire.decode_publish([frame]).base == 0
 
 
 def test_publish_frames_also_decode_from_pyzmq_frame_objects() -> None:
@@ -154,8 +170,12 @@ def fields(*values: object) -> bytes:
         ([], "0 frames, expected 1"),
         ([b"\xc1garbage", b""], "not msgpack"),
         ([b"\xc1garbage"], "not msgpack"),
-        ([header(c="news", t=None, p=A, s=0)], "not an array of 6 fields"),
-        ([fields(wire.VERSION, A, 0, "news", None)], "not an array of 6 fields"),
+        ([header(c="news", t=None, p=A, s=0)], "not an array of 6 or 7 fields"),
+        ([fields(wire.VERSION, A, 0, "news", None)], "not an array of 6 or 7 fields"),
+        ([fields(wire.VERSION, A, 0, "news", None, b"", 1, 2)], "not an array of 6 or 7"),
+        ([fields(wire.VERSION, A, 3, "news", None, b"", 4)], "base 4 is not"),
+        ([fields(wire.VERSION, A, 3, "news", None, b"", -1)], "base -1 is not"),
+        ([fields(wire.VERSION, A, 3, "news", None, b"", "2")], "base '2' is not"),
         ([fields(wire.VERSION + 1, A, 0, "news", None, b"")], "wire version 2"),
         ([fields(wire.VERSION, b"", 0, "news", None, b"")], "without a publisher id"),
         ([fields(wire.VERSION, "text", 0, "news", None, b"")], "without a publisher id"),
@@ -222,9 +242,9 @@ class RawPublisher:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
 
-    def send(self, channel: str, seq: int, publisher: bytes = A) -> None:
+    def send(self, channel: str, seq: int, publisher: bytes = A, base: int | None = None) -> None:
         body = f"{publisher.decode()}:{seq}".encode()
-        self.socket.send_multipart(wire.encode_publish(channel, body, None, publisher, seq))
+        self.socket.send_multipart(wire.encode_publish(channel, body, None, publisher, seq, base))
 
     def ack(self, timeout: float = 5.0) -> wire.Ack:
         assert self.socket.poll(round(timeout * 1000)), f"no ack within {timeout} s"
@@ -330,6 +350,26 @@ def test_a_broker_without_history_starts_a_publisher_wherever_it_resumes(
         raw.send("fresh", 1)
         eventually(lambda: bodies(context, broker, "fresh") == [b"publisher-a:1"])
         assert raw.ack_for(1) == wire.Ack(A, 1)
+    finally:
+        broker.stop()
+
+
+def test_a_broker_without_history_refuses_a_publisher_resuming_ahead_of_its_oldest(
+    context: zmq.Context[zmq.Socket[bytes]], connect: Callable[[str], RawPublisher]
+) -> None:
+    """Messages 3 and 4 died with the old broker; 5 must not be sequenced before them."""
+    broker = ThreadBroker()
+    broker.start()
+    try:
+        raw = connect(broker.ingress)
+        raw.send("resumed", 5, base=3)
+        assert raw.ack() == wire.Ack(A, wire.UNKNOWN, gap=True)
+        for seq in (3, 4, 5):
+            raw.send("resumed", seq, base=3)
+        assert raw.ack_for(5) == wire.Ack(A, 5)
+        assert bodies(context, broker, "resumed") == [
+            f"publisher-a:{n}".encode() for n in (3, 4, 5)
+        ]
     finally:
         broker.stop()
 

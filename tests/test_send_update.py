@@ -650,6 +650,31 @@ def test_a_gap_ack_has_everything_after_it_written_again_in_order(stand_in: Stan
     eventually(lambda: sender.pending() == 0, what="the ack to empty the queue")
 
 
+def test_a_broker_that_does_not_know_the_sender_gets_everything_from_the_oldest_again(
+    stand_in: StandIn,
+) -> None:
+    """As from a broker restarted without history that first saw a message written
+    ahead of the oldest unacknowledged one."""
+    from pushserver import sender
+    from pushserver.utils import updates
+
+    for body in ("a", "b", "c"):
+        updates.send_update("unknown", body)
+    first = [stand_in.receive() for _ in range(3)]
+    assert [(p.seq, p.base) for p in first] == [(0, 0), (1, 0), (2, 0)]
+    publisher = first[0].publisher
+    stand_in.ack(publisher, 0)
+    stand_in.ack(publisher, wire.UNKNOWN, gap=True)
+    again = [stand_in.receive(), stand_in.receive()]
+    # The oldest unacknowledged one now says so; the publisher keeps its id.
+    assert [(p.publisher, p.seq, p.base, p.body) for p in again] == [
+        (publisher, 1, 1, b'"b"'),
+        (publisher, 2, 0, b'"c"'),
+    ]
+    stand_in.ack(publisher, 2)
+    eventually(lambda: sender.pending() == 0, what="the ack to empty the queue")
+
+
 def test_written_messages_never_acknowledged_are_written_again(stand_in: StandIn) -> None:
     from pushserver import sender
     from pushserver.utils import updates
