@@ -336,42 +336,43 @@ def test_a_broker_restarted_from_its_history_still_drops_what_it_held(
     assert broker.broker.counters["ingress_repeats"] == 3
 
 
+@pytest.fixture
+def forgetful() -> Iterator[ThreadBroker]:
+    """A broker without a history file: restarted, it knows no publisher."""
+    started = ThreadBroker()
+    started.start()
+    yield started
+    started.stop()
+
+
 def test_a_broker_without_history_starts_a_publisher_wherever_it_resumes(
-    context: zmq.Context[zmq.Socket[bytes]], connect: Callable[[str], RawPublisher]
+    context: zmq.Context[zmq.Socket[bytes]],
+    forgetful: ThreadBroker,
+    connect: Callable[[str], RawPublisher],
 ) -> None:
-    broker = ThreadBroker()
-    broker.start()
-    try:
-        raw = connect(broker.ingress)
-        raw.send("fresh", 0)
-        assert raw.ack() == wire.Ack(A, 0)
-        broker.stop()
-        broker.start()
-        raw.send("fresh", 1)
-        eventually(lambda: bodies(context, broker, "fresh") == [b"publisher-a:1"])
-        assert raw.ack_for(1) == wire.Ack(A, 1)
-    finally:
-        broker.stop()
+    raw = connect(forgetful.ingress)
+    raw.send("fresh", 0)
+    assert raw.ack() == wire.Ack(A, 0)
+    forgetful.stop()
+    forgetful.start()
+    raw.send("fresh", 1)
+    eventually(lambda: bodies(context, forgetful, "fresh") == [b"publisher-a:1"])
+    assert raw.ack_for(1) == wire.Ack(A, 1)
 
 
 def test_a_broker_without_history_refuses_a_publisher_resuming_ahead_of_its_oldest(
-    context: zmq.Context[zmq.Socket[bytes]], connect: Callable[[str], RawPublisher]
+    context: zmq.Context[zmq.Socket[bytes]],
+    forgetful: ThreadBroker,
+    connect: Callable[[str], RawPublisher],
 ) -> None:
     """Messages 3 and 4 died with the old broker; 5 must not be sequenced before them."""
-    broker = ThreadBroker()
-    broker.start()
-    try:
-        raw = connect(broker.ingress)
-        raw.send("resumed", 5, base=3)
-        assert raw.ack() == wire.Ack(A, wire.UNKNOWN, gap=True)
-        for seq in (3, 4, 5):
-            raw.send("resumed", seq, base=3)
-        assert raw.ack_for(5) == wire.Ack(A, 5)
-        assert bodies(context, broker, "resumed") == [
-            f"publisher-a:{n}".encode() for n in (3, 4, 5)
-        ]
-    finally:
-        broker.stop()
+    raw = connect(forgetful.ingress)
+    raw.send("resumed", 5, base=3)
+    assert raw.ack() == wire.Ack(A, wire.UNKNOWN, gap=True)
+    for seq in (3, 4, 5):
+        raw.send("resumed", seq, base=3)
+    assert raw.ack_for(5) == wire.Ack(A, 5)
+    assert bodies(context, forgetful, "resumed") == [f"publisher-a:{n}".encode() for n in (3, 4, 5)]
 
 
 def test_the_broker_still_takes_publishes_in_the_first_format(

@@ -57,9 +57,12 @@ def send_update(
         signals.pre_send_update.send(
             sender=_MODULE, channel_id=channel_id, data=data, already_serialized=already_serialized
         )
+    error: PushServerError | None = None
     try:
         sender.publish(channel_id, body, CONTENT_TYPE)
-    except PushServerError as error:
+    except PushServerError as failed:
+        error = failed
+    if error is not None or signals.post_send_update.receivers:
         signals.post_send_update.send(
             sender=_MODULE,
             channel_id=channel_id,
@@ -67,18 +70,11 @@ def send_update(
             already_serialized=already_serialized,
             error=error,
         )
+    if error is not None:
         if ignore_errors or conf.ignore_errors():
             log.warning("update for channel %r was not sent: %s", channel_id, error)
             return
-        raise
-    if signals.post_send_update.receivers:
-        signals.post_send_update.send(
-            sender=_MODULE,
-            channel_id=channel_id,
-            data=data,
-            already_serialized=already_serialized,
-            error=None,
-        )
+        raise error
 
 
 async def asend_update(
