@@ -29,7 +29,16 @@ from broker.config import BrokerConfig
 from broker.history import History
 from broker.publishers import Publishers, Verdict
 from broker.sequencer import Sequencer
-from broker.sockets import POLL_MS, configure_heartbeats, drain, run_until, send_now, wake_readers
+from broker.sockets import (
+    POLL_MS,
+    backend_recv,
+    backend_send,
+    configure_heartbeats,
+    drain,
+    run_until,
+    send_now,
+    wake_readers,
+)
 
 log = logging.getLogger("pushserver.broker")
 
@@ -154,13 +163,13 @@ class Broker:
             # send_multipart combines enum flags per frame; plain ints are cheaper.
             # XPUB takes the rest of a message once it took the first frame.
             try:
-                events_now.send(frames[0], _MORE_NOBLOCK)
+                backend_send(events_now, frames[0], _MORE_NOBLOCK)
             except zmq.Again:
                 self.counters["events_dropped"] += 1
                 return
             for frame in frames[1:-1]:
-                events_now.send(frame, _MORE_NOBLOCK)
-            events_now.send(frames[-1], _NOBLOCK)
+                backend_send(events_now, frame, _MORE_NOBLOCK)
+            backend_send(events_now, frames[-1], _NOBLOCK)
             return
         assert self._events is not None
         if not send_now(self._events, frames):
@@ -217,12 +226,12 @@ class Broker:
                     # Frames rather than bytes: a frame says whether more follow,
                     # where asking the socket (RCVMORE) costs a microsecond.
                     try:
-                        frame = shadow.recv(_NOBLOCK, copy=False)
+                        frame = backend_recv(shadow, _NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     frames = [frame.bytes]
                     while frame.more:
-                        frame = shadow.recv(_NOBLOCK, copy=False)
+                        frame = backend_recv(shadow, _NOBLOCK, copy=False)
                         frames.append(frame.bytes)
                     self._on_publish(frames)
             finally:

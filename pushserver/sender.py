@@ -87,6 +87,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
+from broker.sockets import backend_send
 from pushserver import PushServerError
 
 log = logging.getLogger("pushserver")
@@ -312,7 +313,7 @@ class _Publisher:
                 frame = self._marked_oldest(frame, seq)
                 unacked[index] = (seq, frame)
             try:
-                sock.send(frame, _NOBLOCK)
+                backend_send(sock, frame, _NOBLOCK)
             except zmq.Again:
                 return
             self.written_upto = seq
@@ -373,7 +374,7 @@ class _Publisher:
             if self.written_upto == self.acked:
                 self.progress_at = now
             try:
-                self.socket.send(frame, _NOBLOCK)
+                backend_send(self.socket, frame, _NOBLOCK)
                 self.written_upto = seq
             except zmq.Again:
                 # No connection (or a full one): look at the monitor next time.
