@@ -249,3 +249,46 @@ def test_a_body_over_the_size_limit_gets_413_wherever_it_is_sent(server: Server)
         assert b"too large" in body
         assert headers["connection"] == "close"
         assert closed(sock, stream)
+
+
+@pytest.fixture(scope="module")
+def small(module_launcher: Launcher) -> Server:
+    """An edge that holds at most three connections."""
+    return module_launcher.embedded(**{**PROTOCOL_SETTINGS, "max_connections": 3})
+
+
+def admitted(base: str, channel: str) -> tuple[socket.socket, BinaryIO] | None:
+    """A connection that was served a poll and stays open, or None if the edge closed it."""
+    address = urlsplit(base)
+    sock = socket.create_connection((address.hostname, address.port), timeout=10)
+    stream = sock.makefile("rb")
+    sock.sendall(get(path("updates", channel)))
+    try:
+        if read_response(stream)[0] == 200:
+            return sock, stream
+    except (AssertionError, ConnectionResetError):
+        pass  # closed unanswered
+    stream.close()
+    sock.close()
+    return None
+
+
+def test_connections_beyond_max_connections_are_closed_and_the_edge_keeps_serving(
+    small: Server,
+) -> None:
+    _, base = small
+    channel = fresh("crowded")
+    publish(base, channel, "room for three")
+    # Connections just closed may count for a moment: each is retried until served.
+    held = [eventually(lambda: admitted(base, channel), 5, "a free place") for _ in range(3)]
+    try:
+        with raw(base) as (sock, stream):
+            sock.sendall(get(path("updates", channel)))
+            assert closed(sock, stream)
+    finally:
+        for sock, stream in held:
+            stream.close()
+            sock.close()
+    again = eventually(lambda: admitted(base, channel), 5, "a place once the three left")
+    again[1].close()
+    again[0].close()
