@@ -4,6 +4,7 @@ and a Tornado application for the rest (publisher, metrics, the WSGI fallback)."
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import tornado.web
@@ -30,10 +31,11 @@ def build_router(
     config: EdgeConfig,
     feed: Feed,
     passthrough: Passthrough,
+    connections: Callable[[], int],
     wsgi_app: WSGIApp | None = None,
 ) -> EdgeRouter:
     responses: Counter[str] = Counter()
-    registry = registry_for(responses, feed, passthrough)
+    registry = registry_for(responses, feed, passthrough, connections)
     callers = TrustedCallers(config.metrics_allow_from, None)
     rules: list[Any] = [
         (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -22,15 +22,22 @@ from edge.passthrough import Passthrough
 
 
 class EdgeCollector(Collector):
-    def __init__(self, requests: Counter[str], feed: Feed, passthrough: Passthrough) -> None:
+    def __init__(
+        self,
+        requests: Counter[str],
+        feed: Feed,
+        passthrough: Passthrough,
+        connections: Callable[[], int],
+    ) -> None:
         self.requests = requests
         self.feed = feed
         self.passthrough = passthrough
+        self.connections = connections
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         responses = CounterMetricFamily(
             "pushserver_edge_responses",
-            "Subscriber location responses, by status.",
+            "Subscriber location responses and requests refused before any location, by status.",
             labels=["status"],
         )
         for status, count in sorted(self.requests.items()):
@@ -63,6 +70,11 @@ class EdgeCollector(Collector):
             "pushserver_edge_channels", "Channels this edge follows.", value=len(buffers)
         )
         yield GaugeMetricFamily(
+            "pushserver_edge_connections",
+            "HTTP connections open now (held polls, idle keep-alives and the rest).",
+            value=self.connections(),
+        )
+        yield GaugeMetricFamily(
             "pushserver_edge_broker_up",
             "1 while heartbeats arrive from the broker.",
             value=0 if self.feed.broker_away else 1,
@@ -72,9 +84,14 @@ class EdgeCollector(Collector):
         yield info
 
 
-def registry_for(requests: Counter[str], feed: Feed, passthrough: Passthrough) -> CollectorRegistry:
+def registry_for(
+    requests: Counter[str],
+    feed: Feed,
+    passthrough: Passthrough,
+    connections: Callable[[], int],
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EdgeCollector(requests, feed, passthrough))
+    registry.register(EdgeCollector(requests, feed, passthrough, connections))
     return registry
 
 

@@ -44,10 +44,15 @@ class Edge:
         self.config = config
         self.feed = Feed(config)
         self.passthrough = Passthrough(config)
-        self.router = build_router(config, self.feed, self.passthrough, wsgi_app)
+        self.router = build_router(
+            config, self.feed, self.passthrough, self.open_connections, wsgi_app
+        )
         self._server: HTTPServer | None = None
         self._sockets: list[socket.socket] = []
         self._stopping = asyncio.Event()
+
+    def open_connections(self) -> int:
+        return 0 if self._server is None else len(self._server.connections)
 
     def listen(self) -> list[str]:
         """Bind the HTTP port (0 picks one) and return the URLs it serves."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from urllib.parse import urlsplit
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +24,8 @@ def test_metrics_count_responses_by_status_and_name_the_process(launcher: Launch
     process, base = launcher.embedded(long_poll_timeout=1)
     channel = fresh("metrics")
     publish(base, channel, "x")
+    address = urlsplit(base)
+    idle = [socket.create_connection((address.hostname, address.port)) for _ in range(2)]
     with httpx.Client(timeout=10) as client:
         first = poll(client, base, channel)
         assert first.status_code == 200
@@ -30,6 +35,8 @@ def test_metrics_count_responses_by_status_and_name_the_process(launcher: Launch
         )
         assert timed_out.status_code == 304
         response = client.get(base + "/pushserver/metrics")
+    for sock in idle:
+        sock.close()
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     figures = samples(response.text)
@@ -37,6 +44,8 @@ def test_metrics_count_responses_by_status_and_name_the_process(launcher: Launch
     assert figures[("pushserver_edge_responses_total", (("status", "304"),))] == 1
     assert figures[("pushserver_edge_broker_up", ())] == 1
     assert figures[("pushserver_edge_channels", ())] >= 1
+    # The two idle connections and the client's own.
+    assert figures[("pushserver_edge_connections", ())] >= 3
     pids = [labels for name, labels in figures if name == "pushserver_edge_process"]
     assert pids == [(("pid", str(process.popen.pid)),)]
 
