@@ -56,20 +56,25 @@ KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
 CLOSE_LINE = b"Connection: close\r\n"
 
 
-def render_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
-    """A response's status line and header lines, without the blank line that ends them.
+def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines as they go on the wire, each ending in CRLF.
 
     Header values come from the edge and from applications; a CR or LF in one
     would let it forge headers, so it is refused.
     """
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    lines = []
     for name, value in headers:
-        line = f"{name}: {value}"
-        if "\r" in line or "\n" in line:
+        line = f"{name}: {value}\r\n"
+        if "\r" in line[:-2] or "\n" in line[:-2]:
             raise ValueError(f"CR or LF in response header {name!r}")
-        lines.append(line)
-    lines.append("")
-    return CRLF.join(line.encode("latin-1") for line in lines)
+        lines.append(line.encode("latin-1"))
+    return b"".join(lines)
+
+
+def render_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A response's status line and header lines, without the blank line that ends them."""
+    status_line = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode("latin-1")
+    return status_line + header_lines(headers)
 
 
 @dataclass(slots=True)
@@ -89,14 +94,21 @@ class Request:
     def path(self) -> str:
         return self.target.partition("?")[0]
 
-    def header(self, lowercase_name: bytes) -> str | None:
-        """One header's value, repeated fields joined with commas as HTTP reads them."""
-        found: str | None = None
+    def headers_named(self, *lowercase_names: bytes) -> list[str | None]:
+        """The values of the named headers, in one pass; a repeated field's values are
+        joined with commas, as HTTP reads them."""
+        found: list[str | None] = [None] * len(lowercase_names)
         for name, value in self.raw_headers:
-            if name.lower() == lowercase_name:
+            lowered = name.lower()
+            if lowered in lowercase_names:
+                index = lowercase_names.index(lowered)
                 text = value.decode("latin-1")
-                found = text if found is None else f"{found},{text}"
+                previous = found[index]
+                found[index] = text if previous is None else f"{previous},{text}"
         return found
+
+    def header(self, lowercase_name: bytes) -> str | None:
+        return self.headers_named(lowercase_name)[0]
 
     def connection_line(self) -> bytes:
         """What an answer says of the connection: only what differs from HTTP's default."""
@@ -328,7 +340,7 @@ class Connection(asyncio.Protocol):
             # Answered early: the rest of the body is read and dropped, up to the limit.
             incoming.received += len(chunk)
             if incoming.received > self.max_body_size:
-                self._abort()
+                self.abort()
         elif incoming is self.active and not incoming.held:
             self._deliver(incoming, chunk)
         else:
@@ -344,7 +356,7 @@ class Connection(asyncio.Protocol):
             return
         incoming.complete = True
         if incoming.answered:
-            self._abort()  # answered before its body was read: see `finish`
+            self.abort()  # answered before its body was read: see `finish`
         elif incoming is self.active and not incoming.held:
             self._complete(incoming)
 
@@ -430,10 +442,6 @@ class Connection(asyncio.Protocol):
             self._update_reading()
             self._flush(incoming)
 
-    def abort(self) -> None:
-        """Close the connection; what was written still goes out first."""
-        self._abort()
-
     # -- internals -------------------------------------------------------------------
 
     def _start(self, incoming: _Incoming) -> None:
@@ -509,7 +517,7 @@ class Connection(asyncio.Protocol):
         if incoming is self.active:
             self._reject(413, "request body is too large")
         else:
-            self._abort()
+            self.abort()
 
     def _reject(self, status: int, why: str) -> None:
         """Answer an unreadable request and close: what follows it cannot be trusted."""
@@ -527,7 +535,7 @@ class Connection(asyncio.Protocol):
             )
             self.send(head + CRLF + body)
             self.server.responses[str(status)] += 1
-        self._abort()
+        self.abort()
         if active is not None and not active.answered and active.responder is not None:
             active.answered = True
             try:
@@ -544,13 +552,11 @@ class Connection(asyncio.Protocol):
             self.waiting.clear()
             self.active.request.keep_alive = False
             return
-        self.closing = True
-        self.waiting.clear()
-        if self.transport is not None:
-            self.transport.close()
+        self.abort()
 
-    def _abort(self) -> None:
-        """Close once what was written has gone out (asyncio flushes before closing)."""
+    def abort(self) -> None:
+        """Close the connection; what was written still goes out first (asyncio flushes
+        a transport's buffer before closing it). Requests not yet answered are dropped."""
         self.closing = True
         self.waiting.clear()
         if self.transport is not None:

@@ -15,13 +15,11 @@ passthrough) takes the slower coroutine path.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import re
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import tornado.httputil
@@ -30,7 +28,7 @@ import tornado.web
 from edge.bridge import TornadoResponder
 from edge.channels import ChannelBuffer, Held, Waiter
 from edge.config import INTERVAL_POLL, EdgeConfig, SubscriberLocation
-from edge.connection import CRLF, Connection, Request, Responder, render_head
+from edge.connection import CRLF, Connection, Request, Responder, header_lines, render_head
 from edge.cors import cors_headers, preflight_headers
 from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import Refusal, anchored, checked_channel_id
@@ -41,6 +39,7 @@ from edge.protocol import (
     BadValidator,
     Cursor,
     echo_headers,
+    http_date,
     parse_cursor,
 )
 
@@ -51,10 +50,6 @@ log = logging.getLogger("pushserver.edge")
 CACHE_LIMIT = 4096
 
 MISSED_LINE = f"{MESSAGES_MISSED}: 1\r\n".encode("latin-1")
-
-
-def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
-    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
 
 
 @dataclass
@@ -119,7 +114,7 @@ class Subscribers:
     def date(self) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
-            self._date = (now, f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode())
+            self._date = (now, header_lines([("Date", http_date(now))]))
         return self._date[1]
 
 
@@ -182,16 +177,9 @@ class SubscriberPoll:
         return None  # a body on a poll means nothing
 
     def complete(self) -> None:
-        origin = if_modified_since = if_none_match = None
-        # One pass over the headers for the three a poll reads.
-        for name, value in self.request.raw_headers:
-            lowered = name.lower()
-            if lowered == b"if-none-match":
-                if_none_match = _joined(if_none_match, value)
-            elif lowered == b"if-modified-since":
-                if_modified_since = _joined(if_modified_since, value)
-            elif lowered == b"origin":
-                origin = _joined(origin, value)
+        origin, if_modified_since, if_none_match = self.request.headers_named(
+            b"origin", b"if-modified-since", b"if-none-match"
+        )
         self.cors = self.shared.cors(self.location, origin)
         try:
             self._begin(if_modified_since, if_none_match)
@@ -206,7 +194,7 @@ class SubscriberPoll:
         method = self.request.method
         if method == "OPTIONS":
             headers = [*preflight_headers(self.shared.config.cors_max_age), ("Content-Length", "0")]
-            self._respond(render_head(200, headers))
+            self._respond("200", render_head(200, headers))
             return
         if method not in SUBSCRIBER_METHODS:
             raise Refusal(
@@ -326,10 +314,10 @@ class SubscriberPoll:
 
     def _answer(self, held: Held, missed: bool) -> None:
         head = held.head + MISSED_LINE if missed else held.head
-        self._respond(head, held.message.body, status="200")
+        self._respond("200", head, held.message.body)
 
     def _not_modified(self, cursor: Cursor) -> None:
-        self._respond(self.shared.not_modified(cursor), status="304")
+        self._respond("304", self.shared.not_modified(cursor))
 
     def _refuse(self, refused: Refusal) -> None:
         body = (refused.why + "\n").encode()
@@ -338,9 +326,9 @@ class SubscriberPoll:
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
-        self._respond(render_head(refused.status_code, headers), body)
+        self._respond(str(refused.status_code), render_head(refused.status_code, headers), body)
 
-    def _respond(self, head: bytes, body: bytes = b"", status: str = "") -> None:
+    def _respond(self, status: str, head: bytes, body: bytes = b"") -> None:
         """Write one answer: `head` from `render_head`, then the lines of this request."""
         if self.answered:
             return
@@ -351,7 +339,7 @@ class SubscriberPoll:
             b"".join((head, self.cors, shared.date(), self.request.connection_line(), CRLF, body))
         )
         connection.finish()
-        shared.responses[status or head[9:12].decode()] += 1
+        shared.responses[status] += 1
 
     def _finished(self) -> None:
         """The poll is over: Django hears it was (once), nothing more is written."""
@@ -361,8 +349,3 @@ class SubscriberPoll:
         if self.subscribed is not None:
             self.shared.passthrough.unsubscribe(self.location, self.subscribed, self.channel_id)
             self.subscribed = None
-
-
-def _joined(found: str | None, value: bytes) -> str:
-    text = value.decode("latin-1")
-    return text if found is None else f"{found},{text}"

@@ -626,17 +626,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def publish(channel_id: str, body: bytes, content_type: str | None) -> None:
     """Queue one message for the broker, or raise `PushServerError`; blocks at most
     ``send_timeout``. `send_update` is the public way in."""
-    # `_with_publisher` without its callback: this is the per-message path.
-    for _ in range(2):
-        found = _thread_publisher()
-        if found is None:
-            continue
-        publisher, fresh = found
-        with publisher.lock:
-            if not publisher.retired and not publisher.closed:
-                publisher.send(channel_id, body, content_type, fresh)
-                return
-    raise PushServerError("the push sender was closed while in use; try again")
+
+    def send(process: _Process, publisher: _Publisher, fresh: bool) -> None:
+        publisher.send(channel_id, body, content_type, fresh)
+
+    _with_publisher(send)
 
 
 def broker_connected(timeout: float = 0.0) -> bool:
@@ -673,28 +667,19 @@ def _with_publisher(use: Callable[[_Process, _Publisher, bool], _T]) -> _T:
     # A `close` between finding the socket and locking it retires that socket;
     # the second round then uses a fresh one.
     for _ in range(2):
-        found = _thread_publisher()
-        if found is None:
-            continue
-        publisher, fresh = found
+        process = _current_process()
+        publisher: _Publisher | None = getattr(_local, "publisher", None)
+        fresh = publisher is None or publisher.process is not process
+        if fresh:
+            publisher = process.add_publisher()
+            if publisher is None:
+                continue
+            _local.publisher = publisher
+        assert publisher is not None
         with publisher.lock:
             if not publisher.retired and not publisher.closed:
-                return use(publisher.process, publisher, fresh)
+                return use(process, publisher, fresh)
     raise PushServerError("the push sender was closed while in use; try again")
-
-
-def _thread_publisher() -> tuple[_Publisher, bool] | None:
-    """The calling thread's socket (made when it has none in this process), unlocked,
-    and whether it was just made; None when `close` ran meanwhile."""
-    process = _current_process()
-    publisher: _Publisher | None = getattr(_local, "publisher", None)
-    if publisher is not None and publisher.process is process:
-        return publisher, False
-    publisher = process.add_publisher()
-    if publisher is None:
-        return None
-    _local.publisher = publisher
-    return publisher, True
 
 
 def _observe(process: _Process, publisher: _Publisher, wait: float) -> float:

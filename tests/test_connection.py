@@ -21,11 +21,15 @@ Server = tuple[Process, str]
 Response = tuple[int, dict[str, str], bytes]
 
 
-@contextmanager
-def raw(base: str) -> Iterator[tuple[socket.socket, BinaryIO]]:
+def connect(base: str) -> tuple[socket.socket, BinaryIO]:
     address = urlsplit(base)
     sock = socket.create_connection((address.hostname, address.port), timeout=10)
-    stream = sock.makefile("rb")
+    return sock, sock.makefile("rb")
+
+
+@contextmanager
+def raw(base: str) -> Iterator[tuple[socket.socket, BinaryIO]]:
+    sock, stream = connect(base)
     try:
         yield sock, stream
     finally:
@@ -259,9 +263,7 @@ def small(module_launcher: Launcher) -> Server:
 
 def admitted(base: str, channel: str) -> tuple[socket.socket, BinaryIO] | None:
     """A connection that was served a poll and stays open, or None if the edge closed it."""
-    address = urlsplit(base)
-    sock = socket.create_connection((address.hostname, address.port), timeout=10)
-    stream = sock.makefile("rb")
+    sock, stream = connect(base)
     sock.sendall(get(path("updates", channel)))
     try:
         if read_response(stream)[0] == 200:
