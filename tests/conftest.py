@@ -7,12 +7,19 @@ from pathlib import Path
 import django
 import pytest
 
+from tests.clock import Clock
 from tests.processes import Launcher, Process
 
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_settings")
     django.setup()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """Half a second into the Unix second 1,000, until the test moves it."""
+    return Clock(1_000.5)
 
 
 @pytest.fixture
