@@ -1,4 +1,5 @@
-"""The push relay protocol as PROTOCOL.md states it, against a real embedded server."""
+"""The push relay protocol as the README's "The HTTP protocol" section states it, against a
+real embedded server."""
 
 from __future__ import annotations
 
