@@ -8,7 +8,6 @@ sockets here, so nothing but the test reports presence.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import zmq
@@ -165,14 +164,9 @@ class Control:
 
 
 @pytest.fixture
-def edges(launcher: Launcher) -> Iterator[tuple[Control, Control]]:
+def edges(launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]]) -> tuple[Control, Control]:
     _, endpoints = launcher.broker()
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    first, second = Control(context, endpoints["control"]), Control(context, endpoints["control"])
-    yield first, second
-    for control in (first, second):
-        control.socket.close(linger=0)
-    context.term()
+    return Control(context, endpoints["control"]), Control(context, endpoints["control"])
 
 
 def test_channel_info_reports_the_subscribers_of_every_edge_and_the_latest_request(
