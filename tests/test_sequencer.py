@@ -179,6 +179,6 @@ def test_a_torn_last_record_is_ignored(tmp_path: Path, clock: Clock) -> None:
         torn.write(b"\x96\xa1m")  # a record cut off after its first bytes
     second = sequencer(clock)
     reopened = History(tmp_path / "history")
-    assert reopened.load(second, Publishers()) >= 2
+    assert reopened.load(second, Publishers()) == 2  # the version and the whole message
     reopened.close()
     assert [m.body for m in second.snapshot("c", create=False).messages] == [b"whole"]
