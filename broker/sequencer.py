@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from broker.wire import ChannelInfo, Limits, Message, MessageId, Snapshot
+from broker.wire import Limits, Message, MessageId, Snapshot
 
 
 @dataclass(slots=True)
@@ -31,8 +31,6 @@ class Channel:
     # Ids here must exceed this even when `last` is None: the last id of a
     # deleted channel of the same name.
     after: MessageId | None = None
-    requested: float | None = None
-    subscribers: int = 0
 
 
 class Sequencer:
@@ -45,12 +43,12 @@ class Sequencer:
         # (expiry time, channel id) in publish order: expiry is O(expired)
         # rather than a scan of every channel.
         self._expiries: deque[tuple[float, str]] = deque()
-        # Per edge: channel id -> held subscribers it last reported.
-        self._presence: dict[bytes, dict[str, int]] = {}
-        self._edge_seen: dict[bytes, float] = {}
 
     def __len__(self) -> int:
         return len(self._channels)
+
+    def __contains__(self, channel_id: object) -> bool:
+        return channel_id in self._channels
 
     def get(self, channel_id: str) -> Channel | None:
         return self._channels.get(channel_id)
@@ -58,7 +56,7 @@ class Sequencer:
     def channels(self) -> Iterable[Channel]:
         return self._channels.values()
 
-    def _create(self, channel_id: str) -> Channel:
+    def create(self, channel_id: str) -> Channel:
         channel = self._channels.get(channel_id)
         if channel is None:
             channel = Channel(channel_id, after=self._tombstones.pop(channel_id, None))
@@ -77,7 +75,7 @@ class Sequencer:
 
     def publish(self, channel_id: str, content_type: str | None, body: bytes) -> Message:
         """Sequence a message and keep it; returns it as edges must receive it."""
-        channel = self._channels.get(channel_id) or self._create(channel_id)
+        channel = self._channels.get(channel_id) or self.create(channel_id)
         now = self._clock()
         message = Message(
             channel_id, self._next_id(channel, now), channel.last, None, content_type, body
@@ -95,7 +93,7 @@ class Sequencer:
 
     def restore(self, message: Message) -> None:
         """Keep a message sequenced by an earlier run, as it was (history replay)."""
-        channel = self._create(message.channel_id)
+        channel = self.create(message.channel_id)
         held = channel.messages
         if held and message.id <= held[-1].id:
             return
@@ -111,7 +109,7 @@ class Sequencer:
     def restore_channel(
         self, channel_id: str, last: MessageId | None, floor: MessageId | None
     ) -> None:
-        channel = self._create(channel_id)
+        channel = self.create(channel_id)
         if last is not None and (channel.last is None or last > channel.last):
             channel.last = last
         if floor is not None and (channel.floor is None or floor > channel.floor):
@@ -140,70 +138,21 @@ class Sequencer:
         for channel_id in [c for c, last in self._tombstones.items() if last.time < current]:
             del self._tombstones[channel_id]
 
-    def create(self, channel_id: str) -> ChannelInfo:
-        return self.info_of(self._create(channel_id))
-
-    def delete(self, channel_id: str) -> ChannelInfo | None:
+    def delete(self, channel_id: str) -> Channel | None:
+        """Forget the channel; returns it as it was. Its ids go on where it stopped."""
         channel = self._channels.pop(channel_id, None)
         if channel is None:
             return None
         newest = max(filter(None, (channel.last, channel.after)), default=None)
         if newest is not None:
             self._tombstones[channel_id] = newest
-        for counts in self._presence.values():
-            counts.pop(channel_id, None)
-        return self.info_of(channel)
-
-    def info(self, channel_id: str) -> ChannelInfo | None:
-        channel = self._channels.get(channel_id)
-        return None if channel is None else self.info_of(channel)
-
-    def info_of(self, channel: Channel) -> ChannelInfo:
-        return ChannelInfo(
-            len(channel.messages), channel.requested, channel.subscribers, channel.last
-        )
+        return channel
 
     def snapshot(self, channel_id: str, create: bool) -> Snapshot:
-        channel = self._create(channel_id) if create else self._channels.get(channel_id)
+        channel = self.create(channel_id) if create else self._channels.get(channel_id)
         if channel is None:
             return Snapshot(channel_id, False, None, None, self.limits, ())
         self._trim(channel, self._clock())
         return Snapshot(
             channel_id, True, channel.last, channel.floor, self.limits, tuple(channel.messages)
         )
-
-    # -- presence: subscribers held on edges ---------------------------------
-
-    def report_presence(
-        self, edge: bytes, counts: dict[str, tuple[int, float]], full: bool
-    ) -> None:
-        self._edge_seen[edge] = self._clock()
-        held = self._presence.setdefault(edge, {})
-        if full:
-            for channel_id in set(held) - set(counts):
-                self._set_held(edge, held, channel_id, 0)
-        for channel_id, (subscribers, requested) in counts.items():
-            channel = self._channels.get(channel_id)
-            if channel is None:
-                continue
-            if requested and (channel.requested is None or requested > channel.requested):
-                channel.requested = requested
-            self._set_held(edge, held, channel_id, max(subscribers, 0))
-
-    def _set_held(self, edge: bytes, held: dict[str, int], channel_id: str, count: int) -> None:
-        before = held.pop(channel_id, 0)
-        if count:
-            held[channel_id] = count
-        channel = self._channels.get(channel_id)
-        if channel is not None:
-            channel.subscribers += count - before
-
-    def forget_silent_edges(self, timeout: float) -> list[bytes]:
-        deadline = self._clock() - timeout
-        gone = [edge for edge, seen in self._edge_seen.items() if seen < deadline]
-        for edge in gone:
-            held = self._presence.pop(edge, {})
-            for channel_id in list(held):
-                self._set_held(edge, held, channel_id, 0)
-            del self._edge_seen[edge]
-        return gone

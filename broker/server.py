@@ -27,8 +27,9 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
+from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
-from broker.sequencer import Sequencer
+from broker.sequencer import Channel, Sequencer
 from broker.sockets import (
     POLL_MS,
     backend_recv,
@@ -67,6 +68,7 @@ class Broker:
         self.sequencer = Sequencer(
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
+        self.presence = Presence()
         self.history = None if config.history_file is None else History(config.history_file)
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
@@ -304,44 +306,57 @@ class Broker:
             self._drop("control", frames, error)
             return
         if isinstance(request, wire.Presence):
-            self.sequencer.report_presence(edge, request.counts, request.full)
+            self.presence.report(edge, request.counts, request.full, known=self.sequencer)
             return
         reply = self._answer(request)
         assert self._control is not None
         if not send_now(self._control, [edge, *wire.encode_reply(reply)]):
             self.counters["control_replies_dropped"] += 1
 
+    def _info(self, channel: Channel | None) -> wire.ChannelInfo | None:
+        if channel is None:
+            return None
+        channel_id = channel.channel_id
+        presence = self.presence
+        return wire.ChannelInfo(
+            len(channel.messages),
+            presence.requested(channel_id),
+            presence.subscribers(channel_id),
+            channel.last,
+        )
+
     def _answer(self, request: wire.Request) -> wire.Reply:
         sequencer = self.sequencer
         channel_id = request.channel_id
         if request.kind == wire.PUBLISH:
             message = self._publish(channel_id, request.content_type, request.body)
-            return wire.Reply(
-                request.request_id, True, sequencer.info(channel_id), None, message.id
-            )
+            info = self._info(sequencer.get(channel_id))
+            return wire.Reply(request.request_id, True, info, None, message.id)
         if request.kind == wire.SNAPSHOT:
-            existed = sequencer.get(channel_id) is not None
+            existed = channel_id in sequencer
             snapshot = sequencer.snapshot(channel_id, request.create)
             if snapshot.exists and not existed:
                 self._created(channel_id)
-            return wire.Reply(
-                request.request_id, snapshot.exists, sequencer.info(channel_id), snapshot
-            )
+            info = self._info(sequencer.get(channel_id))
+            return wire.Reply(request.request_id, snapshot.exists, info, snapshot)
         if request.kind == wire.CREATE:
-            existed = sequencer.get(channel_id) is not None
-            info = sequencer.create(channel_id)
+            existed = channel_id in sequencer
+            created = sequencer.create(channel_id)
             if not existed:
                 self._created(channel_id)
-            return wire.Reply(request.request_id, True, info)
+            return wire.Reply(request.request_id, True, self._info(created))
         if request.kind == wire.DELETE:
             deleted = sequencer.delete(channel_id)
+            # Reported as it was, subscribers included, before they are forgotten.
+            info = self._info(deleted)
             if deleted is not None:
+                self.presence.forget_channel(channel_id)
                 if self.history is not None:
                     self.history.deleted(channel_id)
                 self._emit(wire.encode_deleted(channel_id))
                 self._recently_published.add(channel_id)
-            return wire.Reply(request.request_id, deleted is not None, deleted)
-        found = sequencer.info(channel_id)
+            return wire.Reply(request.request_id, deleted is not None, info)
+        found = self._info(sequencer.get(channel_id))
         return wire.Reply(request.request_id, found is not None, found)
 
     # -- timers --------------------------------------------------------------
@@ -362,7 +377,7 @@ class Broker:
                 self.publishers.forget_silent()
                 if self.history is not None:
                     self.history.maybe_compact(self.sequencer, self.publishers)
-                for edge in self.sequencer.forget_silent_edges(config.presence_timeout):
+                for edge in self.presence.forget_silent_edges(config.presence_timeout):
                     log.info("edge %s went silent; forgetting its subscribers", edge.hex())
             published, self._recently_published = self._recently_published, set()
             for channel_id in published:

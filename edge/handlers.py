@@ -1,9 +1,12 @@
-"""What every push location's handler shares: errors, methods, the channel id.
+"""What the push locations share: refusals with a reason, the channel id, methods.
 
-Tornado's defaults fight the protocol in two places, both switched off
-here: it computes an Etag for GET responses and turns a matching
-If-None-Match into 304 (the protocol's Etag is a message tag, not a body
-hash), and it answers unknown methods 405 without an Allow header.
+The subscriber location answers on the edge's own connection and takes only
+the refusals, the channel id and `anchored`; `PushHandler` is the base of
+the handlers Tornado serves (publisher, metrics, the 404 where no location
+matches). Tornado's defaults fight the protocol in two places, both
+switched off in it: it computes an Etag for GET responses and turns a
+matching If-None-Match into 304 (the protocol's Etag is a message tag, not
+a body hash), and it answers unknown methods 405 without an Allow header.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The push relay protocol's header names, cursor rules and formats.
 
-The one place the HTTP side of the protocol is spelled (PROTOCOL.md beside
-the design notes describes it); handlers and tests import these names.
+The one place the HTTP side of the protocol is spelled (the README's "The
+HTTP protocol" section says what the edges choose where implementations
+differ); the locations and the tests import these names.
 """
 
 from __future__ import annotations

@@ -88,6 +88,27 @@ def poll(
     return client.get(base + path(location, channel_id), headers=merged)
 
 
+def hold(
+    client: httpx.Client,
+    base: str,
+    channel_id: str,
+    cursor: Cursor,
+    *,
+    location: str = "updates",
+    headers: dict[str, str] | None = None,
+    held: int = 1,
+    counted_by: str | None = None,
+) -> Future[httpx.Response]:
+    """Poll from `cursor` in the background; returns once the poll is held.
+
+    Held means the broker counts `held` polls waiting on the channel, as
+    the publisher location at `counted_by` (default `base`) reports it.
+    """
+    waiting = in_background(poll, client, base, channel_id, cursor, location, headers)
+    wait_for_subscribers(counted_by or base, channel_id, held)
+    return waiting
+
+
 def walk(base: str, channel_id: str, count: int, cursor: Cursor | None = None) -> list[bytes]:
     """Follow the channel from `cursor` until `count` messages were received."""
     received = []

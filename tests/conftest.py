@@ -5,14 +5,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import django
+import httpx
 import pytest
+import zmq
 
+from tests.clock import Clock
 from tests.processes import Launcher, Process
 
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_settings")
     django.setup()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """Half a second into the Unix second 1,000, until the test moves it."""
+    return Clock(1_000.5)
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A ZeroMQ context whose sockets are all closed, without linger, after the test."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
 
 
 @pytest.fixture
@@ -60,3 +77,16 @@ PROTOCOL_SETTINGS = {
 def server(module_launcher: Launcher) -> tuple[Process, str]:
     """An embedded broker and edge speaking the protocol, and the edge's base URL."""
     return module_launcher.embedded(**PROTOCOL_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def base(server: tuple[Process, str]) -> str:
+    """The base URL of that server's edge, for tests that need nothing else of it."""
+    return server[1]
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    """One keep-alive connection to poll with, as a browser would."""
+    with httpx.Client(timeout=30) as session:
+        yield session

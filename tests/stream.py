@@ -139,4 +139,6 @@ def run_stream(
         return sent
 
     sent = asyncio.run(main())
+    # A fault that failed ended its thread early: the stream did not suffer what it says.
+    assert len(done_faults) == len(faults or []), done_faults
     return StreamResult(sent, subscribers, done_faults)

@@ -38,7 +38,7 @@ def test_defaults_give_the_embedded_edge_and_default_locations() -> None:
         assert publisher_url("news") == "http://127.0.0.1:8001/send-update/news"
 
 
-def test_anchors_are_dropped() -> None:
+def test_a_patterns_anchors_are_left_out_of_the_url() -> None:
     with with_locations({"type": SUBSCRIBER, "url": r"^/updates/([^/]+)$"}):
         assert subscriber_url("news") == "http://127.0.0.1:8001/updates/news"
 
@@ -161,7 +161,7 @@ def test_tag_outputs_the_subscriber_url_for_a_literal_or_a_variable() -> None:
     assert number == "http://127.0.0.1:8001/updates/42"
 
 
-def test_tag_stores_the_url_with_as() -> None:
+def test_tag_with_as_stores_the_url_in_a_variable_instead_of_writing_it() -> None:
     with override_settings(PUSH_SERVER={}):
         rendered = render("{% load pushserver %}{% channel_url name as url %}[{{ url }}]", name="a")
     assert rendered == "[http://127.0.0.1:8001/updates/a]"

@@ -48,8 +48,8 @@ def test_a_message_already_held_is_ignored() -> None:
 
 def test_messages_arriving_before_the_snapshot_are_applied_after_it() -> None:
     buffer = ChannelBuffer("c")
-    buffer.apply(message(1, 0))
-    buffer.apply(message(2, 1))
+    assert buffer.apply(message(1, 0)) and buffer.apply(message(2, 1))
+    assert bodies(buffer) == []  # nothing is served before the snapshot
     complete = buffer.load(
         Snapshot("c", True, message(1, 0).id, None, LIMITS, (message(0, None), message(1, 0)))
     )
@@ -71,7 +71,7 @@ def test_the_buffer_keeps_max_messages_and_reports_what_a_cursor_missed() -> Non
 
 def test_a_live_message_carrying_a_floor_drops_what_the_broker_dropped() -> None:
     buffer = loaded(message(0, None), message(1, 0))
-    buffer.apply(message(2, 1, floor=0))
+    assert buffer.apply(message(2, 1, floor=0))
     assert bodies(buffer) == [b"m1", b"m2"]
 
 
@@ -82,6 +82,8 @@ def test_waiting_polls_at_one_cursor_share_one_answer() -> None:
         buffer.wait(Waiter(message(0, None).id, lambda h, m: got.append((h, m)), lambda: None))
     buffer.apply(message(1, 0))
     assert len(got) == 3 and len({id(h) for h, _ in got}) == 1
+    held, missed = got[0]
+    assert held is not None and held.message.body == b"m1" and not missed
     assert not buffer.waiters
 
 

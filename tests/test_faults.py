@@ -17,7 +17,7 @@ from django.test.utils import override_settings
 from ops.cluster import Cluster
 from pushserver import sender
 from pushserver.utils import updates
-from tests.client import fresh
+from tests.client import fresh, wait_for_subscribers
 from tests.pollers import Subscriber
 from tests.processes import Launcher
 from tests.stream import StreamResult, run_stream
@@ -148,7 +148,8 @@ def test_an_edge_dropping_live_messages_at_its_queue_limit_refills_every_gap(
 
     async def run() -> None:
         walks = [asyncio.create_task(s.walk(len(bodies))) for s in subscribers]
-        await asyncio.sleep(1)
+        # The channel is empty: every first poll is held until the burst.
+        await asyncio.to_thread(wait_for_subscribers, cluster.edge_urls[0], channel, 20)
         await asyncio.to_thread(burst)
         await asyncio.wait_for(asyncio.gather(*walks), 120)
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.client import fresh, poll, publish
+from tests.client import Cursor, fresh, poll, publish
 from tests.processes import Launcher
 
 
@@ -29,10 +29,7 @@ def test_metrics_count_responses_by_status_and_name_the_process(launcher: Launch
     with httpx.Client(timeout=10) as client:
         first = poll(client, base, channel)
         assert first.status_code == 200
-        timed_out = client.get(
-            base + f"/updates/{channel}",
-            headers={"If-Modified-Since": first.headers["Last-Modified"], "If-None-Match": "0"},
-        )
+        timed_out = poll(client, base, channel, Cursor().advanced(first))
         assert timed_out.status_code == 304
         response = client.get(base + "/pushserver/metrics")
     for sock in idle:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.client import Cursor, fresh, in_background, info, path, poll, publish
+from tests.client import Cursor, fresh, hold, info, path, poll, publish
 from tests.processes import (
     ANY_PORT,
     BROKER_LINE,
@@ -111,7 +111,7 @@ def test_the_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     assert "test is successful" in result.stderr
 
 
-def test_the_nginx_config_keeps_the_contract() -> None:
+def test_the_nginx_config_round_robins_unbuffered_polls_and_hides_publishing() -> None:
     text = NGINX_CONF.read_text()
     code = without_comments(text)
     # Left to the command line, so the launcher and systemd can set them.
@@ -202,7 +202,7 @@ def test_the_haproxy_config_passes_haproxy_c(tmp_path: Path) -> None:
     assert "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
-def test_the_haproxy_config_keeps_the_contract() -> None:
+def test_the_haproxy_config_round_robins_outwaits_polls_and_hides_publishing() -> None:
     sections = haproxy_sections(HAPROXY_CFG.read_text())
     assert not any(line.split()[0] == "daemon" for line in sections["global"])
     defaults = sections["defaults"]
@@ -359,8 +359,7 @@ def test_the_balancer_serves_polls_from_the_edges_and_refuses_to_publish(
         cursor = Cursor().advanced(response)
 
         # A held poll is answered through the balancer as soon as a message comes.
-        held = in_background(poll, client, front, channel, cursor, headers=browser)
-        eventually(lambda: (info(edge, channel) or {}).get("subscribers") == 1, 10, "held poll")
+        held = hold(client, front, channel, cursor, headers=browser, counted_by=edge)
         started = time.monotonic()
         publish(edge, channel, b"second")
         response = held.result(10)
@@ -493,8 +492,7 @@ def test_the_edge_unit_serves_its_instance_port_and_stops_gracefully(
         assert response.status_code == 200 and response.content == b"hello"
         # A poll held when systemd stops the edge is answered 304 at once.
         cursor = Cursor().advanced(response)
-        held = in_background(poll, client, url, channel, cursor)
-        eventually(lambda: (info(url, channel) or {}).get("subscribers") == 1, 10, "held poll")
+        held = hold(client, url, channel, cursor)
         took = stop_as_systemd(process, EDGE_UNIT)
         answer = held.result(5)
     assert answer.status_code == 304

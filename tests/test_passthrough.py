@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from edge.protocol import PASSTHROUGH_SECRET
-from tests.client import Cursor, fresh, path, poll, publish
+from tests.client import Cursor, fresh, path, poll, publish, wait_for_subscribers
 from tests.pollers import Subscriber
 from tests.processes import ANY_PORT, Launcher, Process, eventually, free_port
 
@@ -35,10 +35,12 @@ class Site:
         return [(e["event"], e["user"]) for e in loaded if e["channel_id"] == channel_id]
 
     @contextlib.contextmanager
-    def logged_in(self, username: str) -> Iterator[httpx.Client]:
+    def browser(self, username: str | None) -> Iterator[httpx.Client]:
+        """A client with cookies of its own, logged in as `username` unless it is None."""
         with httpx.Client(timeout=30) as client:
-            response = client.get(f"{self.base}/login/{username}/")
-            assert response.status_code == 200, response.text
+            if username is not None:
+                response = client.get(f"{self.base}/login/{username}/")
+                assert response.status_code == 200, response.text
             yield client
 
 
@@ -95,23 +97,15 @@ def site(module_launcher: Launcher) -> Site:
     return Site(process, f"http://127.0.0.1:{port}", folder / "events.jsonl", folder / "refuse-all")
 
 
-def test_a_logged_in_clients_poll_fires_subscribe_and_unsubscribe_with_its_user(
-    site: Site,
+@pytest.mark.parametrize("user", ["alice", None], ids=["logged-in", "anonymous"])
+def test_a_poll_fires_subscribe_and_unsubscribe_with_the_browsers_user(
+    site: Site, user: str | None
 ) -> None:
     channel = fresh("presence")
     publish(site.base, channel, "hello")
-    with site.logged_in("alice") as alice:
-        assert poll(alice, site.base, channel).text == "hello"
-    expected = [("subscribe", "alice"), ("unsubscribe", "alice")]
-    eventually(lambda: site.events(channel) == expected, 10, f"{expected} for {channel}")
-
-
-def test_an_anonymous_poll_fires_the_signals_without_a_user(site: Site) -> None:
-    channel = fresh("anonymous")
-    publish(site.base, channel, "hello")
-    with httpx.Client(timeout=30) as anonymous:
-        assert poll(anonymous, site.base, channel).text == "hello"
-    expected = [("subscribe", None), ("unsubscribe", None)]
+    with site.browser(user) as browser:
+        assert poll(browser, site.base, channel).text == "hello"
+    expected = [("subscribe", user), ("unsubscribe", user)]
     eventually(lambda: site.events(channel) == expected, 10, f"{expected} for {channel}")
 
 
@@ -134,7 +128,7 @@ def test_grace_turns_twenty_polls_of_one_client_into_one_subscribe(site: Site) -
     channel = fresh("grace")
     for n in range(20):
         publish(site.base, channel, f"update {n}")
-    with site.logged_in("bob") as bob:
+    with site.browser("bob") as bob:
         cursor = Cursor()
         for n in range(20):
             response = poll(bob, site.base, channel, cursor, location="grace")
@@ -151,11 +145,11 @@ def test_authorization_refuses_a_user_the_receiver_rejects_and_admits_another(
 ) -> None:
     channel = fresh("private")
     publish(site.base, channel, "secret plans")
-    with site.logged_in("mallory") as mallory:
+    with site.browser("mallory") as mallory:
         refused = poll(mallory, site.base, channel, location="private")
         assert refused.status_code == 403
         assert "refused" in refused.text
-    with site.logged_in("alice") as alice:
+    with site.browser("alice") as alice:
         admitted = poll(alice, site.base, channel, location="private")
         assert admitted.status_code == 200
         assert admitted.text == "secret plans"
@@ -164,7 +158,7 @@ def test_authorization_refuses_a_user_the_receiver_rejects_and_admits_another(
         try:
             again = poll(alice, site.base, channel, location="private")
             assert again.status_code == 200
-            with site.logged_in("carol") as carol:
+            with site.browser("carol") as carol:
                 assert poll(carol, site.base, channel, location="private").status_code == 403
         finally:
             site.refuse_all_flag.unlink()
@@ -180,16 +174,22 @@ def test_delivery_to_a_hundred_subscribers_goes_on_while_django_is_down(launcher
     channel = fresh("django-down")
     publish(base, channel, "first")
 
-    async def run() -> list[list[bytes]]:
+    async def run() -> tuple[list[list[bytes]], list[int]]:
         tasks = [asyncio.create_task(Subscriber([base], channel).walk(6)) for _ in range(100)]
+        # Each has had "first" and holds a poll for what follows.
+        await asyncio.to_thread(wait_for_subscribers, base, channel, 100)
         async with httpx.AsyncClient(timeout=30) as publisher:
-            for n in range(5):
-                await asyncio.sleep(0.2)
-                await publisher.post(base + path("send-update", channel), content=f"m{n}".encode())
-        return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            statuses = [
+                (await publisher.post(url, content=f"m{n}".encode())).status_code for n in range(5)
+            ]
+        return await asyncio.wait_for(asyncio.gather(*tasks), 60), statuses
 
+    url = base + path("send-update", channel)
+    received, statuses = asyncio.run(run())
+    # 201: the first message found subscribers waiting.
+    assert statuses[0] == 201 and set(statuses) <= {201, 202}, statuses
     expected = [b"first"] + [f"m{n}".encode() for n in range(5)]
-    assert all(received == expected for received in asyncio.run(run()))
+    assert all(walked == expected for walked in received)
     failures = eventually(
         lambda: [line for line in process.lines if "passthrough call" in line],
         10,

@@ -165,7 +165,9 @@ def test_a_secret_header_is_ignored_when_no_secret_is_configured(fired: list[Fir
 
 
 @pytest.mark.parametrize("given", ["wrong", "s3cre", "s3cret ", "wröng"])
-def test_wrong_secret_is_forbidden(fired: list[Fired], given: str) -> None:
+def test_a_wrong_secret_is_forbidden_from_an_outside_address(
+    fired: list[Fired], given: str
+) -> None:
     with override_settings(INTERNAL_IPS=[], PUSH_SERVER={"passthrough_secret": "s3cret"}):
         response = Client().post(
             "/passthrough", SUBSCRIBE, REMOTE_ADDR="192.0.2.7", headers={PASSTHROUGH_SECRET: given}
@@ -218,7 +220,9 @@ def test_methods_other_than_post_are_not_allowed(fired: list[Fired], method: str
         ({PASSTHROUGH_CHANNEL: "x" * 1025, PASSTHROUGH_SUBSCRIBE: "1"}, b"longer than"),
     ],
 )
-def test_bad_form_is_a_bad_request(fired: list[Fired], form: dict[str, str], why: bytes) -> None:
+def test_a_form_without_a_valid_channel_id_and_exactly_one_action_gets_400_and_fires_nothing(
+    fired: list[Fired], form: dict[str, str], why: bytes
+) -> None:
     response = Client().post("/passthrough", form)
     assert response.status_code == 400
     assert why in response.content

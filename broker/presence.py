@@ -1,0 +1,89 @@
+"""Who is listening: the subscribers edges hold, per channel, summed over the cluster.
+
+Pure bookkeeping with no sockets, so its rules can be tested alone. Each
+edge reports its own counts (what changed, and now and then all of them);
+the broker keeps each edge's last word and the sum per channel, which
+channel info reports and which decides a publish's 201 or 202. The trap
+is an edge that dies: it says nothing, and its counts would stand forever.
+So an edge silent for longer than the presence timeout is forgotten with
+its subscribers, and counts are kept only for channels the broker holds,
+so a deleted channel's presence goes with it and an edge cannot grow this
+with channels that do not exist.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Container
+
+
+class Presence:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        # Per edge: channel id -> held subscribers it last reported (never 0).
+        self._held: dict[bytes, dict[str, int]] = {}
+        self._seen: dict[bytes, float] = {}
+        # Per channel: the sum over every edge (never 0), and the latest request.
+        self._subscribers: dict[str, int] = {}
+        self._requested: dict[str, float] = {}
+
+    def subscribers(self, channel_id: str) -> int:
+        """Subscribers held on every edge together."""
+        return self._subscribers.get(channel_id, 0)
+
+    def requested(self, channel_id: str) -> float | None:
+        """The Unix time of the latest subscriber request on any edge; None when never."""
+        return self._requested.get(channel_id)
+
+    def report(
+        self,
+        edge: bytes,
+        counts: dict[str, tuple[int, float]],
+        full: bool,
+        known: Container[str],
+    ) -> None:
+        """Take an edge's `counts` (channel id -> held subscribers, latest request time).
+
+        With `full`, the counts are all the edge holds: channels it no longer
+        names are counted 0 on it. Channels not in `known` are ignored.
+        """
+        self._seen[edge] = self._clock()
+        held = self._held.setdefault(edge, {})
+        if full:
+            for channel_id in set(held) - set(counts):
+                self._set(held, channel_id, 0)
+        for channel_id, (subscribers, requested) in counts.items():
+            if channel_id not in known:
+                continue
+            latest = self._requested.get(channel_id)
+            if requested and (latest is None or requested > latest):
+                self._requested[channel_id] = requested
+            self._set(held, channel_id, max(subscribers, 0))
+
+    def _set(self, held: dict[str, int], channel_id: str, count: int) -> None:
+        before = held.pop(channel_id, 0)
+        if count:
+            held[channel_id] = count
+        total = self._subscribers.get(channel_id, 0) + count - before
+        if total:
+            self._subscribers[channel_id] = total
+        else:
+            self._subscribers.pop(channel_id, None)
+
+    def forget_channel(self, channel_id: str) -> None:
+        """A deleted channel: nobody is held on it, nobody ever asked for it."""
+        for held in self._held.values():
+            held.pop(channel_id, None)
+        self._subscribers.pop(channel_id, None)
+        self._requested.pop(channel_id, None)
+
+    def forget_silent_edges(self, timeout: float) -> list[bytes]:
+        """Forget the edges that reported nothing for `timeout` seconds; returns them."""
+        deadline = self._clock() - timeout
+        gone = [edge for edge, seen in self._seen.items() if seen < deadline]
+        for edge in gone:
+            held = self._held.pop(edge, {})
+            for channel_id in list(held):
+                self._set(held, channel_id, 0)
+            del self._seen[edge]
+        return gone
