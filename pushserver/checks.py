@@ -108,7 +108,8 @@ def _unknown_keys(
 
 
 def _stores(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
-    if any(key in value and not isinstance(value[key], dict) for key in ("store", "stores")):
+    written = (value.get("store"), value.get("stores"))
+    if any(shape is not None and not isinstance(shape, dict) for shape in written):
         return
     stores = conf.named_stores()
     if len(stores) > 1:
@@ -194,7 +195,7 @@ def _broker(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
             )
     bound = list(conf.broker_endpoints().values())
     # Ephemeral ports (`*` or 0) differ by construction.
-    fixed = [endpoint for endpoint in bound if not str(endpoint).endswith((":*", ":0"))]
+    fixed = [str(endpoint) for endpoint in bound if not str(endpoint).endswith((":*", ":0"))]
     if len(set(fixed)) != len(fixed):
         yield _message(
             rules.BROKER_ENDPOINTS_SHARED,

@@ -117,6 +117,11 @@ def test_a_location_naming_a_missing_store() -> None:
     assert "'elsewhere'" in message and "'default'" in message
 
 
+def test_a_store_written_as_none_leaves_the_named_stores_checked() -> None:
+    message = only({"store": None, "stores": {"a": {}, "b": {}}}, rules.SEVERAL_STORES)
+    assert "2 stores ('a', 'b')" in message
+
+
 def test_store_type_other_than_memory() -> None:
     message = only({"store": {"type": "redis"}}, rules.STORE_TYPE_NOT_MEMORY)
     assert "must be 'memory', got 'redis'" in message
@@ -245,7 +250,9 @@ def test_allow_origin_accepts_one_origin_a_list_or_star() -> None:
         assert messages_for({"locations": (location,)}) == []
 
 
-@pytest.mark.parametrize("endpoint", ["127.0.0.1:5560", "http://127.0.0.1:5560", 5560, "tcp://"])
+@pytest.mark.parametrize(
+    "endpoint", ["127.0.0.1:5560", "http://127.0.0.1:5560", 5560, "tcp://", ["tcp://127.0.0.1:1"]]
+)
 def test_bad_broker_endpoints(endpoint: Any) -> None:
     message = only({"broker": {"ingress": endpoint}}, rules.BROKER_ENDPOINT)
     assert "must be a ZeroMQ endpoint starting with tcp://, ipc:// or inproc://" in message
