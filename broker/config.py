@@ -1,4 +1,10 @@
-"""The broker's configuration, built once by whoever starts it."""
+"""The broker's configuration, built once by whoever starts it.
+
+The defaults written here are also the PUSH_SERVER defaults of the keys
+that fill these fields: `pushserver.schema` reads them from a default
+instance, so this module stays free of Django and is the one place they
+are written.
+"""
 
 from __future__ import annotations
 

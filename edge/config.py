@@ -1,4 +1,10 @@
-"""The edge's configuration, built once by whoever starts it."""
+"""The edge's configuration, built once by whoever starts it.
+
+The defaults written here are also the PUSH_SERVER defaults of the keys
+that fill these fields: `pushserver.schema` reads them from a default
+instance, so this module stays free of Django and is the one place they
+are written.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +82,3 @@ class EdgeConfig:
     # Prometheus metrics, shown to callers from `metrics_allow_from` only.
     metrics_url: str = "/pushserver/metrics"
     metrics_allow_from: tuple[str, ...] = LOOPBACK
-    # Fault injection for testing gap repair: drop every Nth live message
-    # received from the broker. 0, the default, drops nothing.
-    drop_live_every: int = 0

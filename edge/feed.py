@@ -56,7 +56,6 @@ class Feed:
         self._flushed_at = 0.0
         self._last_heartbeat = 0.0
         self.broker_away = False
-        self._live_seen = 0
         events = self._context.socket(zmq.SUB)
         configure_heartbeats(events)
         # Subscriptions obey SNDHWM: with the default only 1,000 topics
@@ -246,11 +245,6 @@ class Feed:
         if buffer is None:
             return  # a topic being unsubscribed
         if isinstance(event, wire.Message):
-            self._live_seen += 1
-            drop_every = self.config.drop_live_every
-            if drop_every and self._live_seen % drop_every == 0:
-                self.counters["live_dropped_by_fault_injection"] += 1
-                return
             if not buffer.apply(event):
                 self._refill(buffer, f"message {event.id} follows {event.prev}, not {buffer.last}")
         elif isinstance(event, wire.Sync):

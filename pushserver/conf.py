@@ -1,10 +1,11 @@
-"""The PUSH_SERVER setting: defaults, and its translation into the parts' configurations.
+"""The PUSH_SERVER setting as values, and its translation into the parts' configurations.
 
-Everything else in the app asks this module, never ``settings`` directly, so
-there is one place that knows the defaults and the legacy shapes the
-original django-pushserver 0.3.4 accepted. The setting is read on every
+Everything else in the app asks this module, never ``settings`` directly.
+Keys, defaults and conversions come from the table in `pushserver.schema`;
+this module only knows how the setting is nested (the legacy shapes of the
+original django-pushserver 0.3.4 included). The setting is read on every
 call, so ``override_settings`` works; the values are not validated here
-(``checks.py`` does that, and ``runpushserver`` runs the checks first).
+(`pushserver.checks` does that, and ``runpushserver`` runs the checks first).
 
 The one translation worth knowing about: broker endpoints are where the
 broker binds and where publishers and edges connect, so a wildcard host
@@ -17,134 +18,71 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
-from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS, DEFAULT_INGRESS, BrokerConfig
-from edge.config import (
-    INTERVAL_POLL,
-    LONG_POLL,
-    LOOPBACK,
-    EdgeConfig,
-    PublisherLocation,
-    SubscriberLocation,
-)
+from broker.config import BrokerConfig
+from edge.config import EdgeConfig, PublisherLocation, SubscriberLocation
+from pushserver import schema
 
-DEFAULT_ADDRESS = "127.0.0.1"
-DEFAULT_IPV6_ADDRESS = "::1"
-DEFAULT_PORT = 8001
-# `runpushserver --allrequests` stands in for `runserver`, so it takes its port.
-ALL_REQUESTS_PORT = 8000
+# Re-exported: the location types, as `pushserver.locations` names them.
+from pushserver.schema import PUBLISHER as PUBLISHER
+from pushserver.schema import SUBSCRIBER as SUBSCRIBER
+
 # The store name a single 'store' dict goes by, as in the original.
 DEFAULT_STORE_NAME = "default"
-
-SUBSCRIBER = "subscriber"
-PUBLISHER = "publisher"
-POLLING_MODES = (LONG_POLL, INTERVAL_POLL)
-
-STORE_DEFAULTS: Mapping[str, Any] = {
-    "type": "memory",
-    "min_messages": 0,
-    "max_messages": 100,
-    "message_timeout": 10,
-}
+# Each location type's keys with their defaults, as a location is merged with them.
 LOCATION_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
-    SUBSCRIBER: {
-        "url": r"/updates/([^/]+)",
-        "polling": LONG_POLL,
-        "create_on_get": True,
-        "allow_origin": "*",
-        "allow_credentials": False,
-        "passthrough": None,
-        "passthrough_grace": 0,
-        "authorize": False,
-        "authorize_cache": 60,
-        "store": None,
-    },
-    PUBLISHER: {
-        "url": r"/send-update/([^/]+)",
-        "allow_from": list(LOOPBACK),
-        "secret": None,
-        "store": None,
-    },
+    kind: group.defaults() for kind, group in schema.LOCATIONS.items()
 }
-BROKER_DEFAULTS: Mapping[str, str] = {
-    "ingress": DEFAULT_INGRESS,
-    "events": DEFAULT_EVENTS,
-    "control": DEFAULT_CONTROL,
-}
-# Seconds, except where the name says otherwise.
-NUMBER_DEFAULTS: Mapping[str, float] = {
-    "long_poll_timeout": 25.0,
-    "max_message_size": 4 * 1024 * 1024,
-    "topic_linger": 30.0,
-    "broker_timeout": 5.0,
-    "heartbeat_interval": 1.0,
-    "max_connections": 10_000,
-    "send_timeout": 0.5,
-    "broker_unreachable_timeout": 3.0,
-    "send_queue_size": 10_000,
-    "exit_timeout": 1.0,
-    "passthrough_timeout": 5.0,
-    "passthrough_concurrency": 64,
-    # Fault injection for tests of gap repair: an edge drops every Nth live
-    # message from the broker. 0 drops nothing.
-    "drop_live_every": 0,
-}
-INTEGER_KEYS = frozenset(
-    {
-        "max_message_size",
-        "max_connections",
-        "send_queue_size",
-        "drop_live_every",
-        "passthrough_concurrency",
-    }
-)
-# Keys where 0 means "off"; every other number must be positive.
-ZERO_ALLOWED_KEYS = frozenset({"drop_live_every"})
-HOST_KEYS = ("publisher_host", "subscriber_host")
-# Keys of the original that are accepted and have no effect here.
-IGNORED_KEYS = frozenset({"servername"})
-KNOWN_KEYS = frozenset(
-    {
-        "address",
-        "port",
-        "store",
-        "stores",
-        "locations",
-        "broker",
-        "history_file",
-        "passthrough_secret",
-        "metrics_allow_from",
-        "events_hwm",
-    }
-    | set(HOST_KEYS)
-    | set(NUMBER_DEFAULTS)
-    | IGNORED_KEYS
-)
 
 
 def push_server() -> dict[str, Any]:
     """The raw PUSH_SERVER setting; an empty dict when it is missing or not a dict."""
-    value = getattr(settings, "PUSH_SERVER", None)
+    value = getattr(settings, schema.SETTING, None)
     return value if isinstance(value, dict) else {}
 
 
+def _unset(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def value(key: str) -> Any:
+    """A top-level key's value in its configuration type; its default when unset."""
+    setting = schema.TOP[key]
+    written = push_server().get(key)
+    return setting.convert(setting.default if _unset(written) else written)
+
+
+def number(key: str) -> float:
+    """A top-level number (seconds, sizes, counts); an int where the key holds one."""
+    found: float = value(key)
+    return found
+
+
+def passthrough_secret() -> str | None:
+    """The secret edges send to the passthrough view, so it trusts them from any address."""
+    secret: str | None = value("passthrough_secret")
+    return secret
+
+
 def ignore_errors() -> bool:
-    return bool(getattr(settings, "PUSH_SERVER_IGNORE_ERRORS", False))
+    setting = schema.IGNORE_ERRORS
+    return bool(getattr(settings, setting.key, setting.default))
 
 
 def edge_address() -> str:
-    value = push_server().get("address")
-    return str(value) if value else DEFAULT_ADDRESS
+    address: str = value("address")
+    return address
 
 
-def edge_port(default: int = DEFAULT_PORT) -> int:
-    """The configured port, or `default` when the setting names none."""
-    value = push_server().get("port")
-    return default if value is None or value == "" else int(value)
+def edge_port(default: int | None = None) -> int:
+    """The configured port, or `default` (else the table's) when the setting names none."""
+    if default is not None and _unset(push_server().get("port")):
+        return default
+    port: int = value("port")
+    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +99,10 @@ class Host:
 
 def host(kind: str) -> Host:
     """The ``publisher_host`` or ``subscriber_host`` setting; `kind` is PUBLISHER or SUBSCRIBER."""
-    value = push_server().get(f"{kind}_host") or {}
-    location = value.get("location") or f"{bracket_ipv6(edge_address())}:{edge_port()}"
-    return Host(str(location), bool(value.get("secure", False)))
+    written = push_server().get(f"{kind}_host") or {}
+    merged = schema.HOST.merged(written)
+    location = merged["location"] or f"{bracket_ipv6(edge_address())}:{edge_port()}"
+    return Host(str(location), bool(merged["secure"]))
 
 
 def bracket_ipv6(host_name: str) -> str:
@@ -198,7 +137,7 @@ def store() -> dict[str, Any]:
     """The cluster's one store, merged with the defaults."""
     stores = named_stores()
     written = next(iter(stores.values())) if stores else {}
-    return {**STORE_DEFAULTS, **(written if isinstance(written, dict) else {})}
+    return schema.STORE.merged(written if isinstance(written, dict) else {})
 
 
 def locations() -> list[dict[str, Any]]:
@@ -206,47 +145,18 @@ def locations() -> list[dict[str, Any]]:
     written = push_server().get("locations")
     if written is None:
         written = ({"type": SUBSCRIBER}, {"type": PUBLISHER})
-    merged = []
-    for location in written:
-        defaults = LOCATION_DEFAULTS.get(str(location.get("type")), {})
-        merged.append({**defaults, **location})
-    return merged
+    return [
+        {**LOCATION_DEFAULTS.get(str(location.get("type")), {}), **location} for location in written
+    ]
 
 
 def broker_endpoints() -> dict[str, str]:
+    """Where the broker binds; an endpoint written as None is its default."""
     written = push_server().get("broker") or {}
-    return {**BROKER_DEFAULTS, **written}
-
-
-def number(key: str) -> float:
-    value = push_server().get(key)
-    if value is None:
-        value = NUMBER_DEFAULTS[key]
-    return int(value) if key in INTEGER_KEYS else float(value)
-
-
-def events_hwm() -> int | None:
-    """The events queue (messages) at both ends of the broker-edge link; None keeps each
-    side's default. Small values make edges drop live messages under bursts and refill."""
-    value = push_server().get("events_hwm")
-    return None if value is None else int(value)
-
-
-def metrics_allow_from() -> tuple[str, ...]:
-    """Networks allowed to read an edge's metrics; loopback unless the settings say otherwise."""
-    value = push_server().get("metrics_allow_from")
-    return LOOPBACK if value is None else _strings(value)
-
-
-def passthrough_secret() -> str | None:
-    """The secret edges send to the passthrough view, so it trusts them from any address."""
-    value = push_server().get("passthrough_secret")
-    return str(value) if value else None
-
-
-def history_file() -> Path | None:
-    value = push_server().get("history_file")
-    return Path(value) if value else None
+    return {
+        key: endpoint if written.get(key) is None else written[key]
+        for key, endpoint in schema.BROKER.defaults().items()
+    }
 
 
 _WILDCARD_HOST = re.compile(r"^(tcp://)(\*|0\.0\.0\.0|\[::\]|\[\*\])(:.*)$")
@@ -262,47 +172,22 @@ def connect_endpoint(endpoint: str) -> str:
     return f"{scheme}{loopback}{rest}"
 
 
+def _top_level_fields(target: type) -> dict[str, Any]:
+    return {
+        setting.key: value(setting.key)
+        for setting in schema.TOP.settings
+        if setting.feeds is target
+    }
+
+
 def broker_config() -> BrokerConfig:
-    endpoints = broker_endpoints()
-    limits = store()
     config = BrokerConfig(
-        ingress=endpoints["ingress"],
-        events=endpoints["events"],
-        control=endpoints["control"],
-        max_messages=int(limits["max_messages"]),
-        min_messages=int(limits["min_messages"]),
-        message_timeout=float(limits["message_timeout"]),
-        heartbeat_interval=number("heartbeat_interval"),
-        history_file=history_file(),
+        **_top_level_fields(BrokerConfig),
+        **schema.STORE.fields(store(), BrokerConfig),
+        **schema.BROKER.fields(broker_endpoints(), BrokerConfig),
     )
-    hwm = events_hwm()
-    return config if hwm is None else dataclasses.replace(config, events_sndhwm=hwm)
-
-
-def _strings(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _subscriber(location: dict[str, Any]) -> SubscriberLocation:
-    return SubscriberLocation(
-        url=location["url"],
-        polling=location["polling"],
-        create_on_get=bool(location["create_on_get"]),
-        allow_origin=_strings(location["allow_origin"]),
-        allow_credentials=bool(location["allow_credentials"]),
-        passthrough=location["passthrough"] or None,
-        passthrough_grace=float(location["passthrough_grace"]),
-        authorize=bool(location["authorize"]),
-        authorize_cache=float(location["authorize_cache"]),
-    )
-
-
-def _publisher(location: dict[str, Any]) -> PublisherLocation:
-    return PublisherLocation(
-        url=location["url"],
-        allow_from=_strings(location["allow_from"]),
-        secret=location["secret"] or None,
-    )
+    hwm = value("events_hwm")
+    return config if hwm is None else dataclasses.replace(config, events_sndhwm=int(hwm))
 
 
 def edge_config(address: str | None = None, port: int | None = None) -> EdgeConfig:
@@ -310,23 +195,25 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
     ``runpushserver``'s address:port argument does."""
     endpoints = broker_endpoints()
     merged = locations()
+    fields = _top_level_fields(EdgeConfig)
+    if address:
+        fields["address"] = address
+    if port is not None:
+        fields["port"] = port
     config = EdgeConfig(
-        address=address or edge_address(),
-        port=edge_port() if port is None else port,
+        **fields,
         events=connect_endpoint(endpoints["events"]),
         control=connect_endpoint(endpoints["control"]),
-        subscribers=tuple(_subscriber(loc) for loc in merged if loc.get("type") == SUBSCRIBER),
-        publishers=tuple(_publisher(loc) for loc in merged if loc.get("type") == PUBLISHER),
-        long_poll_timeout=number("long_poll_timeout"),
-        max_message_size=int(number("max_message_size")),
-        topic_linger=number("topic_linger"),
-        broker_timeout=number("broker_timeout"),
-        max_connections=int(number("max_connections")),
-        drop_live_every=int(number("drop_live_every")),
-        passthrough_secret=passthrough_secret(),
-        metrics_allow_from=metrics_allow_from(),
-        passthrough_timeout=number("passthrough_timeout"),
-        passthrough_concurrency=int(number("passthrough_concurrency")),
+        subscribers=tuple(
+            SubscriberLocation(**schema.SUBSCRIBER_LOCATION.fields(loc, SubscriberLocation))
+            for loc in merged
+            if loc.get("type") == SUBSCRIBER
+        ),
+        publishers=tuple(
+            PublisherLocation(**schema.PUBLISHER_LOCATION.fields(loc, PublisherLocation))
+            for loc in merged
+            if loc.get("type") == PUBLISHER
+        ),
     )
-    hwm = events_hwm()
-    return config if hwm is None else dataclasses.replace(config, events_rcvhwm=hwm)
+    hwm = value("events_hwm")
+    return config if hwm is None else dataclasses.replace(config, events_rcvhwm=int(hwm))

@@ -1,9 +1,20 @@
-"""The tests start processes as the local cluster launcher does, with the tests' own settings."""
+"""The tests start processes as the local cluster launcher does, with the tests' own settings.
+
+Faults are injected here, in the test process, never through settings: a
+site's PUSH_SERVER cannot switch one on. `LossyLink` stands on the link
+from the broker to one edge and loses live messages, as a high-water mark
+or a slow joiner would.
+"""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from types import TracebackType
 
+import zmq
+
+from broker import wire
 from ops import launch
 from ops.launch import (
     ANY_PORT,
@@ -21,12 +32,95 @@ __all__ = [
     "EDGE_LINE",
     "ROOT",
     "Launcher",
+    "LossyLink",
     "Process",
     "eventually",
     "free_port",
 ]
 
+# How long the relay waits for traffic before looking at its stop flag.
+_POLL_MS = 50
+
 
 class Launcher(launch.Launcher):
     def __init__(self, folder: Path) -> None:
         super().__init__(folder, base="tests.django_settings")
+
+
+class LossyLink:
+    """A relay between the broker's events socket and an edge that drops every Nth live message.
+
+    Point an edge's ``broker['events']`` at `endpoint`. Subscriptions go up
+    as the edge sent them (repeats and unsubscriptions included, which the
+    broker answers with sync markers); events come down, except every
+    `drop_every`-th channel message. Heartbeats and sync markers always pass,
+    so the edge keeps the broker and learns of the newest ids.
+
+    Use as a context manager; the sockets belong to the relay's thread until
+    it has stopped.
+    """
+
+    def __init__(self, events: str, drop_every: int) -> None:
+        if drop_every < 1:
+            raise ValueError(f"drop_every must be at least 1, got {drop_every}")
+        self.drop_every = drop_every
+        self.dropped = 0
+        self.passed = 0
+        self._context = zmq.Context()
+        self._upstream = self._context.socket(zmq.XSUB)
+        self._downstream = self._context.socket(zmq.XPUB)
+        for sock in (self._upstream, self._downstream):
+            sock.setsockopt(zmq.LINGER, 0)
+            # The relay itself must lose nothing but what it drops on purpose.
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+        self._downstream.setsockopt(zmq.XPUB_VERBOSER, 1)
+        self._upstream.connect(events)
+        port = self._downstream.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._relay, name="lossy-link", daemon=True)
+
+    def __enter__(self) -> LossyLink:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        if self._thread.is_alive():
+            raise AssertionError("the lossy link's relay did not stop")
+        self._upstream.close()
+        self._downstream.close()
+        self._context.term()
+
+    def _relay(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._upstream, zmq.POLLIN)
+        poller.register(self._downstream, zmq.POLLIN)
+        messages = 0
+        while not self._stopping.is_set():
+            for sock, _ in poller.poll(_POLL_MS):
+                if sock is self._downstream:
+                    self._upstream.send_multipart(self._downstream.recv_multipart())
+                    continue
+                frames = self._upstream.recv_multipart()
+                if self._is_message(frames):
+                    messages += 1
+                    if messages % self.drop_every == 0:
+                        self.dropped += 1
+                        continue
+                    self.passed += 1
+                self._downstream.send_multipart(frames)
+
+    @staticmethod
+    def _is_message(frames: list[bytes]) -> bool:
+        try:
+            return isinstance(wire.decode_event(frames), wire.Message)
+        except wire.WireError:
+            return False  # the edge's to count and drop

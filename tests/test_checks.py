@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +17,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.test.utils import override_settings
 
-from broker.config import DEFAULT_INGRESS
-from edge.config import LOOPBACK
+from broker.config import DEFAULT_INGRESS, BrokerConfig
+from edge.config import LOOPBACK, EdgeConfig
+from pushserver import rules, schema
+from pushserver.rules import Check
 
 # The block the original django-pushserver 0.3.4 documented; it must keep working unchanged.
 ORIGINAL_0_3_4 = {
@@ -53,10 +57,10 @@ def messages_for(push_server: Any, **extra: Any) -> list[checks.CheckMessage]:
         return check_settings()
 
 
-def only(push_server: Any, check_id: str, **extra: Any) -> str:
-    """The one message `push_server` gets; it must carry `check_id`."""
+def only(push_server: Any, check: Check, **extra: Any) -> str:
+    """The one message `push_server` gets; it must carry `check`'s id."""
     found = messages_for(push_server, **extra)
-    assert [message.id for message in found] == [check_id], [str(m) for m in found]
+    assert [message.id for message in found] == [check.id], [str(m) for m in found]
     return str(found[0].msg)
 
 
@@ -79,19 +83,19 @@ def test_a_missing_setting_passes_without_any_message() -> None:
 def test_the_registered_check_runs_with_djangos_checks() -> None:
     with override_settings(PUSH_SERVER=[]):
         found = checks.run_checks()
-    assert "pushserver.E001" in [message.id for message in found]
+    assert rules.NOT_A_DICT.id in [message.id for message in found]
 
 
 def test_not_a_dict() -> None:
-    message = only([("port", 8001)], "pushserver.E001")
+    message = only([("port", 8001)], rules.NOT_A_DICT)
     assert "must be a dict, got list" in message
 
 
 def test_several_named_stores_are_refused() -> None:
     stores = {"default": {"type": "memory"}, "other": {"type": "memory"}}
-    message = only({"store": stores}, "pushserver.E002")
+    message = only({"store": stores}, rules.SEVERAL_STORES)
     assert "2 stores" in message and "'other'" in message and "one store" in message
-    message = only({"stores": stores}, "pushserver.E002")
+    message = only({"stores": stores}, rules.SEVERAL_STORES)
     assert "2 stores" in message
 
 
@@ -109,77 +113,135 @@ def test_exactly_one_named_store_is_accepted_and_used() -> None:
 
 def test_a_location_naming_a_missing_store() -> None:
     push_server = {"locations": ({"type": "subscriber", "store": "elsewhere"},)}
-    message = only(push_server, "pushserver.E007")
+    message = only(push_server, rules.LOCATION_STORE)
     assert "'elsewhere'" in message and "'default'" in message
 
 
+def test_a_store_written_as_none_leaves_the_named_stores_checked() -> None:
+    message = only({"store": None, "stores": {"a": {}, "b": {}}}, rules.SEVERAL_STORES)
+    assert "2 stores ('a', 'b')" in message
+
+
 def test_store_type_other_than_memory() -> None:
-    message = only({"store": {"type": "redis"}}, "pushserver.E003")
+    message = only({"store": {"type": "redis"}}, rules.STORE_TYPE_NOT_MEMORY)
     assert "must be 'memory', got 'redis'" in message
 
 
 @pytest.mark.parametrize(
-    ("store", "expected"),
+    ("store", "check", "expected"),
     [
-        ({"max_messages": -3}, "['max_messages'] must be a positive integer, got -3"),
-        ({"max_messages": 0}, "['max_messages'] must be a positive integer, got 0"),
-        ({"min_messages": -1}, "['min_messages'] must be an integer of 0 or more, got -1"),
-        ({"min_messages": 5, "max_messages": 3}, "(5) must not exceed max_messages (3)"),
-        ({"message_timeout": "10"}, "['message_timeout'] must be a number of seconds"),
+        (
+            {"max_messages": -3},
+            rules.MAX_MESSAGES,
+            "['max_messages'] must be a positive integer, got -3",
+        ),
+        ({"max_messages": 0}, rules.MAX_MESSAGES, "['max_messages'] must be a positive integer"),
+        (
+            {"min_messages": -1},
+            rules.MIN_MESSAGES,
+            "['min_messages'] must be an integer of 0 or more, got -1",
+        ),
+        (
+            {"min_messages": 5, "max_messages": 3},
+            rules.MIN_OVER_MAX,
+            "(5) must not exceed max_messages (3)",
+        ),
+        (
+            {"message_timeout": "10"},
+            rules.MESSAGE_TIMEOUT,
+            "['message_timeout'] must be a number of seconds",
+        ),
     ],
 )
-def test_bad_store_numbers(store: dict[str, Any], expected: str) -> None:
-    message = only({"store": {"type": "memory", **store}}, "pushserver.E004")
-    assert expected in message
+def test_bad_store_numbers(store: dict[str, Any], check: Check, expected: str) -> None:
+    message = only({"store": {"type": "memory", **store}}, check)
+    assert "PUSH_SERVER['store']" in message and expected in message
 
 
 @pytest.mark.parametrize("port", [-1, 70000, "http", True])
 def test_bad_port(port: Any) -> None:
-    message = only({"port": port}, "pushserver.E005")
+    message = only({"port": port}, rules.PORT)
     assert f"PUSH_SERVER['port'] must be an integer from 0 to 65535, got {port!r}" in message
 
 
 @pytest.mark.parametrize(
-    "host", [{"location": "http://push.example.com", "secure": True}, {"location": "a:b"}, "x"]
+    "host", [{"location": "http://push.example.com", "secure": True}, {"location": "a:b"}]
 )
 def test_bad_host_locations(host: Any) -> None:
-    message = only({"subscriber_host": host}, "pushserver.E006")
-    assert "PUSH_SERVER['subscriber_host']" in message
+    message = only({"subscriber_host": host}, rules.HOST_LOCATION)
+    assert "PUSH_SERVER['subscriber_host']['location'] must be 'host' or 'host:port'" in message
+    assert f"got {host['location']!r}" in message
+
+
+def test_a_host_must_be_a_dict() -> None:
+    message = only({"subscriber_host": "x"}, rules.HOST_SHAPE)
+    assert "PUSH_SERVER['subscriber_host'] must be a dict like {'location'" in message
+    assert "got 'x'" in message
 
 
 def test_host_secure_must_be_a_bool() -> None:
-    message = only({"publisher_host": {"location": "h:1", "secure": "yes"}}, "pushserver.E006")
+    message = only({"publisher_host": {"location": "h:1", "secure": "yes"}}, rules.HOST_SECURE)
     assert "['secure'] must be True or False, got 'yes'" in message
 
 
 @pytest.mark.parametrize(
-    ("location", "check_id", "expected"),
+    ("location", "check", "expected"),
     [
-        ({"url": "/x/(.+)"}, "pushserver.E007", "['type'] must be 'subscriber' or 'publisher'"),
-        ({"type": "relay"}, "pushserver.E007", "got 'relay'"),
-        ({"type": "subscriber", "url": "/x/(["}, "pushserver.E008", "not a valid regular"),
-        ({"type": "subscriber", "url": "/x/(a)/(b)"}, "pushserver.E008", "exactly one group"),
-        ({"type": "publisher", "url": "/x/.+"}, "pushserver.E008", "has 0"),
-        ({"type": "subscriber", "polling": "short"}, "pushserver.E009", "got 'short'"),
-        ({"type": "subscriber", "allow_origin": "example.com"}, "pushserver.E010", "origin"),
+        ({"url": "/x/(.+)"}, rules.LOCATION_TYPE, "['type'] must be 'subscriber' or 'publisher'"),
+        ({"type": "relay"}, rules.LOCATION_TYPE, "got 'relay'"),
+        ({"type": "subscriber", "url": "/x/(["}, rules.LOCATION_URL, "not a valid regular"),
+        ({"type": "subscriber", "url": "/x/(a)/(b)"}, rules.LOCATION_URL, "exactly one group"),
+        ({"type": "publisher", "url": "/x/.+"}, rules.LOCATION_URL, "has 0"),
+        ({"type": "publisher", "url": "x/(.+)"}, rules.LOCATION_URL, "from its leading '/'"),
+        ({"type": "subscriber", "polling": "short"}, rules.POLLING, "got 'short'"),
+        ({"type": "subscriber", "polling": None}, rules.POLLING, "got None"),
+        ({"type": "subscriber", "allow_origin": "example.com"}, rules.ALLOW_ORIGIN, "origin"),
         (
             {"type": "subscriber", "allow_origin": ["https://a.example/path"]},
-            "pushserver.E010",
+            rules.ALLOW_ORIGIN,
             "no path",
         ),
-        ({"type": "publisher", "allow_from": ["10.0.0.0/33"]}, "pushserver.E011", "10.0.0.0/33"),
-        ({"type": "publisher", "allow_from": ["intranet"]}, "pushserver.E011", "'intranet'"),
-        ({"type": "subscriber", "passthrough": "/passthrough"}, "pushserver.E007", "http://"),
+        ({"type": "publisher", "allow_from": ["10.0.0.0/33"]}, rules.ALLOW_FROM, "10.0.0.0/33"),
+        ({"type": "publisher", "allow_from": ["intranet"]}, rules.ALLOW_FROM, "'intranet'"),
+        ({"type": "publisher", "secret": ""}, rules.PUBLISHER_SECRET, "got ''"),
+        ({"type": "subscriber", "passthrough": "/passthrough"}, rules.PASSTHROUGH_URL, "http://"),
+        (
+            {"type": "subscriber", "authorize": 1, "passthrough": "http://127.0.0.1:8000/p"},
+            rules.SUBSCRIBER_FLAG,
+            "['authorize'] must be True or False, got 1",
+        ),
+        (
+            {"type": "subscriber", "create_on_get": "no"},
+            rules.SUBSCRIBER_FLAG,
+            "['create_on_get'] must be True or False, got 'no'",
+        ),
+        (
+            {"type": "subscriber", "passthrough_grace": -1},
+            rules.SUBSCRIBER_SECONDS,
+            "['passthrough_grace'] must be a number of seconds >= 0, got -1",
+        ),
+        ({"type": "subscriber", "authorize": True}, rules.AUTHORIZE_WITHOUT_PASSTHROUGH, "needs"),
+        ({"type": "publisher", "store": 5}, rules.LOCATION_STORE, "got 5"),
     ],
 )
-def test_bad_locations(location: dict[str, Any], check_id: str, expected: str) -> None:
-    message = only({"locations": (location,)}, check_id)
+def test_bad_locations(location: dict[str, Any], check: Check, expected: str) -> None:
+    message = only({"locations": (location,)}, check)
     assert "PUSH_SERVER['locations'][0]" in message and expected in message
 
 
 def test_locations_must_be_a_list() -> None:
-    message = only({"locations": "/updates/(.+)"}, "pushserver.E007")
+    message = only({"locations": "/updates/(.+)"}, rules.LOCATIONS_SHAPE)
     assert "must be a list of location dicts, got str" in message
+
+
+def test_each_location_must_be_a_dict() -> None:
+    message = only({"locations": [{"type": "subscriber"}, "publisher"]}, rules.LOCATION_SHAPE)
+    assert "PUSH_SERVER['locations'][1] must be a dict, got str" in message
+
+
+def test_the_originals_location_keys_are_accepted_and_ignored() -> None:
+    location = {"type": "subscriber", "prefix": "/updates/", "create_on_post": True}
+    assert messages_for({"locations": (location,), "servername": "push"}) == []
 
 
 def test_allow_origin_accepts_one_origin_a_list_or_star() -> None:
@@ -188,48 +250,138 @@ def test_allow_origin_accepts_one_origin_a_list_or_star() -> None:
         assert messages_for({"locations": (location,)}) == []
 
 
-@pytest.mark.parametrize("endpoint", ["127.0.0.1:5560", "http://127.0.0.1:5560", 5560, "tcp://"])
+@pytest.mark.parametrize(
+    "endpoint", ["127.0.0.1:5560", "http://127.0.0.1:5560", 5560, "tcp://", ["tcp://127.0.0.1:1"]]
+)
 def test_bad_broker_endpoints(endpoint: Any) -> None:
-    message = only({"broker": {"ingress": endpoint}}, "pushserver.E012")
+    message = only({"broker": {"ingress": endpoint}}, rules.BROKER_ENDPOINT)
     assert "must be a ZeroMQ endpoint starting with tcp://, ipc:// or inproc://" in message
 
 
 def test_broker_endpoints_must_differ_unless_ephemeral() -> None:
-    message = only({"broker": {"events": DEFAULT_INGRESS}}, "pushserver.E012")
+    message = only({"broker": {"events": DEFAULT_INGRESS}}, rules.BROKER_ENDPOINTS_SHARED)
     assert "must differ" in message
     ephemeral = dict.fromkeys(("ingress", "events", "control"), "tcp://127.0.0.1:*")
     assert messages_for({"broker": ephemeral}) == []
 
 
+def test_broker_must_be_a_dict() -> None:
+    message = only({"broker": "tcp://127.0.0.1:5560"}, rules.BROKER_SHAPE)
+    assert "PUSH_SERVER['broker'] must be a dict of 'ingress', 'events' and 'control'" in message
+
+
 @pytest.mark.parametrize(
-    ("key", "value", "expected"),
+    ("key", "value", "check", "expected"),
     [
-        ("send_timeout", 0, "must be a positive number of seconds, got 0"),
-        ("long_poll_timeout", -5, "must be a positive number of seconds, got -5"),
-        ("broker_unreachable_timeout", "3", "got '3'"),
-        ("send_queue_size", 1.5, "must be a positive integer, got 1.5"),
-        ("max_message_size", 0, "must be a positive integer, got 0"),
-        ("drop_live_every", -1, "must be an integer of 0 (off) or more, got -1"),
+        ("send_timeout", 0, rules.SECONDS, "must be a positive number of seconds, got 0"),
+        ("long_poll_timeout", -5, rules.SECONDS, "must be a positive number of seconds, got -5"),
+        ("broker_unreachable_timeout", "3", rules.SECONDS, "got '3'"),
+        ("send_queue_size", 1.5, rules.COUNT, "must be a positive integer, got 1.5"),
+        ("max_message_size", 0, rules.COUNT, "must be a positive integer, got 0"),
+        ("events_hwm", -1, rules.EVENTS_HWM, "must be a number of messages >= 0"),
     ],
 )
-def test_bad_timeouts_and_sizes(key: str, value: Any, expected: str) -> None:
-    message = only({key: value}, "pushserver.E013")
+def test_bad_timeouts_and_sizes(key: str, value: Any, check: Check, expected: str) -> None:
+    message = only({key: value}, check)
     assert f"PUSH_SERVER[{key!r}]" in message and expected in message
 
 
 def test_history_file_must_be_a_path() -> None:
-    message = only({"history_file": 3}, "pushserver.E014")
+    message = only({"history_file": 3}, rules.HISTORY_FILE)
     assert "must be a file path or None, got 3" in message
 
 
 def test_ignore_errors_must_be_a_bool() -> None:
-    message = only({}, "pushserver.E015", PUSH_SERVER_IGNORE_ERRORS="yes")
-    assert "got 'yes'" in message
+    message = only({}, rules.IGNORE_ERRORS_FLAG, PUSH_SERVER_IGNORE_ERRORS="yes")
+    assert "PUSH_SERVER_IGNORE_ERRORS must be True or False, got 'yes'" in message
+
+
+# One setting that shows each cause, and nothing else.
+EXAMPLES: dict[Check, dict[str, Any]] = {
+    rules.NOT_A_DICT: {"PUSH_SERVER": ["port"]},
+    rules.SEVERAL_STORES: {"PUSH_SERVER": {"stores": {"a": {}, "b": {}}}},
+    rules.STORE_TYPE_NOT_MEMORY: {"PUSH_SERVER": {"store": {"type": "redis"}}},
+    rules.MAX_MESSAGES: {"PUSH_SERVER": {"store": {"max_messages": 0}}},
+    rules.PORT: {"PUSH_SERVER": {"port": 65536}},
+    rules.HOST_LOCATION: {"PUSH_SERVER": {"publisher_host": {"location": "https://h"}}},
+    rules.LOCATION_TYPE: {"PUSH_SERVER": {"locations": [{"type": "relay"}]}},
+    rules.LOCATION_URL: {"PUSH_SERVER": {"locations": [{"type": "publisher", "url": "/x"}]}},
+    rules.POLLING: {"PUSH_SERVER": {"locations": [{"type": "subscriber", "polling": "short"}]}},
+    rules.ALLOW_ORIGIN: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "allow_origin": []}]}
+    },
+    rules.ALLOW_FROM: {"PUSH_SERVER": {"locations": [{"type": "publisher", "allow_from": 8}]}},
+    rules.BROKER_ENDPOINT: {"PUSH_SERVER": {"broker": {"control": "udp://x"}}},
+    rules.SECONDS: {"PUSH_SERVER": {"topic_linger": 0}},
+    rules.HISTORY_FILE: {"PUSH_SERVER": {"history_file": ""}},
+    rules.IGNORE_ERRORS_FLAG: {"PUSH_SERVER_IGNORE_ERRORS": 1},
+    rules.PASSTHROUGH_SECRET: {"PUSH_SERVER": {"passthrough_secret": ""}},
+    rules.METRICS_ALLOW_FROM: {"PUSH_SERVER": {"metrics_allow_from": ["intranet"]}},
+    rules.STORES_SHAPE: {"PUSH_SERVER": {"stores": [{"type": "memory"}]}},
+    rules.STORE_SHAPE: {"PUSH_SERVER": {"store": "memory"}},
+    rules.MIN_MESSAGES: {"PUSH_SERVER": {"store": {"min_messages": -1}}},
+    rules.MIN_OVER_MAX: {"PUSH_SERVER": {"store": {"min_messages": 101}}},
+    rules.MESSAGE_TIMEOUT: {"PUSH_SERVER": {"store": {"message_timeout": -1}}},
+    rules.ADDRESS: {"PUSH_SERVER": {"address": 127}},
+    rules.HOST_SHAPE: {"PUSH_SERVER": {"subscriber_host": "push.example.com"}},
+    rules.HOST_SECURE: {"PUSH_SERVER": {"subscriber_host": {"secure": None}}},
+    rules.LOCATIONS_SHAPE: {"PUSH_SERVER": {"locations": {"type": "subscriber"}}},
+    rules.LOCATION_SHAPE: {"PUSH_SERVER": {"locations": ["subscriber"]}},
+    rules.LOCATION_STORE: {"PUSH_SERVER": {"locations": [{"type": "publisher", "store": "x"}]}},
+    rules.SUBSCRIBER_FLAG: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "allow_credentials": "yes"}]}
+    },
+    rules.PASSTHROUGH_URL: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "passthrough": "ftp://x"}]}
+    },
+    rules.SUBSCRIBER_SECONDS: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "authorize_cache": "60"}]}
+    },
+    rules.AUTHORIZE_WITHOUT_PASSTHROUGH: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "authorize": True}]}
+    },
+    rules.PUBLISHER_SECRET: {"PUSH_SERVER": {"locations": [{"type": "publisher", "secret": 1}]}},
+    rules.BROKER_SHAPE: {"PUSH_SERVER": {"broker": ["tcp://127.0.0.1:5560"]}},
+    rules.BROKER_ENDPOINTS_SHARED: {
+        "PUSH_SERVER": {"broker": {"ingress": "ipc://x", "control": "ipc://x"}}
+    },
+    rules.COUNT: {"PUSH_SERVER": {"max_connections": 0}},
+    rules.EVENTS_HWM: {"PUSH_SERVER": {"events_hwm": 1.5}},
+    rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
+}
+
+
+def test_every_check_id_has_an_example_below() -> None:
+    assert sorted(check.id for check in EXAMPLES) == [check.id for check in rules.CHECKS]
+
+
+@pytest.mark.parametrize("check", list(EXAMPLES), ids=lambda check: check.id)
+def test_each_check_id_is_reported_for_its_one_cause(check: Check) -> None:
+    example = {"PUSH_SERVER": {}, **EXAMPLES[check]}
+    found = messages_for(example.pop("PUSH_SERVER"), **example)
+    assert [message.id for message in found] == [check.id], [str(m) for m in found]
+    assert found[0].is_serious() is not check.is_warning
+
+
+def test_no_two_check_ids_share_a_cause() -> None:
+    causes = [check.cause for check in rules.CHECKS]
+    assert len(set(causes)) == len(causes)
+
+
+def test_fault_injection_is_not_a_setting() -> None:
+    from pushserver import conf
+
+    found = messages_for({"drop_live_every": 3})
+    assert [message.id for message in found] == [rules.UNKNOWN_KEY.id]
+    assert "'drop_live_every'" in str(found[0].msg)
+    assert "drop_live_every" not in {field.name for field in dataclasses.fields(EdgeConfig)}
+    with override_settings(PUSH_SERVER={"drop_live_every": 3}):
+        assert conf.edge_config() == EdgeConfig()
 
 
 def test_unknown_keys_are_a_warning_not_an_error() -> None:
     found = messages_for({"prot": 8001, "store": {"type": "memory", "max_mesages": 5}})
-    assert [message.id for message in found] == ["pushserver.W001", "pushserver.W001"]
+    assert [message.id for message in found] == [rules.UNKNOWN_KEY.id] * 2
     assert all(not message.is_serious() for message in found)
     assert "'prot'" in str(found[0].msg) and "'max_mesages'" in str(found[1].msg)
 
@@ -264,6 +416,50 @@ def test_defaults_run_on_one_machine() -> None:
     assert [s.url for s in edge.subscribers] == [r"/updates/([^/]+)"]
     assert [p.url for p in edge.publishers] == [r"/send-update/([^/]+)"]
     assert edge.subscribers[0].create_on_get is True
+
+
+def test_without_settings_the_parts_get_their_own_defaults() -> None:
+    from pushserver import conf
+
+    with override_settings():
+        del settings.PUSH_SERVER
+        assert conf.broker_config() == BrokerConfig()
+        assert conf.edge_config() == EdgeConfig()
+
+
+# A value other than the default for every top-level key that fills a configuration field.
+WRITTEN = {
+    "address": "::1",
+    "port": 8011,
+    "history_file": "/var/lib/pushserver/history",
+    "long_poll_timeout": 20,
+    "max_message_size": 1024,
+    "topic_linger": 7,
+    "broker_timeout": 2.5,
+    "heartbeat_interval": 0.25,
+    "max_connections": 50,
+    "metrics_allow_from": "10.0.0.0/8",
+    "passthrough_secret": "s3cret",
+    "passthrough_timeout": 1,
+    "passthrough_concurrency": 3,
+}
+
+
+def test_every_key_that_fills_a_configuration_field_has_an_example_above() -> None:
+    feeding = {setting.key for setting in schema.TOP.settings if setting.feeds is not None}
+    assert feeding == set(WRITTEN)
+
+
+@pytest.mark.parametrize("key", list(WRITTEN))
+def test_a_written_top_level_key_reaches_its_configuration_field(key: str) -> None:
+    from pushserver import conf
+
+    setting = schema.TOP[key]
+    with override_settings(PUSH_SERVER={key: WRITTEN[key]}):
+        assert messages_for({key: WRITTEN[key]}) == []
+        built = conf.broker_config() if setting.feeds is BrokerConfig else conf.edge_config()
+    assert getattr(built, key) == setting.convert(WRITTEN[key]) != setting.default
+    assert type(getattr(built, key)) is type(setting.default) or setting.default is None
 
 
 def test_a_bind_all_broker_endpoint_is_reached_on_loopback() -> None:
@@ -313,7 +509,7 @@ def bad_settings() -> Iterator[None]:
 @pytest.mark.usefixtures("bad_settings")
 @pytest.mark.parametrize("role", [[], ["--role=broker"], ["--role=edge"]])
 def test_runpushserver_refuses_to_start_with_invalid_settings(role: list[str]) -> None:
-    with pytest.raises(SystemCheckError, match=r"pushserver\.E003"):
+    with pytest.raises(SystemCheckError, match=re.escape(rules.STORE_TYPE_NOT_MEMORY.id)):
         call_command("runpushserver", *role, stdout=io.StringIO())
 
 

@@ -9,9 +9,9 @@ import sys
 
 import httpx
 
-from tests.client import fresh, path, publish, walk
+from tests.client import fresh, path, publish, wait_for_subscribers, walk
 from tests.pollers import Subscriber
-from tests.processes import ROOT, Launcher, eventually
+from tests.processes import ROOT, Launcher, LossyLink, eventually
 
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 120}
 
@@ -62,24 +62,29 @@ def test_an_edge_started_after_publishing_serves_history_from_the_snapshot(
 
 def test_an_edge_that_loses_live_messages_refills_from_the_broker(launcher: Launcher) -> None:
     _, endpoints = launcher.broker(store=STORE)
-    lossy, lossy_url = launcher.edge(endpoints, store=STORE, drop_live_every=3)
-    _, publisher_url = launcher.edge(endpoints, store=STORE)
     channel = fresh("refill")
     bodies = [f"live {n}".encode() for n in range(30)]
+    with LossyLink(endpoints["events"], drop_every=3) as link:
+        lossy, lossy_url = launcher.edge({**endpoints, "events": link.endpoint}, store=STORE)
+        _, publisher_url = launcher.edge(endpoints, store=STORE)
 
-    async def run() -> list[bytes]:
-        httpx.put(publisher_url + path("send-update", channel))
-        # Subscribe on the lossy edge first, so what it gets comes live.
-        task = asyncio.create_task(Subscriber([lossy_url], channel).walk(len(bodies)))
-        await asyncio.sleep(0.3)
-        await publisher(publisher_url, channel, bodies, 0.02)
-        return await asyncio.wait_for(task, 60)
+        async def run() -> list[bytes]:
+            httpx.put(publisher_url + path("send-update", channel))
+            # Subscribe on the lossy edge first, so what it gets comes live.
+            task = asyncio.create_task(Subscriber([lossy_url], channel).walk(len(bodies)))
+            await asyncio.to_thread(wait_for_subscribers, lossy_url, channel, 1)
+            await publisher(publisher_url, channel, bodies, 0.02)
+            return await asyncio.wait_for(task, 60)
 
-    assert asyncio.run(run()) == bodies
-    refills = eventually(
-        lambda: [line for line in lossy.lines if "refilling channel" in line], 10, "a refill"
+        assert asyncio.run(run()) == bodies
+        refills = eventually(
+            lambda: [line for line in lossy.lines if "refilling channel" in line], 10, "a refill"
+        )
+    assert link.dropped > 0 and link.passed > 0
+    print(
+        f"lossy edge: {link.dropped} of {link.dropped + link.passed} live messages dropped, "
+        f"{len(refills)} gaps detected and refilled"
     )
-    print(f"lossy edge: {len(refills)} gaps detected and refilled for {len(bodies)} messages")
 
 
 def test_send_update_from_django_reaches_subscribers_on_every_edge(launcher: Launcher) -> None:

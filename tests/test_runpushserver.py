@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 
+from pushserver import rules
 from tests.client import Cursor, fresh, in_background, poll, publish, wait_for_subscribers
 from tests.processes import ANY_PORT, EDGE_LINE, Launcher, eventually
 
@@ -72,7 +73,7 @@ def test_broker_role_refuses_an_edge_address(launcher: Launcher) -> None:
 def test_invalid_settings_fail_at_startup_with_a_check_id(launcher: Launcher) -> None:
     process = launcher.start("bad", {"store": {"type": "memory", "max_messages": -3}})
     assert process.popen.wait(30) != 0
-    assert "pushserver.E004" in process.output
+    assert rules.MAX_MESSAGES.id in process.output
 
 
 def test_an_edge_alone_and_a_broker_alone_deliver_together(launcher: Launcher) -> None:

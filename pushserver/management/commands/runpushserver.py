@@ -20,9 +20,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.commands.runserver import naiveip_re
 
 from pushserver import conf, runner
+from pushserver.schema import ALL_REQUESTS_PORT
 
 BROKER = "broker"
 EDGE = "edge"
+DEFAULT_IPV6_ADDRESS = "::1"
 
 
 class Command(BaseCommand):
@@ -51,7 +53,7 @@ class Command(BaseCommand):
             "--allrequests",
             action="store_true",
             help="Also serve the Django site for paths no push location matches "
-            f"(default port {conf.ALL_REQUESTS_PORT}).",
+            f"(default port {ALL_REQUESTS_PORT}).",
         )
         parser.add_argument(
             "--workers",
@@ -91,10 +93,9 @@ class Command(BaseCommand):
         edge_config = None
         wsgi_app = None
         if role != BROKER:
-            default_port = conf.ALL_REQUESTS_PORT if all_requests else conf.DEFAULT_PORT
-            edge_config = conf.edge_config(
-                address, conf.edge_port(default_port) if port is None else port
-            )
+            if port is None:
+                port = conf.edge_port(ALL_REQUESTS_PORT if all_requests else None)
+            edge_config = conf.edge_config(address, port)
             if all_requests:
                 wsgi_app = _django_application(options["use_static_handler"])
 
@@ -120,7 +121,7 @@ class Command(BaseCommand):
         """``8011``, ``127.0.0.1:8011`` or ``[::1]:8011``, as runserver reads them."""
         if use_ipv6 and not socket.has_ipv6:
             raise CommandError("Your Python does not support IPv6.")
-        default_address = conf.DEFAULT_IPV6_ADDRESS if use_ipv6 else None
+        default_address = DEFAULT_IPV6_ADDRESS if use_ipv6 else None
         if not addrport:
             return default_address, None
         match = re.match(naiveip_re, addrport)
