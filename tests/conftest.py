@@ -6,7 +6,9 @@ from pathlib import Path
 
 import django
 import pytest
+import zmq
 
+from tests.brokers import ThreadBroker
 from tests.processes import Launcher, Process
 
 
@@ -20,6 +22,33 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
     started = Launcher(tmp_path)
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A ZeroMQ context for the test's own sockets, destroyed with them after the test."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[ThreadBroker]:
+    """The real broker in a thread, keeping a history file, so a restart keeps what it
+    sequenced and which numbers each publisher sent."""
+    started = ThreadBroker(tmp_path / "history")
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def forgetful() -> Iterator[ThreadBroker]:
+    """The real broker in a thread without a history file: restarted, it knows no publisher."""
+    started = ThreadBroker()
+    started.start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="module")
