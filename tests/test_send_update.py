@@ -1,12 +1,15 @@
 """send_update against the real broker: in a thread of the test process, or as a process.
 
-The broker listens on fixed ports, so stopping and starting it again on
-the same ports is how a broker restart looks to a publisher; one test kills
-a broker process with SIGKILL. Deliveries are observed as edges see them,
-on the broker's events socket, or in a channel's snapshot when a restart
-may have cost a subscriber some live messages. Timing assertions are
-upper bounds with generous slack: they prove a call gave up, not how fast
-it did.
+What a socket numbers, keeps and writes again is `pushserver.outbox`'s,
+specified without sockets in test_outbox.py; these are the sockets,
+threads and processes around it: threads, fork, interpreter exit, broker
+restarts and kills, and the outage policy. The broker listens on fixed
+ports, so stopping and starting it again on the same ports is how a broker
+restart looks to a publisher; one test kills a broker process with
+SIGKILL. Deliveries are observed as edges see them, on the broker's events
+socket, or in a channel's snapshot when a restart may have cost a
+subscriber some live messages. Timing assertions are upper bounds with
+generous slack: they prove a call gave up, not how fast it did.
 """
 
 from __future__ import annotations
@@ -460,7 +463,7 @@ def test_asend_update_sends_from_a_coroutine(sending: ThreadBroker, events: Even
     assert json.loads(events.receive().body) == {"from": "a coroutine"}
 
 
-# -- acks: what the sender writes again, and when ----------------------------
+# -- a broker that lost messages it had acknowledged ------------------------
 
 
 class StandIn:
@@ -490,68 +493,10 @@ def stand_in(context: zmq.Context[zmq.Socket[bytes]], configure: Callable[..., N
     return started
 
 
-def test_a_gap_ack_has_everything_after_it_written_again_in_order(stand_in: StandIn) -> None:
-    from pushserver import sender
-    from pushserver.utils import updates
-
-    for body in ("a", "b", "c"):
-        updates.send_update("gap", body)
-    first = [stand_in.receive() for _ in range(3)]
-    assert [(p.seq, p.body) for p in first] == [(0, b'"a"'), (1, b'"b"'), (2, b'"c"')]
-    publisher = first[0].publisher
-    assert len(publisher) == 16 and {p.publisher for p in first} == {publisher}
-    stand_in.ack(publisher, 0, gap=True)  # "1 never arrived": send again after 0
-    # No further send_update: the flusher writes them.
-    assert [(p.seq, p.body) for p in (stand_in.receive(), stand_in.receive())] == [
-        (1, b'"b"'),
-        (2, b'"c"'),
-    ]
-    stand_in.ack(publisher, 2)
-    eventually(lambda: sender.pending() == 0, what="the ack to empty the queue")
-
-
-def test_a_broker_that_does_not_know_the_sender_gets_everything_from_the_oldest_again(
-    stand_in: StandIn,
-) -> None:
-    """As from a broker restarted without history that first saw a message written
-    ahead of the oldest unacknowledged one."""
-    from pushserver import sender
-    from pushserver.utils import updates
-
-    for body in ("a", "b", "c"):
-        updates.send_update("unknown", body)
-    first = [stand_in.receive() for _ in range(3)]
-    assert [(p.seq, p.base) for p in first] == [(0, 0), (1, 0), (2, 0)]
-    publisher = first[0].publisher
-    stand_in.ack(publisher, 0)
-    stand_in.ack(publisher, wire.UNKNOWN, gap=True)
-    again = [stand_in.receive(), stand_in.receive()]
-    # The oldest unacknowledged one now says so; the publisher keeps its id.
-    assert [(p.publisher, p.seq, p.base, p.body) for p in again] == [
-        (publisher, 1, 1, b'"b"'),
-        (publisher, 2, 0, b'"c"'),
-    ]
-    stand_in.ack(publisher, 2)
-    eventually(lambda: sender.pending() == 0, what="the ack to empty the queue")
-
-
-def test_written_messages_never_acknowledged_are_written_again(stand_in: StandIn) -> None:
-    from pushserver import sender
-    from pushserver.utils import updates
-
-    updates.send_update("silent", "once")
-    first = stand_in.receive()
-    started = time.monotonic()
-    again = stand_in.receive(timeout=sender.RESEND_AFTER + 3)
-    assert time.monotonic() - started >= sender.RESEND_AFTER - 0.2
-    assert (again.publisher, again.seq, again.body) == (first.publisher, 0, b'"once"')
-    stand_in.ack(first.publisher, 0)
-    eventually(lambda: sender.pending() == 0, what="the ack to empty the queue")
-
-
-def test_a_broker_that_lost_acknowledged_messages_gets_the_queue_under_a_new_id(
+def test_a_broker_that_lost_acknowledged_messages_gets_the_queue_under_a_new_id_and_a_warning(
     stand_in: StandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The outbox's rule (test_outbox.py), as the socket carries it out."""
     from pushserver import sender
     from pushserver.utils import updates
 
