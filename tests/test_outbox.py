@@ -258,5 +258,7 @@ def test_a_gap_below_what_was_acknowledged_renumbers_the_queue_under_a_new_ident
     assert len(outbox.unacked) == 2
     ack(outbox, 1)
     assert len(outbox.unacked) == 0
-    following = wire.decode_publish([outbox.append("news", b"5", None) or b""])
-    assert (following.publisher, following.seq, following.base) == (new, 2, 2)
+    following = outbox.append("news", b"5", None)
+    assert following is not None
+    assert written([following]) == [(2, 2, b"5")]
+    assert wire.decode_publish([following]).publisher == new
