@@ -1,4 +1,4 @@
-"""A clock the test sets by hand, for the modules that take theirs as an argument."""
+"""A clock the test moves by hand, for the bookkeeping that reads the time."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from tests.brokers import ThreadBroker
+from tests.clock import Clock
 from tests.processes import Launcher, Process
 
 
@@ -18,18 +19,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    yield started
-    started.stop_all()
+def clock() -> Clock:
+    """Half a second into the Unix second 1,000, until the test moves it."""
+    return Clock(1_000.5)
 
 
 @pytest.fixture
 def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    """A ZeroMQ context for the test's own sockets, destroyed with them after the test."""
+    """A ZeroMQ context whose sockets are all closed, without linger, after the test."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    started = Launcher(tmp_path)
+    yield started
+    started.stop_all()
 
 
 @pytest.fixture

@@ -13,12 +13,8 @@ from tests.clock import Clock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(500.0)
-
-
-@pytest.fixture
 def outbox(clock: Clock) -> Outbox:
+    """An outbox on the test's clock (conftest.py)."""
     return Outbox(clock)
 
 
