@@ -33,11 +33,11 @@ class Publishers:
         self._last: dict[bytes, int] = {}
         self._seen: dict[bytes, float] = {}
 
-    def admit(self, publisher: bytes, seq: int, base: int | None = None) -> Verdict:
+    def admit(self, publisher: bytes, seq: int, base: int) -> Verdict:
         self._seen[publisher] = self._clock()
         last = self._last.get(publisher)
         if last is None:
-            if base is not None and seq != base:
+            if seq != base:
                 return Verdict.GAP
             self._last[publisher] = seq
             return Verdict.NEW

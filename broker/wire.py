@@ -7,14 +7,13 @@ frame by hand. It imports nothing from Django.
 Three socket pairs carry it:
 
 * ingress, DEALER -> ROUTER: one frame per publish, a msgpack array
-  ``[version, publisher, seq, channel_id, content_type, body]`` naming its
-  publisher and that publisher's sequence number; the broker answers with
-  cumulative acknowledgements, so a publisher can send again what a dead
-  connection swallowed and the broker can drop what it already has. An
-  array, not a map, and one frame, not a header and a body, because this
-  is `send_update`'s hot path: each frame is a socket call. The broker
-  still reads the first format, ``[header, body]`` with a header map, from
-  publishers not yet upgraded (so upgrade brokers first);
+  ``[version, publisher, seq, channel_id, content_type, body, base]``
+  naming its publisher, that publisher's sequence number and its oldest
+  unacknowledged one; the broker answers with cumulative
+  acknowledgements, so a publisher can send again what a dead connection
+  swallowed and the broker can drop what it already has. An array, not a
+  map, and one frame, not a header and a body, because this is
+  `send_update`'s hot path: each frame is a socket call;
 * events, XPUB -> SUB: `[topic, header]` or `[topic, header, body]`;
   a channel's topic is its UTF-8 id followed by NUL, so the subscription
   for channel ``a`` never matches channel ``ab``; heartbeats travel on the
@@ -166,8 +165,8 @@ class Publish(NamedTuple):
     seq: int
     # Every number below this was acknowledged when the message was written;
     # equal to `seq` when it is the oldest the sender still waits on. A broker
-    # that does not know the publisher starts it only there (None: anywhere).
-    base: int | None = None
+    # that does not know the publisher starts it only there.
+    base: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,32 +213,25 @@ class PublishPacker:
         return packed
 
 
-def encode_publish(
-    channel_id: str,
-    body: bytes,
-    content_type: str | None,
-    publisher: bytes,
-    seq: int,
-    base: int | None = None,
-) -> list[bytes]:
-    fields = [VERSION, publisher, seq, channel_id, content_type, body]
-    if base is not None:
-        fields.append(base)
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
-    return [packed]
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _checked_publish(
-    channel_id: Any,
-    content_type: Any,
-    body: bytes,
-    publisher: Any,
-    seq: Any,
-    base: Any = None,
-) -> Publish:
+def decode_publish(frames: Sequence[bytes]) -> Publish:
+    if len(frames) != 1:
+        raise WireError(f"publish has {len(frames)} frames, expected 1")
+    try:
+        fields = msgpack.unpackb(_bytes(frames[0]), raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"publish is not msgpack: {exc}") from None
+    if not isinstance(fields, list) or len(fields) != 7:
+        raise WireError("publish is not an array of 7 fields")
+    version, publisher, seq, channel_id, content_type, body, base = fields
+    if version != VERSION:
+        raise WireError(f"wire version {version!r}, expected {VERSION}")
     if not isinstance(publisher, bytes) or not publisher:
         raise WireError("publish without a publisher id")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if not _whole(seq) or seq < 0:
         raise WireError(f"publish sequence number {seq!r} is not a whole number")
     if not isinstance(channel_id, str):
         raise WireError(f"channel id is {type(channel_id).__name__}, expected str")
@@ -248,36 +240,11 @@ def _checked_publish(
         raise WireError(problem)
     if content_type is not None and not isinstance(content_type, str):
         raise WireError(f"content type is {type(content_type).__name__}, expected str or nil")
-    if base is not None and (
-        not isinstance(base, int) or isinstance(base, bool) or not 0 <= base <= seq
-    ):
+    if not isinstance(body, bytes):
+        raise WireError(f"publish body is {type(body).__name__}, expected bytes")
+    if not _whole(base) or not 0 <= base <= seq:
         raise WireError(f"publish base {base!r} is not a whole number up to its sequence number")
     return Publish(channel_id, content_type, body, publisher, seq, base)
-
-
-def decode_publish(frames: Sequence[bytes]) -> Publish:
-    if len(frames) == 1:
-        try:
-            fields = msgpack.unpackb(_bytes(frames[0]), raw=False)
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            raise WireError(f"publish is not msgpack: {exc}") from None
-        if not isinstance(fields, list) or len(fields) not in (6, 7):
-            raise WireError("publish is not an array of 6 or 7 fields")
-        version, publisher, seq, channel_id, content_type, body, *base = fields
-        if version != VERSION:
-            raise WireError(f"wire version {version!r}, expected {VERSION}")
-        if not isinstance(body, bytes):
-            raise WireError(f"publish body is {type(body).__name__}, expected bytes")
-        return _checked_publish(
-            channel_id, content_type, body, publisher, seq, base[0] if base else None
-        )
-    if len(frames) == 2:
-        # The first format: a header map and the body in a frame of its own.
-        header = _unpack(_bytes(frames[0]))
-        return _checked_publish(
-            header.get("c"), header.get("t"), _bytes(frames[1]), header.get("p"), header.get("s")
-        )
-    raise WireError(f"publish has {len(frames)} frames, expected 1 (or 2 in the first format)")
 
 
 def encode_ack(ack: Ack) -> list[bytes]:

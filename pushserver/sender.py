@@ -1,29 +1,24 @@
 """The ZeroMQ sockets that carry `send_update`'s messages to the broker, and their acks.
 
-Why acknowledgements: a message handed to a socket is not yet the
-broker's. With PUSH -> PULL, a message written at the instant the broker
-was killed died in the connection with it, and nothing noticed. So each
-sending socket is a DEALER with an identity of its own (16 random bytes)
-that numbers its messages 0, 1, 2, … and keeps every one in a queue of
-its own (``unacked``) until the broker acknowledges it. The broker drops
-numbers it already holds and refuses one that skips a number (a gap ack),
-so writing the unacknowledged tail again after any reconnection is always
-safe: the guarantee is that a message `send_update` accepted is sequenced
-exactly once while this process lives, across broker restarts, in the
-order each thread sent it, provided the broker keeps a history file
-(``history_file``, which records each publisher's numbers with its
-messages). Without one, a restarted broker does not know this publisher:
-a message the old broker had sequenced but not yet acknowledged when it
-died is sequenced again by the new one (a repeat, never a loss).
-
-Why a module of its own: ZeroMQ sockets are not thread-safe and do not
-survive `fork`, so each thread of each process gets its own socket
+ZeroMQ sockets are not thread-safe and do not survive `fork`, so each
+thread of each process sends on a DEALER socket of its own
 (``threading.local`` plus a pid check: a gunicorn ``--preload`` child makes
-its own context and never touches its parent's). Each socket has a lock;
-whoever holds it may use the socket, which is how one flusher thread per
-process serves every socket: every ~100 ms, while any socket holds
-unacknowledged messages, it takes the acks and writes again what a
-reconnection requires, so messages queued during an outage reach the
+its own context and never touches its parent's). What a socket has sent
+and what it must write again is its `pushserver.outbox.Outbox`; this module
+carries frames and acks between outboxes and sockets, and keeps the
+process's threads and hooks. Together they guarantee that a message
+`send_update` accepted is sequenced exactly once while this process lives,
+across broker restarts, in the order each thread sent it, provided the
+broker keeps a history file (``history_file``, which records each
+publisher's numbers with its messages). Without one, a restarted broker
+does not know this publisher: a message the old broker had sequenced but
+not yet acknowledged when it died is sequenced again by the new one (a
+repeat, never a loss).
+
+Each socket has a lock; whoever holds it may use the socket, which is how
+one flusher thread per process serves every socket: every ~100 ms, while
+any socket holds unacknowledged messages, it takes the acks and writes
+what the outbox says is due, so messages queued during an outage reach the
 broker once it is back even if the application sends nothing more. It is
 a daemon thread, started when needed and ending when nothing is pending.
 At interpreter exit (``atexit``) and in `close`, the queues get up to
@@ -42,7 +37,7 @@ The policy (settings in `pushserver.conf`):
 
 Nothing here blocks a sender longer than ``send_timeout``. Writes use
 ``ZMQ_IMMEDIATE``, so nothing waits inside a connection that may die:
-messages wait in ``unacked`` instead. Reachability comes from a socket
+messages wait in the outbox instead. Reachability comes from a socket
 monitor; ZMTP heartbeats make a frozen broker show up as a disconnect.
 
 What a message costs: asking a socket whether anything arrived costs as
@@ -62,11 +57,6 @@ The traps:
 * messages still unacknowledged when ``exit_timeout`` runs out at exit
   are lost with the process, and so is everything queued if the process
   is killed: the guarantee holds while the process lives;
-* a broker whose history lost messages it had acknowledged (a machine
-  crash before the file reached the disk) refuses the next numbers as a
-  gap this socket can no longer fill; the socket then takes a new
-  identity and numbers its queue afresh, and any of those messages the
-  broker held without having acknowledged them are sequenced twice;
 * a thread that ended keeps its socket while it has unacknowledged
   messages (the flusher delivers them); it is closed once they are.
 """
@@ -78,10 +68,9 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import TypeVar, TypeVarTuple, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -89,6 +78,7 @@ from zmq.utils.monitor import recv_monitor_message
 from broker import wire
 from broker.sockets import backend_send
 from pushserver import PushServerError
+from pushserver.outbox import Outbox
 
 log = logging.getLogger("pushserver")
 
@@ -98,11 +88,6 @@ HEARTBEAT_TIMEOUT_MS = 3000
 MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 # How often the flusher looks at sockets with unacknowledged messages.
 FLUSH_INTERVAL = 0.1
-# Written messages unacknowledged for this long on a live connection are
-# written again (the broker drops what it already has). Covers a write
-# swallowed by a connection torn down under it with no later message to
-# provoke a gap ack.
-RESEND_AFTER = 2.0
 # How long a wait for acks sleeps at most before looking again.
 POLL_SLICE = 0.05
 # A sender looks at its monitor and takes its acks at most this long apart
@@ -156,7 +141,7 @@ def _load_config() -> SenderConfig:
 
 
 class _Publisher:
-    """One thread's DEALER socket, its numbered messages awaiting acks, and its monitor.
+    """One thread's DEALER socket, its outbox, and its monitor.
 
     Every method but `__init__` is called with `lock` held.
     """
@@ -172,21 +157,11 @@ class _Publisher:
         # Set once `close` takes this socket over; senders then make a new one.
         self.retired = False
         self.closed = False
-        self.identity = os.urandom(16)
-        self.next_seq = 0
-        # (seq, frame), seq contiguous and increasing: everything the broker
-        # has not acknowledged yet.
-        self.unacked: deque[tuple[int, bytes]] = deque()
-        self.acked = -1
-        # The newest seq written on the current connection; never below `acked`.
-        self.written_upto = -1
-        # When `acked` last moved, or a wait for it began.
-        self.progress_at = time.monotonic()
+        self.outbox = Outbox()
         # When `send` next looks at the monitor and the acks, or once the
         # queue is this long: the cheap path in between only writes.
         self.check_at = 0.0
         self.check_len = 0
-        self.pack = wire.PublishPacker()
         self.socket: zmq.Socket[bytes] = process.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self.socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
@@ -220,9 +195,7 @@ class _Publisher:
             # CONNECTED is only TCP; messages flow once the ZMTP handshake is done.
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected = True
-                # A new connection: whatever the last one carried past the
-                # acks may have died with it, so write it all again, oldest first.
-                self.written_upto = self.acked
+                self.outbox.on_reconnect()
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected = False
 
@@ -238,6 +211,7 @@ class _Publisher:
     # -- acks and writes -----------------------------------------------------
 
     def take_acks(self) -> None:
+        outbox = self.outbox
         while _readable(self.socket):
             try:
                 frames = self.socket.recv_multipart(_NOBLOCK)
@@ -250,94 +224,35 @@ class _Publisher:
                     "ignored a malformed ack from %s: %s", self.process.config.endpoint, error
                 )
                 continue
-            if ack.publisher == self.identity:
-                self._acknowledged(ack)
-
-    def _acknowledged(self, ack: wire.Ack) -> None:
-        seq = min(ack.seq, self.next_seq - 1)
-        if seq > self.acked:
-            self.acked = seq
-            self.progress_at = time.monotonic()
-            unacked = self.unacked
-            while unacked and unacked[0][0] <= seq:
-                unacked.popleft()
-            self.written_upto = max(self.written_upto, seq)
-        if ack.gap:
-            if ack.seq == wire.UNKNOWN:
-                # A broker that lost track of this publisher (restarted without
-                # a history file) refused a message written ahead of the oldest
-                # unacknowledged one: everything again from that oldest.
-                self.written_upto = self.acked
-            elif ack.seq < self.acked:
-                self._renumber(ack.seq)
-            else:
-                # Refused for want of an earlier message: write again after it.
-                self.written_upto = min(self.written_upto, ack.seq)
-
-    def _renumber(self, broker_holds: int) -> None:
-        """The broker lacks messages it once acknowledged; start again under a new identity."""
-        log.warning(
-            "the push broker at %s holds this publisher's messages only up to %d, "
-            "though it acknowledged up to %d (its history lost the rest); "
-            "sending the %d queued messages again under a new publisher id",
-            self.process.config.endpoint,
-            broker_holds,
-            self.acked,
-            len(self.unacked),
-        )
-        self.identity = os.urandom(16)
-        entries = [wire.decode_publish((frame,)) for _, frame in self.unacked]
-        self.unacked = deque(
-            (seq, self.pack(p.channel_id, p.body, p.content_type, self.identity, seq, 0))
-            for seq, p in enumerate(entries)
-        )
-        self.next_seq = len(entries)
-        self.acked = self.written_upto = -1
-        self.progress_at = time.monotonic()
+            renumbered = outbox.on_ack(ack)
+            if renumbered is not None:
+                log.warning(
+                    "the push broker at %s holds this publisher's messages only up to %d, "
+                    "though it acknowledged up to %d (its history lost the rest); "
+                    "sending the %d queued messages again under a new publisher id",
+                    self.process.config.endpoint,
+                    renumbered.broker_holds,
+                    renumbered.acknowledged,
+                    renumbered.queued,
+                )
 
     def write_due(self) -> None:
-        """Write, oldest first, every message past `written_upto`; stops when the socket
-        cannot take more (no connection, or its queue is full)."""
-        due = self.next_seq - 1 - self.written_upto
-        if due <= 0:
-            return
-        if self.written_upto == self.acked:
-            self.progress_at = time.monotonic()
-        unacked, sock = self.unacked, self.socket
-        for index in range(len(unacked) - due, len(unacked)):
-            seq, frame = unacked[index]
-            if seq == self.acked + 1:
-                # Written again from the oldest, perhaps to a broker that no
-                # longer knows this publisher: marked as the oldest, so that
-                # broker starts the publisher here (see `Publish.base`).
-                frame = self._marked_oldest(frame, seq)
-                unacked[index] = (seq, frame)
+        """Write what the outbox says is due; stops when the socket cannot take more
+        (no connection, or its queue is full)."""
+        outbox, sock = self.outbox, self.socket
+        for frame in outbox.due():
             try:
                 backend_send(sock, frame, _NOBLOCK)
             except zmq.Again:
+                outbox.unwrite()
                 return
-            self.written_upto = seq
-
-    def _marked_oldest(self, frame: bytes, seq: int) -> bytes:
-        publish = wire.decode_publish((frame,))
-        if publish.base == seq:
-            return frame
-        return self.pack(
-            publish.channel_id, publish.body, publish.content_type, self.identity, seq, seq
-        )
 
     def flush(self) -> None:
         """Take acks and write what is due, without blocking."""
         self.take_acks()
-        if (
-            self.connected
-            and self.written_upto > self.acked
-            and time.monotonic() - self.progress_at > RESEND_AFTER
-        ):
-            self.written_upto = self.acked
         self.write_due()
 
-    def send(self, channel_id: str, body: bytes, content_type: str | None, fresh: bool) -> None:
+    def send(self, fresh: bool, channel_id: str, body: bytes, content_type: str | None) -> None:
         """Queue one message and write it if it may go now, or raise `PushServerError`.
 
         Looking at the monitor and at the acks costs as much as the write, so
@@ -361,29 +276,23 @@ class _Publisher:
                 f"more than max_message_size ({config.max_message_size})"
             )
         now = time.monotonic()
-        unacked = self.unacked
+        outbox = self.outbox
+        unacked = outbox.unacked
         if fresh or not self.connected or now >= self.check_at or len(unacked) >= self.check_len:
             self._check(now, fresh)
-        seq = self.next_seq
-        frame = self.pack(channel_id, body, content_type, self.identity, seq, self.acked + 1)
-        was_empty = not unacked
-        unacked.append((seq, frame))
-        self.next_seq = seq + 1
-        if self.written_upto == seq - 1:
-            # Nothing older waits to be written: this one alone.
-            if self.written_upto == self.acked:
-                self.progress_at = now
+        frame = outbox.append(channel_id, body, content_type)
+        if frame is None:
+            self.write_due()
+        else:
             try:
                 backend_send(self.socket, frame, _NOBLOCK)
-                self.written_upto = seq
             except zmq.Again:
+                outbox.unwrite()
                 # No connection (or a full one): look at the monitor next time.
                 self.check_at = 0.0
-        else:
-            self.write_due()
         # The flusher ends only once every queue is empty, so a queue that was
         # not empty already has one; `None` also retries one that failed to start.
-        if was_empty or process.flusher is None:
+        if len(unacked) == 1 or process.flusher is None:
             process.ensure_flusher()
 
     def _check(self, started: float, fresh: bool) -> None:
@@ -397,11 +306,12 @@ class _Publisher:
                 f"for {process.unreachable_for(now):.1f} s"
             )
         self.flush()
+        unacked = self.outbox.unacked
         # Connected but behind: acks may make room within the bound.
-        if len(self.unacked) >= config.queue_size and (
+        if len(unacked) >= config.queue_size and (
             not self.connected
             or not self.wait_for_acks(
-                lambda: len(self.unacked) < config.queue_size,
+                lambda: len(unacked) < config.queue_size,
                 started + config.send_timeout,
             )
         ):
@@ -410,7 +320,7 @@ class _Publisher:
                 f"{config.endpoint} is full"
             )
         self.check_at = time.monotonic() + CHECK_INTERVAL
-        self.check_len = min(len(self.unacked) + CHECK_EVERY, config.queue_size)
+        self.check_len = min(len(unacked) + CHECK_EVERY, config.queue_size)
 
     def wait_for_acks(self, until: Callable[[], bool], deadline: float) -> bool:
         """Flush until `until()` holds or `deadline` (monotonic) passes; returns `until()`."""
@@ -471,7 +381,7 @@ class _Process:
             try:
                 publisher.drain_monitor()
                 publisher.flush()
-                if publisher.unacked:
+                if publisher.outbox.unacked:
                     keep.append(publisher)
                 else:
                     publisher.close()
@@ -511,7 +421,7 @@ class _Process:
                 if not publisher.lock.acquire(blocking=False):
                     continue
                 try:
-                    if not publisher.retired and not publisher.closed and publisher.unacked:
+                    if not publisher.retired and not publisher.closed and publisher.outbox.unacked:
                         _observe(self, publisher, 0.0)
                         publisher.flush()
                 finally:
@@ -521,7 +431,7 @@ class _Process:
             with self.lock:
                 if not self.closed:
                     self._close_ended_threads()
-                if self.closed or not any(p.unacked for p in self.publishers):
+                if self.closed or not any(p.outbox.unacked for p in self.publishers):
                     self.flusher = None
                     return
         with self.lock:
@@ -570,7 +480,7 @@ class _Process:
                     continue
                 publisher.drain_monitor()
                 publisher.flush()
-                pending += len(publisher.unacked)
+                pending += len(publisher.outbox.unacked)
             remaining = deadline - time.monotonic()
             if not pending:
                 return
@@ -626,11 +536,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def publish(channel_id: str, body: bytes, content_type: str | None) -> None:
     """Queue one message for the broker, or raise `PushServerError`; blocks at most
     ``send_timeout``. `send_update` is the public way in."""
-
-    def send(process: _Process, publisher: _Publisher, fresh: bool) -> None:
-        publisher.send(channel_id, body, content_type, fresh)
-
-    _with_publisher(send)
+    _with_publisher(_Publisher.send, channel_id, body, content_type)
 
 
 def broker_connected(timeout: float = 0.0) -> bool:
@@ -641,8 +547,8 @@ def broker_connected(timeout: float = 0.0) -> bool:
     True
     """
 
-    def observe(process: _Process, publisher: _Publisher, fresh: bool) -> bool:
-        _observe(process, publisher, timeout)
+    def observe(publisher: _Publisher, fresh: bool) -> bool:
+        _observe(publisher.process, publisher, timeout)
         return publisher.connected
 
     return _with_publisher(observe)
@@ -651,19 +557,22 @@ def broker_connected(timeout: float = 0.0) -> bool:
 def pending() -> int:
     """How many messages of the calling thread the broker has not acknowledged yet."""
 
-    def count(process: _Process, publisher: _Publisher, fresh: bool) -> int:
+    def count(publisher: _Publisher, fresh: bool) -> int:
         publisher.drain_monitor()
         publisher.flush()
-        return len(publisher.unacked)
+        return len(publisher.outbox.unacked)
 
     return _with_publisher(count)
 
 
 _T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 
-def _with_publisher(use: Callable[[_Process, _Publisher, bool], _T]) -> _T:
-    """Call `use` with the calling thread's socket, locked; `fresh` says it was just made."""
+def _with_publisher(use: Callable[[_Publisher, bool, *_Args], _T], *args: *_Args) -> _T:
+    """Call `use` with the calling thread's socket, locked, and `args`; `fresh` says the
+    socket was just made."""
+    # Arguments rather than a closure: `publish` calls this once per message.
     # A `close` between finding the socket and locking it retires that socket;
     # the second round then uses a fresh one.
     for _ in range(2):
@@ -678,7 +587,7 @@ def _with_publisher(use: Callable[[_Process, _Publisher, bool], _T]) -> _T:
         assert publisher is not None
         with publisher.lock:
             if not publisher.retired and not publisher.closed:
-                return use(process, publisher, fresh)
+                return use(publisher, fresh, *args)
     raise PushServerError("the push sender was closed while in use; try again")
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import zmq
 
+from tests.brokers import ThreadBroker
 from tests.clock import Clock
 from tests.processes import Launcher, Process
 
@@ -37,6 +38,25 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
     started = Launcher(tmp_path)
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[ThreadBroker]:
+    """The real broker in a thread, keeping a history file, so a restart keeps what it
+    sequenced and which numbers each publisher sent."""
+    started = ThreadBroker(tmp_path / "history")
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def forgetful() -> Iterator[ThreadBroker]:
+    """The real broker in a thread without a history file: restarted, it knows no publisher."""
+    started = ThreadBroker()
+    started.start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import zmq
 
-from broker.wire import MAX_CHANNEL_ID_BYTES, encode_publish
+from broker.wire import MAX_CHANNEL_ID_BYTES, PublishPacker
 from edge.protocol import IF_MODIFIED_SINCE, IF_NONE_MATCH, PUSH_SECRET
 from tests.client import fresh, path, publish, walk
 from tests.processes import BROKER_LINE, Process, eventually
@@ -141,9 +141,10 @@ def test_malformed_frames_on_the_broker_ingress_are_dropped_and_counted(
         dealer.connect(ingress)
         dealer.send_multipart([b"garbage"])
         dealer.send_multipart([b"\x81\xa1v\x09", b"wrong version"])
-        dealer.send_multipart(encode_publish("", b"empty channel id", None, b"tester", 0))
+        pack = PublishPacker()
+        dealer.send(pack("", b"empty channel id", None, b"tester", 0, 0))
         channel = fresh("after-garbage")
-        dealer.send_multipart(encode_publish(channel, b"valid", "text/plain", b"tester", 0))
+        dealer.send(pack(channel, b"valid", "text/plain", b"tester", 0, 0))
         dealer.close()
     finally:
         context.term()
