@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge.config import EdgeConfig
 from tests.client import Cursor, fresh, hold, info, path, poll, publish
 from tests.processes import (
     ANY_PORT,
@@ -40,7 +41,7 @@ HAPROXY_CFG = OPS / "haproxy" / "haproxy.cfg"
 BROKER_UNIT = OPS / "systemd" / "pushserver-broker.service"
 EDGE_UNIT = OPS / "systemd" / "pushserver-edge@.service"
 # The edges' default long-poll timeout: the balancers must wait longer.
-LONG_POLL_TIMEOUT = 25.0
+LONG_POLL_TIMEOUT = EdgeConfig().long_poll_timeout
 # Debian installs both into /usr/sbin, which a non-root PATH may lack.
 SBIN = "/usr/sbin"
 
