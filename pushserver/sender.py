@@ -32,8 +32,11 @@ The policy (settings in `pushserver.conf`):
   to ``send_queue_size`` unacknowledged per thread, and delivered in order
   once it is back; a full queue is an error (after waiting up to
   ``send_timeout`` for acks while connected);
-* once the broker has been unreachable for longer (or was never reached),
-  `PushServerError` is raised instead, so callers are not misled.
+* once the broker has been unreachable for longer, `PushServerError` is
+  raised instead, so callers are not misled. A process that has not
+  reached the broker yet counts the outage from its first send (or from
+  `close`), so one started during a broker restart (a deploy restarting
+  both) queues like one that was already running.
 
 Nothing here blocks a sender longer than ``send_timeout``. Writes use
 ``ZMQ_IMMEDIATE``, so nothing waits inside a connection that may die:
@@ -390,8 +393,7 @@ class _Process:
         self.publishers = keep
 
     def reachable_lately(self, now: float) -> bool:
-        last_up = self.last_up
-        return last_up is not None and now - last_up <= self.config.unreachable_timeout
+        return self.unreachable_for(now) <= self.config.unreachable_timeout
 
     def unreachable_for(self, now: float) -> float:
         return now - (self.started if self.last_up is None else self.last_up)

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,6 +54,9 @@ from tests.processes import ROOT, Launcher, eventually, free_port
 SEND_TIMEOUT = 0.3
 UNREACHABLE_TIMEOUT = 0.5
 EXIT_TIMEOUT = 0.2
+# Shorter than a fresh socket's wait for its first connection, so a sender that
+# never reached the broker gives up at its first call.
+GIVES_UP_AT_ONCE = {"broker_unreachable_timeout": SEND_TIMEOUT / 10}
 STORE = {
     "type": "memory",
     "min_messages": 0,
@@ -257,20 +261,54 @@ def test_a_forked_child_sends_on_a_socket_of_its_own(sending: ThreadBroker, even
     events.nothing_more()
 
 
-def test_with_nothing_listening_send_update_raises_within_its_bound(
+def test_with_nothing_listening_send_update_queues_then_raises_once_the_timeout_has_passed(
     configure: Callable[..., None], free_endpoint: str
 ) -> None:
     from pushserver import sender
     from pushserver.utils import updates
 
     configure(free_endpoint)
-    for _ in range(2):  # the fresh socket's wait, then a socket already known to be down
-        started = time.monotonic()
-        with pytest.raises(PushServerError, match="could not reach the push broker at") as info:
+    started = time.monotonic()
+    updates.send_update("news", {"n": 0})  # within the timeout: queued
+    assert sender.pending() == 1
+    errors: list[PushServerError] = []
+
+    def refused() -> bool:
+        try:
             updates.send_update("news", {})
-        assert time.monotonic() - started < 5 * SEND_TIMEOUT
-        assert free_endpoint in str(info.value)
-    assert sender.pending() == 0  # refused, so nothing waits to be sent later
+        except PushServerError as error:
+            errors.append(error)
+            return True
+        return False
+
+    eventually(refused, timeout=5 * UNREACHABLE_TIMEOUT, what="send_update to give up")
+    assert time.monotonic() - started >= UNREACHABLE_TIMEOUT
+    assert "could not reach the push broker at" in str(errors[0])
+    assert free_endpoint in str(errors[0])
+    queued = sender.pending()
+    with pytest.raises(PushServerError, match="could not reach the push broker at"):
+        updates.send_update("news", {})  # a socket already known to be down: at once
+    assert sender.pending() == queued  # refused, so nothing more waits to be sent later
+
+
+def test_a_process_started_while_the_broker_is_away_queues_until_it_is_back(
+    configure: Callable[..., None], context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    from pushserver import sender
+    from pushserver.utils import updates
+
+    away = ThreadBroker(tmp_path / "history")
+    configure(away.ingress, broker_unreachable_timeout=30)
+    for number in range(6):
+        updates.send_update("deploy", number)
+    assert sender.pending() == 6
+    away.start()
+    try:
+        expected = [str(n).encode() for n in range(6)]
+        eventually(lambda: held(context, away, "deploy") == expected, what="all six, once")
+        eventually(lambda: sender.pending() == 0, what="every ack")
+    finally:
+        away.stop()
 
 
 def test_ignore_errors_swallows_the_error_with_a_warning(
@@ -278,7 +316,7 @@ def test_ignore_errors_swallows_the_error_with_a_warning(
 ) -> None:
     from pushserver.utils import updates
 
-    configure(free_endpoint)
+    configure(free_endpoint, **GIVES_UP_AT_ONCE)
     with caplog.at_level(logging.WARNING, logger="pushserver"):
         updates.send_update("news", {}, ignore_errors=True)  # does not raise
     assert "could not reach the push broker" in caplog.text
@@ -290,7 +328,7 @@ def test_the_ignore_errors_setting_swallows_the_error(
 ) -> None:
     from pushserver.utils import updates
 
-    configure(free_endpoint, ignore_errors=True)
+    configure(free_endpoint, ignore_errors=True, **GIVES_UP_AT_ONCE)
     with caplog.at_level(logging.WARNING, logger="pushserver"):
         updates.send_update("news", {})  # does not raise
     assert "could not reach the push broker" in caplog.text
@@ -439,7 +477,7 @@ def test_pre_and_post_send_update_signals_fire_for_each_message_with_its_outcome
     try:
         updates.send_update("signals", {"n": 1})
         events.receive()
-        configure(free_endpoint)
+        configure(free_endpoint, **GIVES_UP_AT_ONCE)
         updates.send_update("signals", {"n": 2}, ignore_errors=True)
     finally:
         signals.pre_send_update.disconnect(pre)
