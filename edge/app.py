@@ -32,10 +32,11 @@ def build_router(
     feed: Feed,
     passthrough: Passthrough,
     connections: Callable[[], int],
+    connection_events: Counter[str],
     wsgi_app: WSGIApp | None = None,
 ) -> EdgeRouter:
     responses: Counter[str] = Counter()
-    registry = registry_for(responses, feed, passthrough, connections)
+    registry = registry_for(responses, feed, passthrough, connections, connection_events)
     callers = TrustedCallers(config.metrics_allow_from, None)
     rules: list[Any] = [
         (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})
