@@ -10,6 +10,7 @@ from typing import Any
 import tornado.web
 
 from edge.access import TrustedCallers
+from edge.bridge import request_log
 from edge.config import EdgeConfig
 from edge.feed import Feed
 from edge.handlers import PushHandler, anchored
@@ -48,6 +49,9 @@ def build_router(
         fallback = WSGIFallback(wsgi_app)
         rules.append((r".*", tornado.web.FallbackHandler, {"fallback": fallback}))
     application = tornado.web.Application(
-        rules, default_handler_class=NotFoundHandler, compress_response=False
+        rules,
+        default_handler_class=NotFoundHandler,
+        compress_response=False,
+        log_function=request_log(),
     )
     return EdgeRouter(application, Subscribers(config, feed, passthrough, responses))

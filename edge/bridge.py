@@ -20,9 +20,11 @@ from collections.abc import Callable
 
 import tornado.httputil
 import tornado.iostream
+import tornado.log
 import tornado.web
 
-from edge.connection import CRLF, Connection, Request, render_head
+from broker.throttled_log import ThrottledLog
+from edge.connection import CRLF, LOG_INTERVAL, LOG_LINES, Connection, Request, render_head
 
 log = logging.getLogger("pushserver.edge")
 
@@ -189,3 +191,23 @@ class TornadoResponder:
         ):
             exchange.connection.send(CONTINUE)
         exchange.connection.release()
+
+
+def request_log() -> Callable[[tornado.web.RequestHandler], None]:
+    """Tornado's access log (its `log_function`), with answers to bad requests (4xx),
+    which clients can ask for as fast as they like, logged a few a minute per status."""
+    throttled = ThrottledLog(tornado.log.access_log, LOG_LINES, LOG_INTERVAL)
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        request = handler.request
+        args = (status, request.method, request.uri, request.remote_ip)
+        took = 1000.0 * request.request_time()
+        if status < 400:
+            tornado.log.access_log.info("%d %s %s (%s) %.2fms", *args, took)
+        elif status < 500:
+            throttled.warning(str(status), "%d %s %s (%s) %.2fms", *args, took)
+        else:
+            tornado.log.access_log.error("%d %s %s (%s) %.2fms", *args, took)
+
+    return log_request

@@ -7,6 +7,7 @@ import socket
 import struct
 from typing import BinaryIO
 
+import httpx
 import pytest
 
 from edge.connection import LOG_LINES, MALFORMED
@@ -360,16 +361,25 @@ def test_a_request_the_application_cannot_read_gets_400_with_a_reason(
     assert "Traceback" not in process.output
 
 
-def test_what_is_logged_of_malformed_requests_is_rate_limited_and_all_are_counted(
+def test_what_is_logged_of_bad_requests_is_rate_limited_and_malformed_ones_are_counted(
     launcher: Launcher,
 ) -> None:
     process, base = launcher.embedded(**PROTOCOL_SETTINGS)
     before = connection_events(base).get(MALFORMED, 0)
     sent = LOG_LINES * 4
-    for _ in range(sent):
-        with raw(base) as (sock, stream):
-            sock.sendall(b"GET /updates/x HTTP/1.1\r\nHost: edge\r\nno colon here\r\n\r\n")
-            assert read_response(stream)[0] == 400
+    with httpx.Client(timeout=10) as client:
+        for _ in range(sent):
+            with raw(base) as (sock, stream):
+                sock.sendall(b"GET /updates/x HTTP/1.1\r\nHost: edge\r\nno colon here\r\n\r\n")
+                assert read_response(stream)[0] == 400
+            assert client.get(base + "/no-such-location").status_code == 404
     assert connection_events(base).get(MALFORMED, 0) - before == sent
-    logged = [line for line in process.lines if "400 malformed request" in line]
-    assert len(logged) == LOG_LINES, logged
+    # Logged after all the others: once it is read, so are they.
+    with raw(base) as (sock, stream):
+        sock.sendall(get("/last", "X-Filler: " + "f" * 70_000))
+        assert read_response(stream)[0] == 431
+    process.wait_for("431 request head is larger")
+    malformed = [line for line in process.lines if "400 malformed request" in line]
+    assert len(malformed) == LOG_LINES, malformed
+    not_found = [line for line in process.lines if "404 GET /no-such-location" in line]
+    assert len(not_found) == LOG_LINES, not_found

@@ -2,19 +2,23 @@
 body, each counted from when it was begun and not renewed by each byte. A client that
 trickles its head or never sends the body it announced is answered 408, closed and
 counted, and an edge filled to its connection cap by such clients serves others
-again once their deadline has passed."""
+again once their deadline has passed. A client that takes none of its answer is
+dropped after the idle timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import threading
+from collections import Counter
 from contextlib import ExitStack
 from typing import BinaryIO
 
 import pytest
 
-from edge.connection import BODY_LATE, HEAD_LATE, OVER_CAPACITY
+from edge.connection import BODY_LATE, HEAD_LATE, OUTPUT_STALLED, OVER_CAPACITY, HTTPServer
+from edge.connection import Connection as HTTPConnection
 from tests.client import fresh, path, publish
 from tests.processes import ANY_PORT, EDGE_LINE, Launcher, Process, eventually
 from tests.raw_http import (
@@ -148,3 +152,61 @@ def test_late_heads_and_bodies_get_408_and_a_capped_edge_serves_again_after_the_
     assert after.get(BODY_LATE, 0) - before.get(BODY_LATE, 0) == 2
     assert after.get(OVER_CAPACITY, 0) > before.get(OVER_CAPACITY, 0)
     assert "Traceback" not in process.output
+
+
+class BigAnswer:
+    """Answers any request with BIG_ANSWER bytes, all written at once."""
+
+    def __init__(self, connection: HTTPConnection) -> None:
+        self.connection = connection
+
+    def body(self, chunk: bytes) -> None:
+        pass
+
+    def complete(self) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {BIG_ANSWER}\r\n\r\n".encode()
+        self.connection.send(head + b"x" * BIG_ANSWER)
+        self.connection.finish()
+
+    def closed(self) -> None:
+        pass
+
+
+# More than loopback's socket buffers take, so the rest waits in the edge's own.
+BIG_ANSWER = 16 * 1024 * 1024
+
+
+def test_a_client_that_takes_none_of_its_answer_is_dropped_after_the_idle_timeout() -> None:
+    events: Counter[str] = Counter()
+
+    async def scenario() -> None:
+        server = HTTPServer(
+            lambda connection, request: BigAnswer(connection),
+            Counter(),
+            events,
+            max_connections=10,
+            max_body_size=1024,
+            idle_timeout=0.5,
+            head_timeout=30,
+            body_timeout=30,
+        )
+        listening = socket.create_server(("127.0.0.1", 0))
+        await server.serve([listening])
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(client, listening.getsockname())
+            await loop.sock_sendall(client, get("/anything"))
+            deadline = loop.time() + 10
+            while events[OUTPUT_STALLED] == 0 or server.connections:
+                assert loop.time() < deadline, "the unread connection was not dropped"
+                await asyncio.sleep(0.05)
+        finally:
+            client.close()
+            server.stop_accepting()
+            await server.close_all()
+
+    asyncio.run(scenario())
+    assert events == Counter({OUTPUT_STALLED: 1})
