@@ -201,13 +201,17 @@ def request_log() -> Callable[[tornado.web.RequestHandler], None]:
     def log_request(handler: tornado.web.RequestHandler) -> None:
         status = handler.get_status()
         request = handler.request
-        args = (status, request.method, request.uri, request.remote_ip)
-        took = 1000.0 * request.request_time()
-        if status < 400:
-            tornado.log.access_log.info("%d %s %s (%s) %.2fms", *args, took)
-        elif status < 500:
-            throttled.warning(str(status), "%d %s %s (%s) %.2fms", *args, took)
+        line = (
+            "%d %s %s (%s) %.2fms",
+            status,
+            request.method,
+            request.uri,
+            request.remote_ip,
+            1000.0 * request.request_time(),
+        )
+        if 400 <= status < 500:
+            throttled.warning(str(status), *line)
         else:
-            tornado.log.access_log.error("%d %s %s (%s) %.2fms", *args, took)
+            tornado.log.access_log.log(logging.INFO if status < 400 else logging.ERROR, *line)
 
     return log_request

@@ -34,7 +34,8 @@ began to owe it and never renewed by a byte: a request head within
 byte on a kept-alive one), then its body within `body_timeout`, and
 between requests the next one within `idle_timeout`. Time spent with
 reading paused by the edge does not count. One sweep checks them all, not
-a timer per connection. A late head or body gets 408; bad requests are
+a timer per connection. A late head or body gets 408 (a connection that
+sent nothing is closed without one); bad requests are
 answered here, before any responder: a malformed message 400, a head over
 `MAX_HEAD_SIZE` 431, a body over the limit 413, each with a short reason
 and the connection closed. Connections beyond `max_connections` are closed
@@ -177,7 +178,11 @@ class Request:
 
 
 class Responder(Protocol):
-    """What answers one request; the connection tells it what arrives and whether it left."""
+    """What answers one request; the connection tells it what arrives and whether it left.
+
+    Raising `tornado.httputil.HTTPInputError` (from routing, `body` or `complete`)
+    says the request cannot be read; the connection answers 400 with its message.
+    """
 
     def body(self, chunk: bytes) -> None: ...
 
@@ -647,7 +652,17 @@ class Connection(asyncio.Protocol):
             else:
                 why = f"the request body did not arrive within {server.body_timeout:g} s"
             late = self.parsing
-            if self.active is None or self.active is late:
+            if event == HEAD_LATE and not self._in_message and self._odd is None:
+                # Not a byte of a request: nothing to answer, as for a connection a
+                # browser opened ahead and never used.
+                server.tell(
+                    event,
+                    "closed a connection from %s: no request came within %g s",
+                    self.remote_ip,
+                    server.head_timeout,
+                )
+                self.abort()
+            elif self.active is None or self.active is late:
                 self._refuse(408, why, event)
             else:
                 # An answer is under way for a request before the late one.

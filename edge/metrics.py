@@ -47,8 +47,9 @@ class EdgeCollector(Collector):
         yield responses
         events = CounterMetricFamily(
             "pushserver_edge_connection_events",
-            "Connections closed at a deadline or refused at max_connections, and requests "
-            "refused as malformed or too large, by event.",
+            "Connections closed at a deadline (head_late, body_late, idle, output_stalled) "
+            "or refused at max_connections (over_capacity), requests refused (malformed, "
+            "head_too_large, body_too_large) and the edge's own failures, by event.",
             labels=["event"],
         )
         for event, count in sorted(self.connection_events.items()):

@@ -1,9 +1,9 @@
 """Every connection owes what it started within a deadline: a request head, then its
 body, each counted from when it was begun and not renewed by each byte. A client that
-trickles its head or never sends the body it announced is answered 408, closed and
-counted, and an edge filled to its connection cap by such clients serves others
-again once their deadline has passed. A client that takes none of its answer is
-dropped after the idle timeout."""
+trickles its head or never sends the body it announced is answered 408, one that
+sends nothing is closed, each is counted, and an edge filled to its connection cap
+by such clients serves others again once their deadline has passed. A client that
+takes none of its answer is dropped after the idle timeout."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ Connection = tuple[socket.socket, BinaryIO]
 # would never run out.
 DEADLINE = 2.0
 TRICKLE_EVERY = 0.25
-CAP = 4
+CAP = 5
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,10 @@ def test_late_heads_and_bodies_get_408_and_a_capped_edge_serves_again_after_the_
         stack.callback(stream.close)
         trickle(sock, get(path("updates", fresh("trickled"))), stop)
         late.append((sock, stream))
+        # One that sends nothing at all is closed with nothing to answer.
+        silent, silent_stream = connect(base)
+        stack.callback(silent.close)
+        stack.callback(silent_stream.close)
 
         # At the cap, a newcomer is closed as it arrives.
         newcomer, newcomer_stream = connect(base)
@@ -142,13 +146,14 @@ def test_late_heads_and_bodies_get_408_and_a_capped_edge_serves_again_after_the_
         assert closed(newcomer_stream)
 
         answers = [read_response(stream) for _, stream in late]
-        assert [status for status, _, _ in answers] == [408] * CAP
+        assert [status for status, _, _ in answers] == [408] * len(late)
         assert all(b"did not arrive within 2 s" in body for _, _, body in answers), answers
         assert all(closed(stream) for _, stream in late)
+        assert closed(silent_stream)
         eventually(lambda: served(base, channel), 10, "a connection served again")
 
     after = connection_events(base)
-    assert after.get(HEAD_LATE, 0) - before.get(HEAD_LATE, 0) == 2
+    assert after.get(HEAD_LATE, 0) - before.get(HEAD_LATE, 0) == 3
     assert after.get(BODY_LATE, 0) - before.get(BODY_LATE, 0) == 2
     assert after.get(OVER_CAPACITY, 0) > before.get(OVER_CAPACITY, 0)
     assert "Traceback" not in process.output
