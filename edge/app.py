@@ -10,6 +10,7 @@ from typing import Any
 import tornado.web
 
 from edge.access import TrustedCallers
+from edge.bridge import request_log
 from edge.config import EdgeConfig
 from edge.feed import Feed
 from edge.handlers import PushHandler, anchored
@@ -32,10 +33,11 @@ def build_router(
     feed: Feed,
     passthrough: Passthrough,
     connections: Callable[[], int],
+    connection_events: Counter[str],
     wsgi_app: WSGIApp | None = None,
 ) -> EdgeRouter:
     responses: Counter[str] = Counter()
-    registry = registry_for(responses, feed, passthrough, connections)
+    registry = registry_for(responses, feed, passthrough, connections, connection_events)
     callers = TrustedCallers(config.metrics_allow_from, None)
     rules: list[Any] = [
         (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})
@@ -47,6 +49,9 @@ def build_router(
         fallback = WSGIFallback(wsgi_app)
         rules.append((r".*", tornado.web.FallbackHandler, {"fallback": fallback}))
     application = tornado.web.Application(
-        rules, default_handler_class=NotFoundHandler, compress_response=False
+        rules,
+        default_handler_class=NotFoundHandler,
+        compress_response=False,
+        log_function=request_log(),
     )
     return EdgeRouter(application, Subscribers(config, feed, passthrough, responses))

@@ -6,20 +6,25 @@ implementation of Tornado's `HTTPConnection` interface, and behave as under
 Tornado's own server: framing by Content-Length or chunked, HTTP/1.0
 keep-alive, ``Expect: 100-continue``, a body withheld from a streaming
 handler until its `prepare` has run, and a connection closed after an
-answer given before the body was read.
+answer given before the body was read. What Tornado's code raises goes to
+the connection: `HTTPInputError` (a request it cannot read, such as a bad
+Host) is answered 400, anything else 500, and neither is retried on the
+handler, whose state after a failure is unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import tornado.httputil
 import tornado.iostream
+import tornado.log
 import tornado.web
 
-from edge.connection import CRLF, Connection, Request, render_head
+from broker.throttled_log import ThrottledLog
+from edge.connection import CRLF, LOG_INTERVAL, LOG_LINES, Connection, Request, render_head
 
 log = logging.getLogger("pushserver.edge")
 
@@ -108,7 +113,7 @@ class Exchange(tornado.httputil.HTTPConnection):
         self.connection.max_body_size = max_body_size
 
     def set_body_timeout(self, timeout: float) -> None:
-        pass  # idle connections are swept by the server
+        pass  # every body has the server's deadline
 
     def close(self) -> None:
         self.finished = True
@@ -153,9 +158,7 @@ class TornadoResponder:
         self.exchange = Exchange(connection, request)
         self.delegate = application.start_request(connection, self.exchange)
         self.completed = False
-        ready = self._call(
-            lambda: self.delegate.headers_received(request.start_line(), request.tornado_headers())
-        )
+        ready = self.delegate.headers_received(request.start_line(), request.tornado_headers())
         if ready is None:
             self._open()
         else:
@@ -164,18 +167,18 @@ class TornadoResponder:
             asyncio.ensure_future(ready).add_done_callback(lambda _: self._open())
 
     def body(self, chunk: bytes) -> None:
-        self._call(lambda: self.delegate.data_received(chunk))
+        self.delegate.data_received(chunk)
 
     def complete(self) -> None:
         self.completed = True
-        self._call(self.delegate.finish)
+        self.delegate.finish()
 
     def closed(self) -> None:
         self.exchange.lost()
         if not self.completed:
             # As Tornado's own connection does: the message delegate hears of a
             # close only while its request is still arriving.
-            self._call(self.delegate.on_connection_close)
+            self.delegate.on_connection_close()
 
     def _open(self) -> None:
         exchange = self.exchange
@@ -189,11 +192,26 @@ class TornadoResponder:
             exchange.connection.send(CONTINUE)
         exchange.connection.release()
 
-    def _call(self, call: Callable[[], Awaitable[None] | None]) -> Awaitable[None] | None:
-        try:
-            return call()
-        except Exception:
-            log.exception("failed on %s %s", self.request.method, self.request.target)
-            if not self.exchange.finished:
-                self.exchange.close()
-            return None
+
+def request_log() -> Callable[[tornado.web.RequestHandler], None]:
+    """Tornado's access log (its `log_function`), with answers to bad requests (4xx),
+    which clients can ask for as fast as they like, logged a few a minute per status."""
+    throttled = ThrottledLog(tornado.log.access_log, LOG_LINES, LOG_INTERVAL)
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        request = handler.request
+        line = (
+            "%d %s %s (%s) %.2fms",
+            status,
+            request.method,
+            request.uri,
+            request.remote_ip,
+            1000.0 * request.request_time(),
+        )
+        if 400 <= status < 500:
+            throttled.warning(str(status), *line)
+        else:
+            tornado.log.access_log.log(logging.INFO if status < 400 else logging.ERROR, *line)
+
+    return log_request

@@ -11,26 +11,44 @@ waits, so a client that leaves is noticed at once.
 
 Requests on one connection are answered in order, as HTTP/1.1 requires of
 pipelined ones: one is answered at a time and those behind it wait, parsed,
-with their bodies; past `PIPELINE_LIMIT` the connection stops reading until
-the queue drains. Whatever answers a request is a `Responder`, chosen by
+with their bodies. Whatever answers a request is a `Responder`, chosen by
 the server's router when the request's head has arrived: the subscriber
 location's own, or the bridge to Tornado's application for everything else.
-A responder writes with `send` and ends its answer with `finish`, after
-which the next request is taken, or the connection closed when either side
-asked for that.
+A responder writes with `send` and ends its answer with `finish`; the next
+request is then taken by the loop in `_next`, never by `finish` itself,
+since a responder usually answers inside `complete` and a call chain per
+pipelined request ends in RecursionError.
 
-Bad requests are answered here, before any responder: a malformed message
-400, a head over `MAX_HEAD_SIZE` 431, each with a short reason and the
-connection closed. Connections beyond `max_connections` are closed as they
-arrive rather than running the process out of descriptors, and a
-connection idle (or still sending its head) longer than `idle_timeout` is
-closed by a sweep, not by a timer per connection.
+Flow control, the trap of a server that answers without waiting: a client
+that pipelines and reads nothing would otherwise have every answer queued
+in memory. So a connection takes no further request while its unsent
+output is above `OUTPUT_HIGH` (the transport's write-buffer limits call
+`pause_writing`/`resume_writing`), and stops reading while it takes none,
+or while more than `PIPELINE_LIMIT` requests (`PIPELINE_BYTES` of bodies)
+wait. A connection whose client takes none of its output for
+`idle_timeout` is dropped.
+
+Every connection owes something with a deadline, counted from when it
+began to owe it and never renewed by a byte: a request head within
+`head_timeout` (from the connection's start, or from the head's first
+byte on a kept-alive one), then its body within `body_timeout`, and
+between requests the next one within `idle_timeout`. Time spent with
+reading paused by the edge does not count. One sweep checks them all, not
+a timer per connection. A late head or body gets 408 (a connection that
+sent nothing is closed without one); bad requests are
+answered here, before any responder: a malformed message 400, a head over
+`MAX_HEAD_SIZE` 431, a body over the limit 413, each with a short reason
+and the connection closed. Connections beyond `max_connections` are closed
+as they arrive rather than running the process out of descriptors. Each of
+these is counted by event (`HTTPServer.events`) and logged at most a few
+times a minute per event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import socket
 import time
@@ -43,6 +61,8 @@ from typing import Protocol, cast
 import httptools
 import tornado.httputil
 
+from broker.throttled_log import ThrottledLog
+
 log = logging.getLogger("pushserver.edge")
 
 MAX_HEAD_SIZE = 64 * 1024
@@ -50,10 +70,32 @@ MAX_HEAD_SIZE = 64 * 1024
 # beyond which the connection stops reading.
 PIPELINE_LIMIT = 16
 PIPELINE_BYTES = 1024 * 1024
+# Unsent output above which a connection takes no further request, and below
+# which it takes them again: one answer may pass the mark, never a queue of them.
+OUTPUT_HIGH = 64 * 1024
+OUTPUT_LOW = 16 * 1024
+# Seconds a request's head, then its body, may take to arrive in full.
+HEAD_TIMEOUT = 10.0
+BODY_TIMEOUT = 30.0
+# Lines logged per event and minute about what clients did wrong.
+LOG_LINES = 5
+LOG_INTERVAL = 60.0
+
+# What is counted of connections (pushserver_edge_connection_events{event}).
+MALFORMED = "malformed"
+HEAD_TOO_LARGE = "head_too_large"
+BODY_TOO_LARGE = "body_too_large"
+HEAD_LATE = "head_late"
+BODY_LATE = "body_late"
+IDLE = "idle"
+OUTPUT_STALLED = "output_stalled"
+OVER_CAPACITY = "over_capacity"
+FAILED = "failed"
 
 CRLF = b"\r\n"
 KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
 CLOSE_LINE = b"Connection: close\r\n"
+OWS = b" \t"
 
 
 def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
@@ -79,7 +121,8 @@ def render_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
 
 @dataclass(slots=True)
 class Request:
-    """A request's head as it arrived: the method and target as sent, headers undecoded."""
+    """A request's head as it arrived: the method and target as sent, headers undecoded
+    but for the optional whitespace around values, which HTTP says is not part of them."""
 
     method: str
     target: str
@@ -135,7 +178,11 @@ class Request:
 
 
 class Responder(Protocol):
-    """What answers one request; the connection tells it what arrives and whether it left."""
+    """What answers one request; the connection tells it what arrives and whether it left.
+
+    Raising `tornado.httputil.HTTPInputError` (from routing, `body` or `complete`)
+    says the request cannot be read; the connection answers 400 with its message.
+    """
 
     def body(self, chunk: bytes) -> None: ...
 
@@ -181,15 +228,22 @@ class Connection(asyncio.Protocol):
         "parsing",
         "waiting",
         "waiting_bytes",
-        "last_active",
         "max_body_size",
         "closing",
         "reading",
+        "owing",
+        "deadline",
+        "_read_at",
         "_url",
         "_headers",
         "_head_size",
         "_paused",
+        "_paused_at",
+        "_write_paused",
         "_drained",
+        "_dispatching",
+        "_unsent",
+        "_unsent_since",
         "_in_message",
         "_begun",
         "_odd",
@@ -204,16 +258,27 @@ class Connection(asyncio.Protocol):
         self.parsing: _Incoming | None = None
         self.waiting: deque[_Incoming] = deque()
         self.waiting_bytes = 0
-        self.last_active = time.monotonic()
         self.max_body_size = server.max_body_size
         self.closing = False
         # False once what arrives can no longer be read as HTTP.
         self.reading = True
+        # What the client owes by `deadline`, named by the event counted if it is late;
+        # "" while it owes nothing (a request in hand is the edge's to answer).
+        self.owing = HEAD_LATE
+        self.deadline = math.inf
+        # When the data being parsed arrived: the clock of the parser's callbacks.
+        self._read_at = 0.0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._paused = False
+        self._paused_at = 0.0
+        self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self._dispatching = False
+        # Unsent output as the sweep last saw it, and since when it has not moved.
+        self._unsent = 0
+        self._unsent_since = 0.0
         self._in_message = False
         self._begun = 0
         # The head of a request whose method llhttp does not know, as it arrives.
@@ -225,15 +290,23 @@ class Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.remote_ip = str(peer[0])
         server = self.server
         if len(server.connections) >= server.max_connections:
             self.closing = True
             transport.abort()
+            server.tell(
+                OVER_CAPACITY,
+                "refused a connection from %s: %d are open, the most this edge holds",
+                self.remote_ip,
+                server.max_connections,
+            )
             return
         server.connections.add(self)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.remote_ip = str(peer[0])
+        transport.set_write_buffer_limits(OUTPUT_HIGH, OUTPUT_LOW)
+        self.deadline = time.monotonic() + server.head_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -243,15 +316,12 @@ class Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if active is not None and active.responder is not None and not active.answered:
-            try:
-                active.responder.closed()
-            except Exception:
-                log.exception("a responder failed when its client left")
+            self._tell_closed(active)
 
     def data_received(self, data: bytes) -> None:
         if self.closing or not self.reading:
             return
-        self.last_active = time.monotonic()
+        self._read_at = time.monotonic()
         if self._odd is not None:
             self._odd_head(data)
             return
@@ -266,7 +336,7 @@ class Connection(asyncio.Protocol):
                 self._odd = bytearray()
                 self._odd_head(data)
             else:
-                self._reject(400, "malformed request: invalid method")
+                self._refuse(400, "malformed request: invalid method", MALFORMED)
         except httptools.HttpParserUpgrade:
             # No protocol is served but HTTP: the request is answered, then the
             # connection closes, since what follows on it is not HTTP.
@@ -274,23 +344,26 @@ class Connection(asyncio.Protocol):
             self._close_after_answers()
         except httptools.HttpParserCallbackError as error:
             if isinstance(error.__context__, _HeadTooLarge):
-                self._reject(431, "request head is larger than 64 KiB")
+                self._refuse(431, "request head is larger than 64 KiB", HEAD_TOO_LARGE)
             else:
-                log.error("failed on a request", exc_info=error.__context__ or error)
-                self._reject(500, "the edge failed on this request")
+                self._fail(None, error.__context__ or error)
         except httptools.HttpParserError as error:
-            self._reject(400, f"malformed request: {error}")
+            self._refuse(400, f"malformed request: {error}", MALFORMED)
 
     def eof_received(self) -> bool:
         return False  # a client that stops sending is gone: close, tell the responder
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         self._drained = asyncio.get_running_loop().create_future()
+        self._update_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
+        self._next()
 
     # -- httptools callbacks ---------------------------------------------------------
 
@@ -300,6 +373,11 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
+        if self.owing != HEAD_LATE:
+            # A new connection's first head is owed from its start, later ones from
+            # their first byte; a byte at a time does not make the head any later.
+            self.owing = HEAD_LATE
+            self.deadline = self._read_at + self.server.head_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -308,7 +386,8 @@ class Connection(asyncio.Protocol):
             raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        # llhttp drops the whitespace before a value, not after it.
+        self._headers.append((name, value.rstrip(OWS)))
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD_SIZE:
             raise _HeadTooLarge
@@ -316,6 +395,8 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.closing:
             return
+        self.owing = BODY_LATE
+        self.deadline = self._read_at + self.server.body_timeout
         parser = self.parser
         request = Request(
             parser.get_method().decode("ascii"),
@@ -326,15 +407,12 @@ class Connection(asyncio.Protocol):
             self.remote_ip,
         )
         incoming = self.parsing = _Incoming(request)
-        if self.active is None:
-            self._start(incoming)
-        else:
-            self.waiting.append(incoming)
-            self._update_reading()
+        self.waiting.append(incoming)
+        self._next()
 
     def on_body(self, chunk: bytes) -> None:
         incoming = self.parsing
-        if incoming is None:
+        if incoming is None or self.closing:
             return
         if incoming.answered:
             # Answered early: the rest of the body is read and dropped, up to the limit.
@@ -351,8 +429,10 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self.owing = ""
+        self.deadline = math.inf
         incoming, self.parsing = self.parsing, None
-        if incoming is None:
+        if incoming is None or self.closing:
             return
         incoming.complete = True
         if incoming.answered:
@@ -367,30 +447,29 @@ class Connection(asyncio.Protocol):
         end = self._odd.find(b"\r\n\r\n")
         if end < 0:
             if len(self._odd) > MAX_HEAD_SIZE:
-                self._reject(431, "request head is larger than 64 KiB")
+                self._refuse(431, "request head is larger than 64 KiB", HEAD_TOO_LARGE)
             return
         self.reading = False
+        self.owing = ""
+        self.deadline = math.inf
         lines = bytes(self._odd[:end]).split(b"\r\n")
         self._odd = None
         request_line = _REQUEST_LINE.fullmatch(lines[0])
         headers = [line.partition(b":") for line in lines[1:]]
         if request_line is None or any(not sep or not name for name, sep, _ in headers):
-            self._reject(400, "malformed request")
+            self._refuse(400, "malformed request", MALFORMED)
             return
         method, target, version = (part.decode("latin-1") for part in request_line.groups())
         request = Request(
             method,
             target,
             version,
-            [(name, value.strip()) for name, _, value in headers],
+            [(name, value.strip(OWS)) for name, _, value in headers],
             False,  # what follows the head is unread: the connection closes after the answer
             self.remote_ip,
         )
-        incoming = _Incoming(request, complete=True)
-        if self.active is None:
-            self._start(incoming)
-        else:
-            self.waiting.append(incoming)
+        self.waiting.append(_Incoming(request, complete=True))
+        self._next()
 
     # -- what responders call --------------------------------------------------------
 
@@ -415,7 +494,6 @@ class Connection(asyncio.Protocol):
         if incoming is None:
             return
         incoming.answered = True
-        self.last_active = time.monotonic()
         if self.closing:
             return
         if not keep_alive or not incoming.request.keep_alive:
@@ -427,6 +505,9 @@ class Connection(asyncio.Protocol):
             # nobody wants could take any time.
             self._update_reading()
             return
+        if not self.owing and not self.waiting:
+            self.owing = IDLE
+            self.deadline = time.monotonic() + self.server.idle_timeout
         self._next()
 
     def hold(self) -> None:
@@ -442,17 +523,50 @@ class Connection(asyncio.Protocol):
             self._update_reading()
             self._flush(incoming)
 
+    # -- what the server's sweep calls -----------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Close the connection if its client is late with what it owes or takes nothing."""
+        transport = self.transport
+        if transport is None:
+            return
+        unsent = transport.get_write_buffer_size()
+        if unsent != self._unsent:
+            self._unsent, self._unsent_since = unsent, now
+        elif unsent and now - self._unsent_since > self.server.idle_timeout:
+            self._expire(OUTPUT_STALLED)
+            return
+        if now > self.deadline and not self._paused and not self.closing:
+            self._expire(self.owing)
+
     # -- internals -------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Take waiting requests one after another, while the client takes the answers."""
+        if self._dispatching:
+            return  # a responder answered inside `_start`: the loop below goes on
+        self._dispatching = True
+        try:
+            while (
+                self.active is None and self.waiting and not self.closing and not self._write_paused
+            ):
+                incoming = self.waiting.popleft()
+                self.waiting_bytes -= sum(len(chunk) for chunk in incoming.chunks)
+                self._start(incoming)
+        finally:
+            self._dispatching = False
+        self._update_reading()
 
     def _start(self, incoming: _Incoming) -> None:
         self.active = incoming
         self.max_body_size = self.server.max_body_size
         try:
             incoming.responder = self.server.route(self, incoming.request)
-        except Exception:
-            log.exception("failed on %s %s", incoming.request.method, incoming.request.target)
-            if self.active is incoming and not incoming.answered:
-                self._reject(500, "the edge failed on this request")
+        except tornado.httputil.HTTPInputError as error:
+            self._refuse(400, f"malformed request: {error}", MALFORMED)
+            return
+        except Exception as error:
+            self._fail(incoming, error)
             return
         self._flush(incoming)
 
@@ -475,52 +589,119 @@ class Connection(asyncio.Protocol):
         assert incoming.responder is not None
         try:
             incoming.responder.body(chunk)
-        except Exception:
-            log.exception("failed on %s %s", incoming.request.method, incoming.request.target)
-            self._reject(500, "the edge failed on this request")
+        except tornado.httputil.HTTPInputError as error:
+            self._refuse(400, f"malformed request: {error}", MALFORMED)
+        except Exception as error:
+            self._fail(incoming, error)
 
     def _complete(self, incoming: _Incoming) -> None:
         assert incoming.responder is not None
         try:
             incoming.responder.complete()
-        except Exception:
-            log.exception("failed on %s %s", incoming.request.method, incoming.request.target)
+        except tornado.httputil.HTTPInputError as error:
             if self.active is incoming and not incoming.answered:
-                self._reject(500, "the edge failed on this request")
-
-    def _next(self) -> None:
-        while self.active is None and self.waiting and not self.closing:
-            incoming = self.waiting.popleft()
-            self.waiting_bytes -= sum(len(chunk) for chunk in incoming.chunks)
-            self._start(incoming)
-        self._update_reading()
+                self._refuse(400, f"malformed request: {error}", MALFORMED)
+        except Exception as error:
+            self._fail(incoming, error)
 
     def _update_reading(self) -> None:
-        """Read on unless too much waits in line or the active request holds its body back."""
+        """Read on unless the client takes no answers, too much waits in line, or the
+        active request holds its body back."""
         transport = self.transport
         if transport is None or self.closing:
             return
         active = self.active
         pause = (
-            len(self.waiting) >= PIPELINE_LIMIT
+            self._write_paused
+            or len(self.waiting) >= PIPELINE_LIMIT
             or self.waiting_bytes >= PIPELINE_BYTES
             or (active is not None and active.held)
         )
         if pause != self._paused:
             self._paused = pause
+            now = time.monotonic()
             if pause:
+                self._paused_at = now
                 transport.pause_reading()
             else:
+                # The client could not send while the edge did not read.
+                self.deadline += now - self._paused_at
                 transport.resume_reading()
+
+    def _expire(self, event: str) -> None:
+        server = self.server
+        transport = self.transport
+        assert transport is not None
+        if event == IDLE:
+            server.events[IDLE] += 1
+            self.abort()
+        elif event == OUTPUT_STALLED:
+            server.tell(
+                OUTPUT_STALLED,
+                "dropped a connection from %s: its client took none of %d bytes for %g s",
+                self.remote_ip,
+                self._unsent,
+                server.idle_timeout,
+            )
+            self.closing = True
+            self.waiting.clear()
+            transport.abort()  # close() would wait for the output to go out
+        else:
+            if event == HEAD_LATE:
+                why = f"the request head did not arrive within {server.head_timeout:g} s"
+            else:
+                why = f"the request body did not arrive within {server.body_timeout:g} s"
+            late = self.parsing
+            if event == HEAD_LATE and not self._in_message and self._odd is None:
+                # Not a byte of a request: nothing to answer, as for a connection a
+                # browser opened ahead and never used.
+                server.tell(
+                    event,
+                    "closed a connection from %s: no request came within %g s",
+                    self.remote_ip,
+                    server.head_timeout,
+                )
+                self.abort()
+            elif self.active is None or self.active is late:
+                self._refuse(408, why, event)
+            else:
+                # An answer is under way for a request before the late one.
+                server.tell(event, "closed a connection from %s: %s", self.remote_ip, why)
+                self.abort()
+            if transport.get_write_buffer_size():
+                transport.abort()
 
     def _refuse_body(self, incoming: _Incoming) -> None:
         if incoming is self.active:
-            self._reject(413, "request body is too large")
+            self._refuse(413, "request body is too large", BODY_TOO_LARGE)
         else:
+            self.server.events[BODY_TOO_LARGE] += 1
             self.abort()
 
-    def _reject(self, status: int, why: str) -> None:
-        """Answer an unreadable request and close: what follows it cannot be trusted."""
+    def _refuse(self, status: int, why: str, event: str) -> None:
+        """Answer a request the client got wrong and close: what follows it cannot be trusted."""
+        self.server.tell(event, "refused a request from %s: %d %s", self.remote_ip, status, why)
+        self._answer_and_close(status, why)
+
+    def _fail(self, incoming: _Incoming | None, error: BaseException) -> None:
+        """The edge failed on a request: a 500 if nothing of its answer went out, and close."""
+        if incoming is None:
+            self.server.tell(FAILED, "failed on a request", level=logging.ERROR, exc_info=error)
+        else:
+            request = incoming.request
+            self.server.tell(
+                FAILED,
+                "failed on %s %s",
+                request.method,
+                request.target,
+                level=logging.ERROR,
+                exc_info=error,
+            )
+            if self.active is not incoming or incoming.answered:
+                return
+        self._answer_and_close(500, "the edge failed on this request")
+
+    def _answer_and_close(self, status: int, why: str) -> None:
         self.reading = False
         active, self.active = self.active, None
         if active is None or not (active.answered or active.sent):
@@ -538,10 +719,19 @@ class Connection(asyncio.Protocol):
         self.abort()
         if active is not None and not active.answered and active.responder is not None:
             active.answered = True
-            try:
-                active.responder.closed()
-            except Exception:
-                log.exception("a responder failed when its connection was dropped")
+            self._tell_closed(active)
+
+    def _tell_closed(self, incoming: _Incoming) -> None:
+        assert incoming.responder is not None
+        try:
+            incoming.responder.closed()
+        except Exception as error:
+            self.server.tell(
+                FAILED,
+                "a responder failed when its connection ended",
+                level=logging.ERROR,
+                exc_info=error,
+            )
 
     def _close_after_answers(self) -> None:
         """Close once what was written has gone out; requests not yet answered are dropped."""
@@ -562,10 +752,6 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def idle_since(self) -> float | None:
-        """When the connection last did something, if nothing is being answered now."""
-        return None if self.active is not None else self.last_active
-
 
 class HTTPServer:
     """The listening sockets of the edge's port and every connection they accepted."""
@@ -574,18 +760,37 @@ class HTTPServer:
         self,
         route: Router,
         responses: Counter[str],
+        events: Counter[str],
         max_connections: int,
         max_body_size: int,
         idle_timeout: float,
+        head_timeout: float = HEAD_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.route = route
         self.responses = responses
+        self.events = events
         self.max_connections = max_connections
         self.max_body_size = max_body_size
         self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.log = ThrottledLog(log, LOG_LINES, LOG_INTERVAL)
         self.connections: set[Connection] = set()
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+
+    def tell(
+        self,
+        event: str,
+        message: str,
+        *args: object,
+        level: int = logging.WARNING,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Count `event` and log it, unless it was logged often enough lately."""
+        self.events[event] += 1
+        self.log.log(level, event, message, *args, exc_info=exc_info)
 
     async def serve(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -599,13 +804,14 @@ class HTTPServer:
         self._sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
+        # Often enough that a deadline is kept to within a quarter of itself.
+        shortest = min(self.head_timeout, self.body_timeout, self.idle_timeout)
+        interval = min(1.0, max(0.05, shortest / 4))
         while True:
-            await asyncio.sleep(max(1.0, self.idle_timeout / 4))
-            deadline = time.monotonic() - self.idle_timeout
+            await asyncio.sleep(interval)
+            now = time.monotonic()
             for connection in list(self.connections):
-                since = connection.idle_since()
-                if since is not None and since < deadline:
-                    connection.abort()
+                connection.check(now)
 
     def stop_accepting(self) -> None:
         for server in self._servers:

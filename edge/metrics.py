@@ -28,11 +28,13 @@ class EdgeCollector(Collector):
         feed: Feed,
         passthrough: Passthrough,
         connections: Callable[[], int],
+        connection_events: Counter[str],
     ) -> None:
         self.requests = requests
         self.feed = feed
         self.passthrough = passthrough
         self.connections = connections
+        self.connection_events = connection_events
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         responses = CounterMetricFamily(
@@ -43,6 +45,16 @@ class EdgeCollector(Collector):
         for status, count in sorted(self.requests.items()):
             responses.add_metric([status], count)
         yield responses
+        events = CounterMetricFamily(
+            "pushserver_edge_connection_events",
+            "Connections closed at a deadline (head_late, body_late, idle, output_stalled) "
+            "or refused at max_connections (over_capacity), requests refused (malformed, "
+            "head_too_large, body_too_large) and the edge's own failures, by event.",
+            labels=["event"],
+        )
+        for event, count in sorted(self.connection_events.items()):
+            events.add_metric([event], count)
+        yield events
         feed = CounterMetricFamily(
             "pushserver_edge_feed_events",
             "Events on the link to the broker: refills after gaps, broker restarts, "
@@ -89,9 +101,10 @@ def registry_for(
     feed: Feed,
     passthrough: Passthrough,
     connections: Callable[[], int],
+    connection_events: Counter[str],
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EdgeCollector(requests, feed, passthrough, connections))
+    registry.register(EdgeCollector(requests, feed, passthrough, connections, connection_events))
     return registry
 
 

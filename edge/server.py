@@ -7,13 +7,14 @@ import contextlib
 import logging
 import resource
 import socket
+from collections import Counter
 from typing import Any
 
 import tornado.netutil
 
 from edge.app import build_router
 from edge.config import EdgeConfig
-from edge.connection import HTTPServer
+from edge.connection import BODY_TIMEOUT, HEAD_TIMEOUT, HTTPServer
 from edge.feed import Feed
 from edge.passthrough import Passthrough
 
@@ -40,12 +41,29 @@ def raise_fd_limit(wanted: int) -> int:
 
 
 class Edge:
-    def __init__(self, config: EdgeConfig, wsgi_app: Any | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        wsgi_app: Any | None = None,
+        *,
+        head_timeout: float = HEAD_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+    ) -> None:
         self.config = config
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
         self.feed = Feed(config)
         self.passthrough = Passthrough(config)
+        # Deadlines missed, connections refused, malformed requests: counted by the
+        # HTTP server, shown by the metrics.
+        self.connection_events: Counter[str] = Counter()
         self.router = build_router(
-            config, self.feed, self.passthrough, self.open_connections, wsgi_app
+            config,
+            self.feed,
+            self.passthrough,
+            self.open_connections,
+            self.connection_events,
+            wsgi_app,
         )
         self._server: HTTPServer | None = None
         self._sockets: list[socket.socket] = []
@@ -64,10 +82,13 @@ class Edge:
         self._server = HTTPServer(
             self.router,
             self.router.subscribers.responses,
+            self.connection_events,
             max_connections=raise_fd_limit(config.max_connections),
             # Bodies are checked by the publisher location, which answers 413.
             max_body_size=config.max_message_size + 1,
             idle_timeout=max(60.0, config.long_poll_timeout * 2),
+            head_timeout=self.head_timeout,
+            body_timeout=self.body_timeout,
         )
         urls = []
         for sock in sockets:

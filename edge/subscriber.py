@@ -207,6 +207,8 @@ class SubscriberPoll:
             cursor = self.shared.cursor(if_modified_since, if_none_match)
         except BadValidator as error:
             raise Refusal(400, str(error)) from None
+        # Read now, so a request Tornado's code cannot read is refused 400 by the connection.
+        request = self.request.server_request() if self.location.passthrough else None
         buffer = self.shared.feed.buffers.get(channel_id)
         if (
             buffer is not None
@@ -217,9 +219,11 @@ class SubscriberPoll:
         ):
             self._serve(buffer, cursor)
         else:
-            self.task = asyncio.get_running_loop().create_task(self._begin_slowly(cursor))
+            self.task = asyncio.get_running_loop().create_task(self._begin_slowly(cursor, request))
 
-    async def _begin_slowly(self, cursor: Cursor) -> None:
+    async def _begin_slowly(
+        self, cursor: Cursor, request: tornado.httputil.HTTPServerRequest | None
+    ) -> None:
         try:
             try:
                 buffer = await self.shared.feed.channel(
@@ -229,8 +233,8 @@ class SubscriberPoll:
                 raise Refusal(503, "the push broker is unavailable; try again shortly") from None
             if buffer is None:
                 raise Refusal(403, "channel does not exist")
-            if self.location.passthrough:
-                await self._subscribe()
+            if request is not None:
+                await self._subscribe(request)
             self._serve(buffer, cursor)
         except Refusal as refused:
             self._refuse(refused)
@@ -239,9 +243,8 @@ class SubscriberPoll:
             log.exception("subscriber poll on %r failed", self.channel_id)
             self._refuse(Refusal(500, "the edge failed to answer this poll"))
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, request: tornado.httputil.HTTPServerRequest) -> None:
         passthrough = self.shared.passthrough
-        request = self.request.server_request()
         if not self.location.authorize:
             passthrough.subscribe(self.location, request, self.channel_id)
         else:

@@ -5,63 +5,19 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
+from edge.connection import LOG_LINES, MALFORMED
 from edge.protocol import ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED
 from tests.client import fresh, info, path, publish, wait_for_subscribers
 from tests.conftest import PROTOCOL_SETTINGS
-from tests.processes import Launcher, Process, eventually
+from tests.processes import Launcher, Process, eventually, free_port
+from tests.raw_http import closed, connect, connection_events, get, raw, read_response
 
 Server = tuple[Process, str]
-Response = tuple[int, dict[str, str], bytes]
-
-
-def connect(base: str) -> tuple[socket.socket, BinaryIO]:
-    address = urlsplit(base)
-    sock = socket.create_connection((address.hostname, address.port), timeout=10)
-    return sock, sock.makefile("rb")
-
-
-@contextmanager
-def raw(base: str) -> Iterator[tuple[socket.socket, BinaryIO]]:
-    sock, stream = connect(base)
-    try:
-        yield sock, stream
-    finally:
-        stream.close()
-        sock.close()
-
-
-def read_response(stream: BinaryIO) -> Response:
-    status_line = stream.readline()
-    assert status_line.startswith(b"HTTP/1.1 "), status_line
-    status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    while (line := stream.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = b""
-    if "content-length" in headers:
-        body = stream.read(int(headers["content-length"]))
-    elif headers.get("transfer-encoding") == "chunked":
-        while size := int(stream.readline().strip(), 16):
-            body += stream.read(size)
-            stream.readline()
-        stream.readline()
-    return status, headers, body
-
-
-def closed(sock: socket.socket, stream: BinaryIO) -> bool:
-    """True when the edge closed the connection (reading gives end of file or a reset)."""
-    try:
-        return stream.read(1) == b""
-    except ConnectionResetError:
-        return True
 
 
 def at_newest(headers: dict[str, str]) -> tuple[str, str]:
@@ -70,11 +26,6 @@ def at_newest(headers: dict[str, str]) -> tuple[str, str]:
         f"{IF_MODIFIED_SINCE}: {headers[LAST_MODIFIED.lower()]}",
         f"{IF_NONE_MATCH}: {headers[ETAG.lower()]}",
     )
-
-
-def get(target: str, *headers: str) -> bytes:
-    lines = [f"GET {target} HTTP/1.1", "Host: edge", *headers, "", ""]
-    return "\r\n".join(lines).encode()
 
 
 def test_pipelined_requests_are_answered_in_order_even_behind_a_held_poll(
@@ -111,7 +62,7 @@ def test_a_request_head_over_64_kib_gets_431_and_the_connection_closes(server: S
         assert status == 431
         assert b"64 KiB" in body
         assert headers["connection"] == "close"
-        assert closed(sock, stream)
+        assert closed(stream)
 
 
 def test_a_malformed_request_gets_400_with_a_reason_and_the_connection_closes(
@@ -124,7 +75,7 @@ def test_a_malformed_request_gets_400_with_a_reason_and_the_connection_closes(
         assert status == 400
         assert headers["content-type"].startswith("text/plain")
         assert b"malformed request" in body
-        assert closed(sock, stream)
+        assert closed(stream)
     publish(base, fresh("after-400"), "the edge still serves")
 
 
@@ -137,7 +88,7 @@ def test_an_unknown_method_reaches_its_location_and_the_connection_closes(
         status, headers, _ = read_response(stream)
         assert status == 405
         assert headers["allow"] == "GET, PUT, POST, DELETE"
-        assert closed(sock, stream)
+        assert closed(stream)
 
 
 def test_http_1_0_keeps_the_connection_only_when_it_asks_to(server: Server) -> None:
@@ -153,7 +104,7 @@ def test_http_1_0_keeps_the_connection_only_when_it_asks_to(server: Server) -> N
         status, headers, body = read_response(stream)
         assert (status, body) == (200, b"old client")
         assert "connection" not in headers
-        assert closed(sock, stream)
+        assert closed(stream)
 
 
 def test_connection_close_is_honoured_after_the_answer(server: Server) -> None:
@@ -164,7 +115,7 @@ def test_connection_close_is_honoured_after_the_answer(server: Server) -> None:
         sock.sendall(get(path("updates", channel), "Connection: close"))
         status, headers, body = read_response(stream)
         assert (status, body, headers["connection"]) == (200, b"last words", "close")
-        assert closed(sock, stream)
+        assert closed(stream)
 
 
 def test_expect_100_continue_is_answered_before_the_body_is_sent(server: Server) -> None:
@@ -235,7 +186,7 @@ def test_an_upgrade_request_gets_an_ordinary_answer_and_the_connection_closes(
         )
         status, _, body = read_response(stream)
         assert (status, body) == (200, b"plain http")
-        assert closed(sock, stream)
+        assert closed(stream)
 
 
 def test_a_body_over_the_size_limit_gets_413_wherever_it_is_sent(server: Server) -> None:
@@ -252,7 +203,7 @@ def test_a_body_over_the_size_limit_gets_413_wherever_it_is_sent(server: Server)
         assert status == 413
         assert b"too large" in body
         assert headers["connection"] == "close"
-        assert closed(sock, stream)
+        assert closed(stream)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +237,7 @@ def test_connections_beyond_max_connections_are_closed_and_the_edge_keeps_servin
     try:
         with raw(base) as (sock, stream):
             sock.sendall(get(path("updates", channel)))
-            assert closed(sock, stream)
+            assert closed(stream)
     finally:
         for sock, stream in held:
             stream.close()
@@ -294,3 +245,141 @@ def test_connections_beyond_max_connections_are_closed_and_the_edge_keeps_servin
     again = eventually(lambda: admitted(base, channel), 5, "a place once the three left")
     again[1].close()
     again[0].close()
+
+
+@pytest.fixture(scope="module")
+def padded(module_launcher: Launcher) -> Server:
+    """The protocol's edge with a passthrough location too; its Django is not there,
+    which only costs a logged failure per poll."""
+    passthrough = {
+        "type": "subscriber",
+        "url": r"/followed/([^/]+)",
+        "passthrough": f"http://127.0.0.1:{free_port()}/passthrough",
+    }
+    locations = (*PROTOCOL_SETTINGS["locations"], passthrough)
+    return module_launcher.embedded(**{**PROTOCOL_SETTINGS, "locations": locations})
+
+
+# Optional whitespace after a value is not part of it (RFC 9110, section 5.5).
+PADDING = " \t "
+
+
+def padded_request(method: str, target: str, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: edge{PADDING}"]
+    lines += [header + PADDING for header in headers]
+    lines.append(f"Content-Length: {len(body)}{PADDING}")
+    return "\r\n".join([*lines, "", ""]).encode() + body
+
+
+def test_trailing_whitespace_in_header_values_is_dropped_at_a_subscriber_location(
+    padded: Server,
+) -> None:
+    process, base = padded
+    channel = fresh("padded-poll")
+    publish(base, channel, "padded")
+    with raw(base) as (sock, stream):
+        sock.sendall(
+            padded_request("GET", path("private", channel), "Origin: http://allowed.example")
+        )
+        status, headers, body = read_response(stream)
+    assert (status, body) == (200, b"padded")
+    assert headers["access-control-allow-origin"] == "http://allowed.example"
+    assert "Traceback" not in process.output
+
+
+def test_trailing_whitespace_in_header_values_is_dropped_at_a_passthrough_location(
+    padded: Server,
+) -> None:
+    process, base = padded
+    channel = fresh("padded-passthrough")
+    publish(base, channel, "passed")
+    with raw(base) as (sock, stream):
+        sock.sendall(padded_request("GET", path("followed", channel), "Origin: http://a.example"))
+        status, _, body = read_response(stream)
+    assert (status, body) == (200, b"passed")
+    assert "Traceback" not in process.output
+
+
+def test_trailing_whitespace_in_header_values_is_dropped_at_a_publisher_location(
+    padded: Server,
+) -> None:
+    process, base = padded
+    channel = fresh("padded-publish")
+    with raw(base) as (sock, stream):
+        sock.sendall(
+            padded_request(
+                "POST", path("send-update", channel), "Content-Type: text/html", body=b"<p>"
+            )
+        )
+        assert read_response(stream)[0] == 202
+        sock.sendall(get(path("updates", channel)))
+        status, headers, body = read_response(stream)
+    assert (status, headers["content-type"], body) == (200, "text/html", b"<p>")
+    assert "Traceback" not in process.output
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "body_part"),
+    [("/pushserver/metrics", 200, b"pushserver_edge_"), ("/no-such", 404, b"no push location")],
+    ids=["metrics", "unknown-path"],
+)
+def test_trailing_whitespace_in_header_values_is_dropped_on_other_paths(
+    padded: Server, target: str, status: int, body_part: bytes
+) -> None:
+    process, base = padded
+    with raw(base) as (sock, stream):
+        sock.sendall(padded_request("GET", target, "Accept: text/plain", "X-Blank:"))
+        answered, _, body = read_response(stream)
+    assert answered == status
+    assert body_part in body
+    assert "Traceback" not in process.output
+
+
+@pytest.mark.parametrize(
+    ("location", "host_line", "reason"),
+    [
+        ("send-update", "Host: two words", "Invalid Host header"),
+        ("no-such", "Host: two words", "Invalid Host header"),
+        ("followed", "Host: a,b", "Multiple host headers"),
+        ("send-update", "", "Missing Host header"),
+    ],
+    ids=["publisher", "unknown-path", "passthrough", "publisher-without-host"],
+)
+def test_a_request_the_application_cannot_read_gets_400_with_a_reason(
+    padded: Server, location: str, host_line: str, reason: str
+) -> None:
+    process, base = padded
+    request_line = f"GET {path(location, fresh('unreadable'))} HTTP/1.1"
+    lines = [request_line, host_line] if host_line else [request_line]
+    with raw(base) as (sock, stream):
+        sock.sendall("\r\n".join([*lines, "", ""]).encode())
+        status, headers, body = read_response(stream)
+        assert status == 400
+        assert headers["content-type"].startswith("text/plain")
+        assert reason.encode() in body
+        assert closed(stream)
+    assert "Traceback" not in process.output
+
+
+def test_what_is_logged_of_bad_requests_is_rate_limited_and_malformed_ones_are_counted(
+    launcher: Launcher,
+) -> None:
+    process, base = launcher.embedded(**PROTOCOL_SETTINGS)
+    before = connection_events(base).get(MALFORMED, 0)
+    sent = LOG_LINES * 4
+    with httpx.Client(timeout=10) as client:
+        for _ in range(sent):
+            with raw(base) as (sock, stream):
+                sock.sendall(b"GET /updates/x HTTP/1.1\r\nHost: edge\r\nno colon here\r\n\r\n")
+                assert read_response(stream)[0] == 400
+            assert client.get(base + "/no-such-location").status_code == 404
+    assert connection_events(base).get(MALFORMED, 0) - before == sent
+    # Logged after all the others: once it is read, so are they.
+    with raw(base) as (sock, stream):
+        sock.sendall(get("/last", "X-Filler: " + "f" * 70_000))
+        assert read_response(stream)[0] == 431
+    process.wait_for("431 request head is larger")
+    malformed = [line for line in process.lines if "400 malformed request" in line]
+    assert len(malformed) == LOG_LINES, malformed
+    not_found = [line for line in process.lines if "404 GET /no-such-location" in line]
+    assert len(not_found) == LOG_LINES, not_found

@@ -1,0 +1,114 @@
+"""HTTP/1.1 spoken byte by byte to an edge: requests written as they go on the wire,
+responses read one at a time, and the edge's own figures (metrics, memory, sockets)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import httpx
+
+from tests.test_metrics import samples
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+def connect(base: str) -> tuple[socket.socket, BinaryIO]:
+    address = urlsplit(base)
+    sock = socket.create_connection((address.hostname, address.port), timeout=10)
+    return sock, sock.makefile("rb")
+
+
+@contextmanager
+def raw(base: str) -> Iterator[tuple[socket.socket, BinaryIO]]:
+    sock, stream = connect(base)
+    try:
+        yield sock, stream
+    finally:
+        stream.close()
+        sock.close()
+
+
+def read_response(stream: BinaryIO) -> Response:
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if "content-length" in headers:
+        body = stream.read(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        while size := int(stream.readline().strip(), 16):
+            body += stream.read(size)
+            stream.readline()
+        stream.readline()
+    return status, headers, body
+
+
+def closed(stream: BinaryIO) -> bool:
+    """True when the edge closed the connection (reading gives end of file or a reset)."""
+    try:
+        return stream.read(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def get(target: str, *headers: str) -> bytes:
+    lines = [f"GET {target} HTTP/1.1", "Host: edge", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def figures(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The edge's metrics, each sample by name and labels."""
+    response = httpx.get(base + "/pushserver/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return samples(response.text)
+
+
+def connection_events(base: str) -> dict[str, float]:
+    return {
+        dict(labels)["event"]: value
+        for (name, labels), value in figures(base).items()
+        if name == "pushserver_edge_connection_events_total"
+    }
+
+
+def open_connections(base: str) -> float:
+    """The edge's connections gauge; the request that reads it is one of them."""
+    return figures(base)[("pushserver_edge_connections", ())]
+
+
+def memory_kib(pid: int, field: str) -> int:
+    """A figure of /proc/<pid>/status in KiB: VmRSS (resident now), VmHWM (its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak_memory(pid: int) -> None:
+    """Start VmHWM again from the resident size now (Linux's clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def close_wait_sockets(port: int) -> int:
+    """Sockets on `port` the peer has closed and this host has not (TCP state CLOSE_WAIT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "08":
+                count += 1
+    return count
