@@ -62,6 +62,11 @@ class EdgeConfig:
     # idle timeouts (nginx 60 s, many cloud balancers 30 s and up).
     long_poll_timeout: float = 25.0
     max_message_size: int = 4 * 1024 * 1024
+    # Seconds a request's head, then its body, may take to arrive, counted from
+    # its start and not renewed by each byte: a trickling or silent client
+    # cannot hold a connection (or, at `max_connections`, the edge) for longer.
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
     # Seconds a channel's topic stays subscribed after its last client left,
     # so a client re-polling after each message does not churn subscriptions.
     topic_linger: float = 30.0

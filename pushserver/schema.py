@@ -414,6 +414,22 @@ TOP = Group(
         ),
         _field(
             _EDGE,
+            "head_timeout",
+            "float (s)",
+            rules.SECONDS,
+            "how long a request head may take to arrive (not renewed by each byte); then `408`",
+            float,
+        ),
+        _field(
+            _EDGE,
+            "body_timeout",
+            "float (s)",
+            rules.SECONDS,
+            "how long a request body may take to arrive (not renewed by each byte); then `408`",
+            float,
+        ),
+        _field(
+            _EDGE,
             "topic_linger",
             "float (s)",
             rules.SECONDS,

@@ -434,6 +434,8 @@ WRITTEN = {
     "history_file": "/var/lib/pushserver/history",
     "long_poll_timeout": 20,
     "max_message_size": 1024,
+    "head_timeout": 4,
+    "body_timeout": 6,
     "topic_linger": 7,
     "broker_timeout": 2.5,
     "heartbeat_interval": 0.25,
