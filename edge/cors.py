@@ -6,10 +6,10 @@ page's client dead: the browser refuses the poll before it is sent.
 
 The trap: a long `Access-Control-Max-Age` does not spare a poll that sends
 validators its preflight. `If-Modified-Since` and `If-None-Match` put a
-request in the "no-store" cache mode (Fetch), and Chromium looks in its
-preflight cache only for requests in the default mode, so every such poll
-is preceded by an OPTIONS, whatever the max-age (measured in Chromium 156,
-`tests/test_cors.py`). The max-age still spares the preflights of requests
+request in the "no-store" cache mode (Fetch), and Chromium does not look
+in its preflight cache for a request that bypasses the HTTP cache, so every
+such poll is preceded by an OPTIONS, whatever the max-age (measured in
+Chromium 156, `tests/test_cors.py`). The max-age still spares the preflights of requests
 whose extra headers are not validators (one per walk).
 """
 

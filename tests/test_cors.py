@@ -5,8 +5,8 @@ A walk is the protocol's loop of polls, each sending the previous answer's
 one URL. Measured here, in Chromium, from a page on another origin: every
 poll of a walk after the first is preceded by a preflight, whatever
 `Access-Control-Max-Age` says, because a request with those validators is
-in the "no-store" cache mode and Chromium looks in its preflight cache only
-for requests in the default mode. A walk whose only extra header is not a
+in the "no-store" cache mode and Chromium does not look in its preflight
+cache for a request that bypasses the HTTP cache. A walk whose only extra header is not a
 validator pays one preflight for all its polls. The recorder in front of
 the edge counts the OPTIONS requests; no browser API reports them.
 """
