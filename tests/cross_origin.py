@@ -1,6 +1,6 @@
 """A page on one origin, an edge on another, and a record of what the browser sent the edge.
 
-The page and its scripts come from `PageServer`, a small HTTP server on a
+The page and its scripts come from `page_server`, a small HTTP server on a
 port of its own, so every request the page makes to the edge is
 cross-origin and goes through CORS as it would from a real site. Between
 the browser and the edge stands `RequestRecorder`, a TCP relay that passes
@@ -21,7 +21,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -61,11 +60,7 @@ def parse_head(head: bytes) -> SeenRequest:
 
 
 class RequestRecorder:
-    """Relays connections from `port` to the edge at `upstream` and records each request.
-
-    Use as a context manager: on exit the relay stops accepting and closes
-    every connection it holds.
-    """
+    """Relays connections from `port` to the edge at `upstream` and records each request."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
@@ -87,16 +82,11 @@ class RequestRecorder:
             seen = list(self._requests)
         return [request for request in seen if method is None or request.method == method]
 
-    def __enter__(self) -> RequestRecorder:
+    def start(self) -> None:
         self._accepting.start()
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Stop accepting and close every connection the relay holds."""
         self._stopped.set()
         self._accepting.join(timeout=5)
         self._listener.close()
@@ -143,48 +133,51 @@ class RequestRecorder:
             sink.shutdown(socket.SHUT_WR)
 
 
-class PageServer:
-    """Serves `files` (path -> (content type, body)) on a port of its own, setting `COOKIE`.
+@contextlib.contextmanager
+def recording(upstream: tuple[str, int]) -> Iterator[RequestRecorder]:
+    recorder = RequestRecorder(upstream)
+    recorder.start()
+    try:
+        yield recorder
+    finally:
+        recorder.stop()
+
+
+@contextlib.contextmanager
+def page_server(files: dict[str, tuple[str, bytes]]) -> Iterator[str]:
+    """Serves `files` (path -> (content type, body)) on a port of its own, setting `COOKIE`;
+    yields the server's origin.
 
     The cookie has no port in it, so the browser also sends it to the edge
     on the same host, with every request made with credentials.
     """
 
-    def __init__(self, files: dict[str, tuple[str, bytes]]) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                found = files.get(self.path)
-                if found is None:
-                    self.send_error(404)
-                    return
-                content_type, body = found
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Set-Cookie", f"{COOKIE}; Path=/; SameSite=Lax")
-                self.end_headers()
-                self.wfile.write(body)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = files.get(self.path)
+            if found is None:
+                self.send_error(404)
+                return
+            content_type, body = found
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Set-Cookie", f"{COOKIE}; Path=/; SameSite=Lax")
+            self.end_headers()
+            self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return None  # the tests' output is for the tests
+        def log_message(self, format: str, *args: Any) -> None:
+            return None  # the tests' output is for the tests
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._serving = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> PageServer:
-        self._serving.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def edge_for_page(launcher: Launcher, origin: str, **push_server: Any) -> str:

@@ -21,18 +21,10 @@ import pytest
 
 from edge.cors import PREFLIGHT_HEADERS
 from edge.protocol import ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_EVENT_ID
+from tests import cross_origin
 from tests.browser import CHROMIUM, chromium_available
 from tests.client import fresh, path
-from tests.cross_origin import (
-    PageServer,
-    RequestRecorder,
-    SeenRequest,
-    chromium,
-    edge_for_page,
-    page_with_scripts,
-    publish_all,
-    upstream,
-)
+from tests.cross_origin import RequestRecorder, SeenRequest
 from tests.processes import Launcher
 
 assert chromium_available(), f"no Chromium at {CHROMIUM}: run `make test`, which installs it"
@@ -82,14 +74,48 @@ def allowed_headers(preflight: httpx.Response) -> set[str]:
     }
 
 
+@pytest.fixture(scope="module")
+def page_origin() -> Iterator[str]:
+    with cross_origin.page_server({"/": cross_origin.page_with_scripts()}) as origin:
+        yield origin
+
+
+@pytest.fixture(scope="module")
+def edge(module_launcher: Launcher, page_origin: str) -> str:
+    # Short, so a poll the browser's own cache sent past the last message ends soon.
+    return cross_origin.edge_for_page(module_launcher, page_origin, long_poll_timeout=1)
+
+
+@pytest.fixture(scope="module")
+def recorder(edge: str) -> Iterator[RequestRecorder]:
+    with cross_origin.recording(cross_origin.upstream(edge)) as started:
+        yield started
+
+
+@pytest.fixture
+def page(browser: Any, page_origin: str) -> Iterator[Any]:
+    """A fresh page on the page server's origin, with a preflight cache of its own."""
+    context = browser.new_context()
+    opened = context.new_page()
+    opened.goto(page_origin + "/")
+    yield opened
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with cross_origin.chromium() as launched:
+        yield launched
+
+
 def test_the_preflight_allows_the_validators_nchan_subscribers_etag_and_last_event_id(
-    base: str, client: httpx.Client
+    edge: str, page_origin: str
 ) -> None:
     sent = [IF_MODIFIED_SINCE, IF_NONE_MATCH, ETAG, LAST_EVENT_ID]
-    preflight = client.options(
-        base + path("updates", fresh("preflight")),
+    preflight = httpx.options(
+        edge + path("updates", fresh("preflight")),
         headers={
-            "Origin": "http://page.example",
+            "Origin": page_origin,
             "Access-Control-Request-Method": "GET",
             "Access-Control-Request-Headers": ",".join(name.lower() for name in sent),
         },
@@ -101,50 +127,16 @@ def test_the_preflight_allows_the_validators_nchan_subscribers_etag_and_last_eve
 
 
 def test_a_preflight_from_an_allowed_origin_with_credentials_echoes_it_and_no_other(
-    base: str, client: httpx.Client
+    edge: str, page_origin: str
 ) -> None:
-    url = base + path("private", fresh("preflight-private"))
+    url = edge + path("updates", fresh("preflight-credentials"))
     asked = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "etag"}
-    allowed = client.options(url, headers={"Origin": "http://allowed.example", **asked})
-    assert allowed.headers["Access-Control-Allow-Origin"] == "http://allowed.example"
+    allowed = httpx.options(url, headers={"Origin": page_origin, **asked})
+    assert allowed.headers["Access-Control-Allow-Origin"] == page_origin
     assert allowed.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Origin" in allowed.headers["Vary"]
-    refused = client.options(url, headers={"Origin": "http://evil.example", **asked})
+    refused = httpx.options(url, headers={"Origin": "http://evil.example", **asked})
     assert "Access-Control-Allow-Origin" not in refused.headers
-
-
-@pytest.fixture(scope="module")
-def page_server() -> Iterator[PageServer]:
-    with PageServer({"/": page_with_scripts()}) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def edge(module_launcher: Launcher, page_server: PageServer) -> str:
-    # Short, so a poll the browser's own cache sent past the last message ends soon.
-    return edge_for_page(module_launcher, page_server.origin, long_poll_timeout=1)
-
-
-@pytest.fixture(scope="module")
-def recorder(edge: str) -> Iterator[RequestRecorder]:
-    with RequestRecorder(upstream(edge)) as started:
-        yield started
-
-
-@pytest.fixture
-def page(browser: Any, page_server: PageServer) -> Iterator[Any]:
-    """A fresh page on the page server's origin, with a preflight cache of its own."""
-    context = browser.new_context()
-    opened = context.new_page()
-    opened.goto(page_server.origin + "/")
-    yield opened
-    context.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as launched:
-        yield launched
 
 
 def walk(
@@ -157,7 +149,7 @@ def walk(
     """Publish POLLS messages to a fresh channel, walk it in the page; the answers the page
     read and the requests the edge received for that channel."""
     channel = fresh("walk")
-    publish_all(edge, channel, [f"message {number}" for number in range(POLLS)])
+    cross_origin.publish_all(edge, channel, [f"message {number}" for number in range(POLLS)])
     answers: list[list[Any]] = page.evaluate(
         WALK, [recorder.url + path("updates", channel), POLLS, headers, validators]
     )

@@ -21,13 +21,14 @@ from tests.browser import CHROMIUM, chromium_available
 from tests.client import fresh, path, wait_for_subscribers
 from tests.cross_origin import (
     COOKIE,
-    PageServer,
     RequestRecorder,
     chromium,
     edge_for_page,
     npm_file,
+    page_server,
     page_with_scripts,
     publish_all,
+    recording,
     upstream,
 )
 from tests.processes import Launcher, eventually
@@ -35,7 +36,7 @@ from tests.processes import Launcher, eventually
 assert chromium_available(), f"no Chromium at {CHROMIUM}: run `make test`, which installs it"
 
 # Short, so the test sits through one idle timeout in a few seconds.
-LONG_POLL_TIMEOUT = 2
+LONG_POLL_TIMEOUT = 1
 
 START_SUBSCRIBER = """
 (url) => {
@@ -57,25 +58,25 @@ START_SUBSCRIBER = """
 
 
 @pytest.fixture(scope="module")
-def page_server() -> Iterator[PageServer]:
+def page_origin() -> Iterator[str]:
     script = npm_file("nchan/NchanSubscriber.js").read_bytes()
     files = {
         "/": page_with_scripts("/NchanSubscriber.js"),
         "/NchanSubscriber.js": ("text/javascript; charset=utf-8", script),
     }
-    with PageServer(files) as server:
-        yield server
+    with page_server(files) as origin:
+        yield origin
 
 
 @pytest.fixture(scope="module")
-def edge(module_launcher: Launcher, page_server: PageServer) -> str:
-    return edge_for_page(module_launcher, page_server.origin, long_poll_timeout=LONG_POLL_TIMEOUT)
+def edge(module_launcher: Launcher, page_origin: str) -> str:
+    return edge_for_page(module_launcher, page_origin, long_poll_timeout=LONG_POLL_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def recorder(edge: str) -> Iterator[RequestRecorder]:
     """The edge as the browser reaches it: through a recorder of every request."""
-    with RequestRecorder(upstream(edge)) as started:
+    with recording(upstream(edge)) as started:
         yield started
 
 
@@ -96,14 +97,14 @@ def message_id(nchan_id: str) -> tuple[int, int]:
 
 
 def test_nchan_subscriber_long_poll_across_origins_with_credentials_gets_every_message_once_in_order_through_an_idle_timeout(  # noqa: E501
-    page_server: PageServer, edge: str, recorder: RequestRecorder, browser: Any
+    page_origin: str, edge: str, recorder: RequestRecorder, browser: Any
 ) -> None:
     channel = fresh("nchan")
     url = recorder.url + path("updates", channel)
     context = browser.new_context()
     try:
         page = context.new_page()
-        page.goto(page_server.origin + "/")
+        page.goto(page_origin + "/")
         page.evaluate(START_SUBSCRIBER, url)
         wait_for_subscribers(edge, channel, 1)
 
