@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,12 +28,15 @@ class Site:
     events_file: Path
     refuse_all_flag: Path
 
-    def events(self, channel_id: str) -> list[tuple[str, str | None]]:
+    def logged(self, channel_id: str) -> list[dict[str, Any]]:
+        """What Django's receivers saw for `channel_id`, one dict per signal."""
         if not self.events_file.exists():
             return []
         lines = self.events_file.read_text().splitlines()
-        loaded = [json.loads(line) for line in lines]
-        return [(e["event"], e["user"]) for e in loaded if e["channel_id"] == channel_id]
+        return [event for event in map(json.loads, lines) if event["channel_id"] == channel_id]
+
+    def events(self, channel_id: str) -> list[tuple[str, str | None]]:
+        return [(event["event"], event["user"]) for event in self.logged(channel_id)]
 
     @contextlib.contextmanager
     def browser(self, username: str | None) -> Iterator[httpx.Client]:
