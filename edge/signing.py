@@ -23,7 +23,6 @@ the edge never imports Django.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import re
 import urllib.parse
@@ -55,7 +54,7 @@ def _message(channel_ids: Sequence[str], expires: int) -> bytes:
 
 
 def _mac(secret: str, message: bytes) -> str:
-    digest = hmac.digest(secret.encode("utf-8"), message, hashlib.sha256)
+    digest = hmac.digest(secret.encode("utf-8"), message, "sha256")
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
@@ -102,6 +101,10 @@ def verify(
     return None
 
 
+def _unquoted(text: str) -> str:
+    return urllib.parse.unquote_plus(text) if "%" in text or "+" in text else text
+
+
 def query_problem(
     secrets: Sequence[str], channel_ids: Sequence[str], query: str, now: float
 ) -> str | None:
@@ -111,11 +114,12 @@ def query_problem(
     else reads the URL (a balancer, a log) must not see another token than
     the edge checked.
     """
-    tokens = [
-        value
-        for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True)
-        if name == TOKEN_PARAMETER
-    ]
+    tokens = []
+    # Read as parse_qsl reads it, at a fraction of its cost on the path of every poll.
+    for field in query.split("&"):
+        name, _, value = field.partition("=")
+        if _unquoted(name) == TOKEN_PARAMETER:
+            tokens.append(_unquoted(value))
     if len(tokens) > 1:
         return TOKEN_INVALID
     return verify(secrets, channel_ids, tokens[0] if tokens else None, now)

@@ -17,10 +17,9 @@ import httpx
 import pytest
 
 from tests.client import fresh, poll, publish
-from tests.passthrough_site import FORWARDING_HEADERS
 from tests.processes import EDGE_LINE, Launcher, eventually, free_port
 from tests.test_ops_files import BALANCERS, accepts
-from tests.test_passthrough import SECRET, Site, django_settings
+from tests.test_passthrough import SECRET, Site, django_settings, passthrough_locations
 
 # No test connects from TEST-NET-1, so to this edge every peer is a stranger.
 NOBODY = ["192.0.2.0/24"]
@@ -56,16 +55,7 @@ def edges(module_launcher: Launcher) -> Edges:
             "broker": endpoints,
             "passthrough_secret": SECRET,
             "long_poll_timeout": 2,
-            "locations": (
-                {"type": "subscriber", "url": r"/updates/([^/]+)", "passthrough": passthrough},
-                {
-                    "type": "subscriber",
-                    "url": r"/grace/([^/]+)",
-                    "passthrough": passthrough,
-                    "passthrough_grace": 5,
-                },
-                {"type": "publisher", "url": r"/send-update/([^/]+)"},
-            ),
+            "locations": passthrough_locations(passthrough, 5),
             **more,
         }
 
@@ -113,6 +103,7 @@ def test_a_trusted_proxys_forwarding_headers_reach_django_with_the_edge_as_the_l
     channel = fresh("trusted")
     publish(edges.trusting, channel, "hello")
     poll_once(edges.trusting, channel, CLAIMS)
+    # Every claim arrives, so the site logs each header the other tests find absent.
     assert forwarded_to_django(edges.site, channel) == {
         **CLAIMS,
         "X-Forwarded-For": "203.0.113.7, 127.0.0.1",
@@ -124,8 +115,6 @@ def test_from_any_other_peer_django_hears_only_what_the_edge_writes(edges: Edges
     publish(edges.untrusting, channel, "hello")
     poll_once(edges.untrusting, channel, CLAIMS)
     host = edges.untrusting.removeprefix("http://")
-    # The site logs every header claimed, so an absent one was not forwarded.
-    assert set(FORWARDING_HEADERS) >= set(CLAIMS)
     assert forwarded_to_django(edges.site, channel) == {
         "X-Forwarded-For": "127.0.0.1",
         "X-Forwarded-Host": host,

@@ -66,6 +66,23 @@ def django_settings(folder: Path) -> dict[str, object]:
     }
 
 
+def passthrough_locations(
+    passthrough: str, grace: float, *more: dict[str, Any]
+) -> tuple[dict[str, Any], ...]:
+    """/updates/ and /grace/ (with `grace`) telling `passthrough`, `more`, and a publisher."""
+    return (
+        {"type": "subscriber", "url": r"/updates/([^/]+)", "passthrough": passthrough},
+        {
+            "type": "subscriber",
+            "url": r"/grace/([^/]+)",
+            "passthrough": passthrough,
+            "passthrough_grace": grace,
+        },
+        *more,
+        {"type": "publisher", "url": r"/send-update/([^/]+)"},
+    )
+
+
 @pytest.fixture(scope="module")
 def site(module_launcher: Launcher) -> Site:
     """Django and an embedded broker and edge in one process (--allrequests), calling itself."""
@@ -75,14 +92,9 @@ def site(module_launcher: Launcher) -> Site:
         "broker": dict(ANY_PORT),
         "passthrough_secret": SECRET,
         "long_poll_timeout": 2,
-        "locations": (
-            {"type": "subscriber", "url": r"/updates/([^/]+)", "passthrough": passthrough},
-            {
-                "type": "subscriber",
-                "url": r"/grace/([^/]+)",
-                "passthrough": passthrough,
-                "passthrough_grace": 2,
-            },
+        "locations": passthrough_locations(
+            passthrough,
+            2,
             {
                 "type": "subscriber",
                 "url": r"/private/([^/]+)",
@@ -90,7 +102,6 @@ def site(module_launcher: Launcher) -> Site:
                 "authorize": True,
                 "authorize_cache": 60,
             },
-            {"type": "publisher", "url": r"/send-update/([^/]+)"},
         ),
     }
     folder = module_launcher.folder
