@@ -255,6 +255,15 @@ SUBSCRIBER_LOCATION = Group(
             "how long a granted subscription is remembered per client and channel",
             float,
         ),
+        _field(
+            _SUBSCRIBER,
+            "signed",
+            "bool",
+            rules.SIGNED_FLAG,
+            "hold a poll only with a valid token for its channel in `?token=`, checked by the "
+            'edge without Django; `{% channel_url %}` adds one (see "Signed channel URLs")',
+            bool,
+        ),
         Setting("store", "str or None", None, rules.LOCATION_STORE, _STORE_NAME_MEANING),
     ),
     IGNORED_LOCATION_KEYS,
@@ -538,6 +547,31 @@ TOP = Group(
             "passthrough calls an edge has in flight at once; beyond it calls are dropped, "
             "counted and logged",
             int,
+        ),
+        _field(
+            _EDGE,
+            "forwarded_allow_ips",
+            "list of CIDR",
+            rules.FORWARDED_ALLOW_IPS,
+            "peers (your balancers) whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers "
+            "reach the passthrough view; from any other peer the edge writes its own",
+            strings,
+        ),
+        _field(
+            _EDGE,
+            "signed_url_secrets",
+            "list of str",
+            rules.SIGNED_URL_SECRETS,
+            "secrets of signed channel URLs: the first signs, every one is accepted (rotation)",
+            strings,
+        ),
+        Setting(
+            "signed_url_lifetime",
+            "float (s)",
+            3600.0,
+            rules.SECONDS,
+            "how long a signed URL from `{% channel_url %}` opens its channel",
+            convert=float,
         ),
     ),
     IGNORED_KEYS,
