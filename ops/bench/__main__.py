@@ -1,12 +1,13 @@
 """Benchmarks side by side with Nchan, in one run on one machine by one client.
 
-    python -m ops.bench [--quick] [--targets embedded,cluster,nchan] [--workloads w1,...,w5]
+    python -m ops.bench [--quick] [--targets embedded,cluster,nchan] [--workloads w1,...,w8]
                         [--json FILE]
 
-Starts each target in turn, runs W1–W5 against it, stops it, then prints
-one table with each figure's ratio to Nchan's and writes the JSON file. A
-run with a single lost, duplicated or out-of-order delivery fails (exit
-status 1), whatever its speed.
+Starts each target in turn, runs W1–W5 and W3h against it, stops it, then
+starts it again with short timeouts for W8; then prints one table with
+each figure's ratio to Nchan's and writes the JSON file. A run with a
+single lost, duplicated or out-of-order delivery fails (exit status 1),
+whatever its speed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ops.bench.forgetting import w8_distinct_channels, w8_limits
 from ops.bench.loadgen import run
 from ops.bench.targets import TARGETS, Limits, Target
 from ops.bench.workloads import (
@@ -32,13 +34,14 @@ from ops.bench.workloads import (
     w1_latency,
     w2_throughput,
     w3_channels,
+    w3h_http_publishers,
     w4_idle_and_burst,
     w5_publish,
 )
 
 # Figures where less is better; the ratio column reads the same either way:
 # this project's figure over Nchan's.
-LOWER_IS_BETTER = ("latency", "ms", "KiB")
+LOWER_IS_BETTER = ("latency", "ms", "KiB", "MiB", "CPU", "÷ before")
 
 
 def configure_django() -> None:
@@ -67,9 +70,11 @@ ASYNC_WORKLOADS = {
     "w1": w1_latency,
     "w2": w2_throughput,
     "w3": w3_channels,
+    "w3h": w3h_http_publishers,
     "w4": w4_idle_and_burst,
 }
-WORKLOADS = [*ASYNC_WORKLOADS, "w5"]
+# W8 runs on a target of its own, started with short timeouts.
+WORKLOADS = [*ASYNC_WORKLOADS, "w5", "w8"]
 
 
 def run_target(target: Target, sizes: Sizes, chosen: list[str]) -> list[Result]:
@@ -91,6 +96,19 @@ def run_target(target: Target, sizes: Sizes, chosen: list[str]) -> list[Result]:
         target.stop()
 
 
+def run_w8(target: Target, sizes: Sizes) -> Result:
+    target.start()
+    try:
+        return run(lambda: w8_distinct_channels(target, sizes))
+    finally:
+        target.stop()
+
+
+def cell(value: float) -> str:
+    # Two decimals below 10: an after ÷ before of 1.24 must not read as 1.2.
+    return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
 def table(results: list[Result], targets: list[str]) -> str:
     rows: dict[tuple[str, str], dict[str, float]] = {}
     cpu: dict[tuple[str, str], str] = {}
@@ -104,7 +122,7 @@ def table(results: list[Result], targets: list[str]) -> str:
         header += [f"{t} ÷ nchan" for t in ours]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (workload, figure), values in rows.items():
-        cells = [workload, figure] + [f"{values[t]:,.1f}" if t in values else "–" for t in targets]
+        cells = [workload, figure] + [cell(values[t]) if t in values else "–" for t in targets]
         if "nchan" in targets:
             for target in ours:
                 nchan = values.get("nchan")
@@ -151,14 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     raise_open_files()
     # Nothing may expire or be pushed out during a run: every subscriber must be
     # able to get every message, however far behind the server lets it fall.
-    limits = Limits(max_messages=max(100, sizes.w2_messages, sizes.w3_rounds), message_timeout=3600)
+    limits = Limits(
+        max_messages=max(100, sizes.w2_messages, sizes.w3_rounds, sizes.w3h_rounds),
+        message_timeout=3600,
+    )
     folder = Path(tempfile.mkdtemp(prefix="pushserver-bench-"))
     results: list[Result] = []
     started = time.time()
     try:
         for name in targets:
             print(f"running {name} …", file=sys.stderr, flush=True)
-            results += run_target(TARGETS[name](name, folder / name, limits), sizes, chosen)
+            if set(chosen) - {"w8"}:
+                results += run_target(TARGETS[name](name, folder / name, limits), sizes, chosen)
+            if "w8" in chosen:
+                target = TARGETS[name](name, folder / f"{name}-w8", w8_limits(sizes))
+                results.append(run_w8(target, sizes))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     faults = [r for r in results if not r.faults.clean]

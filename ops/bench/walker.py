@@ -1,0 +1,164 @@
+"""Polls of many channels, one each, on a few keep-alive connections.
+
+W8 asks a million channels for their one message; a connection per
+channel would measure connection set-up, not channels, so each of a few
+dozen connections asks for the next channel as soon as its last poll was
+answered. Channels are handed over in batches as they are published
+(`Walk.add`), and the trap is time: `message_timeout` is short on purpose
+(the servers must forget), so a batch polled much later than it was
+published would find nothing. The publisher therefore waits for room
+(`on_batch_done`) and stays at most a couple of batches ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import cast
+
+from ops.bench.ledger import Tally
+from ops.bench.loadgen import RETRY_AFTER, ResponseReader
+
+# A poll answered 5xx (a broker slow to sync a new channel) is asked again this often.
+RETRIES = 5
+
+
+class Walk:
+    """The channels still to poll, the connections waiting for more, and what was answered."""
+
+    def __init__(
+        self, path_of: Callable[[int], str], tally: Tally, on_batch_done: Callable[[], None]
+    ) -> None:
+        self.path_of = path_of
+        self.tally = tally
+        self.on_batch_done = on_batch_done
+        self.pending: deque[int] = deque()
+        self.idle: list[WalkProtocol] = []
+        self.added = 0
+        self.answered = 0
+        self.retries = 0
+        self.not_delivered: Counter[int] = Counter()
+        self._batch_ends: deque[int] = deque()
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def add(self, indexes: range) -> None:
+        self.pending.extend(indexes)
+        self.added += len(indexes)
+        self._batch_ends.append(self.added)
+        idle, self.idle = self.idle, []
+        for protocol in idle:
+            protocol.poll_next()
+
+    def take(self, protocol: WalkProtocol) -> int | None:
+        if self.pending:
+            return self.pending.popleft()
+        self.idle.append(protocol)
+        return None
+
+    def done_with(self, status: int) -> None:
+        if status != 200:
+            self.not_delivered[status] += 1
+        self.answered += 1
+        while self._batch_ends and self.answered >= self._batch_ends[0]:
+            self._batch_ends.popleft()
+            self.on_batch_done()
+        if self.answered == len(self.tally.counts) and not self.finished.done():
+            self.finished.set_result(None)
+
+    def failed(self, error: Exception) -> None:
+        if not self.finished.done():
+            self.finished.set_exception(error)
+
+
+class WalkProtocol(ResponseReader):
+    def __init__(self, walk: Walk, host: str) -> None:
+        super().__init__()
+        self.walk = walk
+        self.host = host.encode()
+        self.transport: asyncio.Transport | None = None
+        self.index = -1
+        self.tries = 0
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.poll_next()
+
+    def poll_next(self) -> None:
+        index = self.walk.take(self)
+        if index is None:
+            return
+        self.index = index
+        self.tries = 0
+        self.poll()
+
+    def poll(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        path = self.walk.path_of(self.index).encode()
+        self.transport.write(b"GET " + path + b" HTTP/1.1\r\nHost: " + self.host + b"\r\n\r\n")
+
+    def answered(
+        self, status: int, body: bytes, last_modified: bytes | None, etag: bytes | None
+    ) -> None:
+        walk = self.walk
+        if status >= 500 and self.tries < RETRIES:
+            self.tries += 1
+            walk.retries += 1
+            asyncio.get_running_loop().call_later(RETRY_AFTER, self.poll)
+            return
+        if status == 200:
+            walk.tally.record(self.index, body)
+        walk.done_with(status)
+        self.poll_next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closing:
+            self.walk.failed(ConnectionError(f"a polling connection closed: {exc}"))
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def walk_all(
+    host: str, port: int, walk: Walk, connections: int, stalled_after: float
+) -> None:
+    """Open the connections and return once every channel was answered.
+
+    Fails when no poll was answered for `stalled_after` seconds, so a
+    server that stopped answering ends the run with a reason, not a hang.
+    """
+    loop = asyncio.get_running_loop()
+    made = await asyncio.gather(
+        *(
+            loop.create_connection(walker(walk, f"{host}:{port}"), host, port)
+            for _ in range(connections)
+        )
+    )
+    protocols = [protocol for _, protocol in made]
+    seen, moved = walk.answered, time.monotonic()
+    while not walk.finished.done():
+        await asyncio.wait([walk.finished], timeout=1.0)
+        if walk.answered != seen:
+            seen, moved = walk.answered, time.monotonic()
+        elif time.monotonic() - moved > stalled_after:
+            close_walkers(protocols)
+            raise TimeoutError(
+                f"no poll answered for {stalled_after} s, at {walk.answered} of {walk.added} asked"
+            )
+    close_walkers(protocols)
+    walk.finished.result()
+
+
+def walker(walk: Walk, host: str) -> Callable[[], WalkProtocol]:
+    return lambda: WalkProtocol(walk, host)
+
+
+def close_walkers(protocols: list[WalkProtocol]) -> None:
+    for protocol in protocols:
+        protocol.close()
