@@ -33,7 +33,9 @@ FORGET_GRACE = 3.0
 PROBES = 100
 # A run with no poll answered for this long has failed.
 STALLED_AFTER = 60.0
-# Batches published and not yet polled, at most.
+# Batches published and not yet polled, at most: with `w8_batch` small, a
+# message is polled about a second after it was published even at 1,000
+# polls a second, well within message_timeout.
 AHEAD = 2
 # Nchan's shared memory for W8. It holds only the channels of the last
 # message_timeout + linger seconds, under 600 bytes each as measured here,
@@ -99,7 +101,9 @@ async def w8_distinct_channels(target: Target, sizes: Sizes) -> Result:
     if walk.retries or walk.not_delivered:
         print(
             f"W8 on {target.name}: {walk.retries} polls asked again after a 5xx; "
-            f"not delivered, by status: {dict(walk.not_delivered)}",
+            f"not delivered, by status: {dict(walk.not_delivered)}, the youngest "
+            f"{walk.youngest_missed:.1f} s after it was published; the oldest delivered: "
+            f"{walk.oldest_found:.1f} s",
             file=sys.stderr,
         )
     return meter.finish(Result("W8 distinct channels", target.name, figures, tally.faults()))

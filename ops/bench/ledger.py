@@ -82,10 +82,13 @@ class Tally:
     def __init__(self, channels: int) -> None:
         self.counts = bytearray(channels)
 
-    def record(self, index: int, body: bytes) -> None:
+    def record(self, index: int, body: bytes) -> bool:
+        """Count `body` for channel `index`; False when it is not that channel's message."""
         loaded = json.loads(body)
-        if loaded.get("channel") == index and loaded.get("seq") == 0:
-            self.counts[index] = min(255, self.counts[index] + 1)
+        if loaded.get("channel") != index or loaded.get("seq") != 0:
+            return False
+        self.counts[index] = min(255, self.counts[index] + 1)
+        return True
 
     @property
     def delivered(self) -> int:

@@ -13,6 +13,7 @@ published would find nothing. The publisher therefore waits for room
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -40,13 +41,21 @@ class Walk:
         self.answered = 0
         self.retries = 0
         self.not_delivered: Counter[int] = Counter()
+        # Seconds from a batch's hand-over to a poll of it: the oldest message
+        # found, the youngest not found. Tells expiry (a poll too late) from a fault.
+        self.oldest_found = 0.0
+        self.youngest_missed = float("inf")
         self._batch_ends: deque[int] = deque()
+        self._batch_starts: list[int] = []
+        self._batch_times: list[float] = []
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def add(self, indexes: range) -> None:
         self.pending.extend(indexes)
         self.added += len(indexes)
         self._batch_ends.append(self.added)
+        self._batch_starts.append(indexes.start)
+        self._batch_times.append(time.monotonic())
         idle, self.idle = self.idle, []
         for protocol in idle:
             protocol.poll_next()
@@ -57,9 +66,14 @@ class Walk:
         self.idle.append(protocol)
         return None
 
-    def done_with(self, status: int) -> None:
-        if status != 200:
+    def done_with(self, index: int, delivered: bool, status: int) -> None:
+        batch = bisect.bisect_right(self._batch_starts, index) - 1
+        age = time.monotonic() - self._batch_times[batch]
+        if delivered:
+            self.oldest_found = max(self.oldest_found, age)
+        else:
             self.not_delivered[status] += 1
+            self.youngest_missed = min(self.youngest_missed, age)
         self.answered += 1
         while self._batch_ends and self.answered >= self._batch_ends[0]:
             self._batch_ends.popleft()
@@ -109,9 +123,8 @@ class WalkProtocol(ResponseReader):
             walk.retries += 1
             asyncio.get_running_loop().call_later(RETRY_AFTER, self.poll)
             return
-        if status == 200:
-            walk.tally.record(self.index, body)
-        walk.done_with(status)
+        delivered = status == 200 and walk.tally.record(self.index, body)
+        walk.done_with(self.index, delivered, status)
         self.poll_next()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -38,8 +38,8 @@ class Sizes:
     w5_calls: int = 20_000
     w8_channels: int = 1_000_000
     w8_connections: int = 50
-    # Channels published ahead of the polls, per step; at most two steps ahead.
-    w8_batch: int = 2000
+    # Channels published at a time; the publisher stays at most two batches ahead of the polls.
+    w8_batch: int = 500
     w8_message_timeout: int = 10
     w8_linger: int = 5
     # Seconds after the last poll within which the servers must have forgotten.
@@ -219,7 +219,7 @@ async def w3h_http_publishers(target: Target, sizes: Sizes) -> Result:
         target, "w3h", sizes.w3h_channels, sizes.w3h_rounds
     )
     publishes = len(names) * sizes.w3h_rounds
-    server_cpu = cpu_seconds(target.pids())
+    cpu_before = cpu_seconds(target.pids())
     started = time.time()
     paths = [target.publisher_path(name) for name in names]
     publishing = await publish_over_http(
@@ -231,7 +231,7 @@ async def w3h_http_publishers(target: Target, sizes: Sizes) -> Result:
         finished = time.time()  # the ledger counts what never arrived
     # The publishing phase ends when the last publish is answered and delivered,
     # so work a server defers past its answer is counted too.
-    server_cpu = cpu_seconds(target.pids()) - server_cpu
+    server_cpu = cpu_seconds(target.pids()) - cpu_before
     close_all(protocols)
     latencies = [lag for s in subscribers for lag in s.ledger.latencies]
     figures = {
