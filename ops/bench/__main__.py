@@ -13,6 +13,7 @@ whatever its speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,6 +23,8 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from ops.bench.forgetting import w8_distinct_channels, w8_limits
@@ -77,31 +80,37 @@ ASYNC_WORKLOADS = {
 WORKLOADS = [*ASYNC_WORKLOADS, "w5", "w8"]
 
 
-def run_target(target: Target, sizes: Sizes, chosen: list[str]) -> list[Result]:
+@contextlib.contextmanager
+def started(target: Target) -> Iterator[None]:
+    """The target, running; when a workload fails, what its processes said last is shown."""
     target.start()
     try:
+        yield
+    except Exception:
+        print(target.last_words(), file=sys.stderr)
+        raise
+    finally:
+        target.stop()
 
-        async def workloads() -> list[Result]:
-            return [
-                await workload(target, sizes)
-                for name, workload in ASYNC_WORKLOADS.items()
-                if name in chosen
-            ]
 
+def run_target(target: Target, sizes: Sizes, chosen: list[str]) -> list[Result]:
+    async def workloads() -> list[Result]:
+        return [
+            await workload(target, sizes)
+            for name, workload in ASYNC_WORKLOADS.items()
+            if name in chosen
+        ]
+
+    with started(target):
         results = run(workloads)
         if "w5" in chosen:
             results.append(w5_publish(target, sizes))
         return results
-    finally:
-        target.stop()
 
 
 def run_w8(target: Target, sizes: Sizes) -> Result:
-    target.start()
-    try:
+    with started(target):
         return run(lambda: w8_distinct_channels(target, sizes))
-    finally:
-        target.stop()
 
 
 def cell(value: float) -> str:
@@ -142,7 +151,7 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: under a minute in all")
+    parser.add_argument("--quick", action="store_true", help="small sizes: about two minutes")
     parser.add_argument("--targets", default="embedded,cluster,nchan")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. w2,w4")
     parser.add_argument("--json", type=Path, default=Path("ops/bench/results.json"))
@@ -175,15 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     folder = Path(tempfile.mkdtemp(prefix="pushserver-bench-"))
     results: list[Result] = []
+    # A target that fails does not cost the figures of the others (W8 alone takes minutes).
+    errors: list[str] = []
     started = time.time()
     try:
         for name in targets:
             print(f"running {name} …", file=sys.stderr, flush=True)
-            if set(chosen) - {"w8"}:
-                results += run_target(TARGETS[name](name, folder / name, limits), sizes, chosen)
-            if "w8" in chosen:
-                target = TARGETS[name](name, folder / f"{name}-w8", w8_limits(sizes))
-                results.append(run_w8(target, sizes))
+            try:
+                if set(chosen) - {"w8"}:
+                    target = TARGETS[name](name, folder / name, limits)
+                    results += run_target(target, sizes, chosen)
+                if "w8" in chosen:
+                    target = TARGETS[name](name, folder / f"{name}-w8", w8_limits(sizes))
+                    results.append(run_w8(target, sizes))
+            except Exception as failure:
+                traceback.print_exc()
+                errors.append(f"{name}: {type(failure).__name__}: {failure}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     faults = [r for r in results if not r.faults.clean]
@@ -197,13 +213,16 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine(),
                 "sizes": dataclasses.asdict(sizes),
                 "results": [dataclasses.asdict(r) for r in results],
+                "errors": errors,
             },
             indent=2,
         )
     )
     for result in faults:
         print(f"FAILED: {result.workload} on {result.target}: {result.faults}", file=sys.stderr)
-    return 1 if faults else 0
+    for failed in errors:
+        print(f"FAILED: {failed}", file=sys.stderr)
+    return 1 if faults or errors else 0
 
 
 if __name__ == "__main__":

@@ -98,12 +98,18 @@ async def w8_distinct_channels(target: Target, sizes: Sizes) -> Result:
     if forgot_after is not None:
         figures["s until none followed"] = forgot_after
     figures["% of probed still known after"] = 100 * known / len(probed)
-    if walk.retries or walk.not_delivered:
+    print(
+        f"W8 on {target.name}: the oldest message delivered was polled "
+        f"{walk.oldest_found:.1f} s after its batch was published; {walk.retries} polls asked "
+        f"again after a 5xx; connections the server closed, by the last status answered on "
+        f"them: {dict(walk.closed_by_server)}; the pollers waited for the publisher "
+        f"{walk.longest_wait:.1f} s at most",
+        file=sys.stderr,
+    )
+    if walk.not_delivered:
         print(
-            f"W8 on {target.name}: {walk.retries} polls asked again after a 5xx; "
-            f"not delivered, by status: {dict(walk.not_delivered)}, the youngest "
-            f"{walk.youngest_missed:.1f} s after it was published; the oldest delivered: "
-            f"{walk.oldest_found:.1f} s",
+            f"W8 on {target.name}: not delivered, by status: {dict(walk.not_delivered)}; the "
+            f"youngest was polled {walk.youngest_missed:.1f} s after its batch was published",
             file=sys.stderr,
         )
     return meter.finish(Result("W8 distinct channels", target.name, figures, tally.faults()))

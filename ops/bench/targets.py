@@ -37,6 +37,8 @@ from ops.launch import EDGE_LINE, Launcher, Process, eventually, free_port
 NCHAN_CONFIG = Path(__file__).with_name("nchan.conf")
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Lines of each server process's output shown when a workload fails.
+LAST_LINES = 30
 
 
 # Nchan's own default for how long an empty channel is kept (nchan_channel_timeout).
@@ -104,6 +106,10 @@ class Target(ABC):
 
     @abstractmethod
     def root_pids(self) -> list[int]: ...
+
+    @abstractmethod
+    def last_words(self) -> str:
+        """What the server's processes said last, and how they ended: for a failed run."""
 
     def pids(self) -> list[int]:
         return [pid for root in self.root_pids() for pid in descendants(root)]
@@ -252,6 +258,13 @@ class PushServerTarget(Target):
     def root_pids(self) -> list[int]:
         return [process.popen.pid for process in self.processes if process.popen.poll() is None]
 
+    def last_words(self) -> str:
+        return "\n".join(
+            f"{process.name} (exit status {process.popen.poll()}):\n"
+            + "\n".join(process.lines[-LAST_LINES:])
+            for process in self.processes
+        )
+
 
 class Embedded(PushServerTarget):
     def start(self) -> None:
@@ -370,6 +383,12 @@ class Nchan(Target):
 
     def root_pids(self) -> list[int]:
         return [] if self.process is None else [self.process.pid]
+
+    def last_words(self) -> str:
+        log = self.folder / "nchan" / "logs" / "error.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        status = None if self.process is None else self.process.poll()
+        return f"nginx (exit status {status}):\n" + "\n".join(lines[-LAST_LINES:])
 
 
 def ensure_nchan() -> None:

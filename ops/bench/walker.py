@@ -7,7 +7,10 @@ answered. Channels are handed over in batches as they are published
 (`Walk.add`), and the trap is time: `message_timeout` is short on purpose
 (the servers must forget), so a batch polled much later than it was
 published would find nothing. The publisher therefore waits for room
-(`on_batch_done`) and stays at most a couple of batches ahead.
+(`on_batch_done`) and stays at most a couple of batches ahead. A
+connection waiting for the next batch is idle, and a server may close an
+idle keep-alive connection: the poller opens another and asks again what
+it had asked, as a browser does, and counts it.
 """
 
 from __future__ import annotations
@@ -37,9 +40,14 @@ class Walk:
         self.on_batch_done = on_batch_done
         self.pending: deque[int] = deque()
         self.idle: list[WalkProtocol] = []
+        # The longest the pollers waited for the publisher, seconds.
+        self.longest_wait = 0.0
+        self._idle_since = 0.0
         self.added = 0
         self.answered = 0
         self.retries = 0
+        # Connections the server closed, by the last status answered on each.
+        self.closed_by_server: Counter[int] = Counter()
         self.not_delivered: Counter[int] = Counter()
         # Seconds from a batch's hand-over to a poll of it: the oldest message
         # found, the youngest not found. Tells expiry (a poll too late) from a fault.
@@ -57,14 +65,15 @@ class Walk:
         self._batch_starts.append(indexes.start)
         self._batch_times.append(time.monotonic())
         idle, self.idle = self.idle, []
+        if idle:
+            self.longest_wait = max(self.longest_wait, time.monotonic() - self._idle_since)
         for protocol in idle:
             protocol.poll_next()
 
-    def take(self, protocol: WalkProtocol) -> int | None:
-        if self.pending:
-            return self.pending.popleft()
+    def wait_for_more(self, protocol: WalkProtocol) -> None:
+        if not self.idle:
+            self._idle_since = time.monotonic()
         self.idle.append(protocol)
-        return None
 
     def done_with(self, index: int, delivered: bool, status: int) -> None:
         batch = bisect.bisect_right(self._batch_starts, index) - 1
@@ -90,47 +99,76 @@ class WalkProtocol(ResponseReader):
     def __init__(self, walk: Walk, host: str) -> None:
         super().__init__()
         self.walk = walk
-        self.host = host.encode()
+        self.host = host
         self.transport: asyncio.Transport | None = None
-        self.index = -1
+        # The channel asked for and not answered yet; None between polls.
+        self.index: int | None = None
+        self.waiting = False
         self.tries = 0
+        self.last_status = 0
+        self.retry: asyncio.TimerHandle | None = None
         self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.poll_next()
+        if self.index is not None:
+            self.poll()  # asked on a connection the server closed: ask again here
+        elif not self.waiting:
+            self.poll_next()
 
     def poll_next(self) -> None:
-        index = self.walk.take(self)
-        if index is None:
+        walk = self.walk
+        self.waiting = not walk.pending
+        if self.waiting:
+            walk.wait_for_more(self)
             return
-        self.index = index
+        self.index = walk.pending.popleft()
         self.tries = 0
         self.poll()
 
     def poll(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
+        if self.index is None or self.transport is None or self.transport.is_closing():
+            return  # sent once connected again
         path = self.walk.path_of(self.index).encode()
-        self.transport.write(b"GET " + path + b" HTTP/1.1\r\nHost: " + self.host + b"\r\n\r\n")
+        self.transport.write(
+            b"GET " + path + b" HTTP/1.1\r\nHost: " + self.host.encode() + b"\r\n\r\n"
+        )
 
     def answered(
         self, status: int, body: bytes, last_modified: bytes | None, etag: bytes | None
     ) -> None:
         walk = self.walk
+        index = self.index
+        if index is None:
+            walk.failed(ConnectionError(f"an answer ({status}) to no poll"))
+            return
+        self.last_status = status
         if status >= 500 and self.tries < RETRIES:
             self.tries += 1
             walk.retries += 1
-            asyncio.get_running_loop().call_later(RETRY_AFTER, self.poll)
+            self.retry = asyncio.get_running_loop().call_later(RETRY_AFTER, self.poll)
             return
-        delivered = status == 200 and walk.tally.record(self.index, body)
-        walk.done_with(self.index, delivered, status)
+        self.index = None
+        delivered = status == 200 and walk.tally.record(index, body)
+        walk.done_with(index, delivered, status)
         self.poll_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if not self.closing:
-            self.walk.failed(ConnectionError(f"a polling connection closed: {exc}"))
+        self.buffer.clear()
+        if self.retry is not None:
+            self.retry.cancel()  # the poll is asked again once connected
+        if self.closing:
+            return
+        self.walk.closed_by_server[self.last_status] += 1
+        asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        host, _, port = self.host.rpartition(":")
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: self, host, int(port))
+        except OSError as error:
+            self.walk.failed(ConnectionError(f"could not open a polling connection again: {error}"))
 
     def close(self) -> None:
         self.closing = True
