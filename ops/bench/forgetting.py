@@ -81,6 +81,9 @@ async def w8_distinct_channels(target: Target, sizes: Sizes) -> Result:
     thread = publish_in_thread(publish)
     try:
         await walk_all(target.host, target.port, walk, sizes.w8_connections, STALLED_AFTER)
+    except BaseException:
+        memory.stop()
+        raise
     finally:
         stopping.set()
         await asyncio.to_thread(thread.join)

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import threading
@@ -344,14 +343,15 @@ class Nchan(Target):
             stdin=subprocess.DEVNULL,
         )
 
-        def listening() -> bool:
+        def answering() -> bool:
+            # An answer, not a connection: the master listens before its worker
+            # has started, and memory read then would miss the worker's.
             try:
-                with socket.create_connection((self.host, self.port), 1):
-                    return True
+                return self.get(NCHAN_STATUS_PATH)[0] == 200
             except OSError:
                 return False
 
-        eventually(listening, 20, "nginx with Nchan to listen")
+        eventually(answering, 20, "nginx with Nchan to answer")
         self.connections = threading.local()
 
     def settle(self) -> None:
