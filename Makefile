@@ -33,7 +33,7 @@ NPM_STAMP := $(NPM_TEST_DIR)/.installed-$(shell echo '$(NPM_TEST_PACKAGES)' | sh
 help:
 	@echo "make demo       run the demo site (runpushserver --allrequests) on http://127.0.0.1:8000"
 	@echo "make cluster    a broker, 3 edges and nginx on loopback (python -m ops.cluster); Ctrl-C stops"
-	@echo "make bench      benchmarks beside Nchan (make bench-quick: under a minute)"
+	@echo "make bench      benchmarks beside Nchan (make bench-quick: small sizes, a few minutes)"
 	@echo "make test       install what the tests need, then ruff, mypy and pytest"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove caches, build leftovers and the demo database"
