@@ -101,7 +101,7 @@ cluster: install system-deps
 	$(BIN)/python -m ops.cluster --edges 3
 
 # Side by side with Nchan (installed from Debian when missing): W1-W5, a table
-# of ratios and ops/bench/results.json. `make bench-quick` is the under-a-minute run.
+# of ratios and ops/bench/results.json. `make bench-quick` is the small-sized run.
 bench: install system-deps
 	$(BIN)/python -m pip install --disable-pip-version-check -q uvloop
 	$(BIN)/python -m ops.bench
