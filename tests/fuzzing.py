@@ -627,7 +627,8 @@ def wrong_value(rng: random.Random, depth: int = 0) -> Any:
         return {str(k): wrong_value(rng, depth + 1) for k in range(rng.randrange(4))}
     if choice == 14:
         nested: Any = 1
-        for _ in range(rng.choice([10, 100, 600])):
+        # Past Python's recursion limit, within msgpack's nesting limit (1024).
+        for _ in range(rng.choice([10, 100, 1000, 1015])):
             nested = [nested]
         return nested
     return rng.randbytes(rng.randrange(0, 200))
@@ -654,6 +655,7 @@ def raw_msgpack(rng: random.Random) -> bytes:
             b"\x81\x91\x01\x01",
             pack({"v": 1}) + b"\x00",
             b"\x91" * 2000 + b"\x01",
+            b"\x91" * 1010 + b"\x01",
             b"\x81" * 1000,
             b"\xd4\xff\x00",
             b"\xd6\xff\xff\xff\xff\xff",
@@ -701,7 +703,8 @@ def ingress_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
         frames = [raw_msgpack(rng)]
     else:
         # Content types that are strings, as the format asks, but no header can carry.
-        # Non-Latin-1 ones are left to test_a_publish_whose_content_type_is_not_latin1_...
+        # Non-Latin-1 ones are left to
+        # test_a_publish_whose_content_type_is_not_latin1_does_not_stop_the_edges_feed.
         fields[4] = rng.choice(["", " ", "a\tb", "x" * 5000, "\x7f", "text/\xe9"])
         frames = [pack(fields)]
     return frames
@@ -737,10 +740,13 @@ def control_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
         victim = rng.random()
         if victim < 0.3:
             counts = wrong_value(rng)
-        elif victim < 0.7:
+        elif victim < 0.55:
             counts[rng.choice(list(counts))] = wrong_value(rng)
+        elif victim < 0.7:
+            times = [math.nan, math.inf, -math.inf, 1e308, -1.0, 0.0, 2**64 - 1]
+            counts[rng.choice(list(counts))] = [rng.randrange(-1, 5), rng.choice(times)]
         else:
-            counts[rng.choice([wrong_value(rng), "", "\0", "x" * 1025])] = [1, 1.0]
+            counts[rng.choice([1, -1, 1.5, None, True, b"bz-0", "", "\0", "x" * 1025])] = [1, 1.0]
         frames = [pack({"v": wire.VERSION, "k": wire.PRESENCE, "counts": counts, "full": True})]
     elif choice < 0.75:
         header = request_header(rng, channels)
@@ -768,3 +774,93 @@ def subscription_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
     if choice < 0.85:
         return [rng.choice([b"\x02x", b"", b"garbage", rng.randbytes(30)])]
     return [b"\x01" + wire.topic(rng.choice(channels)), rng.randbytes(5)]
+
+
+def _message_id(rng: random.Random) -> Any:
+    # Times past year 9999 are left to
+    # test_a_live_message_dated_past_year_9999_does_not_stop_the_edges_feed.
+    return [rng.randrange(2**31), rng.choice([0, 1, rng.randrange(2**63)])]
+
+
+def event_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
+    """What an edge's SUB might receive: events of every kind, mistyped and misshapen.
+
+    Topics are those the edge subscribed to (the NUL of heartbeats, its
+    channels'), since a SUB socket drops every other one before the edge sees it.
+    """
+    channel = rng.choice(channels)
+    kind = rng.choice(["m", "s", "d", "h"])
+    if kind == "h":
+        topic = wire.HEARTBEAT_TOPIC
+        header: dict[str, Any] = {"k": "h", "epoch": "fuzz", "time": 1_000_000.0}
+    else:
+        topic = wire.topic(channel)
+        header = {"k": kind}
+        if kind == "m":
+            header.update(id=_message_id(rng), prev=_message_id(rng), floor=None, t="text/plain")
+        elif kind == "s":
+            header.update(exists=True, last=_message_id(rng))
+    header["v"] = wire.VERSION
+    frames = [topic, pack(header)] + ([rng.randbytes(10)] if kind == "m" else [])
+    choice = rng.random()
+    if choice < 0.45:
+        key = rng.choice(list(header))
+        header[key] = wrong_value(rng)
+        if key in ("id", "prev", "floor", "last") and isinstance(header[key], list):
+            header[key] = [v if not isinstance(v, int) else v % 2**31 for v in header[key]]
+        frames[1] = pack(header)
+    elif choice < 0.6:
+        frames[1] = raw_msgpack(rng)
+    elif choice < 0.7:
+        frames = frames[:1] if rng.random() < 0.5 else [*frames, rng.randbytes(3)]
+    elif choice < 0.8:
+        frames[0] = rng.choice([wire.HEARTBEAT_TOPIC, topic + b"x", topic[:-1] + b"\xff\0"])
+    elif choice < 0.9:
+        frames[1] = pack(wrong_value(rng))
+    return frames
+
+
+def reply_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
+    """What an edge's DEALER might receive: replies with info and snapshots, mistyped."""
+    channel = rng.choice(channels)
+    first, second = _message_id(rng), _message_id(rng)
+    header: dict[str, Any] = {
+        "v": wire.VERSION,
+        # Ids the edge has not used: these replies must be decoded and dropped.
+        "r": rng.choice([0, -1, 2**63 - 1, 10**9 + rng.randrange(1000)]),
+        "found": True,
+        "info": {"n": 2, "req": None, "s": 0, "last": second},
+        "id": second,
+    }
+    bodies: list[bytes] = []
+    if rng.random() < 0.6:
+        header["snap"] = {
+            "c": channel,
+            "exists": True,
+            "last": second,
+            "floor": None,
+            "limits": [10, 0, 60.0],
+            "ids": [(first, None, "text/plain"), (second, first, None)],
+        }
+        bodies = [b"one", b"two"]
+    choice = rng.random()
+    target: dict[str, Any] = header
+    if "snap" in header and choice < 0.5:
+        target = header["snap"]
+        if rng.random() < 0.4:
+            entries = target["ids"]
+            entry = list(entries[rng.randrange(len(entries))])
+            entry[rng.randrange(3)] = wrong_value(rng)
+            entries[0] = entry
+            target = {}
+    elif choice < 0.7:
+        target = header["info"]
+    if target:
+        target[rng.choice(list(target))] = wrong_value(rng)
+    frames = [pack(header), *bodies]
+    choice = rng.random()
+    if choice < 0.1:
+        frames[0] = raw_msgpack(rng)
+    elif choice < 0.2:
+        frames = frames[:1] if len(frames) > 1 else [*frames, b"extra"]
+    return frames
