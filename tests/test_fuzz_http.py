@@ -22,6 +22,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -29,6 +30,7 @@ import zmq
 
 from broker.wire import PublishPacker
 from tests.client import fresh, publish, walk
+from tests.conftest import PROTOCOL_SETTINGS
 from tests.fuzzing import (
     BadResponse,
     HttpCase,
@@ -76,32 +78,17 @@ def passthrough_sink() -> Iterator[str]:
     sink.server_close()
 
 
-def fuzz_settings(passthrough: str) -> dict[str, object]:
+def fuzz_settings(passthrough: str) -> dict[str, Any]:
     return {
         "store": {"type": "memory", "min_messages": 0, "max_messages": 20, "message_timeout": 600},
         "long_poll_timeout": 1,
         "head_timeout": 1,
         "body_timeout": 1,
         "max_message_size": 64 * 1024,
+        # Every kind of location the protocol tests serve, and one that calls Django.
         "locations": (
-            {"type": "subscriber", "url": r"/updates/([^/]+)", "polling": "long"},
-            {"type": "subscriber", "url": r"/poll/([^/]+)", "polling": "interval"},
-            {
-                "type": "subscriber",
-                "url": r"/private/([^/]+)",
-                "allow_origin": ["http://allowed.example"],
-                "allow_credentials": True,
-            },
-            {"type": "subscriber", "url": r"/strict/([^/]+)", "create_on_get": False},
-            {"type": "subscriber", "url": r"/named/(?P<channel>[^/]+)"},
+            *PROTOCOL_SETTINGS["locations"],
             {"type": "subscriber", "url": r"/passthrough/([^/]+)", "passthrough": passthrough},
-            {"type": "publisher", "url": r"/send-update/([^/]+)"},
-            {
-                "type": "publisher",
-                "url": r"/guarded/([^/]+)",
-                "allow_from": ["192.0.2.0/24"],
-                "secret": "s3cret",
-            },
         ),
     }
 
