@@ -464,16 +464,31 @@ def http_case(rng: random.Random, number: int, channels: list[str]) -> HttpCase:
 @dataclass
 class ParsedRequests:
     methods: list[bytes] = field(default_factory=list)
+    targets: list[bytes] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def ends_with_sentinel(self) -> bool:
+        """Whether the sentinel is a request of its own, not swallowed by the one before
+        it (into a head cut short, or a body whose length lies)."""
+        return self.error is None and self.targets[-1:] == [b"/poll/sentinel"]
 
 
 class _Heads:
     def __init__(self, parsed: ParsedRequests) -> None:
         self.parsed = parsed
         self.parser: Any = None
+        self.url = b""
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
     def on_headers_complete(self) -> None:
         self.parsed.methods.append(self.parser.get_method())
+        self.parsed.targets.append(self.url)
 
 
 def heads_of(data: bytes) -> ParsedRequests:
