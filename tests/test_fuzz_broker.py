@@ -16,16 +16,19 @@ Frames come from `tests.fuzzing` with fixed seeds (``PUSHSERVER_FUZZ_SEED``,
 
 from __future__ import annotations
 
+import email.utils
 import math
 import random
 import re
 import reprlib
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -36,11 +39,13 @@ from broker.wire import MessageId, PublishPacker
 from edge.protocol import IF_MODIFIED_SINCE, IF_NONE_MATCH, http_date
 from tests.client import fresh, info, path, publish, walk
 from tests.fuzzing import (
+    Response,
     control_frames,
     count,
     event_frames,
     ingress_frames,
     pack,
+    read_responses,
     reply_frames,
     seed,
     subscription_frames,
@@ -274,6 +279,36 @@ def publish_by_dealer(context: zmq.Context[zmq.Socket[bytes]], ingress: str, cha
     dealer.close()
 
 
+def strict_get(base: str, target: str, headers: dict[str, str]) -> Response:
+    """One GET on a connection of its own, its answer read strictly (`tests.fuzzing`)."""
+    address = urlsplit(base)
+    lines = [f"GET {target} HTTP/1.1", "Host: edge", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection((address.hostname, address.port), timeout=10) as raw:
+        raw.sendall(("\r\n".join([*lines, "", ""])).encode())
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))
+    responses = read_responses(answer, head_possible=False, complete=True)
+    assert len(responses) == 1, answer
+    return responses[0]
+
+
+def assert_messages_well_formed(base: str, channel: str) -> None:
+    """Walk every message the edge holds of `channel`, each answer well-formed HTTP."""
+    newest = info(base, channel)
+    assert newest is not None
+    cursor: dict[str, str] = {}
+    for _ in range(int(STORE["max_messages"]) + 1):
+        response = strict_get(base, path("updates", channel), cursor)
+        assert response.status == 200, response
+        headers = dict(response.headers)
+        seconds = email.utils.parsedate_to_datetime(headers[b"last-modified"].decode()).timestamp()
+        tag = headers[b"etag"].decode()
+        if f"{int(seconds)}:{tag}" == newest["last_message_id"]:
+            return
+        cursor = {IF_MODIFIED_SINCE: headers[b"last-modified"].decode(), IF_NONE_MATCH: tag}
+    raise AssertionError(f"{channel}: the walk never reached {newest['last_message_id']}")
+
+
 def assert_still_serving(
     context: zmq.Context[zmq.Socket[bytes]], endpoints: dict[str, str], base: str
 ) -> None:
@@ -284,7 +319,7 @@ def assert_still_serving(
     assert walk(base, channel, 2) == [b"by HTTP", b"by ingress"]
     for fuzzed in CHANNELS:
         publish(base, fuzzed, "after the fuzz")
-        assert info(base, fuzzed) is not None
+        assert_messages_well_formed(base, fuzzed)
 
 
 def test_the_broker_drops_and_counts_fuzzed_frames_on_every_port_and_serves_on(
@@ -659,6 +694,28 @@ def test_a_publish_whose_content_type_is_not_latin1_does_not_stop_the_edges_feed
         assert delivered(base, other, b"after the euro")
     finally:
         edge.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="edge/channels.py Held.of drops a content type with CR or LF but sends one with "
+    "NUL or another control in the Content-Type header, which is then not HTTP",
+)
+def test_a_publish_whose_content_type_holds_a_control_is_not_sent_in_a_header(
+    cluster: tuple[Process, dict[str, str], Process, str],
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    _, endpoints, _, base = cluster
+    channel = fresh("control-char")
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 1000)
+    dealer.connect(endpoints["ingress"])
+    dealer.send(PublishPacker()(channel, b"x", "text/plain\x00", b"raw-publisher", 0, 0))
+    eventually(lambda: dealer.poll(100), 10, "the broker's ack")
+    dealer.close()
+    # A strict reader refuses the header line; a browser fails the poll and asks
+    # again from the same cursor, for ever.
+    assert strict_get(base, path("updates", channel), {}).status == 200
 
 
 @pytest.mark.xfail(
