@@ -29,6 +29,8 @@ browser. The trap: a frame from the network is untrusted, so every
 
 from __future__ import annotations
 
+import math
+import reprlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +84,13 @@ def channel_of(topic_frame: bytes) -> str:
         raise WireError(f"topic is not UTF-8: {exc}") from None
 
 
+# Untrusted values in error messages: repr() of one nested a thousand deep (msgpack
+# allows 1024) raises RecursionError, which is not a WireError.
+_shown = reprlib.Repr()
+_shown.maxlevel = 3
+_shown.maxstring = _shown.maxother = 60
+
+
 _packers = threading.local()
 
 
@@ -105,7 +114,7 @@ def _unpack(frame: bytes) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise WireError(f"header is a {type(header).__name__}, expected a map")
     if header.get("v") != VERSION:
-        raise WireError(f"wire version {header.get('v')!r}, expected {VERSION}")
+        raise WireError(f"wire version {_shown.repr(header.get('v'))}, expected {VERSION}")
     return header
 
 
@@ -116,7 +125,7 @@ def _id(value: Any) -> MessageId:
         and all(isinstance(part, int) and not isinstance(part, bool) for part in value)
     ):
         return MessageId(value[0], value[1])
-    raise WireError(f"message id {value!r} is not a [time, tag] pair")
+    raise WireError(f"message id {_shown.repr(value)} is not a [time, tag] pair")
 
 
 def _optional_id(value: Any) -> MessageId | None:
@@ -228,11 +237,11 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
         raise WireError("publish is not an array of 7 fields")
     version, publisher, seq, channel_id, content_type, body, base = fields
     if version != VERSION:
-        raise WireError(f"wire version {version!r}, expected {VERSION}")
+        raise WireError(f"wire version {_shown.repr(version)}, expected {VERSION}")
     if not isinstance(publisher, bytes) or not publisher:
         raise WireError("publish without a publisher id")
     if not _whole(seq) or seq < 0:
-        raise WireError(f"publish sequence number {seq!r} is not a whole number")
+        raise WireError(f"publish sequence number {_shown.repr(seq)} is not a whole number")
     if not isinstance(channel_id, str):
         raise WireError(f"channel id is {type(channel_id).__name__}, expected str")
     problem = channel_id_problem(channel_id)
@@ -243,7 +252,9 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
     if not isinstance(body, bytes):
         raise WireError(f"publish body is {type(body).__name__}, expected bytes")
     if not _whole(base) or not 0 <= base <= seq:
-        raise WireError(f"publish base {base!r} is not a whole number up to its sequence number")
+        raise WireError(
+            f"publish base {_shown.repr(base)} is not a whole number up to its sequence number"
+        )
     return Publish(channel_id, content_type, body, publisher, seq, base)
 
 
@@ -338,7 +349,7 @@ def decode_event(frames: Sequence[bytes]) -> Event:
     kind = header.get("k")
     if topic_frame == HEARTBEAT_TOPIC:
         if kind != "h":
-            raise WireError(f"event of kind {kind!r} on the heartbeat topic")
+            raise WireError(f"event of kind {_shown.repr(kind)} on the heartbeat topic")
         heartbeat_time = header.get("time")
         if not isinstance(heartbeat_time, int | float):
             raise WireError("heartbeat without a time")
@@ -359,7 +370,7 @@ def decode_event(frames: Sequence[bytes]) -> Event:
         return Sync(channel_id, bool(header.get("exists")), _optional_id(header.get("last")))
     if kind == "d":
         return Deleted(channel_id)
-    raise WireError(f"unknown event kind {kind!r}")
+    raise WireError(f"unknown event kind {_shown.repr(kind)}")
 
 
 # -- control: edges to the broker and back -----------------------------------
@@ -462,8 +473,9 @@ def decode_request(frames: Sequence[bytes]) -> Request | Presence:
         raise WireError("empty control request")
     header = _unpack(_bytes(frames[0]))
     kind = header.get("k")
-    if kind not in REQUEST_KINDS:
-        raise WireError(f"unknown request kind {kind!r}")
+    # A map or an array cannot be looked up in a set: TypeError, not WireError.
+    if not isinstance(kind, str) or kind not in REQUEST_KINDS:
+        raise WireError(f"unknown request kind {_shown.repr(kind)}")
     if kind == PRESENCE:
         counts = header.get("counts")
         if not isinstance(counts, dict):
@@ -477,8 +489,10 @@ def decode_request(frames: Sequence[bytes]) -> Request | Presence:
                 or len(figures) != 2
                 or not isinstance(figures[0], int)
                 or not isinstance(figures[1], int | float)
+                # Channel info subtracts it from the time now, and nothing exceeds infinity.
+                or not math.isfinite(figures[1])
             ):
-                raise WireError(f"bad presence entry for {channel_id!r}")
+                raise WireError(f"bad presence entry for {_shown.repr(channel_id)}")
             checked[channel_id] = (figures[0], float(figures[1]))
         return Presence(checked, bool(header.get("full")))
     request_id = header.get("r")
@@ -535,15 +549,24 @@ def _decode_info(value: Any) -> ChannelInfo | None:
     if not isinstance(value, dict):
         raise WireError("channel info is not a map")
     try:
-        requested = value["req"]
+        requested = None if value["req"] is None else float(value["req"])
+        if requested is not None and not math.isfinite(requested):
+            raise WireError(f"channel info requested at {requested}")
         return ChannelInfo(
             int(value["n"]),
-            None if requested is None else float(requested),
+            requested,
             int(value["s"]),
             _optional_id(value["last"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    # int() of an infinite float raises OverflowError.
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise WireError(f"bad channel info: {exc}") from None
+
+
+def _content_type(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise WireError(f"content type is {type(value).__name__}, expected str or nil")
+    return value
 
 
 def _decode_snapshot(value: Any, bodies: Sequence[bytes]) -> Snapshot:
@@ -551,13 +574,17 @@ def _decode_snapshot(value: Any, bodies: Sequence[bytes]) -> Snapshot:
         raise WireError("snapshot is not a map")
     try:
         channel_id = value["c"]
+        if not isinstance(channel_id, str):
+            raise WireError(f"snapshot of channel {_shown.repr(channel_id)}")
         entries = value["ids"]
         max_messages, min_messages, message_timeout = value["limits"]
         if len(entries) != len(bodies):
             raise WireError(f"snapshot lists {len(entries)} messages but carries {len(bodies)}")
         floor = _optional_id(value["floor"])
         messages = tuple(
-            Message(channel_id, _id(mid), _optional_id(prev), floor, ctype, _bytes(body))
+            Message(
+                channel_id, _id(mid), _optional_id(prev), floor, _content_type(ctype), _bytes(body)
+            )
             for (mid, prev, ctype), body in zip(entries, bodies, strict=True)
         )
         return Snapshot(
@@ -568,7 +595,7 @@ def _decode_snapshot(value: Any, bodies: Sequence[bytes]) -> Snapshot:
             Limits(int(max_messages), int(min_messages), float(message_timeout)),
             messages,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise WireError(f"bad snapshot: {exc}") from None
 
 
