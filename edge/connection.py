@@ -211,12 +211,20 @@ class _Incoming:
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e\x80-\xff]+) (HTTP/1\.[01])")
 
 
+def _says_close(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        name.lower() == b"connection" and b"close" in value.lower().replace(b" ", b"").split(b",")
+        for name, value in headers
+    )
+
+
 class _HeadTooLarge(Exception):
     pass
 
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "_refusal",
         "server",
         "transport",
         "remote_ip",
@@ -273,6 +281,9 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._dispatching = False
+        # A malformed request behind others still owed an answer: refused once
+        # those are answered, since answers go out in the order asked.
+        self._refusal: tuple[int, str] | None = None
         # Unsent output as the sweep last saw it, and since when it has not moved.
         self._unsent = 0
         self._unsent_since = 0.0
@@ -333,7 +344,7 @@ class Connection(asyncio.Protocol):
                 self._odd = bytearray()
                 self._odd_head(data)
             else:
-                self._refuse(400, "malformed request: invalid method", MALFORMED)
+                self._refuse_unreadable(400, "malformed request: invalid method", MALFORMED)
         except httptools.HttpParserUpgrade:
             # No protocol is served but HTTP: the request is answered, then the
             # connection closes, since what follows on it is not HTTP.
@@ -341,11 +352,11 @@ class Connection(asyncio.Protocol):
             self._close_after_answers()
         except httptools.HttpParserCallbackError as error:
             if isinstance(error.__context__, _HeadTooLarge):
-                self._refuse(431, "request head is larger than 64 KiB", HEAD_TOO_LARGE)
+                self._refuse_unreadable(431, "request head is larger than 64 KiB", HEAD_TOO_LARGE)
             else:
                 self._fail(None, error.__context__ or error)
         except httptools.HttpParserError as error:
-            self._refuse(400, f"malformed request: {error}", MALFORMED)
+            self._refuse_unreadable(400, f"malformed request: {error}", MALFORMED)
 
     def eof_received(self) -> bool:
         return False  # a client that stops sending is gone: close, tell the responder
@@ -395,12 +406,18 @@ class Connection(asyncio.Protocol):
         self.owing = BODY_LATE
         self.deadline = self._read_at + self.server.body_timeout
         parser = self.parser
+        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and version == "1.0":
+            # llhttp lets an HTTP/1.0 keep-alive win over a close beside it; RFC
+            # 9112 (9.6) says close wins.
+            keep_alive = not _says_close(self._headers)
         request = Request(
             parser.get_method().decode("ascii"),
             self._url.decode("latin-1"),
-            "HTTP/" + parser.get_http_version(),
+            "HTTP/" + version,
             self._headers,
-            parser.should_keep_alive(),
+            keep_alive,
             self.remote_ip,
         )
         incoming = self.parsing = _Incoming(request)
@@ -552,6 +569,10 @@ class Connection(asyncio.Protocol):
                 self._start(incoming)
         finally:
             self._dispatching = False
+        refusal = self._refusal
+        if refusal is not None and self.active is None and not self.waiting and not self.closing:
+            self._answer_and_close(*refusal)
+            return
         self._update_reading()
 
     def _start(self, incoming: _Incoming) -> None:
@@ -674,6 +695,23 @@ class Connection(asyncio.Protocol):
         else:
             self.server.events[BODY_TOO_LARGE] += 1
             self.abort()
+
+    def _refuse_unreadable(self, status: int, why: str, event: str) -> None:
+        """Refuse what the parser could not read, after the answers owed to the requests
+        before it: nothing after it is read, and the connection closes with the refusal."""
+        culprit = self.parsing
+        if culprit is not None and culprit is self.active:
+            self._refuse(status, why, event)  # the request being answered is the bad one
+            return
+        if culprit is not None and culprit in self.waiting:
+            self.waiting.remove(culprit)
+        if self.active is None and not self.waiting:
+            self._refuse(status, why, event)
+            return
+        self.server.tell(event, "refused a request from %s: %d %s", self.remote_ip, status, why)
+        self.reading = False
+        self._refusal = (status, why)
+        self._update_reading()
 
     def _refuse(self, status: int, why: str, event: str) -> None:
         """Answer a request the client got wrong and close: what follows it cannot be trusted."""

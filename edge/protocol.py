@@ -47,6 +47,11 @@ class Cursor:
     has_tag: bool = False
 
 
+# The last second an HTTP date can name (9999-12-31 23:59:59 UTC): a validator
+# past it could not be echoed in a 304.
+LAST_HTTP_SECOND = 253_402_300_799
+
+
 def http_date(seconds: int) -> str:
     return email.utils.formatdate(seconds, usegmt=True)
 
@@ -68,9 +73,9 @@ def parse_cursor(if_modified_since: str | None, if_none_match: str | None) -> Cu
         try:
             seconds = calendar.timegm(parsed[:9]) - (parsed[9] or 0)
         except (OverflowError, ValueError):
-            raise BadValidator(
-                f"{IF_MODIFIED_SINCE} is out of range: {if_modified_since!r}"
-            ) from None
+            seconds = -1
+        if not 0 <= seconds <= LAST_HTTP_SECOND:
+            raise BadValidator(f"{IF_MODIFIED_SINCE} is out of range: {if_modified_since!r}")
     tag = -1
     if if_none_match is not None:
         match = _TAG.match(if_none_match)

@@ -342,6 +342,8 @@ class SubscriberPoll:
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
+        if self.request.method == "HEAD":
+            body = b""  # a HEAD's answer says how long the body is, and sends none
         self._respond(str(refused.status_code), render_head(refused.status_code, headers), body)
 
     def _respond(self, status: str, head: bytes, body: bytes = b"") -> None:
