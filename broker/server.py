@@ -8,8 +8,11 @@ dropped, logged and counted, and the loop goes on.
 Ingress, the busiest, reads in bounded batches: within a batch, messages go
 out to edges through a plain (blocking, but used with NOBLOCK) shadow of
 the events socket, because the asyncio socket's bookkeeping on each send
-cost more than everything else a publish does; acks go at the end of each
-batch, and the loop gets a turn between batches.
+cost more than everything else a publish does; the answers of publishes
+that asked for one (the HTTP publisher's), then the acks, go at the end of
+each batch, and the loop gets a turn between batches. Answers go first:
+a publisher that has an ack then has every answer it covers, so a
+message is never acknowledged with its answer lost.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
+from broker.idempotency import Keys
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.sequencer import Channel, Sequencer
@@ -69,17 +73,25 @@ class Broker:
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
         self.presence = Presence()
-        self.history = None if config.history_file is None else History(config.history_file)
+        self.keys = Keys(config.idempotency_window, config.idempotency_keys)
+        self.history = (
+            None if config.history_file is None else History(config.history_file, self.keys)
+        )
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
         self._recently_published: set[str] = set()
         self.publishers = Publishers()
         self._acks: dict[bytes, tuple[bytes, bool]] = {}
+        # Answers to publishes that asked for one, by route, sent before the acks.
+        self._answers: list[tuple[bytes, wire.Published]] = []
         self._acks_scheduled = False
         # Set while an ingress batch runs: events are sent through it, and
         # the acks wait for the batch's end.
         self._events_now: zmq.Socket[bytes] | None = None
         self._ingress: zmq.asyncio.Socket | None = None
+        # A plain shadow of the ingress socket, for answers and acks without
+        # the asyncio socket's bookkeeping per send.
+        self._ingress_now: zmq.Socket[bytes] | None = None
         self._events: zmq.asyncio.Socket | None = None
         self._control: zmq.asyncio.Socket | None = None
 
@@ -183,11 +195,12 @@ class Broker:
         content_type: str | None,
         body: bytes,
         sent_by: tuple[bytes, int] | None = None,
+        key: str | None = None,
     ) -> wire.Message:
         message = self.sequencer.publish(channel_id, content_type, body)
         if self.history is not None:
             # On disk before any edge can serve it.
-            self.history.published(message, sent_by)
+            self.history.published(message, sent_by, key)
         self._emit(wire.encode_message(message))
         self._recently_published.add(channel_id)
         self.counters["published"] += 1
@@ -219,6 +232,7 @@ class Broker:
         ingress, events = self._ingress, self._events
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(ingress.underlying)
         events_shadow: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
+        self._ingress_now = shadow
         while not self._stopping.is_set():
             if not await ingress.poll(POLL_MS, zmq.POLLIN):  # type: ignore[call-arg]
                 continue
@@ -252,12 +266,49 @@ class Broker:
             self._drop("ingress", frames, error)
             return
         verdict = self.publishers.admit(publish.publisher, publish.seq, publish.base)
-        if verdict is Verdict.NEW:
-            sent_by = (publish.publisher, publish.seq)
-            self._publish(publish.channel_id, publish.content_type, publish.body, sent_by)
+        if verdict is Verdict.GAP:
+            self.counters["ingress_gaps"] += 1
+        elif verdict is Verdict.NEW:
+            info = self._sequence(publish)
+            if publish.reply:
+                answer = wire.Published(publish.publisher, publish.seq, info)
+                self._answers.append((frames[0], answer))
         else:
-            self.counters[f"ingress_{verdict.value}"] += 1
+            self.counters["ingress_repeats"] += 1
+            if publish.reply:
+                # Its first answer died with a connection: answered again, not published.
+                info = self._recorded_info(publish) or self._channel_info(publish.channel_id)
+                answer = wire.Published(publish.publisher, publish.seq, info)
+                self._answers.append((frames[0], answer))
         self._acknowledge(frames[0], publish.publisher, verdict is Verdict.GAP)
+
+    def _sequence(self, publish: wire.Publish) -> wire.ChannelInfo:
+        """Publish a new message, unless its key names one published within the window."""
+        channel_id, key = publish.channel_id, publish.key
+        if key is not None:
+            recorded = self.keys.get(channel_id, key)
+            if recorded is not None:
+                self.counters["ingress_key_retries"] += 1
+                if self.history is not None:
+                    # Restarted, the broker must still count the number as taken.
+                    self.history.numbered(publish.publisher, publish.seq)
+                return recorded.info or self._channel_info(channel_id)
+        sent_by = (publish.publisher, publish.seq)
+        self._publish(channel_id, publish.content_type, publish.body, sent_by, key)
+        info = self._channel_info(channel_id)
+        if key is not None:
+            self.keys.record(channel_id, key, info)
+        return info
+
+    def _recorded_info(self, publish: wire.Publish) -> wire.ChannelInfo | None:
+        if publish.key is None:
+            return None
+        recorded = self.keys.get(publish.channel_id, publish.key)
+        return None if recorded is None else recorded.info
+
+    def _channel_info(self, channel_id: str) -> wire.ChannelInfo:
+        """The channel's info; a deleted channel's as an empty one's."""
+        return self._info(self.sequencer.get(channel_id)) or wire.ChannelInfo(0, None, 0, None)
 
     def _acknowledge(self, route: bytes, publisher: bytes, gap: bool) -> None:
         """Acknowledge once per batch or loop turn per publisher, not once per message."""
@@ -269,16 +320,32 @@ class Broker:
 
     def _send_acks(self) -> None:
         self._acks_scheduled = False
+        answers, self._answers = self._answers, []
         acks, self._acks = self._acks, {}
-        assert self._ingress is not None
+        frames = [(route, wire.encode_published(published)) for route, published in answers]
         for route, (publisher, gap) in acks.items():
             seq = self.publishers.last(publisher)
             if seq is None:
                 if not gap:
                     continue
                 seq = wire.UNKNOWN
-            ack = wire.encode_ack(wire.Ack(publisher, seq, gap))
-            send_now(self._ingress, [route, *ack])
+            frames.append((route, wire.encode_ack(wire.Ack(publisher, seq, gap))))
+        if frames:
+            self._send_ingress(frames)
+
+    def _send_ingress(self, messages: list[tuple[bytes, list[bytes]]]) -> None:
+        ingress, shadow = self._ingress, self._ingress_now
+        assert ingress is not None
+        if shadow is None:
+            for route, frames in messages:
+                send_now(ingress, [route, *frames])
+            return
+        # A ROUTER drops what it cannot route or queue rather than block.
+        for route, (frame,) in messages:
+            backend_send(shadow, route, _MORE_NOBLOCK)
+            backend_send(shadow, frame, _NOBLOCK)
+        # The drain task may be waiting on the socket: sending may have taken its wake-up.
+        wake_readers(ingress)
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if len(frames) == 1 else b""

@@ -7,13 +7,16 @@ frame by hand. It imports nothing from Django.
 Three socket pairs carry it:
 
 * ingress, DEALER -> ROUTER: one frame per publish, a msgpack array
-  ``[version, publisher, seq, channel_id, content_type, body, base]``
+  ``[version, publisher, seq, channel_id, content_type, body, base, key, reply]``
   naming its publisher, that publisher's sequence number and its oldest
-  unacknowledged one; the broker answers with cumulative
-  acknowledgements, so a publisher can send again what a dead connection
-  swallowed and the broker can drop what it already has. An array, not a
-  map, and one frame, not a header and a body, because this is
-  `send_update`'s hot path: each frame is a socket call;
+  unacknowledged one, an idempotency key (or nil) and whether the
+  publisher wants the message's own answer; the broker answers with
+  cumulative acknowledgements, so a publisher can send again what a dead
+  connection swallowed and the broker can drop what it already has, and
+  with a `Published` answer (the channel's info) for each message that
+  asked for one, before the ack that covers it. An array, not a map, and
+  one frame, not a header and a body, because this is `send_update`'s
+  and the HTTP publisher's hot path: each frame is a socket call;
 * events, XPUB -> SUB: `[topic, header]` or `[topic, header, body]`;
   a channel's topic is its UTF-8 id followed by NUL, so the subscription
   for channel ``a`` never matches channel ``ab``; heartbeats travel on the
@@ -39,6 +42,8 @@ import msgpack
 VERSION = 1
 HEARTBEAT_TOPIC = b"\0"
 MAX_CHANNEL_ID_BYTES = 1024
+# An idempotency key names one publish; anything longer is not a key but a payload.
+MAX_KEY_BYTES = 255
 
 
 class WireError(ValueError):
@@ -66,6 +71,15 @@ def channel_id_problem(channel_id: str) -> str | None:
         return "channel id contains NUL"
     if len(channel_id.encode("utf-8", "surrogatepass")) > MAX_CHANNEL_ID_BYTES:
         return f"channel id is longer than {MAX_CHANNEL_ID_BYTES} bytes"
+    return None
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an idempotency key, or None when it can."""
+    if not key:
+        return "idempotency key is empty"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"idempotency key is longer than {MAX_KEY_BYTES} bytes"
     return None
 
 
@@ -167,6 +181,13 @@ class Publish(NamedTuple):
     # equal to `seq` when it is the oldest the sender still waits on. A broker
     # that does not know the publisher starts it only there.
     base: int
+    # The caller's name for this publish: another with the same key on the
+    # same channel within the broker's window is answered as this one was
+    # and not published again. None for `send_update`.
+    key: str | None = None
+    # The publisher waits on this message's own answer (`Published`), as an
+    # HTTP publish does for its status and channel info.
+    reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +210,19 @@ class Ack:
 UNKNOWN = -1
 
 
+class Published(NamedTuple):
+    """The answer to a publish that asked for one: the channel's info after it.
+
+    Sent for a repeat too (a publisher that lost the first answer with its
+    connection asks again): then with the info the broker recorded under the
+    message's key, or else the channel's info as it is now.
+    """
+
+    publisher: bytes
+    seq: int
+    info: ChannelInfo
+
+
 class PublishPacker:
     """Packs publishes into their one frame, reusing one msgpack buffer.
 
@@ -208,8 +242,12 @@ class PublishPacker:
         publisher: bytes,
         seq: int,
         base: int,
+        key: str | None = None,
+        reply: bool = False,
     ) -> bytes:
-        packed: bytes = self._pack([VERSION, publisher, seq, channel_id, content_type, body, base])
+        packed: bytes = self._pack(
+            [VERSION, publisher, seq, channel_id, content_type, body, base, key, reply]
+        )
         return packed
 
 
@@ -224,9 +262,9 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
         fields = msgpack.unpackb(_bytes(frames[0]), raw=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError(f"publish is not msgpack: {exc}") from None
-    if not isinstance(fields, list) or len(fields) != 7:
-        raise WireError("publish is not an array of 7 fields")
-    version, publisher, seq, channel_id, content_type, body, base = fields
+    if not isinstance(fields, list) or len(fields) != 9:
+        raise WireError("publish is not an array of 9 fields")
+    version, publisher, seq, channel_id, content_type, body, base, key, reply = fields
     if version != VERSION:
         raise WireError(f"wire version {version!r}, expected {VERSION}")
     if not isinstance(publisher, bytes) or not publisher:
@@ -244,7 +282,15 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
         raise WireError(f"publish body is {type(body).__name__}, expected bytes")
     if not _whole(base) or not 0 <= base <= seq:
         raise WireError(f"publish base {base!r} is not a whole number up to its sequence number")
-    return Publish(channel_id, content_type, body, publisher, seq, base)
+    if key is not None:
+        if not isinstance(key, str):
+            raise WireError(f"idempotency key is {type(key).__name__}, expected str or nil")
+        problem = key_problem(key)
+        if problem:
+            raise WireError(problem)
+    if not isinstance(reply, bool):
+        raise WireError(f"publish reply flag {reply!r} is not true or false")
+    return Publish(channel_id, content_type, body, publisher, seq, base, key, reply)
 
 
 def encode_ack(ack: Ack) -> list[bytes]:
@@ -252,14 +298,43 @@ def encode_ack(ack: Ack) -> list[bytes]:
 
 
 def decode_ack(frames: Sequence[bytes]) -> Ack:
+    answer = decode_answer(frames)
+    if not isinstance(answer, Ack):
+        raise WireError("not an ack")
+    return answer
+
+
+def encode_published(published: Published) -> list[bytes]:
+    return [
+        _pack(
+            {
+                "k": "pub",
+                "p": published.publisher,
+                "s": published.seq,
+                "info": _info_map(published.info),
+            }
+        )
+    ]
+
+
+def decode_answer(frames: Sequence[bytes]) -> Ack | Published:
+    """What the broker's ingress sends a publisher: an ack or a publish's answer."""
     if len(frames) != 1:
-        raise WireError(f"ack has {len(frames)} frames, expected 1")
+        raise WireError(f"ingress answer has {len(frames)} frames, expected 1")
     header = _unpack(_bytes(frames[0]))
+    kind = header.get("k")
     publisher = header.get("p")
     seq = header.get("s")
-    if header.get("k") != "ack" or not isinstance(publisher, bytes) or not isinstance(seq, int):
-        raise WireError("not an ack")
-    return Ack(publisher, seq, bool(header.get("gap")))
+    if not isinstance(publisher, bytes) or not isinstance(seq, int) or isinstance(seq, bool):
+        raise WireError(f"ingress answer of kind {kind!r} without a publisher and number")
+    if kind == "ack":
+        return Ack(publisher, seq, bool(header.get("gap")))
+    if kind == "pub":
+        info = _decode_info(header.get("info"))
+        if info is None:
+            raise WireError("publish answer without channel info")
+        return Published(publisher, seq, info)
+    raise WireError(f"unknown ingress answer kind {kind!r}")
 
 
 # -- events: the broker to edges ---------------------------------------------

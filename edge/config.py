@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS
+from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS, DEFAULT_INGRESS
 
 LONG_POLL = "long"
 INTERVAL_POLL = "interval"
@@ -56,12 +56,17 @@ class EdgeConfig:
     reuse_port: bool = False
     events: str = DEFAULT_EVENTS
     control: str = DEFAULT_CONTROL
+    # Where the publisher location sends HTTP publishes, as send_update does.
+    ingress: str = DEFAULT_INGRESS
     subscribers: tuple[SubscriberLocation, ...] = (SubscriberLocation(),)
     publishers: tuple[PublisherLocation, ...] = (PublisherLocation(),)
     # Seconds a long-poll is held before 304; below common load-balancer
     # idle timeouts (nginx 60 s, many cloud balancers 30 s and up).
     long_poll_timeout: float = 25.0
     max_message_size: int = 4 * 1024 * 1024
+    # HTTP publishes the broker has not acknowledged yet, at most; beyond
+    # it a publish is answered 503 at once.
+    send_queue_size: int = 10_000
     # Seconds a channel's topic stays subscribed after its last client left,
     # so a client re-polling after each message does not churn subscriptions.
     topic_linger: float = 30.0

@@ -22,6 +22,8 @@ CACHE_CONTROL = "Cache-Control"
 VARY = "Vary"
 MESSAGES_MISSED = "X-Messages-Missed"
 PUSH_SECRET = "X-Push-Secret"
+# Names one publish: a retry with the same key is answered as the first was.
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 VARY_VALUE = f"{IF_NONE_MATCH}, {IF_MODIFIED_SINCE}"
 SUBSCRIBER_METHODS = ("GET", "OPTIONS")

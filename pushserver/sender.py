@@ -4,7 +4,7 @@ ZeroMQ sockets are not thread-safe and do not survive `fork`, so each
 thread of each process sends on a DEALER socket of its own
 (``threading.local`` plus a pid check: a gunicorn ``--preload`` child makes
 its own context and never touches its parent's). What a socket has sent
-and what it must write again is its `pushserver.outbox.Outbox`; this module
+and what it must write again is its `broker.outbox.Outbox`; this module
 carries frames and acks between outboxes and sockets, and keeps the
 process's threads and hooks. Together they guarantee that a message
 `send_update` accepted is sequenced exactly once while this process lives,
@@ -79,9 +79,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
+from broker.outbox import Outbox
 from broker.sockets import backend_send
 from pushserver import PushServerError
-from pushserver.outbox import Outbox
 
 log = logging.getLogger("pushserver")
 
