@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -35,11 +36,11 @@ from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.sequencer import Channel, Sequencer
 from broker.sockets import (
-    POLL_MS,
     backend_recv,
     backend_send,
     configure_heartbeats,
     drain,
+    readable,
     run_until,
     send_now,
     wake_readers,
@@ -47,7 +48,7 @@ from broker.sockets import (
 
 log = logging.getLogger("pushserver.broker")
 
-# A plain int: pyzmq's flag enums cost more than the socket calls on the ingress path.
+# Plain ints: pyzmq's flag enums cost more than the socket calls on the ingress path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
@@ -93,6 +94,7 @@ class Broker:
         # the asyncio socket's bookkeeping per send.
         self._ingress_now: zmq.Socket[bytes] | None = None
         self._events: zmq.asyncio.Socket | None = None
+        self._events_shadow: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
 
     def bind(self) -> Endpoints:
@@ -228,34 +230,55 @@ class Broker:
     # -- receiving -----------------------------------------------------------
 
     async def _drain_ingress(self) -> None:
+        """Read the ingress from a reader callback of the loop until the broker stops.
+
+        A callback rather than awaiting the asyncio socket: each wait on it
+        costs futures and a poller, and with HTTP publishers, who each wait
+        for their answer, a wake-up carries a few publishes, not hundreds.
+        """
         assert self._ingress is not None and self._events is not None
-        ingress, events = self._ingress, self._events
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(ingress.underlying)
-        events_shadow: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
-        self._ingress_now = shadow
-        while not self._stopping.is_set():
-            if not await ingress.poll(POLL_MS, zmq.POLLIN):  # type: ignore[call-arg]
-                continue
-            self._events_now = events_shadow
-            try:
-                for _ in range(INGRESS_BATCH):
-                    # Frames rather than bytes: a frame says whether more follow,
-                    # where asking the socket (RCVMORE) costs a microsecond.
-                    try:
-                        frame = backend_recv(shadow, _NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    frames = [frame.bytes]
-                    while frame.more:
-                        frame = backend_recv(shadow, _NOBLOCK, copy=False)
-                        frames.append(frame.bytes)
-                    self._on_publish(frames)
-            finally:
-                self._events_now = None
-                # Sending through the shadow may have taken the edge-triggered
-                # wake-up the task reading subscriptions waits for.
-                wake_readers(events)
-            self._send_acks()
+        self._ingress_now = zmq.Socket.shadow(self._ingress.underlying)
+        self._events_shadow = zmq.Socket.shadow(self._events.underlying)
+        loop = asyncio.get_running_loop()
+        descriptor = cast(int, self._ingress_now.get(zmq.FD))
+        loop.add_reader(descriptor, self._read_ingress)
+        try:
+            self._read_ingress()  # whatever arrived before the reader was added
+            await self._stopping.wait()
+        finally:
+            loop.remove_reader(descriptor)
+            self._ingress_now = None
+
+    def _read_ingress(self) -> None:
+        """One batch of publishes, then their answers and acks; the loop gets a turn
+        before the next batch."""
+        shadow, events = self._ingress_now, self._events
+        if shadow is None or events is None or self._stopping.is_set():
+            return
+        self._events_now = self._events_shadow
+        try:
+            for _ in range(INGRESS_BATCH):
+                # Frames rather than bytes: a frame says whether more follow,
+                # where asking the socket (RCVMORE) costs a microsecond.
+                try:
+                    frame = backend_recv(shadow, _NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                frames = [frame.bytes]
+                while frame.more:
+                    frame = backend_recv(shadow, _NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
+                self._on_publish(frames)
+        finally:
+            self._events_now = None
+            # Sending through the shadow may have taken the edge-triggered
+            # wake-up the task reading subscriptions waits for.
+            wake_readers(events)
+        self._send_acks()
+        # A batch cut short, or sends that took the descriptor's signal, leave
+        # publishes waiting that no signal will announce.
+        if readable(shadow):
+            asyncio.get_running_loop().call_soon(self._read_ingress)
 
     def _on_publish(self, frames: list[bytes]) -> None:
         try:
@@ -344,8 +367,9 @@ class Broker:
         for route, (frame,) in messages:
             backend_send(shadow, route, _MORE_NOBLOCK)
             backend_send(shadow, frame, _NOBLOCK)
-        # The drain task may be waiting on the socket: sending may have taken its wake-up.
-        wake_readers(ingress)
+        if self._events_now is None and readable(shadow):
+            # Outside a batch, the sends may have taken the signal of publishes waiting.
+            asyncio.get_running_loop().call_soon(self._read_ingress)
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if len(frames) == 1 else b""

@@ -38,7 +38,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
 from broker.outbox import Outbox
-from broker.sockets import backend_recv, backend_send, configure_heartbeats
+from broker.sockets import backend_recv, backend_send, configure_heartbeats, readable
 from edge.config import EdgeConfig
 
 log = logging.getLogger("pushserver.edge")
@@ -55,7 +55,6 @@ RESEND_INTERVAL = 0.1
 CLOSE_POLL = 0.02
 # Plain ints: pyzmq's flag enums cost more than the socket calls on this path.
 _NOBLOCK = int(zmq.NOBLOCK)
-_POLLIN = int(zmq.POLLIN)
 
 
 class Ingress:
@@ -177,7 +176,7 @@ class Ingress:
 
     def _read_waiting(self) -> None:
         """After a send: read what arrived, whose signal the send may have taken."""
-        if not self._reading and cast(int, self._socket.get(zmq.EVENTS)) & _POLLIN:
+        if not self._reading and readable(self._socket):
             self._read()
 
     def _read(self) -> None:
@@ -197,7 +196,7 @@ class Ingress:
         # Answers and acks may have freed publishes to write, and writing may
         # have taken the signal of more answers.
         self._write_due()
-        if cast(int, sock.get(zmq.EVENTS)) & _POLLIN:
+        if readable(sock):
             self._loop_soon(self._read)
 
     def _loop_soon(self, callback: Callable[[], None]) -> None:
@@ -236,7 +235,7 @@ class Ingress:
 
     def _watch(self) -> None:
         monitor = self._monitor
-        while cast(int, monitor.get(zmq.EVENTS)) & _POLLIN:
+        while readable(monitor):
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:

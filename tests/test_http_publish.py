@@ -135,22 +135,33 @@ def test_a_retry_with_the_same_key_is_answered_as_the_first_and_published_once(
     assert walk(base, channel, 3) == [b"before", b"once", b"twice"]
 
 
-@pytest.fixture
-def two_edges(tmp_path: Path) -> Iterator[Cluster]:
-    """A broker (on fixed ports, with a history file and a window of two seconds for
-    keys) and two edges, no balancer."""
-    cluster = Cluster(
-        tmp_path,
+def cluster(folder: Path, **push_server: object) -> Cluster:
+    """A broker (on fixed ports, with a history file) and two edges, no balancer."""
+    return Cluster(
+        folder,
         edges=2,
         balancer=None,
-        launcher=Launcher(tmp_path),
+        launcher=Launcher(folder),
         store=STORE,
-        history_file=str(tmp_path / "history"),
-        idempotency_window=2,
+        history_file=str(folder / "history"),
         broker_timeout=1,
+        **push_server,
     )
-    yield cluster.start()
-    cluster.stop()
+
+
+@pytest.fixture
+def two_edges(tmp_path: Path) -> Iterator[Cluster]:
+    started = cluster(tmp_path)
+    yield started.start()
+    started.stop()
+
+
+@pytest.fixture
+def short_window(tmp_path: Path) -> Iterator[Cluster]:
+    """Two edges of a broker that remembers idempotency keys for two seconds."""
+    started = cluster(tmp_path, idempotency_window=2)
+    yield started.start()
+    started.stop()
 
 
 def test_a_retry_on_another_edge_of_the_broker_is_published_once(two_edges: Cluster) -> None:
@@ -164,8 +175,8 @@ def test_a_retry_on_another_edge_of_the_broker_is_published_once(two_edges: Clus
     assert walk(first_edge, channel, 2) == [b"one", b"two"]
 
 
-def test_a_key_is_forgotten_after_the_idempotency_window(two_edges: Cluster) -> None:
-    base = two_edges.edge_urls[0]
+def test_a_key_is_forgotten_after_the_idempotency_window(short_window: Cluster) -> None:
+    base = short_window.edge_urls[0]
     channel = fresh("forgotten-key")
     assert post(base, channel, b"one", key="again").json()["messages"] == 1
     # The window is two seconds: until it has passed, the key names the first publish.
