@@ -12,7 +12,8 @@ cost more than everything else a publish does; the answers of publishes
 that asked for one (the HTTP publisher's), then the acks, go at the end of
 each batch, and the loop gets a turn between batches. Answers go first:
 a publisher that has an ack then has every answer it covers, so a
-message is never acknowledged with its answer lost.
+message is never acknowledged with its answer lost. An answer is an ack
+up to its own number, so the ack is left out where the answers cover it.
 """
 
 from __future__ import annotations
@@ -346,12 +347,17 @@ class Broker:
         answers, self._answers = self._answers, []
         acks, self._acks = self._acks, {}
         frames = [(route, wire.encode_published(published)) for route, published in answers]
+        # An answer acknowledges its number too: a route whose last answer is at its
+        # publisher's newest number needs no ack of its own.
+        answered = {(route, published.publisher): published.seq for route, published in answers}
         for route, (publisher, gap) in acks.items():
             seq = self.publishers.last(publisher)
             if seq is None:
                 if not gap:
                     continue
                 seq = wire.UNKNOWN
+            elif not gap and answered.get((route, publisher)) == seq:
+                continue
             frames.append((route, wire.encode_ack(wire.Ack(publisher, seq, gap))))
         if frames:
             self._send_ingress(frames)

@@ -211,11 +211,14 @@ class Ingress:
             return
         outbox = self.outbox
         if isinstance(answer, wire.Published):
-            if answer.publisher == outbox.identity:
-                told = self._waiting.pop(answer.seq, None)
-                if told is not None:
-                    self._tell(told, answer.info)
-                    self._forget_answered()
+            if answer.publisher != outbox.identity:
+                return  # for an identity the outbox gave up
+            # An answer acknowledges everything up to its number.
+            outbox.on_ack(wire.Ack(answer.publisher, answer.seq))
+            told = self._waiting.pop(answer.seq, None)
+            if told is not None:
+                self._tell(told, answer.info)
+                self._forget_answered()
             return
         renumbered = outbox.on_ack(answer)
         if renumbered is not None:

@@ -47,6 +47,8 @@ from edge.protocol import IDEMPOTENCY_KEY, PUBLISHER_METHODS, PUSH_SECRET
 log = logging.getLogger("pushserver.edge")
 
 TEXT_PLAIN = "text/plain; charset=utf-8"
+# Channel ids decoded, remembered; cleared when full, since decoding one again is cheap.
+CACHE_LIMIT = 4096
 UNAVAILABLE = "the push broker is unavailable; try again shortly"
 # Control requests by method; POST goes through the ingress link.
 CONTROL_KINDS = {"PUT": wire.CREATE, "GET": wire.INFO, "DELETE": wire.DELETE}
@@ -105,6 +107,7 @@ class Publishers:
                 )
             )
         self._heads: dict[tuple[int, str], bytes] = {}
+        self._channel_ids: dict[str, str] = {}
 
     def match(self, path: str) -> tuple[Location, str] | None:
         for location in self.locations:
@@ -112,6 +115,16 @@ class Publishers:
             if found is not None:
                 return location, found.group(1)
         return None
+
+    def channel_id(self, raw: str) -> str:
+        """The path group as a channel id (percent-decoded, checked), or a 400 Refusal."""
+        channel_id = self._channel_ids.get(raw)
+        if channel_id is None:
+            channel_id = checked_channel_id(urllib.parse.unquote_to_bytes(raw))
+            if len(self._channel_ids) >= CACHE_LIMIT:
+                self._channel_ids.clear()
+            self._channel_ids[raw] = channel_id
+        return channel_id
 
     def head(self, status: int, content_type: str) -> bytes:
         """An answer's status line and Content-Type line; there are only a few."""
@@ -161,7 +174,7 @@ class PublisherRequest:
         if problem:
             raise tornado.httputil.HTTPInputError(problem)
         try:
-            self.channel_id = checked_channel_id(urllib.parse.unquote_to_bytes(raw_channel_id))
+            self.channel_id = shared.channel_id(raw_channel_id)
             self._admit(location, secret, length, key)
         except Refusal as refused:
             self._refuse(refused)
