@@ -477,6 +477,18 @@ class Broker:
                 for edge in self.presence.forget_silent_edges(config.presence_timeout):
                     log.info("edge %s went silent; forgetting its subscribers", edge.hex())
             published, self._recently_published = self._recently_published, set()
-            for channel_id in published:
-                self._emit_sync(channel_id)
+            self._emit_syncs(published)
             await asyncio.sleep(period)
+
+    def _emit_syncs(self, channel_ids: set[str]) -> None:
+        """Sync markers for many channels, through the plain shadow as a batch of publishes
+        is sent: about one per publish, each send on the asyncio socket cost as much as
+        the publish."""
+        self._events_now = self._events_shadow
+        try:
+            for channel_id in channel_ids:
+                self._emit_sync(channel_id)
+        finally:
+            self._events_now = None
+            if self._events is not None:
+                wake_readers(self._events)
