@@ -125,6 +125,14 @@ class Outbox:
             self.written_upto += 1
             yield unacked[index]
 
+    def write_due(self, write: Callable[[bytes], bool]) -> None:
+        """Hand `write` the frames due, oldest first, until it could not write one
+        (it returns False), which is then due again."""
+        for frame in self.due():
+            if not write(frame):
+                self.unwrite()
+                return
+
     def on_reconnect(self) -> None:
         """A new connection: what the last one carried past the acks may have died with it."""
         self.written_upto = self.acked

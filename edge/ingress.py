@@ -28,6 +28,7 @@ The traps:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
 from broker.outbox import Outbox
-from broker.sockets import backend_recv, backend_send, configure_heartbeats, readable
+from broker.sockets import backend_recv, configure_heartbeats, readable, send_plain
 from edge.config import EdgeConfig
 
 log = logging.getLogger("pushserver.edge")
@@ -72,6 +73,7 @@ class Ingress:
         sock.setsockopt(zmq.LINGER, 0)
         configure_heartbeats(sock)
         self._socket = sock
+        self._send = functools.partial(send_plain, sock)
         self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
         # What each publish waiting for its answer is told, by its number.
         self._waiting: dict[int, Answer] = {}
@@ -143,24 +145,15 @@ class Ingress:
             self._resender = loop.call_later(RESEND_INTERVAL, self._resend)
         if frame is None:
             self._write_due()
-        else:
-            try:
-                backend_send(self._socket, frame, _NOBLOCK)
-            except zmq.Again:
-                outbox.unwrite()  # no connection (or a full one): the outbox keeps it due
+        elif not self._send(frame):
+            outbox.unwrite()  # no connection (or a full one): the outbox keeps it due
         self._read_waiting()
         return True
 
     # -- writing ---------------------------------------------------------------
 
     def _write_due(self) -> None:
-        outbox, sock = self.outbox, self._socket
-        for frame in outbox.due():
-            try:
-                backend_send(sock, frame, _NOBLOCK)
-            except zmq.Again:
-                outbox.unwrite()
-                return
+        self.outbox.write_due(self._send)
 
     def _resend(self) -> None:
         self._resender = None

@@ -67,6 +67,7 @@ The traps:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -80,7 +81,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
 from broker.outbox import Outbox
-from broker.sockets import backend_send
+from broker.sockets import backend_send, send_plain
 from pushserver import PushServerError
 
 log = logging.getLogger("pushserver")
@@ -242,13 +243,7 @@ class _Publisher:
     def write_due(self) -> None:
         """Write what the outbox says is due; stops when the socket cannot take more
         (no connection, or its queue is full)."""
-        outbox, sock = self.outbox, self.socket
-        for frame in outbox.due():
-            try:
-                backend_send(sock, frame, _NOBLOCK)
-            except zmq.Again:
-                outbox.unwrite()
-                return
+        self.outbox.write_due(functools.partial(send_plain, self.socket))
 
     def flush(self) -> None:
         """Take acks and write what is due, without blocking."""

@@ -281,3 +281,22 @@ def test_a_message_keeps_its_key_and_its_wish_for_an_answer_whenever_it_is_repac
         (0, b"2", None, True),
         (1, b"3", "key-3", False),
     ]
+
+
+def test_writing_what_is_due_stops_at_the_first_frame_the_socket_refuses(
+    outbox: Outbox,
+) -> None:
+    for body in (b"a", b"b", b"c"):
+        outbox.append("news", body, None)
+    outbox.on_reconnect()
+    taken: list[bytes] = []
+
+    def write(frame: bytes) -> bool:
+        if len(taken) == 1:
+            return False
+        taken.append(frame)
+        return True
+
+    outbox.write_due(write)
+    assert written(taken) == [(0, 0, b"a")]
+    assert written(outbox.due()) == [(1, 0, b"b"), (2, 0, b"c")]
