@@ -29,7 +29,10 @@ async def serve(head_timeout: float, body_timeout: float) -> None:
     broker = Broker(conf.broker_config())
     endpoints = broker.bind()
     config = dataclasses.replace(
-        conf.edge_config("127.0.0.1", 0), events=endpoints.events, control=endpoints.control
+        conf.edge_config("127.0.0.1", 0),
+        events=endpoints.events,
+        control=endpoints.control,
+        ingress=endpoints.ingress,
     )
     edge = Edge(config, head_timeout=head_timeout, body_timeout=body_timeout)
     for url in edge.listen():
