@@ -17,16 +17,23 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-1
 # System packages the tests need, as command:debian-package pairs. A package
 # is installed only when its command is missing (looked up on PATH and in
 # /usr/sbin, where Debian puts nginx and haproxy), e.g. `nginx:nginx`.
-SYSTEM_DEPS := node:nodejs chromium:chromium nginx:nginx haproxy:haproxy
+SYSTEM_DEPS := node:nodejs npm:npm chromium:chromium nginx:nginx haproxy:haproxy
 
 DEMO_PYTHON := ../../$(BIN)/python
 
-.PHONY: help demo cluster bench bench-quick test lint typecheck jstest pytest install system-deps clean distclean
+# Browser clients the tests run against the edges, pinned, from the npm
+# registry into a git-ignored folder (tests.cross_origin.NPM_MODULES reads
+# them there); fetched again only when this list changes.
+NPM_TEST_DIR := tests/npm
+NPM_TEST_PACKAGES := nchan@1.0.10
+NPM_STAMP := $(NPM_TEST_DIR)/.installed-$(shell echo '$(NPM_TEST_PACKAGES)' | sha256sum | cut -c1-16)
+
+.PHONY: help demo cluster bench bench-quick test lint typecheck jstest pytest install system-deps npm-deps clean distclean
 
 help:
 	@echo "make demo       run the demo site (runpushserver --allrequests) on http://127.0.0.1:8000"
 	@echo "make cluster    a broker, 3 edges and nginx on loopback (python -m ops.cluster); Ctrl-C stops"
-	@echo "make bench      benchmarks beside Nchan (make bench-quick: under a minute)"
+	@echo "make bench      benchmarks beside Nchan (make bench-quick: small sizes, a few minutes)"
 	@echo "make test       install what the tests need, then ruff, mypy and pytest"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove caches, build leftovers and the demo database"
@@ -55,6 +62,13 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; \
 	fi
 
+$(NPM_STAMP): | system-deps
+	rm -rf $(NPM_TEST_DIR)
+	npm install --no-save --no-audit --no-fund --no-package-lock --prefix $(NPM_TEST_DIR) $(NPM_TEST_PACKAGES)
+	touch $@
+
+npm-deps: $(NPM_STAMP)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -62,7 +76,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install system-deps
+pytest: install system-deps npm-deps
 	$(BIN)/pytest
 
 # The browser client's own tests: node's test runner, no network.
@@ -87,7 +101,7 @@ cluster: install system-deps
 	$(BIN)/python -m ops.cluster --edges 3
 
 # Side by side with Nchan (installed from Debian when missing): W1-W5, a table
-# of ratios and ops/bench/results.json. `make bench-quick` is the under-a-minute run.
+# of ratios and ops/bench/results.json. `make bench-quick` is the small-sized run.
 bench: install system-deps
 	$(BIN)/python -m pip install --disable-pip-version-check -q uvloop
 	$(BIN)/python -m ops.bench
@@ -102,4 +116,4 @@ clean:
 	rm -f ops/demo/db.sqlite3
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(NPM_TEST_DIR)

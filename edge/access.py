@@ -1,4 +1,7 @@
-"""Who may use the edge's trusted locations (publisher, metrics): an address list or a secret."""
+"""Who may use the edge's trusted locations (publisher, metrics): an address list or a secret.
+
+`within` is also how the passthrough decides which peers are proxies it trusts.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,30 @@ import tornado.httputil
 
 from edge.protocol import PUSH_SECRET
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Addresses judged, remembered; cleared when full, since judging one again is cheap.
 CACHE_LIMIT = 4096
 
 
+def networks(written: Iterable[str]) -> list[Network]:
+    return [ipaddress.ip_network(network, strict=False) for network in written]
+
+
+def within(remote: str, allowed: Iterable[Network]) -> bool:
+    """Whether the address `remote` (as a socket or a header gives it) is in `allowed`."""
+    try:
+        address = ipaddress.ip_address(remote.strip().split("%")[0])
+    except ValueError:
+        return False
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in allowed)
+
+
 class TrustedCallers:
-    def __init__(self, networks: Iterable[str], secret: str | None) -> None:
-        self.networks = [ipaddress.ip_network(network, strict=False) for network in networks]
+    def __init__(self, allowed: Iterable[str], secret: str | None) -> None:
+        self.networks = networks(allowed)
         self.secret = secret.encode() if secret else None
         self._allowed: dict[str, bool] = {}
 
@@ -28,19 +48,13 @@ class TrustedCallers:
         (the X-Push-Secret header, or None) is trusted."""
         allowed = self._allowed.get(remote_ip)
         if allowed is None:
-            allowed = self._in_networks(remote_ip)
+            allowed = within(remote_ip, self.networks)
             if len(self._allowed) >= CACHE_LIMIT:
                 self._allowed.clear()
             self._allowed[remote_ip] = allowed
         if allowed:
             return True
+        # Header values arrive as latin-1 text: these are the bytes the caller sent.
         return bool(
             self.secret and secret and hmac.compare_digest(self.secret, secret.encode("latin-1"))
         )
-
-    def _in_networks(self, remote_ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(remote_ip.split("%")[0])
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)

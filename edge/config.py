@@ -35,6 +35,9 @@ class SubscriberLocation:
     authorize: bool = False
     # Seconds an admission is remembered per client and channel.
     authorize_cache: float = 60.0
+    # Hold a poll only with a token (`edge.signing`) for its channel in the
+    # query string, checked here without Django.
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,11 @@ class EdgeConfig:
     # HTTP publishes the broker has not acknowledged yet, at most; beyond
     # it a publish is answered 503 at once.
     send_queue_size: int = 10_000
+    # Seconds a request's head, then its body, may take to arrive, counted from
+    # its start and not renewed by each byte: a trickling or silent client
+    # cannot hold a connection (or, at `max_connections`, the edge) for longer.
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
     # Seconds a channel's topic stays subscribed after its last client left,
     # so a client re-polling after each message does not churn subscriptions.
     topic_linger: float = 30.0
@@ -84,6 +92,12 @@ class EdgeConfig:
     passthrough_timeout: float = 5.0
     # Passthrough calls in flight at once; beyond it calls are dropped and counted.
     passthrough_concurrency: int = 64
+    # Peers whose X-Forwarded-*, Forwarded and X-Real-IP headers the passthrough
+    # passes on to Django; from anyone else the edge writes its own. Loopback:
+    # the balancer configs in ops/ run on the edge's host and overwrite them.
+    forwarded_allow_ips: tuple[str, ...] = LOOPBACK
+    # Secrets that verify signed channel URLs; the first is the one Django signs with.
+    signed_url_secrets: tuple[str, ...] = ()
     # Prometheus metrics, shown to callers from `metrics_allow_from` only.
     metrics_url: str = "/pushserver/metrics"
     metrics_allow_from: tuple[str, ...] = LOOPBACK

@@ -74,9 +74,6 @@ PIPELINE_BYTES = 1024 * 1024
 # which it takes them again: one answer may pass the mark, never a queue of them.
 OUTPUT_HIGH = 64 * 1024
 OUTPUT_LOW = 16 * 1024
-# Seconds a request's head, then its body, may take to arrive in full.
-HEAD_TIMEOUT = 10.0
-BODY_TIMEOUT = 30.0
 # Lines logged per event and minute about what clients did wrong.
 LOG_LINES = 5
 LOG_INTERVAL = 60.0
@@ -764,8 +761,8 @@ class HTTPServer:
         max_connections: int,
         max_body_size: int,
         idle_timeout: float,
-        head_timeout: float = HEAD_TIMEOUT,
-        body_timeout: float = BODY_TIMEOUT,
+        head_timeout: float,
+        body_timeout: float,
     ) -> None:
         self.route = route
         self.responses = responses

@@ -15,6 +15,16 @@ With `passthrough_grace`, a client's unsubscribe waits that long for the
 same client to poll again; a re-poll within it calls nothing. A client is
 known by its cookies, credentials, address and user agent: several tabs
 of one browser count as one client.
+
+The trap in forwarding a browser's headers: Django reads some of them as
+facts about the connection (``X-Forwarded-Host`` under
+``USE_X_FORWARDED_HOST``, ``X-Forwarded-Proto`` as a
+``SECURE_PROXY_SSL_HEADER``, client addresses in ``X-Forwarded-For``).
+So ``Forwarded``, ``X-Real-IP`` and every ``X-Forwarded-*`` pass on only
+from a peer in `forwarded_allow_ips`, a proxy that wrote them itself; from
+anyone else the edge writes its own. A header name with ``_`` is never
+passed on: WSGI reads ``X_Forwarded_Host`` as ``X-Forwarded-Host``, which
+is why nginx, gunicorn and Django's runserver drop such names too.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import tornado.httpclient
 import tornado.httputil
 import tornado.simple_httpclient
 
+from edge.access import networks, within
 from edge.config import EdgeConfig, SubscriberLocation
 from edge.protocol import (
     PASSTHROUGH_CHANNEL,
@@ -65,6 +76,9 @@ NOT_FORWARDED = frozenset(
     }
 )
 IDENTITY_HEADERS = ("Cookie", "Authorization", "User-Agent")
+# Besides every X-Forwarded-*: what a proxy says about the client, taken from trusted peers only.
+FORWARDING = frozenset({"forwarded", "x-real-ip"})
+FORWARDED_PREFIX = "x-forwarded-"
 
 # Who is subscribed to what, as Django was told: (client, channel, passthrough URL).
 Key = tuple[bytes, str, str]
@@ -81,6 +95,7 @@ class Passthrough:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.counters: Counter[str] = Counter()
+        self._proxies = networks(config.forwarded_allow_ips)
         self._client = tornado.simple_httpclient.SimpleAsyncHTTPClient(
             force_instance=True, max_clients=config.passthrough_concurrency
         )
@@ -296,19 +311,38 @@ class Passthrough:
         for name in IDENTITY_HEADERS:
             identity.update(request.headers.get(name, "").encode("utf-8", "surrogateescape"))
             identity.update(b"\0")
-        identity.update((request.remote_ip or "").encode())
+        identity.update(self._client_address(request).encode("utf-8", "surrogateescape"))
         return identity.digest(), channel_id, location.passthrough or ""
 
+    def _trusts(self, request: tornado.httputil.HTTPServerRequest) -> bool:
+        return within(request.remote_ip or "", self._proxies)
+
+    def _client_address(self, request: tornado.httputil.HTTPServerRequest) -> str:
+        """The peer, or behind trusted proxies the nearest address in X-Forwarded-For
+        that is not one of them (the farther ones are the client's to invent)."""
+        peer = request.remote_ip or ""
+        if not self._trusts(request):
+            return peer
+        hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed(hops):
+            if hop and not within(hop, self._proxies):
+                return hop
+        return peer
+
     def _headers(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, str]:
-        headers = {
-            name: value
-            for name, value in request.headers.get_all()
-            if name.lower() not in NOT_FORWARDED
-        }
-        forwarded = request.headers.get("X-Forwarded-For")
-        remote = request.remote_ip or ""
-        headers["X-Forwarded-For"] = f"{forwarded}, {remote}" if forwarded else remote
-        # A balancer in front (terminating TLS, say) knows better than this hop.
+        trusted = self._trusts(request)
+        headers = {}
+        for name, value in request.headers.get_all():
+            lowered = name.lower()
+            if lowered in NOT_FORWARDED or "_" in lowered:
+                continue
+            if not trusted and (lowered in FORWARDING or lowered.startswith(FORWARDED_PREFIX)):
+                continue
+            headers[name] = value
+        peer = request.remote_ip or ""
+        forwarded = request.headers.get("X-Forwarded-For") if trusted else None
+        headers["X-Forwarded-For"] = f"{forwarded}, {peer}" if forwarded else peer
+        # A trusted balancer in front (terminating TLS, say) knows better than this hop.
         headers.setdefault("X-Forwarded-Host", request.host)
         headers.setdefault("X-Forwarded-Proto", request.protocol)
         if self.config.passthrough_secret:

@@ -21,6 +21,9 @@ ETAG = "Etag"
 CACHE_CONTROL = "Cache-Control"
 VARY = "Vary"
 MESSAGES_MISSED = "X-Messages-Missed"
+# A stream's cursor (`time:tag`) as EventSource resumes with it; Nchan reads it on every transport.
+LAST_EVENT_ID = "Last-Event-ID"
+X_REQUESTED_WITH = "X-Requested-With"
 PUSH_SECRET = "X-Push-Secret"
 # Names one publish: a retry with the same key is answered as the first was.
 IDEMPOTENCY_KEY = "Idempotency-Key"

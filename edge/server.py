@@ -15,7 +15,7 @@ import tornado.netutil
 
 from edge.app import build_router
 from edge.config import EdgeConfig
-from edge.connection import BODY_TIMEOUT, HEAD_TIMEOUT, HTTPServer
+from edge.connection import HTTPServer
 from edge.feed import Feed
 from edge.ingress import Ingress
 from edge.passthrough import Passthrough
@@ -45,17 +45,8 @@ def raise_fd_limit(wanted: int) -> int:
 
 
 class Edge:
-    def __init__(
-        self,
-        config: EdgeConfig,
-        wsgi_app: Any | None = None,
-        *,
-        head_timeout: float = HEAD_TIMEOUT,
-        body_timeout: float = BODY_TIMEOUT,
-    ) -> None:
+    def __init__(self, config: EdgeConfig, wsgi_app: Any | None = None) -> None:
         self.config = config
-        self.head_timeout = head_timeout
-        self.body_timeout = body_timeout
         self.feed = Feed(config)
         self.ingress = Ingress(config)
         self.passthrough = Passthrough(config)
@@ -93,8 +84,8 @@ class Edge:
             # Bodies are checked by the publisher location, which answers 413.
             max_body_size=config.max_message_size + 1,
             idle_timeout=max(60.0, config.long_poll_timeout * 2),
-            head_timeout=self.head_timeout,
-            body_timeout=self.body_timeout,
+            head_timeout=config.head_timeout,
+            body_timeout=config.body_timeout,
         )
         urls = []
         for sock in sockets:

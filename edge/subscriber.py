@@ -9,7 +9,8 @@ the cursor up (a bisect) and writes one buffer: the message's head
 rendered once when it arrived (`Held.head`), the few lines that depend on
 the request (CORS, Date, Connection; cached as bytes too) and the body.
 Everything that may wait (the first sync of a channel, Django's
-passthrough) takes the slower coroutine path.
+passthrough) takes the slower coroutine path. A signed location checks
+its token (`edge.signing`) before either.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from edge.protocol import (
     parse_cursor,
 )
 from edge.publisher import PublisherRequest, Publishers
+from edge.signing import query_problem
 
 log = logging.getLogger("pushserver.edge")
 
@@ -216,6 +218,17 @@ class SubscriberPoll:
         self.channel_id = channel_id = checked_channel_id(
             urllib.parse.unquote_to_bytes(self.raw_channel_id)
         )
+        if self.location.signed:
+            # First of all that costs: a URL without a valid token reaches
+            # neither the broker nor Django.
+            problem = query_problem(
+                self.shared.config.signed_url_secrets,
+                (channel_id,),
+                self.request.target.partition("?")[2],
+                time.time(),
+            )
+            if problem is not None:
+                raise Refusal(403, problem)
         try:
             cursor = self.shared.cursor(if_modified_since, if_none_match)
         except BadValidator as error:

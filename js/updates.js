@@ -15,6 +15,12 @@
  *   4. X-Messages-Missed on a 200: the edge no longer holds what followed
  *      the cursor; the page is told (onMissed callbacks and the jQuery event
  *      'updates:missed' on document) so it can reload its state.
+ *   5. A 403 saying "token missing", "token expired" or "token invalid": the
+ *      location is signed and this URL's token does not open the channel,
+ *      now or ever. The loop stops and the page is told (onForbidden
+ *      callbacks and the jQuery event 'updates:forbidden' on document), so
+ *      it can fetch a fresh URL and subscribe the name with it; a URL that
+ *      differs only in its query string carries on from the cursor.
  * Anything else (network error, 4xx, 5xx, a 200 without an id) backs off
  * with jitter before the next poll, so a dead edge is never hammered. Every
  * edge serves the same id for the same message, so a cursor stays valid
@@ -25,6 +31,9 @@
  *   $.updates.registerProcessor('main_channel', 'answer', function (data) { ... });
  *   $.updates.onMissed('main_channel', function (name) { reloadState(); });
  *   $(document).on('updates:missed', function (event, name) { ... });
+ *   $.updates.onForbidden('main_channel', function (name, reason) {
+ *     $.get('/fresh-channel-url/').then((url) => $.updates.subscribe({[name]: url}));
+ *   });
  *   $.updates.unsubscribe('main_channel');
  * Updates are JSON objects; each goes to the processors registered for its
  * channel name and its `type`, in registration order. Missed-message
@@ -44,9 +53,10 @@
  *       location then needs allow_credentials and the page's origin allowed,
  *       as browsers refuse credentialed responses to "*"
  *
- * 403 and 410 are retried with back-off like other errors: a refusal may be
- * lifted (a login, a grant expiring) and a deleted channel may be created
- * again, and the back-off keeps the cost of waiting for that small.
+ * Other 403s and 410 are retried with back-off like other errors: a refusal
+ * may be lifted (a login, a grant expiring) and a deleted channel may be
+ * created again, and the back-off keeps the cost of waiting for that small.
+ * A refused token is not retried: the same URL carries the same token.
  */
 (function () {
   'use strict';
@@ -59,6 +69,10 @@
   });
 
   const MISSED_EVENT = 'updates:missed';
+  const FORBIDDEN_EVENT = 'updates:forbidden';
+  // What an edge's signed location answers (403, text/plain) to a URL whose
+  // token does not open the channel.
+  const TOKEN_REFUSAL = /^token (missing|expired|invalid)$/;
   const ETAG_IN_CACHE_CONTROL = /etag=(\S+)/;
 
   // The message id of a response as {lastModified, etag}, or null when the
@@ -98,6 +112,7 @@
   // What one finished poll means for its loop:
   //   {kind: 'message', cursor, missed, update?, warning?}
   //   {kind: 'notModified', cursor}
+  //   {kind: 'forbidden', reason}  the URL's token was refused
   //   {kind: 'error', reason}
   // `response` is {status, timedOut, getHeader, text}; `previous` the cursor
   // the poll was sent with.
@@ -122,6 +137,12 @@
     if (status === 304) {
       return { kind: 'notModified', cursor: readCursor(getHeader) || previous };
     }
+    if (status === 403) {
+      const reason = String(text || '').trim();
+      if (TOKEN_REFUSAL.test(reason)) {
+        return { kind: 'forbidden', reason };
+      }
+    }
     return { kind: 'error', reason: status ? 'HTTP ' + status : 'network error' };
   }
 
@@ -139,6 +160,7 @@
     const loops = new Map(); // name -> loop
     const processors = new Map(); // name -> Map(type -> [fn])
     const missedCallbacks = new Map(); // name -> [fn]
+    const forbiddenCallbacks = new Map(); // name -> [fn]
     let suspended = false;
 
     const api = {
@@ -147,6 +169,7 @@
       unsubscribe,
       registerProcessor,
       onMissed,
+      onForbidden,
     };
 
     function option(key) {
@@ -169,6 +192,8 @@
         if (!url) {
           continue;
         }
+        // The same URL changes nothing, even when its token was refused: it
+        // would only be refused again.
         const current = loops.get(name);
         if (current && current.url === url) {
           continue;
@@ -176,7 +201,10 @@
         if (current) {
           stop(current);
         }
-        const loop = { name, url, cursor: null, failures: 0, request: null, timer: null, stopped: false };
+        // Another query string on the same path is the same channel (a fresh
+        // token, say): the walk carries on, nothing missed, nothing repeated.
+        const cursor = current && withoutQuery(current.url) === withoutQuery(url) ? current.cursor : null;
+        const loop = { name, url, cursor, failures: 0, request: null, timer: null, stopped: false };
         loops.set(name, loop);
         poll(loop);
       }
@@ -202,10 +230,22 @@
     }
 
     function onMissed(name, fn) {
-      if (!missedCallbacks.has(name)) {
-        missedCallbacks.set(name, []);
+      addCallback(missedCallbacks, name, fn);
+    }
+
+    function onForbidden(name, fn) {
+      addCallback(forbiddenCallbacks, name, fn);
+    }
+
+    function addCallback(callbacks, name, fn) {
+      if (!callbacks.has(name)) {
+        callbacks.set(name, []);
       }
-      missedCallbacks.get(name).push(fn);
+      callbacks.get(name).push(fn);
+    }
+
+    function withoutQuery(url) {
+      return String(url).split('#')[0].split('?')[0];
     }
 
     function stop(loop) {
@@ -282,6 +322,13 @@
         },
         loop.cursor,
       );
+      if (outcome.kind === 'forbidden') {
+        // Kept under its name, stopped, so a new URL for it keeps the cursor.
+        loop.stopped = true;
+        console_.warn(`updates: ${loop.name}: ${outcome.reason}; stopped until subscribed with a new URL`);
+        notify(forbiddenCallbacks, FORBIDDEN_EVENT, [loop.name, outcome.reason]);
+        return;
+      }
       if (outcome.kind === 'error') {
         loop.failures += 1;
         const delay = backoffDelay(loop.failures, option('backoff'), random);
@@ -301,7 +348,7 @@
         return;
       }
       if (outcome.missed) {
-        notifyMissed(loop.name);
+        notify(missedCallbacks, MISSED_EVENT, [loop.name]);
       }
       if (outcome.update) {
         dispatch(loop.name, outcome.update);
@@ -313,11 +360,12 @@
       poll(loop);
     }
 
-    function notifyMissed(name) {
-      for (const fn of (missedCallbacks.get(name) || []).slice()) {
-        callSafely(fn, [name]);
+    // args[0] is the name; callbacks get every arg, and so does the event.
+    function notify(callbacks, event, args) {
+      for (const fn of (callbacks.get(args[0]) || []).slice()) {
+        callSafely(fn, args);
       }
-      callSafely(() => $(env.document).trigger(MISSED_EVENT, [name]), []);
+      callSafely(() => $(env.document).trigger(event, args), []);
     }
 
     function dispatch(name, update) {
@@ -359,7 +407,16 @@
   }
 
   if (typeof module !== 'undefined' && module.exports) {
-    module.exports = { createUpdates, readCursor, readResponse, parseUpdate, backoffDelay, DEFAULTS, MISSED_EVENT };
+    module.exports = {
+      createUpdates,
+      readCursor,
+      readResponse,
+      parseUpdate,
+      backoffDelay,
+      DEFAULTS,
+      MISSED_EVENT,
+      FORBIDDEN_EVENT,
+    };
   } else if (typeof window !== 'undefined' && window.jQuery) {
     // Loaded twice (two templates including it): keep the first, which may
     // already hold subscriptions and processors.

@@ -9,7 +9,9 @@ The table (`pushserver.schema`) names each key's rule; this module walks
 the setting's nesting, judges each value by its rule, and judges the rules
 that span keys: one store for the cluster, ``min_messages`` against
 ``max_messages``, a location's ``store`` against the stores configured,
-``authorize`` against ``passthrough``, distinct broker endpoints.
+``authorize`` against ``passthrough``, ``signed`` against
+``signed_url_secrets``, the length of those secrets, distinct broker
+endpoints.
 
 Ids: each names one cause, and no cause has two; `pushserver.rules.CHECKS`
 lists them, and the README's "System checks" list is that list.
@@ -64,7 +66,7 @@ def check_settings(
                 _judge(f"{SETTING}[{setting.key!r}]", setting.check, value[setting.key])
             )
     # Each part below skips what the table's shape rules above already refused.
-    for part in (_stores, _hosts, _locations, _broker):
+    for part in (_stores, _hosts, _locations, _broker, _signed_url_secrets):
         messages.extend(part(value))
     return messages
 
@@ -150,6 +152,7 @@ def _locations(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
     if not isinstance(written, list | tuple):
         return
     store_names = set(conf.named_stores()) or {conf.DEFAULT_STORE_NAME}
+    secrets = value.get("signed_url_secrets")
     for index, location in enumerate(written):
         where = f"{SETTING}['locations'][{index}]"
         if not isinstance(location, dict):
@@ -177,6 +180,18 @@ def _locations(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
                 f"{where}['authorize'] needs a 'passthrough' URL: "
                 "Django's passthrough view decides who may subscribe",
             )
+        if kind == schema.SUBSCRIBER and merged["signed"] is True and not secrets:
+            yield _message(
+                rules.SIGNED_WITHOUT_SECRET,
+                f"{where}['signed'] needs {SETTING}['signed_url_secrets']: "
+                "without a secret no URL can be signed and every poll is refused",
+            )
+
+
+def _signed_url_secrets(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
+    secrets = value.get("signed_url_secrets")
+    if secrets is not None and _accepted(schema.TOP["signed_url_secrets"], secrets):
+        yield from _judge(f"{SETTING}['signed_url_secrets']", rules.SHORT_SIGNING_SECRET, secrets)
 
 
 def _broker(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:

@@ -4,6 +4,11 @@ One helper, `channel_url`, builds both kinds: the scheme and host come from
 ``subscriber_host`` / ``publisher_host``, the path from reversing the
 location's URL pattern with the channel id in place of its one group.
 
+A subscriber location with ``signed: True`` gets a token in the query
+string (`edge.signing`, where the format is written): it opens this one
+channel until ``signed_url_lifetime`` from now, signed with the first of
+``signed_url_secrets``.
+
 The trap is the encoding. The edge matches the pattern against the raw,
 still percent-encoded path and percent-decodes the group as UTF-8, with
 ``+`` meaning a plus. So the id is encoded with ``quote(id, safe='')``:
@@ -14,7 +19,9 @@ and the edge receives exactly the id that was given here.
 from __future__ import annotations
 
 import functools
+import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +30,7 @@ from urllib.parse import quote
 from django.core.exceptions import ImproperlyConfigured
 
 from broker.wire import channel_id_problem
+from edge.signing import TOKEN_PARAMETER, sign
 from pushserver import conf
 from pushserver.conf import PUBLISHER, SUBSCRIBER
 
@@ -47,27 +55,33 @@ def channel_url(
     channel_id: str,
     kind: str = SUBSCRIBER,
     location: Mapping[str, Any] | str | None = None,
+    *,
+    lifetime: float | None = None,
 ) -> str:
     """The absolute URL of `channel_id` on the edges' `kind` location.
 
     `kind` is ``SUBSCRIBER`` (where browsers poll) or ``PUBLISHER`` (where
     HTTP clients publish). `location` is a location dict as written in
-    ``PUSH_SERVER['locations']``, or just its URL pattern; by default the
-    first location of that kind.
+    ``PUSH_SERVER['locations']``, or just its URL pattern (then the
+    configured location with that pattern says whether it is signed); by
+    default the first location of that kind. A signed subscriber location's
+    URL carries a token valid for `lifetime` seconds (default
+    ``signed_url_lifetime``).
 
     >>> channel_url("news feed")
     'http://127.0.0.1:8001/updates/news%20feed'
 
     Raises ValueError for an id no channel can have or that the location's
     group does not match, ImproperlyConfigured when the pattern cannot be
-    reversed.
+    reversed or a signed location has no secret to sign with.
     """
     if kind not in (SUBSCRIBER, PUBLISHER):
         raise ValueError(f"kind must be {SUBSCRIBER!r} or {PUBLISHER!r}, got {kind!r}")
     problem = channel_id_problem(channel_id)
     if problem:
         raise ValueError(f"{problem}: {channel_id!r}")
-    pattern = _pattern(kind, location)
+    chosen = _location(kind, location)
+    pattern = _pattern(kind, chosen)
     reversed_pattern = _reverse(pattern)
     encoded = quote(channel_id, safe="")
     path = f"{reversed_pattern.prefix}{encoded}{reversed_pattern.suffix}"
@@ -79,12 +93,15 @@ def channel_url(
             f"channel id {channel_id!r}, encoded as {encoded!r}, does not match the group of "
             f"the {kind} location pattern {pattern!r}"
         )
-    return f"{conf.host(kind).base_url}{path}"
+    url = f"{conf.host(kind).base_url}{path}"
+    if kind == SUBSCRIBER and chosen.get("signed") is True:
+        url += f"?{TOKEN_PARAMETER}={_token([channel_id], lifetime)}"
+    return url
 
 
-def subscriber_url(channel_id: str) -> str:
+def subscriber_url(channel_id: str, *, lifetime: float | None = None) -> str:
     """Where browsers poll `channel_id`; what ``{% channel_url %}`` outputs."""
-    return channel_url(channel_id, SUBSCRIBER)
+    return channel_url(channel_id, SUBSCRIBER, lifetime=lifetime)
 
 
 def publisher_url(channel_id: str) -> str:
@@ -92,13 +109,31 @@ def publisher_url(channel_id: str) -> str:
     return channel_url(channel_id, PUBLISHER)
 
 
-def _pattern(kind: str, location: Mapping[str, Any] | str | None) -> str:
+def _token(channel_ids: list[str], lifetime: float | None) -> str:
+    secrets: tuple[str, ...] = conf.value("signed_url_secrets")
+    if not secrets:
+        raise ImproperlyConfigured(
+            "a signed subscriber location needs PUSH_SERVER['signed_url_secrets'] to sign with"
+        )
+    seconds = conf.number("signed_url_lifetime") if lifetime is None else lifetime
+    if not seconds > 0:
+        raise ValueError(f"lifetime must be a positive number of seconds, got {seconds!r}")
+    return sign(secrets[0], channel_ids, math.ceil(time.time() + seconds))
+
+
+def _location(kind: str, location: Mapping[str, Any] | str | None) -> Mapping[str, Any]:
+    configured = [loc for loc in conf.locations() if loc.get("type") == kind]
     if isinstance(location, str):
+        same = (loc for loc in configured if loc.get("url") == location)
+        return next(same, {"type": kind, "url": location})
+    if location is not None:
         return location
-    if location is None:
-        location = next((loc for loc in conf.locations() if loc.get("type") == kind), None)
-        if location is None:
-            raise ImproperlyConfigured(f"PUSH_SERVER['locations'] has no {kind} location")
+    if not configured:
+        raise ImproperlyConfigured(f"PUSH_SERVER['locations'] has no {kind} location")
+    return configured[0]
+
+
+def _pattern(kind: str, location: Mapping[str, Any]) -> str:
     written_type = location.get("type", kind)
     if written_type != kind:
         raise ValueError(f"asked for a {kind} URL of a {written_type!r} location")

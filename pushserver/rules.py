@@ -178,6 +178,17 @@ def _judge_allow_origin(value: Any) -> Iterator[Problem]:
             )
 
 
+def _judge_secrets(value: Any) -> Iterator[Problem]:
+    secrets = [value] if isinstance(value, str) else value
+    if not isinstance(secrets, list | tuple) or not all(
+        isinstance(secret, str) and secret for secret in secrets
+    ):
+        yield Problem(
+            f"must be a list of non-empty strings, the first signing, got {value!r}",
+            "Add a new secret first, and remove an old one once pages signed with it expired.",
+        )
+
+
 def _networks(*, strict: bool) -> Judge:
     # strict=False reads '10.1.2.3/8' as its network instead of refusing the host bits.
     def judge(value: Any) -> Iterator[Problem]:
@@ -388,7 +399,45 @@ EVENTS_HWM = _check(
         lambda value: value is None or (is_integer(value) and value >= 0),
     ),
 )
+FORWARDED_ALLOW_IPS = _check(
+    "pushserver.E038",
+    "`forwarded_allow_ips` is not a list of networks (CIDR)",
+    _networks(strict=False),
+)
+SIGNED_FLAG = _check(
+    "pushserver.E039",
+    "a subscriber's `signed` is not True or False",
+    must_be("True or False", _is_bool),
+)
+SIGNED_URL_SECRETS = _check(
+    "pushserver.E040",
+    "`signed_url_secrets` is not a list of non-empty strings",
+    _judge_secrets,
+)
+SIGNED_WITHOUT_SECRET = _check(
+    "pushserver.E041", "a subscriber has `signed` on and no `signed_url_secrets`"
+)
 UNKNOWN_KEY = _check("pushserver.W001", "a key no setting has (a typo?); it is ignored")
+# Shorter than a SHA-256 key's 32 bytes, a secret is easier to guess than the MAC.
+SHORT_SECRET_LENGTH = 32
+
+
+def _judge_secret_lengths(value: Any) -> Iterator[Problem]:
+    secrets = [value] if isinstance(value, str) else value
+    for index, secret in enumerate(secrets if isinstance(secrets, list | tuple) else ()):
+        if isinstance(secret, str) and 0 < len(secret) < SHORT_SECRET_LENGTH:
+            yield Problem(
+                f"holds a secret of {len(secret)} characters (item {index}); "
+                f"use at least {SHORT_SECRET_LENGTH} random ones",
+                "For example: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
+
+
+SHORT_SIGNING_SECRET = _check(
+    "pushserver.W002",
+    f"a secret in `signed_url_secrets` is shorter than {SHORT_SECRET_LENGTH} characters",
+    _judge_secret_lengths,
+)
 
 # Every id this app reports, in id order.
 CHECKS: tuple[Check, ...] = tuple(sorted(_CHECKS.values(), key=lambda check: check.id))

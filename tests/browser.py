@@ -34,9 +34,12 @@ CHROMIUM_ARGS = [
 ]
 DEMO = ROOT / "ops" / "demo"
 CHANNEL_ID = "demo"
+# A subscriber location beside the demo's own that admits only signed URLs.
+SIGNED_PATH = "/signed/"
+SIGNING_SECRET = "the-browser-tests-signing-secret-of-some-length"
 
 # Runs before the page's scripts: every XMLHttpRequest to a subscriber
-# location is logged in window.pollLog as {start, end, status} (ms, page clock).
+# location is logged in window.pollLog as {url, start, end, status} (ms, page clock).
 POLL_RECORDER = """
 (() => {
   const log = (window.pollLog = []);
@@ -47,8 +50,8 @@ POLL_RECORDER = """
     return open.call(this, method, url, ...rest);
   };
   XMLHttpRequest.prototype.send = function (...args) {
-    if (this.pollUrl.includes("/updates/")) {
-      const entry = { start: performance.now(), end: null, status: null };
+    if (this.pollUrl.includes("/updates/") || this.pollUrl.includes("/signed/")) {
+      const entry = { url: this.pollUrl, start: performance.now(), end: null, status: null };
       log.push(entry);
       this.addEventListener("loadend", () => {
         entry.end = performance.now();
@@ -88,6 +91,7 @@ class DemoSite:
             "port": self.port,
             "subscriber_host": host,
             "publisher_host": host,
+            "signed_url_secrets": [SIGNING_SECRET],
             "locations": (
                 {
                     "type": "subscriber",
@@ -95,6 +99,7 @@ class DemoSite:
                     "passthrough": f"{self.url}/passthrough",
                     "passthrough_grace": passthrough_grace,
                 },
+                {"type": "subscriber", "url": SIGNED_PATH + "([^/]+)", "signed": True},
                 {"type": "publisher", "url": r"/send-update/([^/]+)"},
             ),
         }

@@ -2,8 +2,10 @@
 
 Receivers append one JSON line per signal to the file named by the
 PASSTHROUGH_LOG setting, so a test can read what Django saw from outside
-the server process. A user named in REFUSED_USERS, or anyone once the file
-named by REFUSE_ALL_FLAG exists, is refused by the subscribe receiver.
+the server process: the user, and the forwarding headers as the request's
+META holds them (where a WSGI server folds `_` into `-`). A user named in
+REFUSED_USERS, or anyone once the file named by REFUSE_ALL_FLAG exists, is
+refused by the subscribe receiver.
 """
 
 from __future__ import annotations
@@ -20,10 +22,27 @@ from django.urls import include, path
 
 from pushserver.signals import channel_subscribe, channel_unsubscribe
 
+# What Django reads as facts about the connection when told to trust a proxy.
+FORWARDING_HEADERS = (
+    "Forwarded",
+    "X-Real-IP",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Port",
+    "X-Forwarded-Proto",
+)
+
 
 def log_signal(event: str, request: HttpRequest, channel_id: str) -> None:
     user = request.user.get_username() if request.user.is_authenticated else None
-    line = json.dumps({"event": event, "user": user, "channel_id": channel_id})
+    forwarded = {
+        name: request.META[key]
+        for name in FORWARDING_HEADERS
+        if (key := "HTTP_" + name.upper().replace("-", "_")) in request.META
+    }
+    line = json.dumps(
+        {"event": event, "user": user, "channel_id": channel_id, "forwarded": forwarded}
+    )
     with open(settings.PASSTHROUGH_LOG, "a", encoding="utf-8") as log:
         log.write(line + "\n")
 

@@ -10,6 +10,7 @@ demo page with the real jQuery client; what its processors saw is on
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,13 +18,17 @@ from typing import Any
 import pytest
 from django.test.utils import override_settings
 
+from edge.signing import TOKEN_EXPIRED, sign
 from pushserver import sender
+from pushserver.locations import channel_url
 from pushserver.utils import updates
 from tests.browser import (
     CHANNEL_ID,
     CHROMIUM,
     CHROMIUM_ARGS,
     POLL_RECORDER,
+    SIGNED_PATH,
+    SIGNING_SECRET,
     DemoSite,
     chromium_available,
 )
@@ -244,3 +249,44 @@ def test_presence_lists_a_second_visitor_until_they_leave(
     # Gone once its browser stopped polling for the grace (1 s here).
     eventually(lambda: name not in page.inner_text("#presence"), 10, f"{name} gone")
     assert "demo" in page.inner_text("#presence")
+
+
+def test_an_expired_signed_url_reaches_the_pages_callback_which_carries_on_with_a_fresh_one(
+    site: DemoSite, page: Any
+) -> None:
+    channel = f"signed-{uuid.uuid4().hex[:8]}"
+    expired = sign(SIGNING_SECRET, [channel], int(time.time()) - 1)
+    expired_url = f"{site.url}{SIGNED_PATH}{channel}?token={expired}"
+    with override_settings(PUSH_SERVER=site.push_server(passthrough_grace=1.0)):
+        fresh_url = channel_url(channel, location=SIGNED_PATH + "([^/]+)")
+        updates.send_update(channel, {"type": "message", "text": "before the refusal"})
+    page.evaluate(
+        """([expiredUrl, freshUrl]) => {
+          window.signedSeen = [];
+          window.forbidden = [];
+          $.updates.registerProcessor('signed', 'message', (data) => {
+            window.signedSeen.push(data.text);
+          });
+          $.updates.onForbidden('signed', (name, reason) => {
+            window.forbidden.push([name, reason]);
+            // As a page would after fetching a fresh URL from its site.
+            $.updates.subscribe({[name]: freshUrl});
+          });
+          $.updates.subscribe({signed: expiredUrl});
+        }""",
+        [expired_url, fresh_url],
+    )
+    eventually(lambda: page.evaluate("window.signedSeen.length") >= 1, 15, "the first update")
+    wait_for_subscribers(site.url, channel, 1)
+    updates.send_update(channel, {"type": "message", "text": "after the refusal"})
+    eventually(lambda: page.evaluate("window.signedSeen.length") >= 2, 15, "the second update")
+
+    assert page.evaluate("window.forbidden") == [["signed", TOKEN_EXPIRED]]
+    assert page.evaluate("window.signedSeen") == ["before the refusal", "after the refusal"]
+    # The expired URL was asked once, answered 403, and never polled again.
+    polls = [entry for entry in poll_log(page) if SIGNED_PATH in entry["url"]]
+    assert [(entry["url"], entry["status"]) for entry in polls[:2]] == [
+        (expired_url, 403),
+        (fresh_url, 200),
+    ]
+    assert all(entry["url"] == fresh_url for entry in polls[1:])

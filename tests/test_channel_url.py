@@ -3,6 +3,8 @@ receiving the same id the template was given."""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import httpx
@@ -11,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.template.backends.django import DjangoTemplates
 from django.test.utils import override_settings
 
+from edge.signing import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_PARAMETER, verify
 from pushserver.locations import (
     PUBLISHER,
     SUBSCRIBER,
@@ -222,3 +225,78 @@ def test_awkward_ids_round_trip_through_a_real_edge(
     received = httpx.get(url, timeout=10)
     assert received.status_code == 200, received.text
     assert received.text == f"for {channel_id}"
+
+
+# -- signed locations ------------------------------------------------------------
+
+NEW_SECRET = "the-secret-that-signs-channel-urls-today"
+OLD_SECRET = "the-secret-that-signed-channel-urls-before"
+SIGNED_LOCATION = {"type": SUBSCRIBER, "url": r"/signed/([^/]+)", "signed": True}
+
+
+def signed_settings(**push_server: Any) -> override_settings:
+    return with_locations(
+        SIGNED_LOCATION,
+        {"type": PUBLISHER, "url": r"/send-update/([^/]+)"},
+        signed_url_secrets=[NEW_SECRET, OLD_SECRET],
+        **push_server,
+    )
+
+
+def token_of(url: str) -> str:
+    base, _, query = url.partition("?")
+    name, _, token = query.partition("=")
+    assert name == TOKEN_PARAMETER and base.startswith("http://")
+    return token
+
+
+def test_a_signed_location_url_carries_a_token_for_the_lifetime_signed_by_the_first_secret() -> (
+    None
+):
+    before = time.time()
+    with signed_settings():
+        url = subscriber_url("news feed")
+    after = time.time()
+    assert url.startswith("http://127.0.0.1:8001/signed/news%20feed?token=")
+    token = token_of(url)
+    expires = int(token.split(".")[0])
+    assert math.ceil(before + 3600) <= expires <= math.ceil(after + 3600)
+    assert verify([NEW_SECRET], ["news feed"], token, after) is None
+    assert verify([NEW_SECRET], ["news feed"], token, expires) == TOKEN_EXPIRED
+    assert verify([OLD_SECRET], ["news feed"], token, after) == TOKEN_INVALID
+
+
+def test_the_lifetime_comes_from_the_setting_the_call_or_the_tag() -> None:
+    now = time.time()
+    with signed_settings(signed_url_lifetime=60):
+        by_setting = token_of(subscriber_url("a"))
+        by_call = token_of(channel_url("a", lifetime=5))
+        by_tag = token_of(render('{% load pushserver %}{% channel_url "a" lifetime=600 %}'))
+    for token, lifetime in ((by_setting, 60), (by_call, 5), (by_tag, 600)):
+        assert 0 <= int(token.split(".")[0]) - (now + lifetime) <= 2, (token, lifetime)
+    with signed_settings(), pytest.raises(ValueError, match="positive number of seconds"):
+        channel_url("a", lifetime=0)
+
+
+def test_the_tag_on_a_signed_location_outputs_the_url_with_its_token() -> None:
+    with signed_settings():
+        rendered = render("{% load pushserver %}{% channel_url pk %}", pk=42)
+        stored = render("{% load pushserver %}{% channel_url pk as url %}[{{ url }}]", pk=42)
+    assert rendered.startswith("http://127.0.0.1:8001/signed/42?token=")
+    assert verify([NEW_SECRET], ["42"], token_of(rendered), time.time()) is None
+    assert stored.startswith("[http://127.0.0.1:8001/signed/42?token=") and stored.endswith("]")
+
+
+def test_a_pattern_names_its_configured_location_and_so_whether_it_is_signed() -> None:
+    with signed_settings():
+        assert "?token=" in channel_url("a", location=SIGNED_LOCATION["url"])
+        assert channel_url("a", location=r"/raw/(.+)") == "http://127.0.0.1:8001/raw/a"
+        assert publisher_url("a") == "http://127.0.0.1:8001/send-update/a"
+
+
+def test_a_signed_location_without_a_secret_is_improperly_configured() -> None:
+    with (
+        with_locations(SIGNED_LOCATION),
+        pytest.raises(ImproperlyConfigured, match="signed_url_secrets"),
+    ):
+        subscriber_url("a")

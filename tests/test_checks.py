@@ -296,6 +296,41 @@ def test_ignore_errors_must_be_a_bool() -> None:
     assert "PUSH_SERVER_IGNORE_ERRORS must be True or False, got 'yes'" in message
 
 
+LONG_SECRET = "a-signing-secret-of-forty-characters-...."
+
+
+def test_signed_locations_need_a_secret_and_take_several() -> None:
+    signed = {"locations": ({"type": "subscriber", "signed": True},)}
+    message = only(signed, rules.SIGNED_WITHOUT_SECRET)
+    assert "PUSH_SERVER['locations'][0]['signed'] needs PUSH_SERVER['signed_url_secrets']" in (
+        message
+    )
+    assert only({**signed, "signed_url_secrets": []}, rules.SIGNED_WITHOUT_SECRET)
+    for secrets in (LONG_SECRET, [LONG_SECRET], (LONG_SECRET, LONG_SECRET.upper())):
+        assert messages_for({**signed, "signed_url_secrets": secrets}) == []
+
+
+def test_a_signing_secret_under_32_characters_is_a_warning_naming_it() -> None:
+    found = messages_for({"signed_url_secrets": [LONG_SECRET, "x" * 31]})
+    assert [message.id for message in found] == [rules.SHORT_SIGNING_SECRET.id]
+    assert not found[0].is_serious()
+    assert "a secret of 31 characters (item 1)" in str(found[0].msg)
+    assert messages_for({"signed_url_secrets": ["x" * 32]}) == []
+
+
+@pytest.mark.parametrize("secrets", ["", [""], [LONG_SECRET, 5], {"key": LONG_SECRET}])
+def test_signing_secrets_must_be_non_empty_strings(secrets: Any) -> None:
+    message = only({"signed_url_secrets": secrets}, rules.SIGNED_URL_SECRETS)
+    assert "must be a list of non-empty strings, the first signing" in message
+
+
+def test_forwarded_allow_ips_takes_networks_and_may_be_empty() -> None:
+    for allowed in ([], "10.0.0.0/8", ["127.0.0.1", "10.1.2.3/8", "::1/128"]):
+        assert messages_for({"forwarded_allow_ips": allowed}) == []
+    message = only({"forwarded_allow_ips": ["10.0.0.0/33"]}, rules.FORWARDED_ALLOW_IPS)
+    assert "PUSH_SERVER['forwarded_allow_ips']" in message and "10.0.0.0/33" in message
+
+
 # One setting that shows each cause, and nothing else.
 EXAMPLES: dict[Check, dict[str, Any]] = {
     rules.NOT_A_DICT: {"PUSH_SERVER": ["port"]},
@@ -347,7 +382,14 @@ EXAMPLES: dict[Check, dict[str, Any]] = {
     },
     rules.COUNT: {"PUSH_SERVER": {"max_connections": 0}},
     rules.EVENTS_HWM: {"PUSH_SERVER": {"events_hwm": 1.5}},
+    rules.FORWARDED_ALLOW_IPS: {"PUSH_SERVER": {"forwarded_allow_ips": ["balancer"]}},
+    rules.SIGNED_FLAG: {"PUSH_SERVER": {"locations": [{"type": "subscriber", "signed": "yes"}]}},
+    rules.SIGNED_URL_SECRETS: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, ""]}},
+    rules.SIGNED_WITHOUT_SECRET: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "signed": True}]}
+    },
     rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
+    rules.SHORT_SIGNING_SECRET: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, "short"]}},
 }
 
 
@@ -434,6 +476,8 @@ WRITTEN = {
     "history_file": "/var/lib/pushserver/history",
     "long_poll_timeout": 20,
     "max_message_size": 1024,
+    "head_timeout": 4,
+    "body_timeout": 6,
     "topic_linger": 7,
     "broker_timeout": 2.5,
     "heartbeat_interval": 0.25,
@@ -445,6 +489,8 @@ WRITTEN = {
     "send_queue_size": 20,
     "idempotency_window": 5,
     "idempotency_keys": 10,
+    "forwarded_allow_ips": ["10.0.0.0/8"],
+    "signed_url_secrets": [LONG_SECRET],
 }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import threading
 from collections import Counter
 from contextlib import ExitStack
@@ -20,7 +19,7 @@ import pytest
 from edge.connection import BODY_LATE, HEAD_LATE, OUTPUT_STALLED, OVER_CAPACITY, HTTPServer
 from edge.connection import Connection as HTTPConnection
 from tests.client import fresh, path, publish
-from tests.processes import ANY_PORT, EDGE_LINE, Launcher, Process, eventually
+from tests.processes import Launcher, Process, eventually
 from tests.raw_http import (
     closed,
     connect,
@@ -44,22 +43,12 @@ CAP = 5
 @pytest.fixture(scope="module")
 def strict(module_launcher: Launcher) -> Server:
     """An edge holding at most CAP connections, each owing heads and bodies within DEADLINE."""
-    module = module_launcher.settings(
-        {
-            "broker": dict(ANY_PORT),
-            "max_connections": CAP,
-            "store": {"type": "memory", "min_messages": 0, "max_messages": 10},
-        }
+    return module_launcher.embedded(
+        max_connections=CAP,
+        head_timeout=DEADLINE,
+        body_timeout=DEADLINE,
+        store={"type": "memory", "min_messages": 0, "max_messages": 10},
     )
-    command = [
-        sys.executable,
-        "-m",
-        "tests.deadline_edge",
-        f"--head-timeout={DEADLINE}",
-        f"--body-timeout={DEADLINE}",
-    ]
-    process = module_launcher.spawn("edge", command, module_launcher.environment(module))
-    return process, process.wait_for(EDGE_LINE).group("url")
 
 
 def trickle(sock: socket.socket, data: bytes, stop: threading.Event) -> None:

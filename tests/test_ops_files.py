@@ -151,8 +151,13 @@ def test_the_nginx_config_round_robins_unbuffered_polls_and_hides_publishing() -
     assert headers["Connection"] == '""'
     assert headers["Cookie"] == "$http_cookie"
     assert headers["Origin"] == "$http_origin"
-    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
-    assert {"Host", "X-Real-IP", "X-Forwarded-Proto"} <= set(headers)
+    # Written by nginx, never the browser's own: the edges trust what nginx sends.
+    assert headers["X-Forwarded-For"] == "$remote_addr"
+    assert headers["X-Forwarded-Host"] == headers["Host"] == "$http_host"
+    assert headers["X-Forwarded-Proto"] == "$scheme"
+    assert headers["X-Real-IP"] == "$remote_addr"
+    for cleared in ("Forwarded", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl"):
+        assert headers[cleared] == '""', cleared
 
     # The publisher and the metrics answer 404, whatever proxying the rest does.
     for denied in ("/send-update/", "/pushserver/"):
@@ -208,7 +213,8 @@ def test_the_haproxy_config_round_robins_outwaits_polls_and_hides_publishing() -
     assert not any(line.split()[0] == "daemon" for line in sections["global"])
     defaults = sections["defaults"]
     assert "mode http" in defaults
-    assert "option forwardfor" in defaults
+    # It would add its X-Forwarded-For beside the browser's; the frontend writes its own.
+    assert not any("forwardfor" in line for lines in sections.values() for line in lines)
     assert not any(line.startswith("option http-server-close") for line in defaults)
     assert not any(line.startswith("compression") for lines in sections.values() for line in lines)
     timeouts = {
@@ -222,6 +228,23 @@ def test_the_haproxy_config_round_robins_outwaits_polls_and_hides_publishing() -
     frontend = sections[frontends[0]]
     binds = [line for line in frontend if line.startswith("bind ")]
     assert binds == ["bind 127.0.0.1:8080"]
+    # The browser's forwarding headers are removed before this proxy writes its own.
+    rules = [line for line in frontend if line.startswith("http-request ")]
+    removed = [
+        rules.index(f"http-request del-header {name}")
+        for name in ("Forwarded", "X-Real-IP", "X-Forwarded- -m beg")
+    ]
+    written = {
+        line.split()[2]: line.split(None, 3)[3]
+        for line in rules
+        if line.startswith("http-request set-header ")
+    }
+    assert written["X-Forwarded-For"] == "%[src]"
+    assert written["X-Real-IP"] == "%[src]"
+    assert written["X-Forwarded-Host"].startswith("%[req.hdr(host)]")
+    assert written["X-Forwarded-Proto"].startswith("http")
+    first_written = min(n for n, line in enumerate(rules) if "set-header X-" in line)
+    assert max(removed) < first_written
     denied = " ".join(line for line in frontend if line.startswith("http-request deny"))
     assert "path_beg /send-update/" in denied
     assert "path_beg /pushserver/" in denied
@@ -342,8 +365,11 @@ def test_the_balancer_serves_polls_from_the_edges_and_refuses_to_publish(
     browser = {
         "Origin": ORIGIN,
         "Cookie": "sessionid=abc123",
-        "X-Forwarded-For": "203.0.113.7",
         "Accept-Encoding": "gzip, deflate",
+        # What the browser claims about itself must not reach Django.
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Host": "evil.example",
+        "X-Real-IP": "203.0.113.8",
     }
     with httpx.Client(timeout=30) as client:
         direct = poll(client, edge, channel)
@@ -393,9 +419,11 @@ def test_the_balancer_serves_polls_from_the_edges_and_refuses_to_publish(
     headers, form = eventually(through_balancer, 10, "a passthrough call")[0]
     assert "subscribe=1" in form
     assert headers["cookie"] == "sessionid=abc123"
+    # The balancer's own view of the browser, then the edge's of the balancer.
     hops = [hop.strip() for hop in headers["x-forwarded-for"].split(",")]
-    assert hops[:2] == ["203.0.113.7", "127.0.0.1"], hops
+    assert hops == ["127.0.0.1", "127.0.0.1"], hops
     assert headers["x-real-ip"] == "127.0.0.1"
+    assert headers["x-forwarded-host"] == f"127.0.0.1:{port}"
     assert process.stop(signal.SIGTERM, 10) is not None
 
 

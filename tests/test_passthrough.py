@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,12 +28,15 @@ class Site:
     events_file: Path
     refuse_all_flag: Path
 
-    def events(self, channel_id: str) -> list[tuple[str, str | None]]:
+    def logged(self, channel_id: str) -> list[dict[str, Any]]:
+        """What Django's receivers saw for `channel_id`, one dict per signal."""
         if not self.events_file.exists():
             return []
         lines = self.events_file.read_text().splitlines()
-        loaded = [json.loads(line) for line in lines]
-        return [(e["event"], e["user"]) for e in loaded if e["channel_id"] == channel_id]
+        return [event for event in map(json.loads, lines) if event["channel_id"] == channel_id]
+
+    def events(self, channel_id: str) -> list[tuple[str, str | None]]:
+        return [(event["event"], event["user"]) for event in self.logged(channel_id)]
 
     @contextlib.contextmanager
     def browser(self, username: str | None) -> Iterator[httpx.Client]:
@@ -62,6 +66,23 @@ def django_settings(folder: Path) -> dict[str, object]:
     }
 
 
+def passthrough_locations(
+    passthrough: str, grace: float, *more: dict[str, Any]
+) -> tuple[dict[str, Any], ...]:
+    """/updates/ and /grace/ (with `grace`) telling `passthrough`, `more`, and a publisher."""
+    return (
+        {"type": "subscriber", "url": r"/updates/([^/]+)", "passthrough": passthrough},
+        {
+            "type": "subscriber",
+            "url": r"/grace/([^/]+)",
+            "passthrough": passthrough,
+            "passthrough_grace": grace,
+        },
+        *more,
+        {"type": "publisher", "url": r"/send-update/([^/]+)"},
+    )
+
+
 @pytest.fixture(scope="module")
 def site(module_launcher: Launcher) -> Site:
     """Django and an embedded broker and edge in one process (--allrequests), calling itself."""
@@ -71,14 +92,9 @@ def site(module_launcher: Launcher) -> Site:
         "broker": dict(ANY_PORT),
         "passthrough_secret": SECRET,
         "long_poll_timeout": 2,
-        "locations": (
-            {"type": "subscriber", "url": r"/updates/([^/]+)", "passthrough": passthrough},
-            {
-                "type": "subscriber",
-                "url": r"/grace/([^/]+)",
-                "passthrough": passthrough,
-                "passthrough_grace": 2,
-            },
+        "locations": passthrough_locations(
+            passthrough,
+            2,
             {
                 "type": "subscriber",
                 "url": r"/private/([^/]+)",
@@ -86,7 +102,6 @@ def site(module_launcher: Launcher) -> Site:
                 "authorize": True,
                 "authorize_cache": 60,
             },
-            {"type": "publisher", "url": r"/send-update/([^/]+)"},
         ),
     }
     folder = module_launcher.folder

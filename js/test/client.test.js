@@ -9,7 +9,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
 
-const { createUpdates, MISSED_EVENT } = require('../updates.js');
+const { createUpdates, MISSED_EVENT, FORBIDDEN_EVENT } = require('../updates.js');
 
 const T0 = 'Thu, 28 Nov 2024 00:00:00 GMT';
 const T1 = 'Thu, 28 Nov 2024 00:00:01 GMT';
@@ -353,7 +353,7 @@ test('back-off settings come from $.updates.options.backoff at each failure', ()
   assert.deepEqual(starts, [50, 1100, 2150, 3150]);
 });
 
-test('403, 410, 400 and network errors back off like other errors', () => {
+test('a 403 without a token refusal, 410, 400 and network errors back off like other errors', () => {
   for (const status of [403, 410, 400, 0]) {
     const h = harness({ random: () => 0 });
     h.updates.subscribe({ main: 'http://edge/updates/a' });
@@ -362,6 +362,106 @@ test('403, 410, 400 and network errors back off like other errors', () => {
     h.clock.advance(500);
     assert.equal(h.requests.length, 2, String(status));
   }
+});
+
+test('a 403 refusing the token stops the loop and tells the page once, by callback and event', () => {
+  for (const reason of ['token expired', 'token invalid', 'token missing']) {
+    const h = harness();
+    const told = [];
+    h.updates.onForbidden('main', (...args) => told.push(args));
+    h.updates.onForbidden('other', () => told.push(['wrong name']));
+    h.updates.subscribe({ main: 'http://edge/updates/a?token=1.x' });
+    h.last().message(T0, '0', { type: 'x' });
+    h.last().respond(403, { 'Content-Type': 'text/plain; charset=utf-8' }, reason + '\n');
+    assert.deepEqual(told, [['main', reason]]);
+    assert.deepEqual(h.triggered, [{ target: h.document, type: FORBIDDEN_EVENT, args: ['main', reason] }]);
+    assert.equal(FORBIDDEN_EVENT, 'updates:forbidden');
+    h.clock.advance(600000);
+    assert.equal(h.requests.length, 2, 'no poll after the refusal: the same URL would be refused again');
+    assert.equal(h.clock.pending(), 0);
+    assert.equal(h.warnings.length, 1);
+    assert.match(h.warnings[0], new RegExp(`main: ${reason}; stopped`));
+  }
+});
+
+test('other 403s are not a refused token: they back off and poll again', () => {
+  for (const body of ['subscription refused\n', 'channel does not exist\n', 'token', 'my token expired']) {
+    const h = harness({ random: () => 0 });
+    const told = [];
+    h.updates.onForbidden('main', (...args) => told.push(args));
+    h.updates.subscribe({ main: 'http://edge/updates/a' });
+    h.last().respond(403, {}, body);
+    h.clock.advance(500);
+    assert.equal(h.requests.length, 2, body);
+    assert.deepEqual(told, [], body);
+  }
+});
+
+test('a fresh URL for the refused name carries on from its cursor, other names polling throughout', () => {
+  const h = harness();
+  const seen = [];
+  h.updates.registerProcessor('main', 'answer', (data) => seen.push(data.value));
+  h.updates.onForbidden('main', (name) => h.updates.subscribe({ [name]: 'http://edge/updates/a?token=2.y' }));
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=1.x', other: 'http://edge/updates/b' });
+  const main = h.requests[0];
+  const other = h.requests[1];
+  main.message(T0, '4', { type: 'answer', value: 1 });
+  h.last().respond(403, {}, 'token expired\n');
+  const fresh = h.last();
+  assert.equal(fresh.settings.url, 'http://edge/updates/a?token=2.y');
+  assert.deepEqual(fresh.settings.headers, { 'If-Modified-Since': T0, 'If-None-Match': '4' });
+  assert.equal(other.settled, false, 'the other name was not disturbed');
+  fresh.message(T1, '0', { type: 'answer', value: 2 });
+  assert.deepEqual(seen, [1, 2]);
+});
+
+test('after a refusal the same URL again changes nothing, and another path starts from the start', () => {
+  const h = harness();
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=1.x' });
+  h.last().message(T0, '4', { type: 'x' });
+  h.last().respond(403, {}, 'token invalid');
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=1.x' });
+  assert.equal(h.requests.length, 2);
+  h.updates.subscribe({ main: 'http://edge/updates/c?token=3.z' });
+  assert.equal(h.requests.length, 3);
+  assert.deepEqual(h.last().settings.headers, {});
+});
+
+test('a running subscription given a fresh token keeps its cursor; unsubscribing forgets it', () => {
+  const h = harness();
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=1.x' });
+  h.last().message(T0, '4', { type: 'x' });
+  const held = h.last();
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=2.y' });
+  assert.equal(held.aborted, true);
+  assert.deepEqual(h.last().settings.headers, { 'If-Modified-Since': T0, 'If-None-Match': '4' });
+  h.updates.unsubscribe('main');
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=3.z' });
+  assert.deepEqual(h.last().settings.headers, {});
+});
+
+test('a throwing onForbidden callback is reported and the event still fires', () => {
+  const h = harness();
+  const boom = new Error('could not fetch a fresh URL');
+  h.updates.onForbidden('main', () => {
+    throw boom;
+  });
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=1.x' });
+  h.last().respond(403, {}, 'token expired');
+  assert.deepEqual(h.reported, [boom]);
+  assert.equal(h.triggered.length, 1);
+});
+
+test('a refused subscription stays stopped when the page comes back from the back/forward cache', () => {
+  const h = harness();
+  h.updates.subscribe({ main: 'http://edge/updates/a?token=1.x', other: 'http://edge/updates/b' });
+  h.requests[0].respond(403, {}, 'token expired');
+  h.fire('pagehide', { persisted: true });
+  h.fire('pageshow', { persisted: true });
+  assert.deepEqual(
+    h.requests.slice(2).map((request) => request.settings.url),
+    ['http://edge/updates/b'],
+  );
 });
 
 test('a poll that times out is asked again at once from the same cursor, without backing off', () => {
@@ -543,6 +643,7 @@ test('loaded as a classic script it installs jQuery.updates, and a second load k
   assert.equal(typeof installed.registerProcessor, 'function');
   assert.equal(typeof installed.unsubscribe, 'function');
   assert.equal(typeof installed.onMissed, 'function');
+  assert.equal(typeof installed.onForbidden, 'function');
   assert.deepEqual(Object.keys(installed.options).sort(), ['backoff', 'interval', 'timeout', 'withCredentials']);
   vm.runInContext(source, context);
   assert.equal(jQuery.updates, installed);

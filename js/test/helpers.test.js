@@ -117,3 +117,13 @@ test('readResponse counts network errors and statuses other than 200 and 304 as 
     assert.equal(read(status, headers({}), '', null).kind, 'error', String(status));
   }
 });
+
+test('readResponse reads a 403 refusing the token as forbidden, with the reason', () => {
+  for (const reason of ['token missing', 'token expired', 'token invalid']) {
+    assert.deepEqual(read(403, headers({}), reason + '\n', null), { kind: 'forbidden', reason });
+  }
+  for (const body of ['subscription refused\n', 'token expired soon', '', undefined]) {
+    assert.equal(read(403, headers({}), body, null).kind, 'error', String(body));
+  }
+  assert.equal(read(401, headers({}), 'token expired\n', null).kind, 'error');
+});

@@ -43,11 +43,83 @@ class Subscriber:
         return len(self.ledger.seqs)
 
 
-class PollProtocol(asyncio.Protocol):
+class ResponseReader(asyncio.Protocol):
+    """Splits what a server sends into HTTP/1.1 responses and hands each to `answered`.
+
+    Framed by Content-Length or chunked; of the headers only the validators
+    are kept, the one part of a head a client acts on. A response framed by
+    closing the connection is not expected from either server, so it is an
+    error rather than a guess.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).split(b"\r\n")
+            length = 0
+            chunked = False
+            last_modified = etag = None
+            for line in head[1:]:
+                name, _, value = line.partition(b":")
+                lowered = name.strip().lower()
+                if lowered == b"content-length":
+                    length = int(value)
+                elif lowered == b"last-modified":
+                    last_modified = value.strip()
+                elif lowered == b"etag":
+                    etag = value.strip()
+                elif lowered == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+            if chunked:
+                framed = dechunk(buffer, end + 4)
+                if framed is None:
+                    return
+                body, consumed = framed
+            else:
+                if len(buffer) < end + 4 + length:
+                    return
+                body, consumed = bytes(buffer[end + 4 : end + 4 + length]), end + 4 + length
+            del buffer[:consumed]
+            self.answered(int(head[0].split()[1]), body, last_modified, etag)
+
+    def answered(
+        self, status: int, body: bytes, last_modified: bytes | None, etag: bytes | None
+    ) -> None:
+        raise NotImplementedError
+
+
+def dechunk(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
+    """The body of a chunked response starting at `start`, and where it ends; None if incomplete."""
+    parts: list[bytes] = []
+    at = start
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[at:line_end]).split(b";")[0], 16)
+        if size == 0:
+            # No trailers are sent by either server: the last chunk ends the body.
+            if len(buffer) < line_end + 4:
+                return None
+            return b"".join(parts), line_end + 4
+        if len(buffer) < line_end + 2 + size + 2:
+            return None
+        parts.append(bytes(buffer[line_end + 2 : line_end + 2 + size]))
+        at = line_end + 2 + size + 2
+
+
+class PollProtocol(ResponseReader):
     def __init__(self, subscriber: Subscriber, host: str) -> None:
+        super().__init__()
         self.subscriber = subscriber
         self.host = host
-        self.buffer = bytearray()
         self.validators = b""
         self.transport: asyncio.Transport | None = None
         self.closing = False
@@ -71,31 +143,6 @@ class PollProtocol(asyncio.Protocol):
             + self.validators
             + b"\r\n"
         )
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buffer[:end]).split(b"\r\n")
-            length = 0
-            last_modified = etag = None
-            for line in head[1:]:
-                name, _, value = line.partition(b":")
-                lowered = name.strip().lower()
-                if lowered == b"content-length":
-                    length = int(value)
-                elif lowered == b"last-modified":
-                    last_modified = value.strip()
-                elif lowered == b"etag":
-                    etag = value.strip()
-            if len(buffer) < end + 4 + length:
-                return
-            body = bytes(buffer[end + 4 : end + 4 + length])
-            del buffer[: end + 4 + length]
-            self.answered(int(head[0].split()[1]), body, last_modified, etag)
 
     def answered(
         self, status: int, body: bytes, last_modified: bytes | None, etag: bytes | None

@@ -7,16 +7,18 @@
   worker, the same buffer length and message timeout.
 
 Each target also says how to publish to it (send_update for this project,
-an HTTP POST for Nchan) and which processes make it up, for memory and CPU.
+an HTTP POST for Nchan), which processes make it up (for memory and CPU,
+by part where it has several), and how many channels it follows now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
+import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import threading
@@ -34,6 +36,17 @@ from ops.launch import EDGE_LINE, Launcher, Process, eventually, free_port
 NCHAN_CONFIG = Path(__file__).with_name("nchan.conf")
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Lines of each server process's output shown when a workload fails.
+LAST_LINES = 30
+
+
+# Nchan's own default for how long an empty channel is kept (nchan_channel_timeout).
+NCHAN_CHANNEL_TIMEOUT = 5
+METRICS_PATH = "/pushserver/metrics"
+NCHAN_STATUS_PATH = "/nchan-status"
+EDGE_CHANNELS = re.compile(r"^pushserver_edge_channels (\S+)$", re.MULTILINE)
+EDGE_PROCESS = re.compile(r'^pushserver_edge_process\{pid="(\d+)"\}', re.MULTILINE)
+NCHAN_CHANNELS = re.compile(r"^channels: (\d+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,12 @@ class Limits:
     max_messages: int
     message_timeout: int
     long_poll_timeout: int = 25
+    # Seconds an idle channel is remembered (this project's `channel_linger`,
+    # Nchan's nchan_channel_timeout); None leaves each server's default.
+    channel_linger: int | None = None
+    # Nchan keeps channels and messages in shared memory of a fixed size;
+    # this project's store has no such bound, so Nchan gets what a run needs.
+    nchan_memory_mib: int = 128
 
 
 def descendants(pid: int) -> list[int]:
@@ -54,9 +73,11 @@ def descendants(pid: int) -> list[int]:
 def rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
+        # A process that ended since its pid was listed holds nothing.
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
     return total
 
 
@@ -85,14 +106,29 @@ class Target(ABC):
     @abstractmethod
     def root_pids(self) -> list[int]: ...
 
+    @abstractmethod
+    def last_words(self) -> str:
+        """What the server's processes said last, and how they ended: for a failed run."""
+
     def pids(self) -> list[int]:
         return [pid for root in self.root_pids() for pid in descendants(root)]
+
+    def parts(self) -> dict[str, list[int]]:
+        """The processes of each part whose memory is reported on its own."""
+        return {"server": self.pids()}
 
     def subscriber_path(self, channel_id: str) -> str:
         return f"/updates/{channel_id}"
 
+    def interval_path(self, channel_id: str) -> str:
+        """An interval-poll location: 304 at once when nothing is held, never a wait."""
+        return f"/poll/{channel_id}"
+
+    def publisher_path(self, channel_id: str) -> str:
+        return f"/send-update/{channel_id}"
+
     def publisher_url(self, channel_id: str) -> str:
-        return f"http://{self.host}:{self.port}/send-update/{channel_id}"
+        return f"http://{self.host}:{self.port}{self.publisher_path(channel_id)}"
 
     def subscribers(self, channel_id: str) -> int:
         response = httpx.get(
@@ -101,6 +137,28 @@ class Target(ABC):
         if response.status_code != 200:
             return 0
         return int(response.json()["subscribers"])
+
+    def get(self, path: str) -> tuple[int, str]:
+        """One GET on a connection of its own (so edge workers on one port take turns).
+
+        http.client rather than httpx: these are asked hundreds of times in
+        a workload, and the load generator's CPU is part of what it reports.
+        """
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode("utf-8", "replace")
+        finally:
+            connection.close()
+
+    def channel_known(self, channel_id: str) -> bool:
+        """Whether the server still has the channel: its publisher location answers 200, not 404."""
+        return self.get(self.publisher_path(channel_id))[0] == 200
+
+    @abstractmethod
+    def followed_channels(self) -> int | None:
+        """The channels the server's subscriber side holds now; None when it cannot tell."""
 
     @abstractmethod
     def publish(self, channel_id: str, body: bytes) -> None: ...
@@ -118,17 +176,47 @@ class PushServerTarget(Target):
     send_update: Callable[..., None]
     send_error: type[Exception]
 
+    edge_processes: int = 1
+
     def push_server(self) -> dict[str, Any]:
-        return {
+        settings: dict[str, Any] = {
             "store": {
                 "type": "memory",
                 "min_messages": 0,
                 "max_messages": self.limits.max_messages,
                 "message_timeout": self.limits.message_timeout,
             },
+            "locations": [
+                {"type": "subscriber"},
+                {"type": "subscriber", "url": r"/poll/([^/]+)", "polling": "interval"},
+                {"type": "publisher"},
+            ],
             "long_poll_timeout": self.limits.long_poll_timeout,
             "max_connections": 30_000,
         }
+        linger = self.limits.channel_linger
+        if linger is not None:
+            settings["channel_linger"] = linger
+            # The edge's own forgetting of a channel's topic, which exists already.
+            settings["topic_linger"] = linger
+        return settings
+
+    def followed_channels(self) -> int | None:
+        """The sum of every edge process's channel gauge, once each was heard from.
+
+        Edge workers share a port, so each scrape, on a new connection, lands
+        on one of them; a few tries reach them all.
+        """
+        heard: dict[str, int] = {}
+        for _ in range(8 * self.edge_processes):
+            text = self.get(METRICS_PATH)[1]
+            channels, process = EDGE_CHANNELS.search(text), EDGE_PROCESS.search(text)
+            if channels is None or process is None:
+                return None
+            heard[process.group(1)] = int(float(channels.group(1)))
+            if len(heard) == self.edge_processes:
+                return sum(heard.values())
+        return None
 
     def use_for_sending(self, ingress: str) -> None:
         # Imported here, once Django is configured; kept, as a site's module would.
@@ -169,6 +257,13 @@ class PushServerTarget(Target):
     def root_pids(self) -> list[int]:
         return [process.popen.pid for process in self.processes if process.popen.poll() is None]
 
+    def last_words(self) -> str:
+        return "\n".join(
+            f"{process.name} (exit status {process.popen.poll()}):\n"
+            + "\n".join(process.lines[-LAST_LINES:])
+            for process in self.processes
+        )
+
 
 class Embedded(PushServerTarget):
     def start(self) -> None:
@@ -200,7 +295,12 @@ class Cluster(PushServerTarget):
         )
         edge.wait_for(EDGE_LINE, timeout=60)
         self.processes = [broker, edge]
+        self.edge_processes = self.workers
         self.use_for_sending(endpoints["ingress"])
+
+    def parts(self) -> dict[str, list[int]]:
+        broker, edge = (process.popen.pid for process in self.processes)
+        return {"broker": descendants(broker), "edge": descendants(edge)}
 
 
 class Nchan(Target):
@@ -225,6 +325,8 @@ class Nchan(Target):
                 max_messages=self.limits.max_messages,
                 message_timeout=self.limits.message_timeout,
                 long_poll_timeout=self.limits.long_poll_timeout,
+                channel_timeout=self.limits.channel_linger or NCHAN_CHANNEL_TIMEOUT,
+                shared_memory=self.limits.nchan_memory_mib,
             )
         )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -241,18 +343,23 @@ class Nchan(Target):
             stdin=subprocess.DEVNULL,
         )
 
-        def listening() -> bool:
+        def answering() -> bool:
+            # An answer, not a connection: the master listens before its worker
+            # has started, and memory read then would miss the worker's.
             try:
-                with socket.create_connection((self.host, self.port), 1):
-                    return True
+                return self.get(NCHAN_STATUS_PATH)[0] == 200
             except OSError:
                 return False
 
-        eventually(listening, 20, "nginx with Nchan to listen")
+        eventually(answering, 20, "nginx with Nchan to answer")
         self.connections = threading.local()
 
     def settle(self) -> None:
         return None  # an HTTP publish is the server's when its answer arrives
+
+    def followed_channels(self) -> int | None:
+        found = NCHAN_CHANNELS.search(self.get(NCHAN_STATUS_PATH)[1])
+        return None if found is None else int(found.group(1))
 
     def publish(self, channel_id: str, body: bytes) -> None:
         connection = getattr(self.connections, "http", None)
@@ -276,6 +383,12 @@ class Nchan(Target):
 
     def root_pids(self) -> list[int]:
         return [] if self.process is None else [self.process.pid]
+
+    def last_words(self) -> str:
+        log = self.folder / "nchan" / "logs" / "error.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        status = None if self.process is None else self.process.poll()
+        return f"nginx (exit status {status}):\n" + "\n".join(lines[-LAST_LINES:])
 
 
 def ensure_nchan() -> None:

@@ -1,4 +1,4 @@
-"""The workloads W1–W5, each run against one started target.
+"""The workloads W1–W5 and W3h, each run against one started target (W8: forgetting.py).
 
 Every workload checks every delivery (ops/bench/ledger.py) and reports
 the server's and the load generator's CPU seconds beside its figures.
@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ops.bench.ledger import Faults, message_body, percentile
-from ops.bench.loadgen import Subscriber, close_all, connect_all, wait_all
+from ops.bench.loadgen import PollProtocol, Subscriber, close_all, connect_all, wait_all
+from ops.bench.publishers import publish_over_http
 from ops.bench.targets import Target, cpu_seconds, rss_bytes
 from ops.launch import eventually
 
@@ -29,9 +30,20 @@ class Sizes:
     w2_messages: int = 2000
     w3_channels: int = 2000
     w3_rounds: int = 20
+    w3h_channels: int = 2000
+    w3h_rounds: int = 20
+    w3h_publishers: int = 4
     w4_connections: int = 5000
     w4_hold: float = 10
     w5_calls: int = 20_000
+    w8_channels: int = 1_000_000
+    w8_connections: int = 50
+    # Channels published at a time; the publisher stays at most two batches ahead of the polls.
+    w8_batch: int = 500
+    w8_message_timeout: int = 10
+    w8_linger: int = 5
+    # Seconds after the last poll within which the servers must have forgotten.
+    w8_forget_wait: float = 60.0
 
 
 QUICK = Sizes(
@@ -41,10 +53,19 @@ QUICK = Sizes(
     w2_messages=200,
     w3_channels=200,
     w3_rounds=5,
+    w3h_channels=200,
+    w3h_rounds=5,
     w4_connections=500,
     w4_hold=2,
     w5_calls=2000,
+    w8_channels=20_000,
+    w8_message_timeout=5,
+    w8_linger=2,
+    w8_forget_wait=20.0,
 )
+# After the last HTTP publish was answered, how long deliveries may still take
+# before the missing ones are counted as lost.
+DELIVERY_GRACE = 60.0
 
 
 @dataclass
@@ -153,15 +174,25 @@ async def w2_throughput(target: Target, sizes: Sizes) -> Result:
     return meter.finish(Result("W2 throughput", target.name, figures, faults_of(subscribers)))
 
 
-async def w3_channels(target: Target, sizes: Sizes) -> Result:
-    meter = Meter(target)
-    prefix = channel("w3")
-    names = [f"{prefix}-{n}" for n in range(sizes.w3_channels)]
-    subscribers = [s for name in names for s in subscribers_for(target, name, 1, sizes.w3_rounds)]
+async def one_subscriber_each(
+    target: Target, workload: str, channels: int, rounds: int
+) -> tuple[list[str], list[Subscriber], list[PollProtocol]]:
+    """`channels` channels, each with one long-poll subscriber held and expecting `rounds`."""
+    prefix = channel(workload)
+    names = [f"{prefix}-{n}" for n in range(channels)]
+    subscribers = [s for name in names for s in subscribers_for(target, name, 1, rounds)]
     protocols = await connect_all(target.host, target.port, subscribers)
     # Every poll sent and held: the channel of the last one counts it.
     await asyncio.to_thread(wait_held, target, names[-1], 1)
     await asyncio.sleep(0.5)
+    return names, subscribers, protocols
+
+
+async def w3_channels(target: Target, sizes: Sizes) -> Result:
+    meter = Meter(target)
+    names, subscribers, protocols = await one_subscriber_each(
+        target, "w3", sizes.w3_channels, sizes.w3_rounds
+    )
     started = time.time()
 
     def publish() -> None:
@@ -179,6 +210,37 @@ async def w3_channels(target: Target, sizes: Sizes) -> Result:
         "p99 latency ms": percentile(latencies, 0.99) * 1000,
     }
     return meter.finish(Result("W3 many channels", target.name, figures, faults_of(subscribers)))
+
+
+async def w3h_http_publishers(target: Target, sizes: Sizes) -> Result:
+    """W3's shape, published by HTTP POST to the target's publisher location."""
+    meter = Meter(target)
+    names, subscribers, protocols = await one_subscriber_each(
+        target, "w3h", sizes.w3h_channels, sizes.w3h_rounds
+    )
+    publishes = len(names) * sizes.w3h_rounds
+    cpu_before = cpu_seconds(target.pids())
+    started = time.time()
+    paths = [target.publisher_path(name) for name in names]
+    publishing = await publish_over_http(
+        target.host, target.port, paths, sizes.w3h_rounds, sizes.w3h_publishers
+    )
+    try:
+        finished = await wait_all(subscribers, DELIVERY_GRACE)
+    except TimeoutError:
+        finished = time.time()  # the ledger counts what never arrived
+    # The publishing phase ends when the last publish is answered and delivered,
+    # so work a server defers past its answer is counted too.
+    server_cpu = cpu_seconds(target.pids()) - cpu_before
+    close_all(protocols)
+    latencies = [lag for s in subscribers for lag in s.ledger.latencies]
+    figures = {
+        "HTTP publishes/s": publishes / (publishing.last_answer - started),
+        "deliveries/s": publishes / (finished - started),
+        "p99 latency ms": percentile(latencies, 0.99) * 1000,
+        "server CPU µs per publish": server_cpu / publishes * 1e6,
+    }
+    return meter.finish(Result("W3h HTTP publishers", target.name, figures, faults_of(subscribers)))
 
 
 async def w4_idle_and_burst(target: Target, sizes: Sizes) -> Result:

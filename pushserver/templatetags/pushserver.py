@@ -2,7 +2,9 @@
 
 ``{% channel_url "some_channel_id" %}`` outputs the channel's absolute
 subscriber URL on the edges (see `pushserver.locations`); the id may be a
-variable, and ``{% channel_url id as url %}`` stores it instead. Like any
+variable, and ``{% channel_url id as url %}`` stores it instead. On a
+signed location the URL carries a token, valid for ``signed_url_lifetime``
+or ``{% channel_url id lifetime=600 %}`` seconds. Like any
 simple tag the output is autoescaped; inside a script write
 ``'{% filter escapejs %}{% channel_url "x" %}{% endfilter %}'``.
 """
@@ -19,6 +21,6 @@ register = template.Library()
 
 
 @register.simple_tag
-def channel_url(channel_id: Any) -> str:
+def channel_url(channel_id: Any, lifetime: float | None = None) -> str:
     # Ids are often primary keys or other non-strings; the channel is their text.
-    return locations.subscriber_url(str(channel_id))
+    return locations.subscriber_url(str(channel_id), lifetime=lifetime)
