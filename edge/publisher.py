@@ -14,6 +14,12 @@ and thrown away before the 413, because closing on a client still sending
 resets the connection and the client never sees why. Beyond
 `discard_limit` the connection stops reading and answers 413 itself.
 
+The answer to a POST also waits, briefly, for the edge's own copy of the
+channel (when it follows the channel) to hold the message: the broker's
+answer and the message come over two sockets in either order, and a
+client that publishes and then polls the same edge must find what it
+published (`CatchUp`).
+
 An `Idempotency-Key` names a publish: the broker answers a second POST
 with the same key on the same channel within its window as it answered
 the first, and does not publish it again. The trap it exists for: a 503
@@ -77,6 +83,64 @@ def host_problem(host: str | None, version: str) -> str | None:
     return None
 
 
+# Seconds a POST's answer waits at most for the edge's copy of the channel.
+CATCH_UP_LIMIT = 0.5
+
+
+class CatchUp:
+    """Answers held until the edge's buffer of a channel holds a message the broker
+    sequenced.
+
+    Looked at on every turn of the loop while any waits: the message left the
+    broker before its answer did, so it is there within a turn or two. A
+    buffer that is not synchronised yet, refilling, or gone answers at once
+    (it catches up its own way); a copy that never arrives, by `limit`.
+    """
+
+    def __init__(self, feed: Feed, limit: float) -> None:
+        self.feed = feed
+        self.limit = limit
+        self._waiting: list[tuple[float, str, wire.MessageId, Callable[[], None]]] = []
+        self._scheduled = False
+
+    def then(
+        self, channel_id: str, last: wire.MessageId | None, answer: Callable[[], None]
+    ) -> None:
+        """Call `answer` once the edge's copy of `channel_id` holds `last`."""
+        if last is None or self._holds(channel_id, last):
+            answer()
+            return
+        loop = asyncio.get_running_loop()
+        self._waiting.append((loop.time() + self.limit, channel_id, last, answer))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._look)
+
+    def _holds(self, channel_id: str, last: wire.MessageId) -> bool:
+        buffer = self.feed.buffers.get(channel_id)
+        return (
+            buffer is None
+            or not buffer.ready
+            or buffer.refilling
+            or (buffer.last is not None and buffer.last >= last)
+        )
+
+    def _look(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting, self._waiting = self._waiting, []
+        for entry in waiting:
+            deadline, channel_id, last, answer = entry
+            if now >= deadline or self._holds(channel_id, last):
+                answer()
+            else:
+                self._waiting.append(entry)
+        if self._waiting:
+            self._scheduled = True
+            loop.call_soon(self._look)
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     pattern: re.Pattern[str]
@@ -108,6 +172,7 @@ class Publishers:
             )
         self._heads: dict[tuple[int, str], bytes] = {}
         self._channel_ids: dict[str, str] = {}
+        self.catch_up = CatchUp(feed, min(CATCH_UP_LIMIT, config.broker_timeout))
 
     def match(self, path: str) -> tuple[Location, str] | None:
         for location in self.locations:
@@ -246,8 +311,10 @@ class PublisherRequest:
     def _published(self, info: wire.ChannelInfo | None) -> None:
         if info is None:
             self._refuse(Refusal(503, UNAVAILABLE))
-        else:
-            self._info(201 if info.subscribers > 0 else 202, info)
+            return
+        status = 201 if info.subscribers > 0 else 202
+        # The info is the channel's right after the publish: its last id is the message's.
+        self.shared.catch_up.then(self.channel_id, info.last, lambda: self._info(status, info))
 
     async def _ask(self, kind: str) -> None:
         try:

@@ -110,6 +110,21 @@ def test_pipelined_posts_on_one_connection_are_answered_in_order(base: str) -> N
     assert walk(base, channel, 10) == [str(n).encode() for n in range(count - 10, count)]
 
 
+def test_a_poll_right_after_a_publish_on_the_same_edge_finds_the_message(
+    base: str, client: httpx.Client
+) -> None:
+    """The broker's answer and the message reach the edge over two sockets, in either
+    order; the answer waits for the edge's copy of a channel it follows."""
+    channel = fresh("read-your-writes")
+    publish(base, channel, "first")
+    cursor = Cursor().advanced(poll(client, base, channel, location="poll"))
+    for n in range(40):
+        publish(base, channel, f"message {n}")
+        answer = poll(client, base, channel, cursor, location="poll")
+        assert (answer.status_code, answer.text) == (200, f"message {n}")
+        cursor = cursor.advanced(answer)
+
+
 # -- idempotency keys ----------------------------------------------------------
 
 
