@@ -41,3 +41,6 @@ class BrokerConfig:
     # Outgoing queue per edge on the events socket; 0 means unbounded.
     events_sndhwm: int = 100_000
     history_file: Path | None = None
+    # Seconds a publish's idempotency key is remembered, and how many keys at most.
+    idempotency_window: float = 60.0
+    idempotency_keys: int = 100_000

@@ -2,7 +2,8 @@
 
 An append-only file of msgpack records: every sequenced message (with
 the publisher's sequence number, so a restarted broker still drops
-repeats), every channel created or deleted. Each record is written with one unbuffered
+repeats, and its idempotency key, so it still knows a retry), every
+channel created or deleted. Each record is written with one unbuffered
 `write` before the message is sent to edges, so a killed broker (even
 `kill -9`) loses nothing the operating system was handed; only a crash of
 the machine itself can lose the last records, because nothing is fsynced
@@ -20,6 +21,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from broker.idempotency import Keys
 from broker.publishers import Publishers
 from broker.sequencer import Sequencer
 from broker.wire import Message, MessageId
@@ -36,8 +38,9 @@ def _id(value: Any) -> MessageId | None:
 
 
 class History:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keys: Keys | None = None) -> None:
         self.path = path
+        self._keys = keys
         self._file: BinaryIO | None = None
         self._compacted_size = 0
 
@@ -69,6 +72,11 @@ class History:
             sequencer.restore(Message(channel_id, message_id, _id(prev), None, content_type, body))
             if sent_by:
                 publishers.restore(sent_by[0], int(sent_by[1]))
+            if len(sent_by) > 2 and self._keys is not None:
+                self._keys.restore(channel_id, sent_by[2], message_id.time)
+        elif kind == "k":
+            if self._keys is not None:
+                self._keys.restore(record[1], record[2], float(record[3]))
         elif kind == "c":
             _, channel_id, last, floor = record
             sequencer.restore_channel(channel_id, _id(last), _id(floor))
@@ -94,6 +102,8 @@ class History:
                     compacted.write(self._message_record(message))
             for publisher, seq in publishers.items():
                 compacted.write(msgpack.packb(("p", publisher, seq), use_bin_type=True))
+            for channel_id, key, at in self._keys.items() if self._keys is not None else ():
+                compacted.write(msgpack.packb(("k", channel_id, key, at)))
             compacted.flush()
             os.fsync(compacted.fileno())
         os.replace(temporary, self.path)
@@ -108,16 +118,27 @@ class History:
             self.compact(sequencer, publishers)
 
     @staticmethod
-    def _message_record(message: Message, sent_by: tuple[bytes, int] | None = None) -> bytes:
+    def _message_record(
+        message: Message, sent_by: tuple[bytes, int] | None = None, key: str | None = None
+    ) -> bytes:
         record = ("m", message.channel_id, message.id, message.prev, message.content_type)
-        # The publisher's number travels in the same record as the message, so
-        # no kill can keep one without the other.
-        packed: bytes = msgpack.packb((*record, message.body, *(sent_by or ())), use_bin_type=True)
+        # The publisher's number and the key travel in the same record as the
+        # message, so no kill can keep one without the other. A key comes only
+        # with a number (through the ingress), so its place is never ambiguous.
+        extra = (*(sent_by or ()), *(() if key is None else (key,)))
+        packed: bytes = msgpack.packb((*record, message.body, *extra), use_bin_type=True)
         return packed
 
-    def published(self, message: Message, sent_by: tuple[bytes, int] | None = None) -> None:
+    def published(
+        self, message: Message, sent_by: tuple[bytes, int] | None = None, key: str | None = None
+    ) -> None:
         assert self._file is not None
-        self._file.write(self._message_record(message, sent_by))
+        self._file.write(self._message_record(message, sent_by, key))
+
+    def numbered(self, publisher: bytes, seq: int) -> None:
+        """A publisher's number taken by a message not published (a retry of a key)."""
+        assert self._file is not None
+        self._file.write(msgpack.packb(("p", publisher, seq), use_bin_type=True))
 
     def created(self, channel_id: str) -> None:
         assert self._file is not None

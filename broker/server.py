@@ -8,8 +8,12 @@ dropped, logged and counted, and the loop goes on.
 Ingress, the busiest, reads in bounded batches: within a batch, messages go
 out to edges through a plain (blocking, but used with NOBLOCK) shadow of
 the events socket, because the asyncio socket's bookkeeping on each send
-cost more than everything else a publish does; acks go at the end of each
-batch, and the loop gets a turn between batches.
+cost more than everything else a publish does; the answers of publishes
+that asked for one (the HTTP publisher's), then the acks, go at the end of
+each batch, and the loop gets a turn between batches. Answers go first:
+a publisher that has an ack then has every answer it covers, so a
+message is never acknowledged with its answer lost. An answer is an ack
+up to its own number, so the ack is left out where the answers cover it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -27,15 +32,16 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
+from broker.idempotency import Keys
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.sequencer import Channel, Sequencer
 from broker.sockets import (
-    POLL_MS,
     backend_recv,
     backend_send,
     configure_heartbeats,
     drain,
+    readable,
     run_until,
     send_now,
     wake_readers,
@@ -43,7 +49,7 @@ from broker.sockets import (
 
 log = logging.getLogger("pushserver.broker")
 
-# A plain int: pyzmq's flag enums cost more than the socket calls on the ingress path.
+# Plain ints: pyzmq's flag enums cost more than the socket calls on the ingress path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
@@ -69,18 +75,27 @@ class Broker:
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
         self.presence = Presence()
-        self.history = None if config.history_file is None else History(config.history_file)
+        self.keys = Keys(config.idempotency_window, config.idempotency_keys)
+        self.history = (
+            None if config.history_file is None else History(config.history_file, self.keys)
+        )
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
         self._recently_published: set[str] = set()
         self.publishers = Publishers()
         self._acks: dict[bytes, tuple[bytes, bool]] = {}
+        # Answers to publishes that asked for one, by route, sent before the acks.
+        self._answers: list[tuple[bytes, wire.Published]] = []
         self._acks_scheduled = False
         # Set while an ingress batch runs: events are sent through it, and
         # the acks wait for the batch's end.
         self._events_now: zmq.Socket[bytes] | None = None
         self._ingress: zmq.asyncio.Socket | None = None
+        # A plain shadow of the ingress socket, for answers and acks without
+        # the asyncio socket's bookkeeping per send.
+        self._ingress_now: zmq.Socket[bytes] | None = None
         self._events: zmq.asyncio.Socket | None = None
+        self._events_shadow: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
 
     def bind(self) -> Endpoints:
@@ -183,11 +198,12 @@ class Broker:
         content_type: str | None,
         body: bytes,
         sent_by: tuple[bytes, int] | None = None,
+        key: str | None = None,
     ) -> wire.Message:
         message = self.sequencer.publish(channel_id, content_type, body)
         if self.history is not None:
             # On disk before any edge can serve it.
-            self.history.published(message, sent_by)
+            self.history.published(message, sent_by, key)
         self._emit(wire.encode_message(message))
         self._recently_published.add(channel_id)
         self.counters["published"] += 1
@@ -215,33 +231,55 @@ class Broker:
     # -- receiving -----------------------------------------------------------
 
     async def _drain_ingress(self) -> None:
+        """Read the ingress from a reader callback of the loop until the broker stops.
+
+        A callback rather than awaiting the asyncio socket: each wait on it
+        costs futures and a poller, and with HTTP publishers, who each wait
+        for their answer, a wake-up carries a few publishes, not hundreds.
+        """
         assert self._ingress is not None and self._events is not None
-        ingress, events = self._ingress, self._events
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(ingress.underlying)
-        events_shadow: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
-        while not self._stopping.is_set():
-            if not await ingress.poll(POLL_MS, zmq.POLLIN):  # type: ignore[call-arg]
-                continue
-            self._events_now = events_shadow
-            try:
-                for _ in range(INGRESS_BATCH):
-                    # Frames rather than bytes: a frame says whether more follow,
-                    # where asking the socket (RCVMORE) costs a microsecond.
-                    try:
-                        frame = backend_recv(shadow, _NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    frames = [frame.bytes]
-                    while frame.more:
-                        frame = backend_recv(shadow, _NOBLOCK, copy=False)
-                        frames.append(frame.bytes)
-                    self._on_publish(frames)
-            finally:
-                self._events_now = None
-                # Sending through the shadow may have taken the edge-triggered
-                # wake-up the task reading subscriptions waits for.
-                wake_readers(events)
-            self._send_acks()
+        self._ingress_now = zmq.Socket.shadow(self._ingress.underlying)
+        self._events_shadow = zmq.Socket.shadow(self._events.underlying)
+        loop = asyncio.get_running_loop()
+        descriptor = cast(int, self._ingress_now.get(zmq.FD))
+        loop.add_reader(descriptor, self._read_ingress)
+        try:
+            self._read_ingress()  # whatever arrived before the reader was added
+            await self._stopping.wait()
+        finally:
+            loop.remove_reader(descriptor)
+            self._ingress_now = None
+
+    def _read_ingress(self) -> None:
+        """One batch of publishes, then their answers and acks; the loop gets a turn
+        before the next batch."""
+        shadow, events = self._ingress_now, self._events
+        if shadow is None or events is None or self._stopping.is_set():
+            return
+        self._events_now = self._events_shadow
+        try:
+            for _ in range(INGRESS_BATCH):
+                # Frames rather than bytes: a frame says whether more follow,
+                # where asking the socket (RCVMORE) costs a microsecond.
+                try:
+                    frame = backend_recv(shadow, _NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                frames = [frame.bytes]
+                while frame.more:
+                    frame = backend_recv(shadow, _NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
+                self._on_publish(frames)
+        finally:
+            self._events_now = None
+            # Sending through the shadow may have taken the edge-triggered
+            # wake-up the task reading subscriptions waits for.
+            wake_readers(events)
+        self._send_acks()
+        # A batch cut short, or sends that took the descriptor's signal, leave
+        # publishes waiting that no signal will announce.
+        if readable(shadow):
+            asyncio.get_running_loop().call_soon(self._read_ingress)
 
     def _on_publish(self, frames: list[bytes]) -> None:
         try:
@@ -252,12 +290,49 @@ class Broker:
             self._drop("ingress", frames, error)
             return
         verdict = self.publishers.admit(publish.publisher, publish.seq, publish.base)
-        if verdict is Verdict.NEW:
-            sent_by = (publish.publisher, publish.seq)
-            self._publish(publish.channel_id, publish.content_type, publish.body, sent_by)
+        if verdict is Verdict.GAP:
+            self.counters["ingress_gaps"] += 1
+        elif verdict is Verdict.NEW:
+            info = self._sequence(publish)
+            if publish.reply:
+                answer = wire.Published(publish.publisher, publish.seq, info)
+                self._answers.append((frames[0], answer))
         else:
-            self.counters[f"ingress_{verdict.value}"] += 1
+            self.counters["ingress_repeats"] += 1
+            if publish.reply:
+                # Its first answer died with a connection: answered again, not published.
+                info = self._recorded_info(publish) or self._channel_info(publish.channel_id)
+                answer = wire.Published(publish.publisher, publish.seq, info)
+                self._answers.append((frames[0], answer))
         self._acknowledge(frames[0], publish.publisher, verdict is Verdict.GAP)
+
+    def _sequence(self, publish: wire.Publish) -> wire.ChannelInfo:
+        """Publish a new message, unless its key names one published within the window."""
+        channel_id, key = publish.channel_id, publish.key
+        if key is not None:
+            recorded = self.keys.get(channel_id, key)
+            if recorded is not None:
+                self.counters["ingress_key_retries"] += 1
+                if self.history is not None:
+                    # Restarted, the broker must still count the number as taken.
+                    self.history.numbered(publish.publisher, publish.seq)
+                return recorded.info or self._channel_info(channel_id)
+        sent_by = (publish.publisher, publish.seq)
+        self._publish(channel_id, publish.content_type, publish.body, sent_by, key)
+        info = self._channel_info(channel_id)
+        if key is not None:
+            self.keys.record(channel_id, key, info)
+        return info
+
+    def _recorded_info(self, publish: wire.Publish) -> wire.ChannelInfo | None:
+        if publish.key is None:
+            return None
+        recorded = self.keys.get(publish.channel_id, publish.key)
+        return None if recorded is None else recorded.info
+
+    def _channel_info(self, channel_id: str) -> wire.ChannelInfo:
+        """The channel's info; a deleted channel's as an empty one's."""
+        return self._info(self.sequencer.get(channel_id)) or wire.ChannelInfo(0, None, 0, None)
 
     def _acknowledge(self, route: bytes, publisher: bytes, gap: bool) -> None:
         """Acknowledge once per batch or loop turn per publisher, not once per message."""
@@ -269,16 +344,38 @@ class Broker:
 
     def _send_acks(self) -> None:
         self._acks_scheduled = False
+        answers, self._answers = self._answers, []
         acks, self._acks = self._acks, {}
-        assert self._ingress is not None
+        frames = [(route, wire.encode_published(published)) for route, published in answers]
+        # An answer acknowledges its number too: a route whose last answer is at its
+        # publisher's newest number needs no ack of its own.
+        answered = {(route, published.publisher): published.seq for route, published in answers}
         for route, (publisher, gap) in acks.items():
             seq = self.publishers.last(publisher)
             if seq is None:
                 if not gap:
                     continue
                 seq = wire.UNKNOWN
-            ack = wire.encode_ack(wire.Ack(publisher, seq, gap))
-            send_now(self._ingress, [route, *ack])
+            elif not gap and answered.get((route, publisher)) == seq:
+                continue
+            frames.append((route, wire.encode_ack(wire.Ack(publisher, seq, gap))))
+        if frames:
+            self._send_ingress(frames)
+
+    def _send_ingress(self, messages: list[tuple[bytes, list[bytes]]]) -> None:
+        ingress, shadow = self._ingress, self._ingress_now
+        assert ingress is not None
+        if shadow is None:
+            for route, frames in messages:
+                send_now(ingress, [route, *frames])
+            return
+        # A ROUTER drops what it cannot route or queue rather than block.
+        for route, (frame,) in messages:
+            backend_send(shadow, route, _MORE_NOBLOCK)
+            backend_send(shadow, frame, _NOBLOCK)
+        if self._events_now is None and readable(shadow):
+            # Outside a batch, the sends may have taken the signal of publishes waiting.
+            asyncio.get_running_loop().call_soon(self._read_ingress)
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if len(frames) == 1 else b""
@@ -380,6 +477,18 @@ class Broker:
                 for edge in self.presence.forget_silent_edges(config.presence_timeout):
                     log.info("edge %s went silent; forgetting its subscribers", edge.hex())
             published, self._recently_published = self._recently_published, set()
-            for channel_id in published:
-                self._emit_sync(channel_id)
+            self._emit_syncs(published)
             await asyncio.sleep(period)
+
+    def _emit_syncs(self, channel_ids: set[str]) -> None:
+        """Sync markers for many channels, through the plain shadow as a batch of publishes
+        is sent: about one per publish, each send on the asyncio socket cost as much as
+        the publish."""
+        self._events_now = self._events_shadow
+        try:
+            for channel_id in channel_ids:
+                self._emit_sync(channel_id)
+        finally:
+            self._events_now = None
+            if self._events is not None:
+                wake_readers(self._events)

@@ -22,6 +22,10 @@ import zmq.backend
 # for draft socket types (about 0.35 µs a call), its recv a little less.
 backend_send = zmq.backend.Socket.send
 backend_recv = zmq.backend.Socket.recv
+_backend_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
 
 # ZMTP heartbeats: a frozen peer is noticed in seconds instead of never.
 HEARTBEAT_IVL_MS = 1000
@@ -40,6 +44,23 @@ def send_now(sock: zmq.asyncio.Socket, frames: list[bytes]) -> bool:
     """Send without waiting; False when the socket's queue is full or it cannot route."""
     future = cast("asyncio.Future[object]", sock.send_multipart(frames, flags=zmq.NOBLOCK))
     return future.done() and not future.cancelled() and future.exception() is None
+
+
+def send_plain(sock: zmq.Socket[bytes], frame: bytes) -> bool:
+    """Send one frame on a plain socket without blocking; False when it cannot take it
+    (no connection with ZMQ_IMMEDIATE, or its queue is full)."""
+    try:
+        backend_send(sock, frame, _NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a plain socket has a message waiting: what to ask after any operation on
+    it, since the operation may have taken its descriptor's signal."""
+    # The backend's getsockopt with plain ints skips pyzmq's enum conversions.
+    return bool(cast(int, _backend_get(sock, _EVENTS)) & _POLLIN)
 
 
 def wake_readers(sock: zmq.asyncio.Socket) -> None:

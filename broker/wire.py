@@ -7,13 +7,16 @@ frame by hand. It imports nothing from Django.
 Three socket pairs carry it:
 
 * ingress, DEALER -> ROUTER: one frame per publish, a msgpack array
-  ``[version, publisher, seq, channel_id, content_type, body, base]``
+  ``[version, publisher, seq, channel_id, content_type, body, base, key, reply]``
   naming its publisher, that publisher's sequence number and its oldest
-  unacknowledged one; the broker answers with cumulative
-  acknowledgements, so a publisher can send again what a dead connection
-  swallowed and the broker can drop what it already has. An array, not a
-  map, and one frame, not a header and a body, because this is
-  `send_update`'s hot path: each frame is a socket call;
+  unacknowledged one, an idempotency key (or nil) and whether the
+  publisher wants the message's own answer; the broker answers with
+  cumulative acknowledgements, so a publisher can send again what a dead
+  connection swallowed and the broker can drop what it already has, and
+  with a `Published` answer (the channel's info) for each message that
+  asked for one, before the ack that covers it. An array, not a map, and
+  one frame, not a header and a body, because this is `send_update`'s
+  and the HTTP publisher's hot path: each frame is a socket call;
 * events, XPUB -> SUB: `[topic, header]` or `[topic, header, body]`;
   a channel's topic is its UTF-8 id followed by NUL, so the subscription
   for channel ``a`` never matches channel ``ab``; heartbeats travel on the
@@ -34,13 +37,18 @@ import reprlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgpack
 
 VERSION = 1
 HEARTBEAT_TOPIC = b"\0"
 MAX_CHANNEL_ID_BYTES = 1024
+# A message id's time is a Unix second an HTTP date can name (up to 9999-12-31):
+# edges render it as Last-Modified.
+LAST_SECOND = 253_402_300_799
+# An idempotency key names one publish; anything longer is not a key but a payload.
+MAX_KEY_BYTES = 255
 
 
 class WireError(ValueError):
@@ -71,6 +79,15 @@ def channel_id_problem(channel_id: str) -> str | None:
     return None
 
 
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an idempotency key, or None when it can."""
+    if not key:
+        return "idempotency key is empty"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"idempotency key is longer than {MAX_KEY_BYTES} bytes"
+    return None
+
+
 def topic(channel_id: str) -> bytes:
     return channel_id.encode("utf-8") + b"\0"
 
@@ -94,15 +111,19 @@ _shown.maxstring = _shown.maxother = 60
 _packers = threading.local()
 
 
-def _pack(header: dict[str, Any]) -> bytes:
+def _packer() -> msgpack.Packer:
     # msgpack.packb builds a Packer per call, as costly as the packing; a Packer
     # is not thread-safe (senders pack on their own threads), so one per thread.
     try:
-        packer = _packers.packer
+        packer: msgpack.Packer = _packers.packer
     except AttributeError:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer
+
+
+def _pack(header: dict[str, Any]) -> bytes:
     header["v"] = VERSION
-    packed: bytes = packer.pack(header)
+    packed: bytes = _packer().pack(header)
     return packed
 
 
@@ -119,12 +140,12 @@ def _unpack(frame: bytes) -> dict[str, Any]:
 
 
 def _id(value: Any) -> MessageId:
-    if (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(isinstance(part, int) and not isinstance(part, bool) for part in value)
-    ):
-        return MessageId(value[0], value[1])
+    # Read for every message an edge receives: `type(...) is int` is the cheap way
+    # to refuse bools, which are ints to isinstance.
+    if type(value) in (list, tuple) and len(value) == 2:
+        seconds, tag = value
+        if type(seconds) is int and type(tag) is int and 0 <= seconds <= LAST_SECOND and tag >= 0:
+            return MessageId(seconds, tag)
     raise WireError(f"message id {_shown.repr(value)} is not a [time, tag] pair")
 
 
@@ -176,6 +197,13 @@ class Publish(NamedTuple):
     # equal to `seq` when it is the oldest the sender still waits on. A broker
     # that does not know the publisher starts it only there.
     base: int
+    # The caller's name for this publish: another with the same key on the
+    # same channel within the broker's window is answered as this one was
+    # and not published again. None for `send_update`.
+    key: str | None = None
+    # The publisher waits on this message's own answer (`Published`), as an
+    # HTTP publish does for its status and channel info.
+    reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +226,23 @@ class Ack:
 UNKNOWN = -1
 
 
+class Published(NamedTuple):
+    """The answer to a publish that asked for one: the channel's info after it.
+
+    It is also an ack up to `seq`: the broker sequenced or held every
+    message of the publisher up to it, and sends no ack of its own when the
+    answers of a batch already say as much.
+
+    Sent for a repeat too (a publisher that lost the first answer with its
+    connection asks again): then with the info the broker recorded under the
+    message's key, or else the channel's info as it is now.
+    """
+
+    publisher: bytes
+    seq: int
+    info: ChannelInfo
+
+
 class PublishPacker:
     """Packs publishes into their one frame, reusing one msgpack buffer.
 
@@ -217,13 +262,17 @@ class PublishPacker:
         publisher: bytes,
         seq: int,
         base: int,
+        key: str | None = None,
+        reply: bool = False,
     ) -> bytes:
-        packed: bytes = self._pack([VERSION, publisher, seq, channel_id, content_type, body, base])
+        packed: bytes = self._pack(
+            [VERSION, publisher, seq, channel_id, content_type, body, base, key, reply]
+        )
         return packed
 
 
 def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int
 
 
 def decode_publish(frames: Sequence[bytes]) -> Publish:
@@ -233,9 +282,9 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
         fields = msgpack.unpackb(_bytes(frames[0]), raw=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError(f"publish is not msgpack: {exc}") from None
-    if not isinstance(fields, list) or len(fields) != 7:
-        raise WireError("publish is not an array of 7 fields")
-    version, publisher, seq, channel_id, content_type, body, base = fields
+    if not isinstance(fields, list) or len(fields) != 9:
+        raise WireError("publish is not an array of 9 fields")
+    version, publisher, seq, channel_id, content_type, body, base, key, reply = fields
     if version != VERSION:
         raise WireError(f"wire version {_shown.repr(version)}, expected {VERSION}")
     if not isinstance(publisher, bytes) or not publisher:
@@ -255,7 +304,15 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
         raise WireError(
             f"publish base {_shown.repr(base)} is not a whole number up to its sequence number"
         )
-    return Publish(channel_id, content_type, body, publisher, seq, base)
+    if key is not None:
+        if not isinstance(key, str):
+            raise WireError(f"idempotency key is {type(key).__name__}, expected str or nil")
+        problem = key_problem(key)
+        if problem:
+            raise WireError(problem)
+    if not isinstance(reply, bool):
+        raise WireError(f"publish reply flag {_shown.repr(reply)} is not true or false")
+    return Publish(channel_id, content_type, body, publisher, seq, base, key, reply)
 
 
 def encode_ack(ack: Ack) -> list[bytes]:
@@ -263,14 +320,60 @@ def encode_ack(ack: Ack) -> list[bytes]:
 
 
 def decode_ack(frames: Sequence[bytes]) -> Ack:
+    answer = decode_answer(frames)
+    if not isinstance(answer, Ack):
+        raise WireError("not an ack")
+    return answer
+
+
+def encode_published(published: Published) -> list[bytes]:
+    # An array, not a map like the ack: one per HTTP publish, read on the edge's hot path.
+    info = published.info
+    fields = [VERSION, published.publisher, published.seq]
+    fields += [info.messages, info.requested, info.subscribers, info.last]
+    return [_packer().pack(fields)]
+
+
+def decode_answer(frames: Sequence[bytes]) -> Ack | Published:
+    """What the broker's ingress sends a publisher: an ack (a map) or a publish's answer
+    (an array)."""
     if len(frames) != 1:
-        raise WireError(f"ack has {len(frames)} frames, expected 1")
-    header = _unpack(_bytes(frames[0]))
+        raise WireError(f"ingress answer has {len(frames)} frames, expected 1")
+    frame = _bytes(frames[0])
+    try:
+        value = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"ingress answer is not msgpack: {exc}") from None
+    if isinstance(value, list):
+        return _published(value)
+    header = _unpack(frame)
     publisher = header.get("p")
     seq = header.get("s")
-    if header.get("k") != "ack" or not isinstance(publisher, bytes) or not isinstance(seq, int):
-        raise WireError("not an ack")
-    return Ack(publisher, seq, bool(header.get("gap")))
+    if header.get("k") != "ack" or not isinstance(publisher, bytes) or not _whole(seq):
+        raise WireError(f"ingress answer {_shown.repr(header)} is not an ack")
+    return Ack(publisher, cast(int, seq), bool(header.get("gap")))
+
+
+def _published(fields: list[Any]) -> Published:
+    if len(fields) != 7:
+        raise WireError(f"publish answer has {len(fields)} fields, expected 7")
+    version, publisher, seq, messages, requested, subscribers, last = fields
+    if version != VERSION:
+        raise WireError(f"wire version {_shown.repr(version)}, expected {VERSION}")
+    if not isinstance(publisher, bytes) or not _whole(seq):
+        raise WireError("publish answer without a publisher and number")
+    if not _whole(messages) or not _whole(subscribers):
+        raise WireError("publish answer without message and subscriber counts")
+    if requested is not None and not (
+        _whole(requested) or (isinstance(requested, float) and math.isfinite(requested))
+    ):
+        raise WireError(
+            f"publish answer's request time {_shown.repr(requested)} is not a finite number"
+        )
+    info = ChannelInfo(
+        messages, None if requested is None else float(requested), subscribers, _optional_id(last)
+    )
+    return Published(publisher, seq, info)
 
 
 # -- events: the broker to edges ---------------------------------------------

@@ -14,6 +14,8 @@ import tornado.httputil
 from edge.protocol import PUSH_SECRET
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Addresses judged, remembered; cleared when full, since judging one again is cheap.
+CACHE_LIMIT = 4096
 
 
 def networks(written: Iterable[str]) -> list[Network]:
@@ -36,9 +38,23 @@ class TrustedCallers:
     def __init__(self, allowed: Iterable[str], secret: str | None) -> None:
         self.networks = networks(allowed)
         self.secret = secret.encode() if secret else None
+        self._allowed: dict[str, bool] = {}
 
     def admit(self, request: tornado.httputil.HTTPServerRequest) -> bool:
-        if within(request.remote_ip or "", self.networks):
+        return self.admits(request.remote_ip or "", request.headers.get(PUSH_SECRET))
+
+    def admits(self, remote_ip: str, secret: str | None) -> bool:
+        """Whether a caller from `remote_ip` (as the connection reports it) holding `secret`
+        (the X-Push-Secret header, or None) is trusted."""
+        allowed = self._allowed.get(remote_ip)
+        if allowed is None:
+            allowed = within(remote_ip, self.networks)
+            if len(self._allowed) >= CACHE_LIMIT:
+                self._allowed.clear()
+            self._allowed[remote_ip] = allowed
+        if allowed:
             return True
-        given = request.headers.get(PUSH_SECRET)
-        return bool(self.secret and given and hmac.compare_digest(self.secret, given.encode()))
+        # Header values arrive as latin-1 text: these are the bytes the caller sent.
+        return bool(
+            self.secret and secret and hmac.compare_digest(self.secret, secret.encode("latin-1"))
+        )

@@ -1,5 +1,5 @@
-"""Builds what serves the edge's HTTP port: the subscriber location's own fast path,
-and a Tornado application for the rest (publisher, metrics, the WSGI fallback)."""
+"""Builds what serves the edge's HTTP port: the subscriber and publisher locations' own
+fast paths, and a Tornado application for the rest (metrics, the WSGI fallback)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from edge.access import TrustedCallers
 from edge.bridge import request_log
 from edge.config import EdgeConfig
 from edge.feed import Feed
-from edge.handlers import PushHandler, anchored
+from edge.handlers import PushHandler
+from edge.ingress import Ingress
 from edge.metrics import MetricsHandler, registry_for
 from edge.passthrough import Passthrough
-from edge.publisher import PublisherHandler
+from edge.publisher import Publishers
 from edge.subscriber import EdgeRouter, Subscribers
 from edge.wsgi import WSGIApp, WSGIFallback
 
@@ -31,6 +32,7 @@ class NotFoundHandler(PushHandler):
 def build_router(
     config: EdgeConfig,
     feed: Feed,
+    ingress: Ingress,
     passthrough: Passthrough,
     connections: Callable[[], int],
     connection_events: Counter[str],
@@ -42,9 +44,6 @@ def build_router(
     rules: list[Any] = [
         (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})
     ]
-    for publisher in config.publishers:
-        options = {"feed": feed, "location": publisher, "config": config}
-        rules.append((anchored(publisher.url), PublisherHandler, options))
     if wsgi_app is not None:
         fallback = WSGIFallback(wsgi_app)
         rules.append((r".*", tornado.web.FallbackHandler, {"fallback": fallback}))
@@ -54,4 +53,6 @@ def build_router(
         compress_response=False,
         log_function=request_log(),
     )
-    return EdgeRouter(application, Subscribers(config, feed, passthrough, responses))
+    subscribers = Subscribers(config, feed, passthrough, responses)
+    publishers = Publishers(config, feed, ingress, subscribers.date)
+    return EdgeRouter(application, subscribers, publishers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS
+from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS, DEFAULT_INGRESS
 
 LONG_POLL = "long"
 INTERVAL_POLL = "interval"
@@ -59,12 +59,17 @@ class EdgeConfig:
     reuse_port: bool = False
     events: str = DEFAULT_EVENTS
     control: str = DEFAULT_CONTROL
+    # Where the publisher location sends HTTP publishes, as send_update does.
+    ingress: str = DEFAULT_INGRESS
     subscribers: tuple[SubscriberLocation, ...] = (SubscriberLocation(),)
     publishers: tuple[PublisherLocation, ...] = (PublisherLocation(),)
     # Seconds a long-poll is held before 304; below common load-balancer
     # idle timeouts (nginx 60 s, many cloud balancers 30 s and up).
     long_poll_timeout: float = 25.0
     max_message_size: int = 4 * 1024 * 1024
+    # HTTP publishes the broker has not acknowledged yet, at most; beyond
+    # it a publish is answered 503 at once.
+    send_queue_size: int = 10_000
     # Seconds a request's head, then its body, may take to arrive, counted from
     # its start and not renewed by each byte: a trickling or silent client
     # cannot hold a connection (or, at `max_connections`, the edge) for longer.

@@ -1,8 +1,8 @@
 """What the push locations share: refusals with a reason, the channel id, methods.
 
-The subscriber location answers on the edge's own connection and takes only
-the refusals, the channel id and `anchored`; `PushHandler` is the base of
-the handlers Tornado serves (publisher, metrics, the 404 where no location
+The subscriber and publisher locations answer on the edge's own connection
+and take only the refusals, the channel id and `anchored`; `PushHandler` is
+the base of the handlers Tornado serves (metrics, the 404 where no location
 matches). Tornado's defaults fight the protocol in two places, both
 switched off in it: it computes an Etag for GET responses and turns a
 matching If-None-Match into 304 (the protocol's Etag is a message tag, not
@@ -73,21 +73,7 @@ class PushHandler(tornado.web.RequestHandler):
     def refuse(self, status: int, why: str) -> NoReturn:
         raise Refusal(status, why)
 
-    def channel_id(self) -> str:
-        """The channel id from the location pattern's one group, named or not."""
-        groups = self.path_args or list(self.path_kwargs.values())
-        return groups[0] if groups else checked_channel_id(b"")
-
-    def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        return checked_channel_id(value)
-
-    def always_headers(self) -> list[tuple[str, str]]:
-        """Headers every response carries, errors included."""
-        return []
-
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        for name, value in self.always_headers():
-            self.add_header(name, value)
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, Refusal):
             why = error.why

@@ -12,7 +12,7 @@ import email.utils
 import re
 from dataclasses import dataclass
 
-from broker.wire import MessageId
+from broker.wire import LAST_SECOND, MessageId
 
 IF_MODIFIED_SINCE = "If-Modified-Since"
 IF_NONE_MATCH = "If-None-Match"
@@ -25,6 +25,8 @@ MESSAGES_MISSED = "X-Messages-Missed"
 LAST_EVENT_ID = "Last-Event-ID"
 X_REQUESTED_WITH = "X-Requested-With"
 PUSH_SECRET = "X-Push-Secret"
+# Names one publish: a retry with the same key is answered as the first was.
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 VARY_VALUE = f"{IF_NONE_MATCH}, {IF_MODIFIED_SINCE}"
 SUBSCRIBER_METHODS = ("GET", "OPTIONS")
@@ -45,11 +47,6 @@ class Cursor:
     # Echoed back on a 304, exactly the validators the client sent.
     has_time: bool = False
     has_tag: bool = False
-
-
-# The last second an HTTP date can name (9999-12-31 23:59:59 UTC): a validator
-# past it could not be echoed in a 304.
-LAST_HTTP_SECOND = 253_402_300_799
 
 
 def http_date(seconds: int) -> str:
@@ -74,7 +71,7 @@ def parse_cursor(if_modified_since: str | None, if_none_match: str | None) -> Cu
             seconds = calendar.timegm(parsed[:9]) - (parsed[9] or 0)
         except (OverflowError, ValueError):
             seconds = -1
-        if not 0 <= seconds <= LAST_HTTP_SECOND:
+        if not 0 <= seconds <= LAST_SECOND:  # a 304 must be able to echo it
             raise BadValidator(f"{IF_MODIFIED_SINCE} is out of range: {if_modified_since!r}")
     tag = -1
     if if_none_match is not None:

@@ -1,4 +1,5 @@
-"""Runs an edge: the HTTP server and its feed from the broker, started and stopped together."""
+"""Runs an edge: the HTTP server, its feed from the broker and its ingress link to it,
+started and stopped together."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from edge.app import build_router
 from edge.config import EdgeConfig
 from edge.connection import HTTPServer
 from edge.feed import Feed
+from edge.ingress import Ingress
 from edge.passthrough import Passthrough
 
 log = logging.getLogger("pushserver.edge")
 
 # Descriptors kept back for the broker's sockets, logs and Django's files.
 RESERVED_FDS = 64
+# At a stop, how long HTTP publishes already taken may wait for the broker's acks.
+PUBLISH_GRACE = 1.0
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -44,6 +48,7 @@ class Edge:
     def __init__(self, config: EdgeConfig, wsgi_app: Any | None = None) -> None:
         self.config = config
         self.feed = Feed(config)
+        self.ingress = Ingress(config)
         self.passthrough = Passthrough(config)
         # Deadlines missed, connections refused, malformed requests: counted by the
         # HTTP server, shown by the metrics.
@@ -51,6 +56,7 @@ class Edge:
         self.router = build_router(
             config,
             self.feed,
+            self.ingress,
             self.passthrough,
             self.open_connections,
             self.connection_events,
@@ -96,6 +102,7 @@ class Edge:
         if self._server is None:
             self.listen()
         assert self._server is not None
+        self.ingress.start()
         await self._server.serve(self._sockets)
         feed_task = asyncio.create_task(self.feed.run())
         try:
@@ -112,6 +119,7 @@ class Edge:
                 # Let the 304s go out before connections close.
                 await asyncio.sleep(0.1)
             await self.passthrough.close()
+            await self.ingress.close(min(PUBLISH_GRACE, self.config.broker_timeout))
             self.feed.stop()
             await feed_task
             await self._server.close_all()

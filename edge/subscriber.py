@@ -43,6 +43,7 @@ from edge.protocol import (
     http_date,
     parse_cursor,
 )
+from edge.publisher import PublisherRequest, Publishers
 from edge.signing import query_problem
 
 log = logging.getLogger("pushserver.edge")
@@ -121,18 +122,30 @@ class Subscribers:
 
 
 class EdgeRouter:
-    """Sends subscriber-location requests to `SubscriberPoll`, everything else to Tornado."""
+    """Sends subscriber-location requests to `SubscriberPoll`, publisher-location ones to
+    `PublisherRequest`, everything else to Tornado."""
 
-    def __init__(self, application: tornado.web.Application, subscribers: Subscribers) -> None:
+    def __init__(
+        self,
+        application: tornado.web.Application,
+        subscribers: Subscribers,
+        publishers: Publishers,
+    ) -> None:
         self.application = application
         self.subscribers = subscribers
+        self.publishers = publishers
 
     def __call__(self, connection: Connection, request: Request) -> Responder:
-        found = self.subscribers.match(request.path)
-        if found is None:
-            return TornadoResponder(self.application, connection, request)
-        location, raw_channel_id = found
-        return SubscriberPoll(self.subscribers, location, raw_channel_id, connection, request)
+        path = request.path
+        found = self.subscribers.match(path)
+        if found is not None:
+            location, raw_channel_id = found
+            return SubscriberPoll(self.subscribers, location, raw_channel_id, connection, request)
+        publishing = self.publishers.match(path)
+        if publishing is not None:
+            publisher, raw_channel_id = publishing
+            return PublisherRequest(self.publishers, publisher, raw_channel_id, connection, request)
+        return TornadoResponder(self.application, connection, request)
 
 
 class SubscriberPoll:

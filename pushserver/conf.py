@@ -204,6 +204,7 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         **fields,
         events=connect_endpoint(endpoints["events"]),
         control=connect_endpoint(endpoints["control"]),
+        ingress=connect_endpoint(endpoints["ingress"]),
         subscribers=tuple(
             SubscriberLocation(**schema.SUBSCRIBER_LOCATION.fields(loc, SubscriberLocation))
             for loc in merged

@@ -89,7 +89,10 @@ async def _serve(
 
         if endpoints is not None:
             edge_config = dataclasses.replace(
-                edge_config, events=endpoints.events, control=endpoints.control
+                edge_config,
+                events=endpoints.events,
+                control=endpoints.control,
+                ingress=endpoints.ingress,
             )
         edge = Edge(edge_config, wsgi_app=wsgi_app)
         urls = edge.listen()

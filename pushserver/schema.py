@@ -307,7 +307,8 @@ BROKER = Group(
             "ingress",
             "str",
             rules.BROKER_ENDPOINT,
-            "where `send_update` sends messages and gets them acknowledged (DEALER → ROUTER)",
+            "where `send_update` and the edges' publisher locations send messages and get "
+            "them acknowledged (DEALER → ROUTER)",
         ),
         _field(
             _BROKER,
@@ -505,14 +506,15 @@ TOP = Group(
             "how long the broker may be unreachable before `send_update` raises",
             convert=float,
         ),
-        Setting(
+        _field(
+            _EDGE,
             "send_queue_size",
             "int",
-            10_000,
             rules.COUNT,
-            "unacknowledged messages each sending thread keeps (while the broker is away, or "
-            "slow to acknowledge); beyond it `send_update` raises",
-            convert=int,
+            "unacknowledged messages each sending thread, and each edge for its publisher "
+            "locations, keeps (while the broker is away, or slow to acknowledge); beyond it "
+            "`send_update` raises and an HTTP publish gets `503`",
+            int,
         ),
         Setting(
             "exit_timeout",
@@ -521,6 +523,25 @@ TOP = Group(
             rules.SECONDS,
             "how long unacknowledged messages may delay interpreter exit",
             convert=float,
+        ),
+        _field(
+            _BROKER,
+            "idempotency_window",
+            "float (s)",
+            rules.SECONDS,
+            "how long the broker remembers an HTTP publish's `Idempotency-Key`: a retry with "
+            "the same key on the same channel within it is answered as the first was and not "
+            "published again",
+            float,
+        ),
+        _field(
+            _BROKER,
+            "idempotency_keys",
+            "int",
+            rules.COUNT,
+            "idempotency keys the broker remembers at most; beyond it the oldest are forgotten "
+            "before their window ends",
+            int,
         ),
         _field(
             _EDGE,

@@ -4,7 +4,7 @@ ZeroMQ sockets are not thread-safe and do not survive `fork`, so each
 thread of each process sends on a DEALER socket of its own
 (``threading.local`` plus a pid check: a gunicorn ``--preload`` child makes
 its own context and never touches its parent's). What a socket has sent
-and what it must write again is its `pushserver.outbox.Outbox`; this module
+and what it must write again is its `broker.outbox.Outbox`; this module
 carries frames and acks between outboxes and sockets, and keeps the
 process's threads and hooks. Together they guarantee that a message
 `send_update` accepted is sequenced exactly once while this process lives,
@@ -67,6 +67,7 @@ The traps:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -79,9 +80,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
-from broker.sockets import backend_send
+from broker.outbox import Outbox
+from broker.sockets import backend_send, send_plain
 from pushserver import PushServerError
-from pushserver.outbox import Outbox
 
 log = logging.getLogger("pushserver")
 
@@ -242,13 +243,7 @@ class _Publisher:
     def write_due(self) -> None:
         """Write what the outbox says is due; stops when the socket cannot take more
         (no connection, or its queue is full)."""
-        outbox, sock = self.outbox, self.socket
-        for frame in outbox.due():
-            try:
-                backend_send(sock, frame, _NOBLOCK)
-            except zmq.Again:
-                outbox.unwrite()
-                return
+        self.outbox.write_due(functools.partial(send_plain, self.socket))
 
     def flush(self) -> None:
         """Take acks and write what is due, without blocking."""

@@ -486,6 +486,9 @@ WRITTEN = {
     "passthrough_secret": "s3cret",
     "passthrough_timeout": 1,
     "passthrough_concurrency": 3,
+    "send_queue_size": 20,
+    "idempotency_window": 5,
+    "idempotency_keys": 10,
     "forwarded_allow_ips": ["10.0.0.0/8"],
     "signed_url_secrets": [LONG_SECRET],
 }
@@ -514,6 +517,9 @@ def test_a_bind_all_broker_endpoint_is_reached_on_loopback() -> None:
     with override_settings(PUSH_SERVER={"broker": {"events": "tcp://*:6001"}}):
         assert conf.broker_config().events == "tcp://*:6001"
         assert conf.edge_config().events == "tcp://127.0.0.1:6001"
+    # Edges publish HTTP POSTs to the ingress, as send_update does.
+    with override_settings(PUSH_SERVER={"broker": {"ingress": "tcp://*:6000"}}):
+        assert conf.edge_config().ingress == "tcp://127.0.0.1:6000"
 
 
 def test_hosts_default_to_where_the_edge_listens() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pytest
 
 from broker import wire
-from pushserver.outbox import RESEND_AFTER, Outbox, Renumbered
+from broker.outbox import RESEND_AFTER, Outbox, Renumbered
 from tests.clock import Clock
 
 
@@ -258,3 +258,45 @@ def test_a_gap_below_what_was_acknowledged_renumbers_the_queue_under_a_new_ident
     assert following is not None
     assert written([following]) == [(2, 2, b"5")]
     assert wire.decode_publish([following]).publisher == new
+
+
+def test_a_message_keeps_its_key_and_its_wish_for_an_answer_whenever_it_is_repacked(
+    outbox: Outbox,
+) -> None:
+    """Written again as the oldest (a new base), and renumbered under a new identity."""
+    outbox.append("news", b"0", None, "key-0", True)
+    outbox.append("news", b"1", None, None, False)
+    outbox.append("news", b"2", None, None, True)
+    outbox.append("news", b"3", None, "key-3", False)
+    ack(outbox, 1)
+    outbox.on_reconnect()
+    marked = [wire.decode_publish([frame]) for frame in outbox.due()]
+    assert [(p.seq, p.base, p.key, p.reply) for p in marked] == [
+        (2, 2, None, True),
+        (3, 0, "key-3", False),
+    ]
+    assert ack(outbox, 0, gap=True) is not None
+    renumbered = [wire.decode_publish([frame]) for frame in outbox.due()]
+    assert [(p.seq, p.body, p.key, p.reply) for p in renumbered] == [
+        (0, b"2", None, True),
+        (1, b"3", "key-3", False),
+    ]
+
+
+def test_writing_what_is_due_stops_at_the_first_frame_the_socket_refuses(
+    outbox: Outbox,
+) -> None:
+    for body in (b"a", b"b", b"c"):
+        outbox.append("news", body, None)
+    outbox.on_reconnect()
+    taken: list[bytes] = []
+
+    def write(frame: bytes) -> bool:
+        if len(taken) == 1:
+            return False
+        taken.append(frame)
+        return True
+
+    outbox.write_due(write)
+    assert written(taken) == [(0, 0, b"a")]
+    assert written(outbox.due()) == [(1, 0, b"b"), (2, 0, b"c")]

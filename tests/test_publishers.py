@@ -1,5 +1,5 @@
-"""Exactly-once ingress: the broker's rules per publisher, the Publish and Ack frames, and the
-broker applying both on its ROUTER, across a restart with a history file."""
+"""Exactly-once ingress: the broker's rules per publisher, the Publish, Ack and Published frames,
+and the broker applying them on its ROUTER, across a restart with a history file."""
 
 from __future__ import annotations
 
@@ -106,10 +106,18 @@ def test_a_publish_carries_its_publisher_number_and_oldest_in_one_frame() -> Non
     pack = wire.PublishPacker()
     frame = pack("news", b'{"a":1}', "application/json", A, 12, 10)
     assert wire.decode_publish([frame]) == wire.Publish(
-        "news", "application/json", b'{"a":1}', A, 12, 10
+        "news", "application/json", b'{"a":1}', A, 12, 10, None, False
     )
     no_type = wire.decode_publish([pack("news", b"", None, B, 0, 0)])
     assert no_type == wire.Publish("news", None, b"", B, 0, 0)
+
+
+def test_a_publish_carries_its_idempotency_key_and_whether_it_wants_an_answer() -> None:
+    frame = wire.PublishPacker()("news", b"x", None, A, 3, 3, "retry-7", True)
+    published = wire.decode_publish([frame])
+    assert (published.key, published.reply) == ("retry-7", True)
+    # send_update's messages: every field is there, saying no key and no answer.
+    assert msgpack.unpackb(wire.PublishPacker()("news", b"x", None, A, 0, 0))[-2:] == [None, False]
 
 
 def test_frames_from_one_packer_stay_what_they_were_when_it_packs_more() -> None:
@@ -145,9 +153,11 @@ def publish(
     body: object = b"",
     base: object = 0,
     version: object = wire.VERSION,
+    key: object = None,
+    reply: object = False,
 ) -> bytes:
     """A publish frame with any field as the test wants it, however wrong."""
-    return fields(version, publisher, seq, channel_id, content_type, body, base)
+    return fields(version, publisher, seq, channel_id, content_type, body, base, key, reply)
 
 
 @pytest.mark.parametrize(
@@ -173,11 +183,18 @@ def publish(
         ([publish(seq=3, base=None)], "base None is not"),
         ([publish(seq=3, base=False)], "base False is not"),
         ([publish(version=wire.VERSION + 1)], "wire version 2"),
-        # A header and a body, or six fields without a base: formats that never shipped.
+        ([publish(key=7)], "idempotency key is int"),
+        ([publish(key=b"k")], "idempotency key is bytes"),
+        ([publish(key="")], "idempotency key is empty"),
+        ([publish(key="k" * (wire.MAX_KEY_BYTES + 1))], "longer than 255 bytes"),
+        ([publish(reply=1)], "reply flag 1 is not"),
+        ([publish(reply=None)], "reply flag None is not"),
+        # A header and a body, or seven fields without a key and a reply flag:
+        # formats that never shipped, or that this one replaced.
         ([header(c="news", t=None, p=A, s=0), b""], "2 frames, expected 1"),
-        ([header(c="news", t=None, p=A, s=0)], "not an array of 7 fields"),
-        ([fields(wire.VERSION, A, 0, "news", None, b"")], "not an array of 7 fields"),
-        ([fields(wire.VERSION, A, 0, "news", None, b"", 0, 0)], "not an array of 7 fields"),
+        ([header(c="news", t=None, p=A, s=0)], "not an array of 9 fields"),
+        ([fields(wire.VERSION, A, 0, "news", None, b"", 0)], "not an array of 9 fields"),
+        ([fields(wire.VERSION, A, 0, "news", None, b"", 0, None, False, 0)], "of 9 fields"),
         ([publish(), publish()], "2 frames, expected 1"),
         ([], "0 frames, expected 1"),
         ([b"\xc1garbage"], "not msgpack"),
@@ -193,6 +210,48 @@ def test_an_ack_round_trips_in_one_frame(gap: bool) -> None:
     frames = wire.encode_ack(wire.Ack(A, 41, gap))
     assert len(frames) == 1
     assert wire.decode_ack(frames) == wire.Ack(A, 41, gap)
+
+
+def test_a_publish_answer_round_trips_with_the_channel_info() -> None:
+    info = wire.ChannelInfo(3, 1_700_000_000.5, 2, wire.MessageId(1_700_000_001, 4))
+    frames = wire.encode_published(wire.Published(A, 9, info))
+    assert len(frames) == 1
+    assert wire.decode_answer(frames) == wire.Published(A, 9, info)
+    assert wire.decode_answer(wire.encode_ack(wire.Ack(A, 9))) == wire.Ack(A, 9)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [fields(wire.VERSION, A, 1, 0, None, 0)],
+        [fields(wire.VERSION + 1, A, 1, 0, None, 0, None)],
+        [fields(wire.VERSION, "text", 1, 0, None, 0, None)],
+        [fields(wire.VERSION, A, True, 0, None, 0, None)],
+        [fields(wire.VERSION, A, 1, "0", None, 0, None)],
+        [fields(wire.VERSION, A, 1, 0, "yesterday", 0, None)],
+        [fields(wire.VERSION, A, 1, 0, None, 0, [1, "x"])],
+        [header(k="pub", p=A, s=1)],
+        [header(k="ack", p=A, s=1.5)],
+        [fields(wire.VERSION, A, 1, 0, None, 0, None), b"extra"],
+        [b"\xc1"],
+    ],
+    ids=[
+        "six-fields",
+        "other-version",
+        "text-publisher",
+        "bool-number",
+        "text-count",
+        "text-time",
+        "bad-id",
+        "map-not-ack",
+        "fractional-ack",
+        "two-frames",
+        "not-msgpack",
+    ],
+)
+def test_a_bad_ingress_answer_is_a_wire_error(frames: list[bytes]) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_answer(frames)
 
 
 def test_an_ack_is_not_a_gap_unless_it_says_so() -> None:
@@ -211,6 +270,7 @@ def test_an_ack_is_not_a_gap_unless_it_says_so() -> None:
         [header(k="ack", p="text", s=1)],
         [header(k="ack", p=A, s="1")],
         [publish()],
+        wire.encode_published(wire.Published(A, 1, wire.ChannelInfo(0, None, 0, None))),
         [b"not msgpack \xc1"],
         [msgpack.packb({"k": "ack", "p": A, "s": 1, "v": wire.VERSION + 1})],
     ],
@@ -232,13 +292,33 @@ class RawPublisher:
         self.socket.connect(endpoint)
         self.pack = wire.PublishPacker()
 
-    def send(self, channel: str, seq: int, publisher: bytes = A, base: int = 0) -> None:
+    def send(
+        self,
+        channel: str,
+        seq: int,
+        publisher: bytes = A,
+        base: int = 0,
+        key: str | None = None,
+        reply: bool = False,
+    ) -> None:
         body = f"{publisher.decode()}:{seq}".encode()
-        self.socket.send(self.pack(channel, body, None, publisher, seq, base))
+        self.socket.send(self.pack(channel, body, None, publisher, seq, base, key, reply))
+
+    def answer(self, timeout: float = 5.0) -> wire.Ack | wire.Published:
+        assert self.socket.poll(round(timeout * 1000)), f"nothing within {timeout} s"
+        return wire.decode_answer(self.socket.recv_multipart())
 
     def ack(self, timeout: float = 5.0) -> wire.Ack:
         assert self.socket.poll(round(timeout * 1000)), f"no ack within {timeout} s"
         return wire.decode_ack(self.socket.recv_multipart())
+
+    def published(self, seq: int) -> wire.ChannelInfo:
+        """The answer to publish `seq`; it comes before any ack that covers `seq`."""
+        while True:
+            answer = self.answer()
+            assert not (isinstance(answer, wire.Ack) and answer.seq >= seq), answer
+            if isinstance(answer, wire.Published) and answer.seq == seq:
+                return answer.info
 
     def ack_for(self, seq: int) -> wire.Ack:
         """The first ack that covers `seq`: acks are coalesced, so some are skipped."""
@@ -337,3 +417,88 @@ def test_a_broker_without_history_refuses_a_publisher_resuming_ahead_of_its_olde
         raw.send("resumed", seq, base=3)
     assert raw.ack_for(5) == wire.Ack(A, 5)
     assert held(context, forgetful, "resumed") == [f"publisher-a:{n}".encode() for n in (3, 4, 5)]
+
+
+# -- answers and idempotency keys ---------------------------------------------
+
+
+def test_a_publish_that_asks_is_answered_with_the_channel_info_which_acknowledges_it(
+    broker: ThreadBroker, connect: Callable[[str], RawPublisher]
+) -> None:
+    raw = connect(broker.ingress)
+    raw.send("answered", 0, reply=True)
+    first = raw.published(0)
+    assert (first.messages, first.subscribers) == (1, 0)
+    raw.send("answered", 1, reply=True)
+    second = raw.published(1)
+    assert second.messages == 2
+    assert first.last is not None and second.last is not None and second.last > first.last
+    # The answers were the acks: send_update's next message, which asks for
+    # nothing, gets the first ack on this socket.
+    raw.send("answered", 2)
+    assert raw.answer() == wire.Ack(A, 2)
+    # An answer that does not reach the publisher's newest number comes with an ack.
+    raw.send("answered", 3)
+    assert raw.answer() == wire.Ack(A, 3)
+    raw.send("answered", 2, reply=True)  # a repeat: answered, and acknowledged up to 3
+    assert raw.published(2).messages == 4
+    assert raw.answer() == wire.Ack(A, 3)
+
+
+def test_a_repeat_that_asks_is_answered_again_and_not_published_again(
+    context: zmq.Context[zmq.Socket[bytes]],
+    broker: ThreadBroker,
+    connect: Callable[[str], RawPublisher],
+) -> None:
+    """The first answer died with a connection; the outbox writes the message again."""
+    raw = connect(broker.ingress)
+    raw.send("answered-twice", 0, reply=True)
+    assert raw.published(0).messages == 1
+    raw.send("answered-twice", 0, reply=True)
+    assert raw.published(0).messages == 1
+    assert held(context, broker, "answered-twice") == [b"publisher-a:0"]
+    assert broker.counters["ingress_repeats"] == 1
+
+
+def test_a_key_seen_on_the_channel_is_answered_as_the_first_and_not_published_again(
+    context: zmq.Context[zmq.Socket[bytes]],
+    broker: ThreadBroker,
+    connect: Callable[[str], RawPublisher],
+) -> None:
+    """Two edges (two publishers) carrying one HTTP client's retry."""
+    first_edge, second_edge = connect(broker.ingress), connect(broker.ingress)
+    first_edge.send("keyed", 0, key="order-1", reply=True)
+    first = first_edge.published(0)
+    second_edge.send("keyed", 0, publisher=B, key="order-1", reply=True)
+    assert second_edge.published(0) == first
+    first_edge.send("keyed", 1, key="order-2", reply=True)
+    assert first_edge.published(1).messages == 2
+    # The same key on another channel names another publish.
+    first_edge.send("keyed-elsewhere", 2, key="order-1", reply=True)
+    assert first_edge.published(2).messages == 1
+    assert held(context, broker, "keyed") == [b"publisher-a:0", b"publisher-a:1"]
+    assert held(context, broker, "keyed-elsewhere") == [b"publisher-a:2"]
+    assert broker.counters["ingress_key_retries"] == 1
+
+
+def test_keys_survive_broker_restarts_with_a_history_file(
+    context: zmq.Context[zmq.Socket[bytes]],
+    broker: ThreadBroker,
+    connect: Callable[[str], RawPublisher],
+) -> None:
+    """Each start replays the file and compacts it: keys must outlive both."""
+    raw = connect(broker.ingress)
+    raw.send("kept-keys", 0, key="before", reply=True)
+    raw.published(0)
+    for _ in range(2):
+        broker.stop()
+        broker.start()
+    retry = connect(broker.ingress)
+    retry.send("kept-keys", 0, publisher=B, key="before", reply=True)
+    assert retry.published(0).messages == 1
+    assert held(context, broker, "kept-keys") == [b"publisher-a:0"]
+    # The number the retry took is the broker's after another restart too.
+    broker.stop()
+    broker.start()
+    retry.send("kept-keys", 1, publisher=B, key="after", reply=True)
+    assert retry.published(1).messages == 2

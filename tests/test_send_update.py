@@ -1,6 +1,6 @@
 """send_update against the real broker: in a thread of the test process, or as a process.
 
-What a socket numbers, keeps and writes again is `pushserver.outbox`'s,
+What a socket numbers, keeps and writes again is `broker.outbox`'s,
 specified without sockets in test_outbox.py; these are the sockets,
 threads and processes around it: threads, fork, interpreter exit, broker
 restarts and kills, and the outage policy. The broker listens on fixed

@@ -1,4 +1,8 @@
-"""One sending socket's messages, from `send_update` until the broker acknowledges them.
+"""One sending socket's messages, from being handed in until the broker acknowledges them.
+
+The publisher's half of the ingress protocol (`broker.publishers` is the
+broker's), shared by `send_update`'s sockets and the edge's HTTP publisher,
+so it lives beside the wire format and imports nothing from Django.
 
 A message handed to a ZeroMQ socket is not yet the broker's: a connection
 that dies takes what it carried with it, and nothing says so. So each
@@ -22,7 +26,7 @@ oldest (`wire.Publish.base`): a broker that does not know this publisher
 starts it there, and refuses a later one that arrives first, since older
 ones may have died with its predecessor. Pure bookkeeping with an injected clock, so each of these
 cases is tested alone; the sockets, threads and process hooks are
-`pushserver.sender`'s.
+`pushserver.sender`'s and `edge.ingress`'s.
 
 The traps:
 
@@ -78,11 +82,22 @@ class Outbox:
         # When `acked` last moved, or when writing from it began.
         self.progress_at = clock()
 
-    def append(self, channel_id: str, body: bytes, content_type: str | None) -> bytes | None:
+    def append(
+        self,
+        channel_id: str,
+        body: bytes,
+        content_type: str | None,
+        key: str | None = None,
+        reply: bool = False,
+    ) -> bytes | None:
         """Number and keep a message; returns its frame when it is the one to write now,
-        None when older ones wait to be written first (`due` hands it out after them)."""
+        None when older ones wait to be written first (`due` hands it out after them).
+
+        Its number is `next_seq` as it was before the call."""
         seq = self.next_seq
-        frame = self._pack(channel_id, body, content_type, self.identity, seq, self.acked + 1)
+        frame = self._pack(
+            channel_id, body, content_type, self.identity, seq, self.acked + 1, key, reply
+        )
         self.unacked.append(frame)
         self.next_seq = seq + 1
         written_upto = self.written_upto
@@ -109,6 +124,14 @@ class Outbox:
                 unacked[0] = self._marked_oldest(unacked[0])
             self.written_upto += 1
             yield unacked[index]
+
+    def write_due(self, write: Callable[[bytes], bool]) -> None:
+        """Hand `write` the frames due, oldest first, until it could not write one
+        (it returns False), which is then due again."""
+        for frame in self.due():
+            if not write(frame):
+                self.unwrite()
+                return
 
     def on_reconnect(self) -> None:
         """A new connection: what the last one carried past the acks may have died with it."""
@@ -143,7 +166,7 @@ class Outbox:
         # In place: a caller may hold the deque.
         self.unacked.clear()
         self.unacked.extend(
-            self._pack(p.channel_id, p.body, p.content_type, self.identity, seq, 0)
+            self._pack(p.channel_id, p.body, p.content_type, self.identity, seq, 0, p.key, p.reply)
             for seq, p in enumerate(publishes)
         )
         self.next_seq = len(publishes)
@@ -162,4 +185,6 @@ class Outbox:
             self.identity,
             publish.seq,
             publish.seq,
+            publish.key,
+            publish.reply,
         )
