@@ -693,6 +693,8 @@ def publish_fields(rng: random.Random, channels: list[str]) -> list[Any]:
         "text/plain",
         rng.randbytes(rng.randrange(20)),
         rng.randrange(seq + 1),
+        rng.choice([None, "key-" + rng.randbytes(3).hex()]),
+        rng.random() < 0.5,
     ]
 
 
@@ -710,7 +712,7 @@ def known_bad_content_type(value: Any) -> bool:
 
 
 def _publishable(fields: list[Any]) -> list[Any]:
-    if len(fields) == 7 and known_bad_content_type(fields[4]):
+    if len(fields) == 9 and known_bad_content_type(fields[4]):
         fields[4] = "text/plain"
     return fields
 
@@ -814,9 +816,7 @@ def subscription_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
 
 
 def _message_id(rng: random.Random) -> Any:
-    # Times past year 9999 are left to
-    # test_a_live_message_dated_past_year_9999_does_not_stop_the_edges_feed.
-    return [rng.randrange(2**31), rng.choice([0, 1, rng.randrange(2**63)])]
+    return [rng.choice([rng.randrange(2**31), 2**40, -1]), rng.choice([0, 1, rng.randrange(2**63)])]
 
 
 def event_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
