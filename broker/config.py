@@ -32,6 +32,9 @@ class BrokerConfig:
     sync_interval: float = 0.5
     # An edge that has not reported its subscribers for this long is gone.
     presence_timeout: float = 5.0
+    # Seconds a channel that holds no message, has no subscriber on any edge
+    # and is not asked for is kept before the broker forgets it.
+    channel_linger: float = 60.0
     # Outgoing queue per edge on the events socket; 0 means unbounded.
     events_sndhwm: int = 100_000
     history_file: Path | None = None

@@ -27,6 +27,7 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
+from broker.memory import Trimmer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.sequencer import Channel, Sequencer
@@ -68,7 +69,9 @@ class Broker:
         self.sequencer = Sequencer(
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
-        self.presence = Presence()
+        # Durations only, so the monotonic clock: lingers survive the wall clock being set.
+        self.presence = Presence(time.monotonic)
+        self._trimmer = Trimmer()
         self.history = None if config.history_file is None else History(config.history_file)
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
@@ -81,6 +84,7 @@ class Broker:
         self._events_now: zmq.Socket[bytes] | None = None
         self._ingress: zmq.asyncio.Socket | None = None
         self._events: zmq.asyncio.Socket | None = None
+        self._events_shadow: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
 
     def bind(self) -> Endpoints:
@@ -106,6 +110,7 @@ class Broker:
         for sock in (ingress, events, control):
             sock.setsockopt(zmq.LINGER, 0)
         self._ingress, self._events, self._control = ingress, events, control
+        self._events_shadow = zmq.Socket.shadow(events.underlying)
         return Endpoints(
             ingress.getsockopt_string(zmq.LAST_ENDPOINT),
             events.getsockopt_string(zmq.LAST_ENDPOINT),
@@ -116,15 +121,17 @@ class Broker:
         self._stopping.set()
 
     def _sequence_what_arrived(self) -> None:
-        """Publish what publishers sent before the stop, rather than drop it with the socket."""
+        """Publish what publishers sent before the stop, rather than drop it with the socket,
+        and acknowledge it: unacknowledged, it would be sent again to the next broker."""
         assert self._ingress is not None
         ingress: zmq.Socket[bytes] = zmq.Socket.shadow(self._ingress.underlying)
         while True:
             try:
                 frames = ingress.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             self._on_publish(frames)
+        self._send_acks()
 
     async def run(self) -> None:
         if self._ingress is None or self._events is None or self._control is None:
@@ -218,7 +225,7 @@ class Broker:
         assert self._ingress is not None and self._events is not None
         ingress, events = self._ingress, self._events
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(ingress.underlying)
-        events_shadow: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
+        events_shadow = self._events_shadow
         while not self._stopping.is_set():
             if not await ingress.poll(POLL_MS, zmq.POLLIN):  # type: ignore[call-arg]
                 continue
@@ -382,4 +389,28 @@ class Broker:
             published, self._recently_published = self._recently_published, set()
             for channel_id in published:
                 self._emit_sync(channel_id)
+            # Trimmed once the forgotten channels are garbage, not while listed.
+            self._trimmer.forgot(self._forget_idle())
             await asyncio.sleep(period)
+
+    def _forget_idle(self) -> int:
+        linger = self.config.channel_linger
+        presence = self.presence
+        forgotten = self.sequencer.forget_idle(
+            linger, lambda channel_id: presence.in_use(channel_id, linger)
+        )
+        if forgotten:
+            if self.history is not None:
+                self.history.forgotten(forgotten)
+            assert self._events is not None
+            self._events_now = self._events_shadow
+            try:
+                for channel in forgotten:
+                    presence.forget_channel(channel.channel_id)
+                    # An edge still following the channel learns it is gone without a gap.
+                    self._emit_sync(channel.channel_id)
+            finally:
+                self._events_now = None
+                wake_readers(self._events)
+            self.counters["channels_forgotten"] += len(forgotten)
+        return len(forgotten)
