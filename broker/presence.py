@@ -8,15 +8,19 @@ is an edge that dies: it says nothing, and its counts would stand forever.
 So an edge silent for longer than the presence timeout is forgotten with
 its subscribers, and counts are kept only for channels the broker holds,
 so a deleted channel's presence goes with it and an edge cannot grow this
-with channels that do not exist. Whether a channel is still in use (so the
-broker keeps it) is measured on the broker's own clock from when it heard
-of the latest request, never from the edges' clocks, which may be skewed.
+with channels that do not exist. A second trap is in the decoding: msgpack
+interns the keys of every map it unpacks, and the interpreter's table of
+interned strings never shrinks, so the counts are kept under the channel
+id objects the broker already holds, never under the report's own.
+Whether a channel is still in use (so the broker keeps it) is measured on
+the broker's own clock from when it heard of the latest request, never
+from the edges' clocks, which may be skewed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable
 
 
 class Presence:
@@ -60,20 +64,22 @@ class Presence:
         edge: bytes,
         counts: dict[str, tuple[int, float]],
         full: bool,
-        known: Container[str],
+        known: Callable[[str], str | None],
     ) -> None:
         """Take an edge's `counts` (channel id -> held subscribers, latest request time).
 
         With `full`, the counts are all the edge holds: channels it no longer
-        names are counted 0 on it. Channels not in `known` are ignored.
+        names are counted 0 on it. `known` gives a channel id as the broker
+        holds it, or None for a channel it does not hold, which is ignored.
         """
         now = self._seen[edge] = self._clock()
         held = self._held.setdefault(edge, {})
         if full:
-            for channel_id in set(held) - set(counts):
-                self._set(held, channel_id, 0)
-        for channel_id, (subscribers, requested) in counts.items():
-            if channel_id not in known:
+            for gone in set(held) - set(counts):
+                self._set(held, gone, 0)
+        for reported, (subscribers, requested) in counts.items():
+            channel_id = known(reported)
+            if channel_id is None:
                 continue
             latest = self._requested.get(channel_id)
             if requested and (latest is None or requested > latest[0]):

@@ -76,6 +76,12 @@ class Sequencer:
     def get(self, channel_id: str) -> Channel | None:
         return self._channels.get(channel_id)
 
+    def held_id(self, channel_id: str) -> str | None:
+        """`channel_id` as the very string this sequencer holds, or None when it holds no such
+        channel: an equal string decoded from a message need not be kept alive."""
+        channel = self._channels.get(channel_id)
+        return None if channel is None else channel.channel_id
+
     def channels(self) -> Iterable[Channel]:
         return self._channels.values()
 

@@ -27,6 +27,7 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
+from broker.hwm import QueueMark
 from broker.memory import Trimmer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
@@ -52,6 +53,9 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 STOP_LINGER_MS = 500
 # Publishes read before the acks go out and other tasks get a turn.
 INGRESS_BATCH = 250
+# Bodies from this size on go to edges without a copy: libzmq holds the
+# history's own bytes, so a queue shares them rather than doubling them.
+ZERO_COPY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class Broker:
         # Durations only, so the monotonic clock: lingers survive the wall clock being set.
         self.presence = Presence(time.monotonic)
         self._trimmer = Trimmer()
+        self._queue_mark = QueueMark(config.events_queue_bytes, config.events_sndhwm)
         self.history = None if config.history_file is None else History(config.history_file)
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
@@ -168,21 +173,33 @@ class Broker:
 
     def _emit(self, frames: list[bytes]) -> None:
         events_now = self._events_now
-        if events_now is not None:
-            # send_multipart combines enum flags per frame; plain ints are cheaper.
-            # XPUB takes the rest of a message once it took the first frame.
-            try:
-                backend_send(events_now, frames[0], _MORE_NOBLOCK)
-            except zmq.Again:
-                self.counters["events_dropped"] += 1
-                return
-            for frame in frames[1:-1]:
-                backend_send(events_now, frame, _MORE_NOBLOCK)
-            backend_send(events_now, frames[-1], _NOBLOCK)
-            return
-        assert self._events is not None
-        if not send_now(self._events, frames):
+        if events_now is None:
+            # Outside a batch: sent the same way, then the readers woken.
+            assert self._events is not None and self._events_shadow is not None
+            self._send_event(self._events_shadow, frames)
+            wake_readers(self._events)
+        else:
+            self._send_event(events_now, frames)
+
+    def _send_event(self, events: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        body = frames[-1]
+        if len(body) > self._queue_mark.largest_fitting:
+            mark = self._queue_mark.sending(sum(map(len, frames)))
+            if mark is not None:
+                events.setsockopt(zmq.SNDHWM, mark)
+        # send_multipart combines enum flags per frame; plain ints are cheaper.
+        # XPUB takes the rest of a message once it took the first frame.
+        try:
+            backend_send(events, frames[0], _MORE_NOBLOCK)
+        except zmq.Again:
             self.counters["events_dropped"] += 1
+            return
+        for frame in frames[1:-1]:
+            backend_send(events, frame, _MORE_NOBLOCK)
+        if len(body) < ZERO_COPY_BYTES:
+            backend_send(events, body, _NOBLOCK)
+        else:
+            backend_send(events, body, _NOBLOCK, False)
 
     def _publish(
         self,
@@ -313,7 +330,7 @@ class Broker:
             self._drop("control", frames, error)
             return
         if isinstance(request, wire.Presence):
-            self.presence.report(edge, request.counts, request.full, known=self.sequencer)
+            self.presence.report(edge, request.counts, request.full, self.sequencer.held_id)
             return
         reply = self._answer(request)
         assert self._control is not None
@@ -381,6 +398,10 @@ class Broker:
                 self._emit_heartbeat()
                 next_heartbeat = now + config.heartbeat_interval
                 self.sequencer.expire()
+                mark = self._queue_mark.relax()
+                if mark is not None:
+                    assert self._events is not None
+                    self._events.setsockopt(zmq.SNDHWM, mark)
                 self.publishers.forget_silent()
                 if self.history is not None:
                     self.history.maybe_compact(self.sequencer, self.publishers)
