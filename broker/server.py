@@ -51,6 +51,10 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 STOP_LINGER_MS = 500
+# After a stop, how long the last acknowledgements get to be read before the
+# sockets close: a publisher's socket throws away what it has not read when
+# its connection drops, and would send those messages again to the next broker.
+ACK_GRACE = 0.5
 # Publishes read before the acks go out and other tasks get a turn.
 INGRESS_BATCH = 250
 # Bodies from this size on go to edges without a copy: libzmq holds the
@@ -161,6 +165,7 @@ class Broker:
                 self._tick(),
             )
             self._sequence_what_arrived()
+            await asyncio.sleep(ACK_GRACE)
         finally:
             if self.history is not None:
                 self.history.close()

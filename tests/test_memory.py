@@ -21,9 +21,11 @@ import zmq
 from django.test.utils import override_settings
 
 from broker import wire
+from broker.memory import Trimmer
 from pushserver import sender
 from pushserver.utils import updates
 from tests import configured_broker
+from tests.clock import Clock
 from tests.processes import Launcher, eventually
 
 CHANNELS = int(os.environ.get("PUSHSERVER_MEMORY_CHANNELS", "10000"))
@@ -40,6 +42,28 @@ BOUND = 1.2
 # A 304 is a poll that came after its message expired (a loaded machine):
 # the channel was still polled once, which is what the test is about.
 ANSWERED = {200, 304}
+
+
+def test_freed_memory_is_trimmed_once_many_channels_were_forgotten_and_the_forgetting_paused() -> (
+    None
+):
+    trimmer = Trimmer(after=1_000, interval=5, clock=Clock(100.0))
+    assert not trimmer.forgot(600)
+    assert not trimmer.forgot(0)  # paused, but too few to be worth a walk of the heap
+    assert trimmer.forgot(600)
+    assert not trimmer.forgot(1_000)  # enough again, but trimmed a moment ago
+    assert trimmer.forgot(0)  # the forgetting paused
+    assert not trimmer.forgot(0)
+
+
+def test_a_long_forgetting_is_trimmed_at_most_once_an_interval() -> None:
+    clock = Clock(100.0)
+    trimmer = Trimmer(after=1_000, interval=5, clock=clock)
+    trims = []
+    for _ in range(20):
+        trims.append(trimmer.forgot(5_000))
+        clock.now += 1
+    assert trims == [True, False, False, False, False] * 4
 
 
 # How many polls were answered with each status.
@@ -67,14 +91,17 @@ async def poll_each(url: str, channel_ids: list[str]) -> Statuses:
         try:
             for channel_id in pending:
                 writer.write(f"GET /poll/{channel_id} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
-                head = await reader.readuntil(b"\r\n\r\n")
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
                 status = int(head[9:12])
                 length = 0
                 for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
+                    if line.startswith(b"content-length:"):
                         length = int(line[15:])
                 await reader.readexactly(length)
                 statuses[status] = statuses.get(status, 0) + 1
+                if b"\r\nconnection: close\r\n" in head:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
         finally:
             writer.close()
 
