@@ -37,7 +37,8 @@ class BrokerConfig:
     channel_linger: float = 60.0
     # Outgoing queue per edge on the events socket; 0 means unbounded.
     events_sndhwm: int = 100_000
-    # What that queue may hold in bytes: the count is lowered while large
-    # messages go out (libzmq counts messages only); 0 means no byte bound.
+    # Bytes of large bodies (16 KiB and more) the events socket may hold for
+    # edges at once; beyond it they reach edges through snapshots (see
+    # broker/inflight.py). 0 means no byte bound.
     events_queue_bytes: int = 64 * 1024 * 1024
     history_file: Path | None = None

@@ -27,7 +27,7 @@ import zmq.asyncio
 from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
-from broker.hwm import QueueMark
+from broker.inflight import InFlight
 from broker.memory import Trimmer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
@@ -57,9 +57,12 @@ STOP_LINGER_MS = 500
 ACK_GRACE = 0.5
 # Publishes read before the acks go out and other tasks get a turn.
 INGRESS_BATCH = 250
-# Bodies from this size on go to edges without a copy: libzmq holds the
-# history's own bytes, so a queue shares them rather than doubling them.
-ZERO_COPY_BYTES = 64 * 1024
+# Publishes sequenced after a stop at most.
+STOP_DRAIN = 10 * INGRESS_BATCH
+# Bodies from this size on go to edges without a copy, libzmq holding the
+# history's own bytes (a queue shares them rather than doubling them), and
+# count against `events_queue_bytes` (`broker.inflight`).
+LARGE_BODY = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,7 @@ class Broker:
         # Durations only, so the monotonic clock: lingers survive the wall clock being set.
         self.presence = Presence(time.monotonic)
         self._trimmer = Trimmer()
-        self._queue_mark = QueueMark(config.events_queue_bytes, config.events_sndhwm)
+        self._in_flight = InFlight(config.events_queue_bytes)
         self.history = None if config.history_file is None else History(config.history_file)
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
@@ -131,10 +134,15 @@ class Broker:
 
     def _sequence_what_arrived(self) -> None:
         """Publish what publishers sent before the stop, rather than drop it with the socket,
-        and acknowledge it: unacknowledged, it would be sent again to the next broker."""
+        and acknowledge it: unacknowledged, it would be sent again to the next broker.
+
+        At most `STOP_DRAIN` messages: publishers that keep sending would
+        otherwise keep a stopping broker at work. What is left unread is not
+        sequenced, so publishers send it again to the next broker.
+        """
         assert self._ingress is not None
         ingress: zmq.Socket[bytes] = zmq.Socket.shadow(self._ingress.underlying)
-        while True:
+        for _ in range(STOP_DRAIN):
             try:
                 frames = ingress.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -188,10 +196,11 @@ class Broker:
 
     def _send_event(self, events: zmq.Socket[bytes], frames: list[bytes]) -> None:
         body = frames[-1]
-        if len(body) > self._queue_mark.largest_fitting:
-            mark = self._queue_mark.sending(sum(map(len, frames)))
-            if mark is not None:
-                events.setsockopt(zmq.SNDHWM, mark)
+        large = len(body) >= LARGE_BODY
+        if large and not self._in_flight.admits(len(body)):
+            # Edges learn of it from the next sync and refill.
+            self.counters["events_withheld"] += 1
+            return
         # send_multipart combines enum flags per frame; plain ints are cheaper.
         # XPUB takes the rest of a message once it took the first frame.
         try:
@@ -201,10 +210,10 @@ class Broker:
             return
         for frame in frames[1:-1]:
             backend_send(events, frame, _MORE_NOBLOCK)
-        if len(body) < ZERO_COPY_BYTES:
-            backend_send(events, body, _NOBLOCK)
+        if large:
+            self._in_flight.sent(backend_send(events, body, _NOBLOCK, False, True), len(body))
         else:
-            backend_send(events, body, _NOBLOCK, False)
+            backend_send(events, body, _NOBLOCK)
 
     def _publish(
         self,
@@ -403,10 +412,6 @@ class Broker:
                 self._emit_heartbeat()
                 next_heartbeat = now + config.heartbeat_interval
                 self.sequencer.expire()
-                mark = self._queue_mark.relax()
-                if mark is not None:
-                    assert self._events is not None
-                    self._events.setsockopt(zmq.SNDHWM, mark)
                 self.publishers.forget_silent()
                 if self.history is not None:
                     self.history.maybe_compact(self.sequencer, self.publishers)

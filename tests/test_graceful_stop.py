@@ -14,7 +14,7 @@ from pushserver.utils import updates
 from tests.client import fresh
 from tests.processes import BROKER_LINE, Launcher, Process, eventually, free_port
 
-MESSAGES = 30_000
+MESSAGES = 200_000
 STOPPED = re.compile(r"broker stopped; (\{.*\})")
 
 

@@ -2,8 +2,9 @@
 broker's memory, and edges that do read still deliver every message.
 
 libzmq bounds each subscriber's queue by a count of messages; the broker
-lowers that count while large messages go out, so the queue holds about
-`events_queue_bytes` (64 MiB by default) whatever the messages weigh.
+also bounds the bytes of large bodies its events socket holds
+(`events_queue_bytes`, 64 MiB by default), sending no more live while it
+is over, so edges that read get those from snapshots.
 """
 
 from __future__ import annotations
