@@ -38,8 +38,15 @@ class BrokerConfig:
     sync_interval: float = 0.5
     # An edge that has not reported its subscribers for this long is gone.
     presence_timeout: float = 5.0
+    # Seconds a channel that holds no message, has no subscriber on any edge
+    # and is not asked for is kept before the broker forgets it.
+    channel_linger: float = 60.0
     # Outgoing queue per edge on the events socket; 0 means unbounded.
     events_sndhwm: int = 100_000
+    # Bytes of large bodies (16 KiB and more) the events socket may hold for
+    # edges at once; beyond it they reach edges through snapshots (see
+    # broker/inflight.py). 0 means no byte bound.
+    events_queue_bytes: int = 64 * 1024 * 1024
     history_file: Path | None = None
     # Seconds a publish's idempotency key is remembered, and how many keys at most.
     idempotency_window: float = 60.0

@@ -3,13 +3,16 @@
 An append-only file of msgpack records: every sequenced message (with
 the publisher's sequence number, so a restarted broker still drops
 repeats, and its idempotency key, so it still knows a retry), every
-channel created or deleted. Each record is written with one unbuffered
+channel created, deleted or forgotten. Each record is written with one unbuffered
 `write` before the message is sent to edges, so a killed broker (even
 `kill -9`) loses nothing the operating system was handed; only a crash of
 the machine itself can lose the last records, because nothing is fsynced
 per message. At start the file is replayed, then rewritten compactly (what
 the limits still hold, and each channel's newest id); it is compacted
-again whenever it has grown to several times that size.
+again whenever it has grown to several times that size. A compacted file
+no longer names forgotten channels, but it keeps the sequencer's
+watermark: with the clock set back, a channel made again after a restart
+must still start after every id its forgotten self had.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import msgpack
 
 from broker.idempotency import Keys
 from broker.publishers import Publishers
-from broker.sequencer import Sequencer
+from broker.sequencer import Channel, Sequencer
 from broker.wire import Message, MessageId
 
 log = logging.getLogger("pushserver.broker")
@@ -82,6 +85,10 @@ class History:
             sequencer.restore_channel(channel_id, _id(last), _id(floor))
         elif kind == "d":
             sequencer.delete(record[1])
+        elif kind == "f":
+            sequencer.forget(record[1], _id(record[2]))
+        elif kind == "w":
+            sequencer.restore_watermark(MessageId(int(record[1][0]), int(record[1][1])))
         elif kind == "p":
             publishers.restore(record[1], int(record[2]))
         elif kind == "v" and record[1] != FORMAT:
@@ -94,6 +101,8 @@ class History:
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as compacted:
             compacted.write(msgpack.packb(("v", FORMAT)))
+            if sequencer.watermark is not None:
+                compacted.write(msgpack.packb(("w", sequencer.watermark)))
             for channel in sequencer.channels():
                 compacted.write(
                     msgpack.packb(("c", channel.channel_id, channel.last, channel.floor))
@@ -147,6 +156,13 @@ class History:
     def deleted(self, channel_id: str) -> None:
         assert self._file is not None
         self._file.write(msgpack.packb(("d", channel_id)))
+
+    def forgotten(self, channels: list[Channel]) -> None:
+        assert self._file is not None
+        # One write for the lot: a broker forgets channels by the thousand.
+        self._file.write(
+            b"".join(msgpack.packb(("f", channel.channel_id, channel.last)) for channel in channels)
+        )
 
     def close(self) -> None:
         if self._file is not None:

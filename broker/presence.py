@@ -8,13 +8,19 @@ is an edge that dies: it says nothing, and its counts would stand forever.
 So an edge silent for longer than the presence timeout is forgotten with
 its subscribers, and counts are kept only for channels the broker holds,
 so a deleted channel's presence goes with it and an edge cannot grow this
-with channels that do not exist.
+with channels that do not exist. A second trap is in the decoding: msgpack
+interns the keys of every map it unpacks, and the interpreter's table of
+interned strings never shrinks, so the counts are kept under the channel
+id objects the broker already holds, never under the report's own.
+Whether a channel is still in use (so the broker keeps it) is measured on
+the broker's own clock from when it heard of the latest request, never
+from the edges' clocks, which may be skewed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable
 
 
 class Presence:
@@ -23,9 +29,12 @@ class Presence:
         # Per edge: channel id -> held subscribers it last reported (never 0).
         self._held: dict[bytes, dict[str, int]] = {}
         self._seen: dict[bytes, float] = {}
-        # Per channel: the sum over every edge (never 0), and the latest request.
+        # Per channel: the sum over every edge (never 0); the latest request
+        # (the edge's clock) and when it was heard of (this clock).
         self._subscribers: dict[str, int] = {}
-        self._requested: dict[str, float] = {}
+        self._requested: dict[str, tuple[float, float]] = {}
+        # The size of `_requested` when last rebuilt: a dict never shrinks its table.
+        self._peak = 0
 
     def subscribers(self, channel_id: str) -> int:
         """Subscribers held on every edge together."""
@@ -33,31 +42,49 @@ class Presence:
 
     def requested(self, channel_id: str) -> float | None:
         """The Unix time of the latest subscriber request on any edge; None when never."""
-        return self._requested.get(channel_id)
+        requested = self._requested.get(channel_id)
+        return None if requested is None else requested[0]
+
+    def in_use(self, channel_id: str, linger: float) -> bool:
+        """Whether subscribers are held on it, or a request was heard within `linger` seconds."""
+        if channel_id in self._subscribers:
+            return True
+        requested = self._requested.get(channel_id)
+        if requested is None:
+            return False
+        now = self._clock()
+        if requested[1] > now:
+            # The clock was set back: the linger starts again from now.
+            self._requested[channel_id] = (requested[0], now)
+            return True
+        return now - requested[1] < linger
 
     def report(
         self,
         edge: bytes,
         counts: dict[str, tuple[int, float]],
         full: bool,
-        known: Container[str],
+        known: Callable[[str], str | None],
     ) -> None:
         """Take an edge's `counts` (channel id -> held subscribers, latest request time).
 
         With `full`, the counts are all the edge holds: channels it no longer
-        names are counted 0 on it. Channels not in `known` are ignored.
+        names are counted 0 on it. `known` gives a channel id as the broker
+        holds it, or None for a channel it does not hold, which is ignored.
         """
-        self._seen[edge] = self._clock()
+        now = self._seen[edge] = self._clock()
         held = self._held.setdefault(edge, {})
         if full:
-            for channel_id in set(held) - set(counts):
-                self._set(held, channel_id, 0)
-        for channel_id, (subscribers, requested) in counts.items():
-            if channel_id not in known:
+            for gone in set(held) - set(counts):
+                self._set(held, gone, 0)
+        for reported, (subscribers, requested) in counts.items():
+            channel_id = known(reported)
+            if channel_id is None:
                 continue
             latest = self._requested.get(channel_id)
-            if requested and (latest is None or requested > latest):
-                self._requested[channel_id] = requested
+            if requested and (latest is None or requested > latest[0]):
+                self._requested[channel_id] = (requested, now)
+                self._peak = max(self._peak, len(self._requested))
             self._set(held, channel_id, max(subscribers, 0))
 
     def _set(self, held: dict[str, int], channel_id: str, count: int) -> None:
@@ -71,11 +98,16 @@ class Presence:
             self._subscribers.pop(channel_id, None)
 
     def forget_channel(self, channel_id: str) -> None:
-        """A deleted channel: nobody is held on it, nobody ever asked for it."""
+        """A deleted or forgotten channel: nobody is held on it, nobody ever asked for it."""
         for held in self._held.values():
             held.pop(channel_id, None)
         self._subscribers.pop(channel_id, None)
-        self._requested.pop(channel_id, None)
+        if self._requested.pop(channel_id, None) is not None and (
+            len(self._requested) * 4 < self._peak
+        ):
+            # Deleting keys never shrinks a dict's table: rebuild it at a quarter of its peak.
+            self._requested = dict(self._requested)
+            self._peak = len(self._requested)
 
     def forget_silent_edges(self, timeout: float) -> list[bytes]:
         """Forget the edges that reported nothing for `timeout` seconds; returns them."""

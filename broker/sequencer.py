@@ -3,11 +3,19 @@
 Pure bookkeeping with no sockets, so its rules can be tested alone. The
 trap is time: ids are built from the wall clock, and must still only ever
 increase for a channel when the clock steps back, when a channel is
-deleted and made again within one second, and when the broker restarts
-having lost its memory. The first two are handled per channel; for the
-last, a broker issues no id before the second after it started
-(`first_time`; the server waits for it), which every id of a previous
-run precedes.
+deleted or forgotten and made again, and when the broker restarts having
+lost its memory. The first is handled per channel. For the second, one
+watermark stands for every channel the broker no longer holds: the newest
+id any of them had, which every channel made later starts after; one
+value rather than a tombstone per name, so forgetting really frees
+memory. For the last, a broker issues no id before the second after it
+started (`first_time`; the server waits for it), which every id of a
+previous run precedes, and the history file keeps the watermark for when
+the clock was set back.
+
+A channel that holds no message and nobody uses is forgotten after a
+linger (`forget_idle`): a site with a channel per user or per object
+would otherwise grow its broker without end.
 """
 
 from __future__ import annotations
@@ -19,6 +27,11 @@ from dataclasses import dataclass, field
 
 from broker.wire import Limits, Message, MessageId, Snapshot
 
+# Channels looked at per `forget_idle` call, so a million channels falling
+# idle at once are forgotten over several turns of the loop rather than
+# stalling it.
+FORGET_BATCH = 20_000
+
 
 @dataclass(slots=True)
 class Channel:
@@ -28,9 +41,13 @@ class Channel:
     last: MessageId | None = None
     # The newest id dropped from `messages` by the limits.
     floor: MessageId | None = None
-    # Ids here must exceed this even when `last` is None: the last id of a
-    # deleted channel of the same name.
+    # Ids here must exceed this even when `last` is None: the watermark of
+    # channels no longer held when this one was made.
     after: MessageId | None = None
+    # The sequencer's clock at the latest creation, publish or snapshot.
+    touched: float = 0.0
+    # Waiting in the queue of channels that may be forgotten.
+    queued: bool = False
 
 
 class Sequencer:
@@ -39,10 +56,16 @@ class Sequencer:
         self._clock = clock
         self.first_time = int(clock()) + 1
         self._channels: dict[str, Channel] = {}
-        self._tombstones: dict[str, MessageId] = {}
+        # The newest id of every channel deleted or forgotten.
+        self.watermark: MessageId | None = None
         # (expiry time, channel id) in publish order: expiry is O(expired)
         # rather than a scan of every channel.
         self._expiries: deque[tuple[float, str]] = deque()
+        # (time it was found empty, channel) for channels that held nothing
+        # then, oldest first; each channel at most once (`Channel.queued`).
+        self._empty: deque[tuple[float, Channel]] = deque()
+        # The dict's size when last rebuilt: a dict never shrinks its table.
+        self._peak = 0
 
     def __len__(self) -> int:
         return len(self._channels)
@@ -53,14 +76,22 @@ class Sequencer:
     def get(self, channel_id: str) -> Channel | None:
         return self._channels.get(channel_id)
 
+    def held_id(self, channel_id: str) -> str | None:
+        """`channel_id` as the very string this sequencer holds, or None when it holds no such
+        channel: an equal string decoded from a message need not be kept alive."""
+        channel = self._channels.get(channel_id)
+        return None if channel is None else channel.channel_id
+
     def channels(self) -> Iterable[Channel]:
         return self._channels.values()
 
     def create(self, channel_id: str) -> Channel:
         channel = self._channels.get(channel_id)
         if channel is None:
-            channel = Channel(channel_id, after=self._tombstones.pop(channel_id, None))
+            channel = Channel(channel_id, after=self.watermark, touched=self._clock())
             self._channels[channel_id] = channel
+            self._peak = max(self._peak, len(self._channels))
+            self._queue_if_empty(channel, channel.touched)
         return channel
 
     def _next_id(self, channel: Channel, now: float) -> MessageId:
@@ -77,6 +108,7 @@ class Sequencer:
         """Sequence a message and keep it; returns it as edges must receive it."""
         channel = self._channels.get(channel_id) or self.create(channel_id)
         now = self._clock()
+        channel.touched = now
         message = Message(
             channel_id, self._next_id(channel, now), channel.last, None, content_type, body
         )
@@ -115,8 +147,17 @@ class Sequencer:
         if floor is not None and (channel.floor is None or floor > channel.floor):
             channel.floor = floor
 
+    def restore_watermark(self, watermark: MessageId) -> None:
+        self._raise_watermark(watermark)
+
+    def _raise_watermark(self, newest: MessageId | None) -> None:
+        if newest is not None and (self.watermark is None or newest > self.watermark):
+            self.watermark = newest
+
     def _trim(self, channel: Channel, now: float) -> None:
         messages = channel.messages
+        if not messages:
+            return
         limits = self.limits
         while len(messages) > limits.max_messages:
             channel.floor = messages.popleft().id
@@ -124,6 +165,13 @@ class Sequencer:
             deadline = now - limits.message_timeout
             while len(messages) > limits.min_messages and messages[0].id.time <= deadline:
                 channel.floor = messages.popleft().id
+        if not messages:
+            self._queue_if_empty(channel, now)
+
+    def _queue_if_empty(self, channel: Channel, now: float) -> None:
+        if not channel.queued and not channel.messages:
+            channel.queued = True
+            self._empty.append((now, channel))
 
     def expire(self) -> None:
         """Drop messages older than `message_timeout` (call about once a second)."""
@@ -134,25 +182,68 @@ class Sequencer:
             channel = self._channels.get(channel_id)
             if channel is not None:
                 self._trim(channel, now)
-        current = int(now)
-        for channel_id in [c for c, last in self._tombstones.items() if last.time < current]:
-            del self._tombstones[channel_id]
+
+    def forget_idle(
+        self, linger: float, in_use: Callable[[str], bool], batch: int = FORGET_BATCH
+    ) -> list[Channel]:
+        """Forget channels that held no message for `linger` seconds, in which time they
+        were not created, published to or snapshotted, and that are not `in_use`
+        (subscribers, requests); returns them. Each is forgotten within twice the
+        linger of its last use. At most `batch` channels are looked at per call.
+        """
+        now = self._clock()
+        empty = self._empty
+        forgotten: list[Channel] = []
+        for _ in range(min(batch, len(empty))):
+            since, channel = empty[0]
+            if since <= now and now - since < linger:
+                break
+            empty.popleft()
+            channel.queued = False
+            if self._channels.get(channel.channel_id) is not channel or channel.messages:
+                continue  # gone already, or queued again once it is empty again
+            if channel.touched > now:
+                # The clock was set back: the linger starts again rather than
+                # holding every channel until the clock has caught up.
+                channel.touched = now
+            if now - channel.touched < linger or in_use(channel.channel_id):
+                self._queue_if_empty(channel, now)
+                continue
+            self._retire(channel)
+            forgotten.append(channel)
+        return forgotten
+
+    def forget(self, channel_id: str, last: MessageId | None) -> None:
+        """Forget the channel as `forget_idle` did (history replay); `last` was its newest id."""
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            self._retire(channel)
+        self._raise_watermark(last)
+
+    def _retire(self, channel: Channel) -> None:
+        del self._channels[channel.channel_id]
+        self._raise_watermark(channel.last)
+        self._raise_watermark(channel.after)
+        # Deleting keys never shrinks a dict's table: one that fell to a
+        # quarter of its peak is copied into a table of its present size.
+        if len(self._channels) * 4 < self._peak:
+            self._channels = dict(self._channels)
+            self._peak = len(self._channels)
 
     def delete(self, channel_id: str) -> Channel | None:
         """Forget the channel; returns it as it was. Its ids go on where it stopped."""
-        channel = self._channels.pop(channel_id, None)
-        if channel is None:
-            return None
-        newest = max(filter(None, (channel.last, channel.after)), default=None)
-        if newest is not None:
-            self._tombstones[channel_id] = newest
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            self._retire(channel)
         return channel
 
     def snapshot(self, channel_id: str, create: bool) -> Snapshot:
         channel = self.create(channel_id) if create else self._channels.get(channel_id)
         if channel is None:
             return Snapshot(channel_id, False, None, None, self.limits, ())
-        self._trim(channel, self._clock())
+        now = self._clock()
+        channel.touched = now
+        self._trim(channel, now)
         return Snapshot(
             channel_id, True, channel.last, channel.floor, self.limits, tuple(channel.messages)
         )

@@ -33,6 +33,8 @@ from broker import wire
 from broker.config import BrokerConfig
 from broker.history import History
 from broker.idempotency import Keys
+from broker.inflight import InFlight
+from broker.memory import Trimmer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.sequencer import Channel, Sequencer
@@ -55,8 +57,18 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 STOP_LINGER_MS = 500
+# After a stop, how long the last acknowledgements get to be read before the
+# sockets close: a publisher's socket throws away what it has not read when
+# its connection drops, and would send those messages again to the next broker.
+ACK_GRACE = 0.5
 # Publishes read before the acks go out and other tasks get a turn.
 INGRESS_BATCH = 250
+# Publishes sequenced after a stop at most.
+STOP_DRAIN = 10 * INGRESS_BATCH
+# Bodies from this size on go to edges without a copy, libzmq holding the
+# history's own bytes (a queue shares them rather than doubling them), and
+# count against `events_queue_bytes` (`broker.inflight`).
+LARGE_BODY = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +86,10 @@ class Broker:
         self.sequencer = Sequencer(
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
-        self.presence = Presence()
+        # Durations only, so the monotonic clock: lingers survive the wall clock being set.
+        self.presence = Presence(time.monotonic)
+        self._trimmer = Trimmer()
+        self._in_flight = InFlight(config.events_queue_bytes)
         self.keys = Keys(config.idempotency_window, config.idempotency_keys)
         self.history = (
             None if config.history_file is None else History(config.history_file, self.keys)
@@ -121,6 +136,7 @@ class Broker:
         for sock in (ingress, events, control):
             sock.setsockopt(zmq.LINGER, 0)
         self._ingress, self._events, self._control = ingress, events, control
+        self._events_shadow = zmq.Socket.shadow(events.underlying)
         return Endpoints(
             ingress.getsockopt_string(zmq.LAST_ENDPOINT),
             events.getsockopt_string(zmq.LAST_ENDPOINT),
@@ -131,15 +147,22 @@ class Broker:
         self._stopping.set()
 
     def _sequence_what_arrived(self) -> None:
-        """Publish what publishers sent before the stop, rather than drop it with the socket."""
+        """Publish what publishers sent before the stop, rather than drop it with the socket,
+        and acknowledge it: unacknowledged, it would be sent again to the next broker.
+
+        At most `STOP_DRAIN` messages: publishers that keep sending would
+        otherwise keep a stopping broker at work. What is left unread is not
+        sequenced, so publishers send it again to the next broker.
+        """
         assert self._ingress is not None
         ingress: zmq.Socket[bytes] = zmq.Socket.shadow(self._ingress.underlying)
-        while True:
+        for _ in range(STOP_DRAIN):
             try:
                 frames = ingress.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             self._on_publish(frames)
+        self._send_acks()
 
     async def run(self) -> None:
         if self._ingress is None or self._events is None or self._control is None:
@@ -164,6 +187,7 @@ class Broker:
                 self._tick(),
             )
             self._sequence_what_arrived()
+            await asyncio.sleep(ACK_GRACE)
         finally:
             if self.history is not None:
                 self.history.close()
@@ -176,21 +200,34 @@ class Broker:
 
     def _emit(self, frames: list[bytes]) -> None:
         events_now = self._events_now
-        if events_now is not None:
-            # send_multipart combines enum flags per frame; plain ints are cheaper.
-            # XPUB takes the rest of a message once it took the first frame.
-            try:
-                backend_send(events_now, frames[0], _MORE_NOBLOCK)
-            except zmq.Again:
-                self.counters["events_dropped"] += 1
-                return
-            for frame in frames[1:-1]:
-                backend_send(events_now, frame, _MORE_NOBLOCK)
-            backend_send(events_now, frames[-1], _NOBLOCK)
+        if events_now is None:
+            # Outside a batch: sent the same way, then the readers woken.
+            assert self._events is not None and self._events_shadow is not None
+            self._send_event(self._events_shadow, frames)
+            wake_readers(self._events)
+        else:
+            self._send_event(events_now, frames)
+
+    def _send_event(self, events: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        body = frames[-1]
+        large = len(body) >= LARGE_BODY
+        if large and not self._in_flight.admits(len(body)):
+            # Edges learn of it from the next sync and refill.
+            self.counters["events_withheld"] += 1
             return
-        assert self._events is not None
-        if not send_now(self._events, frames):
+        # send_multipart combines enum flags per frame; plain ints are cheaper.
+        # XPUB takes the rest of a message once it took the first frame.
+        try:
+            backend_send(events, frames[0], _MORE_NOBLOCK)
+        except zmq.Again:
             self.counters["events_dropped"] += 1
+            return
+        for frame in frames[1:-1]:
+            backend_send(events, frame, _MORE_NOBLOCK)
+        if large:
+            self._in_flight.sent(backend_send(events, body, _NOBLOCK, False, True), len(body))
+        else:
+            backend_send(events, body, _NOBLOCK)
 
     def _publish(
         self,
@@ -239,7 +276,6 @@ class Broker:
         """
         assert self._ingress is not None and self._events is not None
         self._ingress_now = zmq.Socket.shadow(self._ingress.underlying)
-        self._events_shadow = zmq.Socket.shadow(self._events.underlying)
         loop = asyncio.get_running_loop()
         descriptor = cast(int, self._ingress_now.get(zmq.FD))
         loop.add_reader(descriptor, self._read_ingress)
@@ -403,7 +439,7 @@ class Broker:
             self._drop("control", frames, error)
             return
         if isinstance(request, wire.Presence):
-            self.presence.report(edge, request.counts, request.full, known=self.sequencer)
+            self.presence.report(edge, request.counts, request.full, self.sequencer.held_id)
             return
         reply = self._answer(request)
         assert self._control is not None
@@ -478,6 +514,8 @@ class Broker:
                     log.info("edge %s went silent; forgetting its subscribers", edge.hex())
             published, self._recently_published = self._recently_published, set()
             self._emit_syncs(published)
+            # Trimmed once the forgotten channels are garbage, not while listed.
+            self._trimmer.forgot(self._forget_idle())
             await asyncio.sleep(period)
 
     def _emit_syncs(self, channel_ids: set[str]) -> None:
@@ -492,3 +530,25 @@ class Broker:
             self._events_now = None
             if self._events is not None:
                 wake_readers(self._events)
+
+    def _forget_idle(self) -> int:
+        linger = self.config.channel_linger
+        presence = self.presence
+        forgotten = self.sequencer.forget_idle(
+            linger, lambda channel_id: presence.in_use(channel_id, linger)
+        )
+        if forgotten:
+            if self.history is not None:
+                self.history.forgotten(forgotten)
+            assert self._events is not None
+            self._events_now = self._events_shadow
+            try:
+                for channel in forgotten:
+                    presence.forget_channel(channel.channel_id)
+                    # An edge still following the channel learns it is gone without a gap.
+                    self._emit_sync(channel.channel_id)
+            finally:
+                self._events_now = None
+                wake_readers(self._events)
+            self.counters["channels_forgotten"] += len(forgotten)
+        return len(forgotten)

@@ -6,7 +6,13 @@ after the subscription took effect; only then does the edge ask for the
 channel's snapshot, so no message can fall between the snapshot and the
 live stream. A live message whose `prev` is not the newest id held, or a
 sync marker naming another newest id, means this edge lost something (a
-high-water mark, a slow joiner): it fetches the snapshot again.
+high-water mark, a slow joiner): it fetches the snapshot again, and counts
+a refill only where messages can have been lost: a sync that says the
+broker's channel holds no message ever sent (just created, or forgotten)
+while this edge holds none either is no gap. A channel idle for the topic
+linger is dropped; once many were, the feed's tables are rebuilt and the
+freed memory handed back (`broker.memory`), since neither Python's dicts
+nor glibc's heap give it back on their own.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import zmq
 import zmq.asyncio
 
 from broker import wire
+from broker.memory import Trimmer
 from broker.sockets import configure_heartbeats, drain, run_until, send_now, wake_readers
 from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig
@@ -51,6 +58,10 @@ class Feed:
         self._replies: dict[int, asyncio.Future[wire.Reply]] = {}
         self._synced: dict[str, asyncio.Future[None]] = {}
         self._subscribed_at: dict[str, float] = {}
+        # The most buffers held since the tables were last rebuilt: a dict
+        # never shrinks its table when keys are deleted.
+        self._peak = 0
+        self._trimmer = Trimmer()
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._flushed_at = 0.0
@@ -100,6 +111,7 @@ class Feed:
         buffer = self.buffers.get(channel_id)
         if buffer is None:
             buffer = self.buffers[channel_id] = ChannelBuffer(channel_id)
+            self._peak = max(self._peak, len(self.buffers))
             self._subscribe(channel_id)
         if not buffer.ready:
             waiting = self._synced.get(channel_id)
@@ -110,10 +122,20 @@ class Feed:
             except TimeoutError:
                 raise BrokerUnavailable("no snapshot from the broker") from None
         if not buffer.exists and create:
-            reply = await self.request(wire.Request(wire.SNAPSHOT, 0, channel_id, create=True))
-            if reply.snapshot is not None and not buffer.exists:
-                buffer.refilling = True
+            # Meanwhile the sync announcing the new channel is no gap: the
+            # reply brings the channel as it is.
+            buffer.refilling = True
+            try:
+                reply = await self.request(wire.Request(wire.SNAPSHOT, 0, channel_id, create=True))
+            except BrokerUnavailable:
+                buffer.refilling = False
+                self._refill(buffer, None)
+                raise
+            if reply.snapshot is not None:
                 self._load(buffer, reply.snapshot)
+            else:
+                buffer.refilling = False
+                self._refill(buffer, None)
         return buffer if buffer.exists else None
 
     async def request(self, request: wire.Request) -> wire.Reply:
@@ -210,6 +232,7 @@ class Feed:
             if silent and not self.broker_away:
                 log.warning("no heartbeat from the broker at %s", self.config.events)
                 self.broker_away = True
+            dropped = 0
             for channel_id, buffer in list(self.buffers.items()):
                 # Idle: nothing held, nothing asked (interval polls hold nothing)
                 # and no first sync awaited, for longer than the linger.
@@ -223,11 +246,22 @@ class Feed:
                 if idle:
                     del self.buffers[channel_id]
                     self._unsubscribe(channel_id)
+                    dropped += 1
                     continue
                 if not buffer.ready and now - self._subscribed_at.get(channel_id, now) > (
                     RESUBSCRIBE_AFTER
                 ):
                     self._subscribe(channel_id)
+            if len(self.buffers) * 4 < self._peak:
+                self._shrink()
+            self._trimmer.forgot(dropped)
+
+    def _shrink(self) -> None:
+        """Copy the tables that fell to a quarter of their peak into tables of their size."""
+        self.buffers = dict(self.buffers)
+        self._subscribed_at = dict(self._subscribed_at)
+        self._synced = dict(self._synced)
+        self._peak = len(self.buffers)
 
     # -- receiving ---------------------------------------------------------------
 
@@ -253,7 +287,7 @@ class Feed:
             elif not buffer.refilling and (
                 event.exists != buffer.exists or event.last != buffer.last
             ):
-                self._refill(buffer, f"broker's newest is {event.last}, held {buffer.last}")
+                self._refill(buffer, self._gap(buffer, event))
         elif isinstance(event, wire.Deleted):
             buffer.delete()
             self.touch(buffer)
@@ -281,6 +315,18 @@ class Feed:
             future.set_result(reply)
 
     # -- snapshots -------------------------------------------------------------
+
+    @staticmethod
+    def _gap(buffer: ChannelBuffer, sync: wire.Sync) -> str | None:
+        """Why a sync that disagrees with the buffer means lost messages; None when it cannot."""
+        if sync.last is None:
+            # The broker's channel never held a message: made since, or
+            # forgotten once empty. What the buffer still holds past its
+            # timeout is no loss either.
+            buffer.expire(time.time())
+            if not buffer.held:
+                return None
+        return f"broker's newest is {sync.last}, held {buffer.last}"
 
     def _refill(self, buffer: ChannelBuffer, gap: str | None) -> None:
         if buffer.refilling:

@@ -109,9 +109,19 @@ def hold(
     return waiting
 
 
-def walk(base: str, channel_id: str, count: int, cursor: Cursor | None = None) -> list[bytes]:
-    """Follow the channel from `cursor` until `count` messages were received."""
-    received = []
+def walk(
+    base: str,
+    channel_id: str,
+    count: int,
+    cursor: Cursor | None = None,
+    into: list[bytes] | None = None,
+) -> list[bytes]:
+    """Follow the channel from `cursor` until `count` messages were received.
+
+    `into`, when given, gets each message as it arrives, for a test that
+    paces itself on the walk.
+    """
+    received = [] if into is None else into
     cursor = cursor or Cursor()
     with httpx.Client(timeout=30) as client:
         while len(received) < count:

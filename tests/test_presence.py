@@ -8,6 +8,7 @@ sockets here, so nothing but the test reports presence.
 from __future__ import annotations
 
 import itertools
+import sys
 
 import pytest
 import zmq
@@ -17,7 +18,8 @@ from broker.presence import Presence
 from tests.clock import Clock
 from tests.processes import Launcher, eventually
 
-KNOWN = {"c", "d"}
+# The broker's channels, as `Sequencer.held_id` gives them.
+KNOWN = {"c": "c", "d": "d"}.get
 
 
 @pytest.fixture
@@ -72,7 +74,7 @@ def test_reports_of_channels_the_broker_does_not_hold_are_ignored(
     assert presence.subscribers("unknown") == 0
     assert presence.requested("unknown") is None
     # Once the channel exists, the same edge's counts start from nothing.
-    presence.report(b"edge-1", {"unknown": (1, clock.now)}, False, KNOWN | {"unknown"})
+    presence.report(b"edge-1", {"unknown": (1, clock.now)}, False, {"unknown": "unknown"}.get)
     assert presence.subscribers("unknown") == 1
 
 
@@ -132,6 +134,46 @@ def test_a_forgotten_channel_has_no_subscribers_and_was_never_requested(
     presence.report(b"edge-2", {"c": (1, clock.now)}, False, KNOWN)
     presence.report(b"edge-1", {"c": (0, clock.now)}, False, KNOWN)
     assert presence.subscribers("c") == 1
+
+
+def test_a_channel_is_in_use_while_held_or_within_the_linger_of_a_request_heard(
+    presence: Presence, clock: Clock
+) -> None:
+    assert not presence.in_use("c", 60)
+    presence.report(b"edge-1", {"c": (1, 1.0)}, False, KNOWN)
+    clock.now += 1_000
+    assert presence.in_use("c", 60)  # held, however long ago it was asked for
+    presence.report(b"edge-1", {"c": (0, 1.0)}, False, KNOWN)
+    assert not presence.in_use("c", 60)
+    # The edge's time of the request is old, but the broker heard of it now.
+    presence.report(b"edge-1", {"c": (0, 2.0)}, False, KNOWN)
+    clock.now += 59
+    assert presence.in_use("c", 60)
+    clock.now += 2
+    assert not presence.in_use("c", 60)
+
+
+def test_a_clock_set_back_restarts_the_linger_of_a_request(
+    presence: Presence, clock: Clock
+) -> None:
+    presence.report(b"edge-1", {"c": (0, clock.now)}, False, KNOWN)
+    clock.now -= 3_600
+    assert presence.in_use("c", 60)
+    clock.now += 61
+    assert not presence.in_use("c", 60)
+
+
+def test_counts_are_kept_under_the_brokers_channel_ids_not_the_reports_strings(
+    presence: Presence, clock: Clock
+) -> None:
+    """msgpack interns a report's keys; keeping them would grow the interned table for good."""
+    held = "".join(["ro", "om"])
+    reported = "".join(["ro", "om"])
+    assert held is not reported
+    references = sys.getrefcount(reported)
+    presence.report(b"edge-1", {reported: (2, clock.now)}, False, {held: held}.get)
+    assert presence.subscribers("room") == 2 and presence.requested("room") == clock.now
+    assert sys.getrefcount(reported) == references
 
 
 # -- a real broker reporting presence in channel info --------------------------

@@ -182,3 +182,171 @@ def test_a_torn_last_record_is_ignored(tmp_path: Path, clock: Clock) -> None:
     assert reopened.load(second, Publishers()) == 2  # the version and the whole message
     reopened.close()
     assert [m.body for m in second.snapshot("c", create=False).messages] == [b"whole"]
+
+
+# -- forgetting idle channels ----------------------------------------------------
+
+LINGER = 60.0
+
+
+def unused(channel_id: str) -> bool:
+    return False
+
+
+def forget_all(seq: Sequencer, in_use=unused) -> list[str]:  # type: ignore[no-untyped-def]
+    forgotten: list[str] = []
+    while batch := seq.forget_idle(LINGER, in_use):
+        forgotten += [channel.channel_id for channel in batch]
+    return forgotten
+
+
+def test_an_empty_channel_nobody_uses_is_forgotten_once_the_linger_has_passed(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock)
+    seq.create("c")
+    clock.now += LINGER - 1
+    assert forget_all(seq) == []
+    clock.now += 2
+    assert forget_all(seq) == ["c"]
+    assert "c" not in seq and len(seq) == 0
+
+
+def test_a_channel_is_kept_while_it_holds_messages_and_forgotten_a_linger_after_they_expired(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock, timeout=10)
+    seq.publish("c", None, b"a")
+    clock.now += 2 * LINGER
+    assert forget_all(seq) == []  # its message did not expire: expire() was not called
+    seq.expire()
+    clock.now += LINGER - 1
+    assert forget_all(seq) == []  # empty for less than the linger
+    clock.now += 2
+    assert forget_all(seq) == ["c"]
+
+
+def test_a_channel_that_keeps_its_messages_is_never_forgotten(clock: Clock) -> None:
+    seq = sequencer(clock, timeout=0)
+    seq.publish("c", None, b"a")
+    clock.now += 100 * LINGER
+    seq.expire()
+    assert forget_all(seq) == []
+    assert "c" in seq
+
+
+def test_a_publish_or_a_snapshot_within_the_linger_keeps_the_channel(clock: Clock) -> None:
+    seq = sequencer(clock, timeout=1)
+    seq.create("published")
+    seq.create("snapshotted")
+    clock.now += LINGER - 5
+    seq.publish("published", None, b"a")
+    seq.snapshot("snapshotted", create=False)
+    clock.now += 10
+    seq.expire()
+    assert forget_all(seq) == []
+    clock.now += LINGER
+    seq.expire()
+    assert sorted(forget_all(seq)) == ["published", "snapshotted"]
+
+
+def test_a_channel_in_use_is_kept_and_forgotten_a_linger_after_it_no_longer_is(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock)
+    seq.create("c")
+    used = {"c"}
+    clock.now += LINGER + 1
+    assert forget_all(seq, used.__contains__) == []
+    used.clear()
+    clock.now += LINGER / 2
+    assert forget_all(seq, used.__contains__) == []  # looked at again a linger after
+    clock.now += LINGER
+    assert forget_all(seq, used.__contains__) == ["c"]
+
+
+def test_a_forgotten_channel_made_again_issues_ids_after_all_it_had_when_the_clock_stepped_back(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock, timeout=1)
+    clock.now = 9_000
+    last = [seq.publish("c", None, b"x").id for _ in range(3)][-1]
+    clock.now += 2
+    seq.expire()
+    clock.now += LINGER + 1
+    assert forget_all(seq) == ["c"]
+    clock.now = 8_000  # the clock set back by more than the linger
+    again = seq.publish("c", None, b"y")
+    assert again.id > last
+    assert again.prev is None
+
+
+def test_one_watermark_stands_for_every_forgotten_or_deleted_channel(clock: Clock) -> None:
+    seq = sequencer(clock, timeout=1)
+    clock.now = 9_000
+    newest = max(seq.publish(f"c{n}", None, b"x").id for n in range(1_000))
+    seq.publish("deleted", None, b"x")
+    deleted = seq.delete("deleted")
+    assert deleted is not None and deleted.last is not None
+    clock.now += LINGER + 2
+    seq.expire()
+    assert len(forget_all(seq)) == 1_000
+    # Nothing per name is left: neither the channels nor a tombstone each.
+    assert len(seq) == 0
+    assert seq.watermark == max(newest, deleted.last)
+    clock.now = 9_000
+    assert seq.publish("brand-new", None, b"y").id > max(newest, deleted.last)
+
+
+def test_a_clock_set_back_restarts_the_linger_instead_of_holding_channels_until_it_catches_up(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock)
+    clock.now = 9_000
+    seq.create("c")
+    clock.now = 5_000
+    assert forget_all(seq) == []
+    clock.now += LINGER + 1
+    assert forget_all(seq) == ["c"]
+
+
+def test_forgetting_looks_at_a_bounded_number_of_channels_per_call(clock: Clock) -> None:
+    seq = sequencer(clock)
+    for n in range(30):
+        seq.create(f"c{n}")
+    clock.now += LINGER + 1
+    assert len(seq.forget_idle(LINGER, unused, batch=10)) == 10
+    assert len(seq) == 20
+
+
+def test_a_forgotten_channel_stays_forgotten_across_a_restart_and_its_ids_still_increase(
+    tmp_path: Path, clock: Clock
+) -> None:
+    first = sequencer(clock, timeout=1)
+    history = History(tmp_path / "history")
+    history.load(first, Publishers())
+    clock.now = 9_000
+    last = first.publish("gone", None, b"x")
+    history.published(last)
+    history.published(first.publish("kept", None, b"y"))
+    clock.now += 2
+    first.expire()
+    clock.now += LINGER + 1
+    first.publish("kept", None, b"z")  # kept is used again; gone is not
+    forgotten = first.forget_idle(LINGER, unused)
+    assert [channel.channel_id for channel in forgotten] == ["gone"]
+    history.forgotten(forgotten)
+    history.close()
+
+    for compacted in (False, True):
+        # Restarted with the clock set back: only the watermark orders the new ids.
+        clock.now = 5_000
+        second = sequencer(clock, timeout=1)
+        reopened = History(tmp_path / "history")
+        reopened.load(second, Publishers())  # replays, then compacts
+        reopened.close()
+        assert "gone" not in second and "kept" in second
+        assert second.watermark == last.id
+        assert second.publish("gone", None, b"again").id > last.id
+        if compacted:
+            assert b"gone" not in (tmp_path / "history").read_bytes()

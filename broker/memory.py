@@ -1,0 +1,59 @@
+"""Gives the operating system back the memory of what a process forgot.
+
+The broker and the edges forget channels by the thousand; the objects go
+back to Python's allocator, but glibc keeps the pages of its heap that
+they freed, so the process's resident size stays at its peak. glibc's
+`malloc_trim(0)` returns every whole free page. It walks the heap, which
+costs milliseconds on a large one, so it runs only once many channels
+were forgotten: when the forgetting pauses, or at most once per interval
+while it goes on. Elsewhere (musl, macOS) there is no such call and
+nothing is done.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable
+
+# Forgotten channels after which a trim is worth its walk of the heap.
+TRIM_AFTER = 1_000
+TRIM_INTERVAL = 5.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+class Trimmer:
+    def __init__(
+        self,
+        after: int = TRIM_AFTER,
+        interval: float = TRIM_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._trim = _malloc_trim()
+        self._after = after
+        self._interval = interval
+        self._clock = clock
+        self._forgotten = 0
+        self._trimmed_at = -interval
+
+    def forgot(self, count: int) -> bool:
+        """Count the channels forgotten in a turn (0 too); returns whether it trimmed."""
+        self._forgotten += count
+        now = self._clock()
+        paused = count == 0
+        if self._forgotten < self._after or (
+            not paused and now - self._trimmed_at < self._interval
+        ):
+            return False
+        self._forgotten = 0
+        self._trimmed_at = now
+        if self._trim is not None:
+            self._trim(0)
+        return True

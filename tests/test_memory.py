@@ -1,0 +1,212 @@
+"""Memory follows the live set: a broker and an edge forget a crowd of channels once it is idle,
+and what the crowd took is reused by the next one rather than added to it.
+
+Each channel is published to once with send_update and polled once, as a
+site with a channel per user or per object sees them. The figures printed
+(resident size before, at the peak and after each crowd) are the ones to
+compare with the size before; this test asserts that a second crowd leaves
+the processes no larger than the first did (within 20 %). The count is
+`PUSHSERVER_MEMORY_CHANNELS` (10,000 unless set; 1,000,000 by hand, with
+`PUSHSERVER_MEMORY_HOLD` raised so the crowd held at the peak is larger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import zmq
+from django.test.utils import override_settings
+
+from broker import wire
+from broker.memory import Trimmer
+from pushserver import sender
+from pushserver.utils import updates
+from tests import configured_broker
+from tests.clock import Clock
+from tests.processes import Launcher, eventually
+
+CHANNELS = int(os.environ.get("PUSHSERVER_MEMORY_CHANNELS", "10000"))
+# Seconds each message and each edge's topic is kept: the crowd held at the
+# peak is about this many seconds of the run.
+HOLD = float(os.environ.get("PUSHSERVER_MEMORY_HOLD", "5"))
+CHANNEL_LINGER = 1.0
+# Published, then polled, a chunk at a time, so every message is still held
+# when its poll arrives.
+CHUNK = 1_000
+CONNECTIONS = 32
+WARM_UP = 2_000
+BOUND = 1.2
+# A 304 is a poll that came after its message expired (a loaded machine):
+# the channel was still polled once, which is what the test is about.
+ANSWERED = {200, 304}
+
+
+def test_freed_memory_is_trimmed_once_many_channels_were_forgotten_and_the_forgetting_paused() -> (
+    None
+):
+    trimmer = Trimmer(after=1_000, interval=5, clock=Clock(100.0))
+    assert not trimmer.forgot(600)
+    assert not trimmer.forgot(0)  # paused, but too few to be worth a walk of the heap
+    assert trimmer.forgot(600)
+    assert not trimmer.forgot(1_000)  # enough again, but trimmed a moment ago
+    assert trimmer.forgot(0)  # the forgetting paused
+    assert not trimmer.forgot(0)
+
+
+def test_a_long_forgetting_is_trimmed_at_most_once_an_interval() -> None:
+    clock = Clock(100.0)
+    trimmer = Trimmer(after=1_000, interval=5, clock=clock)
+    trims = []
+    for _ in range(20):
+        trims.append(trimmer.forgot(5_000))
+        clock.now += 1
+    assert trims == [True, False, False, False, False] * 4
+
+
+# How many polls were answered with each status.
+Statuses = dict[int, int]
+
+
+def kilobytes(pid: int, field: str) -> int:
+    """A line of /proc/PID/status in KiB: VmRSS now, VmHWM the peak."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+async def poll_each(url: str, channel_ids: list[str]) -> Statuses:
+    """Poll each channel once on a few keep-alive connections; counts the statuses."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    pending: Iterator[str] = iter(channel_ids)
+    statuses: dict[int, int] = {}
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for channel_id in pending:
+                writer.write(f"GET /poll/{channel_id} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                statuses[status] = statuses.get(status, 0) + 1
+                if b"\r\nconnection: close\r\n" in head:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    return statuses
+
+
+def publish_and_poll(endpoints: dict[str, str], url: str, channel_ids: list[str]) -> Statuses:
+    statuses: Statuses = {}
+    with override_settings(PUSH_SERVER={"broker": endpoints, "send_timeout": 5}):
+        sender.close()
+        try:
+            for start in range(0, len(channel_ids), CHUNK):
+                chunk = channel_ids[start : start + CHUNK]
+                for channel_id in chunk:
+                    updates.send_update(channel_id, 1)
+                # Polled once the broker holds every message of the chunk.
+                eventually(lambda: sender.pending() == 0, 30, "acknowledgements")
+                for status, count in asyncio.run(poll_each(url, chunk)).items():
+                    statuses[status] = statuses.get(status, 0) + count
+        finally:
+            sender.close()
+    return statuses
+
+
+def broker_holds(control: zmq.Socket[bytes], channel_ids: list[str]) -> bool:
+    request_ids = itertools.count(1)
+    for channel_id in channel_ids:
+        control.send_multipart(
+            wire.encode_request(wire.Request(wire.INFO, next(request_ids), channel_id))
+        )
+        if wire.decode_reply(control.recv_multipart()).found:
+            return True
+    return False
+
+
+def edge_channels(url: str) -> int:
+    for line in httpx.get(f"{url}/pushserver/metrics").text.splitlines():
+        if line.startswith("pushserver_edge_channels "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no pushserver_edge_channels gauge")
+
+
+def test_broker_and_edge_return_to_their_size_once_a_crowd_of_channels_is_forgotten(
+    launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    broker, endpoints = configured_broker.start(
+        launcher, message_timeout=HOLD, channel_linger=CHANNEL_LINGER
+    )
+    edge, url = launcher.edge(
+        endpoints,
+        topic_linger=HOLD,
+        locations=({"type": "subscriber", "url": r"/poll/([^/]+)", "polling": "interval"},),
+    )
+    control = context.socket(zmq.DEALER)
+    control.setsockopt(zmq.RCVTIMEO, 10_000)
+    control.connect(endpoints["control"])
+    try:
+        measure(broker.popen.pid, edge.popen.pid, endpoints, url, control)
+    finally:
+        control.close(linger=0)
+
+
+def measure(
+    broker_pid: int, edge_pid: int, endpoints: dict[str, str], url: str, control: zmq.Socket[bytes]
+) -> None:
+    pids = {"broker": broker_pid, "edge": edge_pid}
+    run = f"m{time.monotonic_ns():x}"
+
+    def settle(channel_ids: list[str]) -> None:
+        sample = channel_ids[:: max(1, len(channel_ids) // 200)] + channel_ids[-1:]
+        eventually(lambda: not broker_holds(control, sample), 120, "the broker forgetting")
+        eventually(lambda: edge_channels(url) == 0, 60, "the edge dropping its channels")
+
+    # `before` is a process at work, not one just started: one that has seen
+    # a first, small crowd of channels come and go.
+    warm_up = [f"{run}-warm-{n}" for n in range(WARM_UP)]
+    assert set(publish_and_poll(endpoints, url, warm_up)) <= ANSWERED
+    settle(warm_up)
+    before = {name: kilobytes(pid, "VmRSS") for name, pid in pids.items()}
+    after: list[dict[str, int]] = []
+    for crowd in ("first", "second"):
+        started = time.monotonic()
+        channel_ids = [f"{run}-{crowd}-{n}" for n in range(CHANNELS)]
+        statuses = publish_and_poll(endpoints, url, channel_ids)
+        took = time.monotonic() - started
+        peak = {name: kilobytes(pid, "VmHWM") for name, pid in pids.items()}
+        settle(channel_ids)
+        settled = time.monotonic() - started
+        after.append({name: kilobytes(pid, "VmRSS") for name, pid in pids.items()})
+        print(
+            f"\n{crowd} crowd: {CHANNELS:,} channels published once and polled once in "
+            f"{took:.1f} s, forgotten {settled - took:.1f} s later; statuses {statuses}"
+        )
+        for name in pids:
+            print(
+                f"{name}: RSS before {before[name] / 1024:.1f} MiB, "
+                f"peak {peak[name] / 1024:.1f} MiB, after {after[-1][name] / 1024:.1f} MiB "
+                f"({after[-1][name] / before[name]:.2f} of before)"
+            )
+        assert set(statuses) <= ANSWERED and sum(statuses.values()) == CHANNELS
+    # What a crowd left behind is reused by the next: memory does not grow
+    # with every channel the processes ever saw.
+    for name in pids:
+        assert after[1][name] <= after[0][name] * BOUND, (name, after)
