@@ -180,6 +180,19 @@ def _locations(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
                 f"{where}['authorize'] needs a 'passthrough' URL: "
                 "Django's passthrough view decides who may subscribe",
             )
+        origins = merged.get("allow_origin")
+        if (
+            kind == schema.SUBSCRIBER
+            and merged["allow_credentials"] is True
+            and (origins == "*" or (isinstance(origins, list | tuple) and "*" in origins))
+        ):
+            yield _message(
+                rules.ANY_ORIGIN_WITH_CREDENTIALS,
+                f"{where} has allow_origin '*' with allow_credentials: the edge then echoes "
+                "any page's origin with credentials, so any site can read what a logged-in "
+                "user's channels carry",
+                hint="List the origins of your own pages in 'allow_origin'.",
+            )
         if kind == schema.SUBSCRIBER and merged["signed"] is True and not secrets:
             yield _message(
                 rules.SIGNED_WITHOUT_SECRET,

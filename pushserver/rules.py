@@ -417,6 +417,11 @@ SIGNED_URL_SECRETS = _check(
 SIGNED_WITHOUT_SECRET = _check(
     "pushserver.E041", "a subscriber has `signed` on and no `signed_url_secrets`"
 )
+BYTES_OR_OFF = _check(
+    "pushserver.E042",
+    "a byte bound that 0 turns off is not an integer of 0 or more",
+    must_be("a number of bytes >= 0 (0: off)", lambda value: is_integer(value) and value >= 0),
+)
 UNKNOWN_KEY = _check("pushserver.W001", "a key no setting has (a typo?); it is ignored")
 # Shorter than a SHA-256 key's 32 bytes, a secret is easier to guess than the MAC.
 SHORT_SECRET_LENGTH = 32
@@ -437,6 +442,12 @@ SHORT_SIGNING_SECRET = _check(
     "pushserver.W002",
     f"a secret in `signed_url_secrets` is shorter than {SHORT_SECRET_LENGTH} characters",
     _judge_secret_lengths,
+)
+
+ANY_ORIGIN_WITH_CREDENTIALS = _check(
+    "pushserver.W003",
+    "a subscriber allows any origin (`'*'`) with `allow_credentials`: any site a logged-in "
+    "user visits can read that user's channels",
 )
 
 # Every id this app reports, in id order.

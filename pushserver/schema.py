@@ -526,6 +526,26 @@ TOP = Group(
         ),
         _field(
             _BROKER,
+            "channel_linger",
+            "float (s)",
+            rules.SECONDS,
+            "how long a channel that holds no message, has no subscriber and is not asked for "
+            "stays known to the broker before it is forgotten (a later message on it still gets "
+            "a greater id)",
+            float,
+        ),
+        _field(
+            _BROKER,
+            "events_queue_bytes",
+            "int",
+            rules.BYTES_OR_OFF,
+            "bytes of large messages (16 KiB and more) the broker's events socket may hold "
+            "for slow edges; beyond it large messages reach edges through their refill from "
+            "the broker's snapshot, not live; `0` lifts the bound",
+            int,
+        ),
+        _field(
+            _BROKER,
             "idempotency_window",
             "float (s)",
             rules.SECONDS,

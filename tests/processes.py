@@ -36,6 +36,7 @@ __all__ = [
     "Process",
     "eventually",
     "free_port",
+    "memory_kib",
 ]
 
 # How long the relay waits for traffic before looking at its stop flag.
@@ -124,3 +125,12 @@ class LossyLink:
             return isinstance(wire.decode_event(frames), wire.Message)
         except wire.WireError:
             return False  # the edge's to count and drop
+
+
+def memory_kib(pid: int, field: str) -> int:
+    """A figure of /proc/<pid>/status in KiB: VmRSS (resident now), VmHWM (its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

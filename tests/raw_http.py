@@ -85,15 +85,6 @@ def open_connections(base: str) -> float:
     return figures(base)[("pushserver_edge_connections", ())]
 
 
-def memory_kib(pid: int, field: str) -> int:
-    """A figure of /proc/<pid>/status in KiB: VmRSS (resident now), VmHWM (its peak)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name == field:
-            return int(value.split()[0])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
 def reset_peak_memory(pid: int) -> None:
     """Start VmHWM again from the resident size now (Linux's clear_refs)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")

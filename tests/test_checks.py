@@ -388,8 +388,14 @@ EXAMPLES: dict[Check, dict[str, Any]] = {
     rules.SIGNED_WITHOUT_SECRET: {
         "PUSH_SERVER": {"locations": [{"type": "subscriber", "signed": True}]}
     },
+    rules.BYTES_OR_OFF: {"PUSH_SERVER": {"events_queue_bytes": -1}},
     rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
     rules.SHORT_SIGNING_SECRET: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, "short"]}},
+    rules.ANY_ORIGIN_WITH_CREDENTIALS: {
+        "PUSH_SERVER": {
+            "locations": [{"type": "subscriber", "allow_origin": "*", "allow_credentials": True}]
+        }
+    },
 }
 
 
@@ -487,6 +493,8 @@ WRITTEN = {
     "passthrough_timeout": 1,
     "passthrough_concurrency": 3,
     "send_queue_size": 20,
+    "channel_linger": 9,
+    "events_queue_bytes": 1_000_000,
     "idempotency_window": 5,
     "idempotency_keys": 10,
     "forwarded_allow_ips": ["10.0.0.0/8"],

@@ -12,13 +12,12 @@ import pytest
 
 from tests.client import fresh, path, publish
 from tests.conftest import PROTOCOL_SETTINGS
-from tests.processes import Launcher, Process, eventually
+from tests.processes import Launcher, Process, eventually, memory_kib
 from tests.raw_http import (
     close_wait_sockets,
     connect,
     figures,
     get,
-    memory_kib,
     open_connections,
     raw,
     read_response,

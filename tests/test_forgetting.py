@@ -10,10 +10,10 @@ import re
 import httpx
 
 from edge.protocol import ETAG, LAST_MODIFIED
-from tests import configured_broker
 from tests.client import Cursor, fresh, info, poll, publish
 from tests.processes import Launcher, eventually
 
+SHORT_LIVED = {"type": "memory", "message_timeout": 1}
 LOCATIONS = (
     {"type": "subscriber", "url": r"/updates/([^/]+)"},
     {"type": "subscriber", "url": r"/poll/([^/]+)", "polling": "interval"},
@@ -35,7 +35,7 @@ def message_id(response: httpx.Response) -> tuple[float, int]:
 def test_a_client_with_a_cursor_from_before_the_channel_was_forgotten_gets_the_next_message(
     launcher: Launcher, client: httpx.Client
 ) -> None:
-    _, endpoints = configured_broker.start(launcher, message_timeout=1, channel_linger=1)
+    _, endpoints = launcher.broker(store=SHORT_LIVED, channel_linger=1)
     # The edge follows the channel for longer than the broker keeps it.
     _, base = launcher.edge(endpoints, topic_linger=60, locations=LOCATIONS)
     channel = fresh("forgotten")
@@ -54,7 +54,7 @@ def test_a_client_with_a_cursor_from_before_the_channel_was_forgotten_gets_the_n
 def test_channels_made_for_polls_count_no_refill_and_a_broker_forgetting_them_neither(
     launcher: Launcher, client: httpx.Client
 ) -> None:
-    _, endpoints = configured_broker.start(launcher, message_timeout=1, channel_linger=1)
+    _, endpoints = launcher.broker(store=SHORT_LIVED, channel_linger=1)
     _, base = launcher.edge(endpoints, topic_linger=60, locations=LOCATIONS)
     channels = [fresh("made") for _ in range(50)]
     for channel in channels:

@@ -27,9 +27,8 @@ from broker import wire
 from broker.memory import Trimmer
 from pushserver import sender
 from pushserver.utils import updates
-from tests import configured_broker
 from tests.clock import Clock
-from tests.processes import Launcher, eventually
+from tests.processes import Launcher, eventually, memory_kib
 
 CHANNELS = int(os.environ.get("PUSHSERVER_MEMORY_CHANNELS", "10000"))
 # Seconds each message and each edge's topic is kept: the crowd held at the
@@ -71,15 +70,6 @@ def test_a_long_forgetting_is_trimmed_at_most_once_an_interval() -> None:
 
 # How many polls were answered with each status.
 Statuses = dict[int, int]
-
-
-def kilobytes(pid: int, field: str) -> int:
-    """A line of /proc/PID/status in KiB: VmRSS now, VmHWM the peak."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} for process {pid}")
 
 
 async def poll_each(url: str, channel_ids: list[str]) -> Statuses:
@@ -151,8 +141,8 @@ def edge_channels(url: str) -> int:
 def test_broker_and_edge_return_to_their_size_once_a_crowd_of_channels_is_forgotten(
     launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    broker, endpoints = configured_broker.start(
-        launcher, message_timeout=HOLD, channel_linger=CHANNEL_LINGER
+    broker, endpoints = launcher.broker(
+        store={"type": "memory", "message_timeout": HOLD}, channel_linger=CHANNEL_LINGER
     )
     edge, url = launcher.edge(
         endpoints,
@@ -184,17 +174,17 @@ def measure(
     warm_up = [f"{run}-warm-{n}" for n in range(WARM_UP)]
     assert set(publish_and_poll(endpoints, url, warm_up)) <= ANSWERED
     settle(warm_up)
-    before = {name: kilobytes(pid, "VmRSS") for name, pid in pids.items()}
+    before = {name: memory_kib(pid, "VmRSS") for name, pid in pids.items()}
     after: list[dict[str, int]] = []
     for crowd in ("first", "second"):
         started = time.monotonic()
         channel_ids = [f"{run}-{crowd}-{n}" for n in range(CHANNELS)]
         statuses = publish_and_poll(endpoints, url, channel_ids)
         took = time.monotonic() - started
-        peak = {name: kilobytes(pid, "VmHWM") for name, pid in pids.items()}
+        peak = {name: memory_kib(pid, "VmHWM") for name, pid in pids.items()}
         settle(channel_ids)
         settled = time.monotonic() - started
-        after.append({name: kilobytes(pid, "VmRSS") for name, pid in pids.items()})
+        after.append({name: memory_kib(pid, "VmRSS") for name, pid in pids.items()})
         print(
             f"\n{crowd} crowd: {CHANNELS:,} channels published once and polled once in "
             f"{took:.1f} s, forgotten {settled - took:.1f} s later; statuses {statuses}"

@@ -17,10 +17,8 @@ from broker import wire
 from broker.config import BrokerConfig
 from pushserver import sender
 from pushserver.utils import updates
-from tests import configured_broker
 from tests.client import fresh, in_background, walk
-from tests.processes import Launcher, eventually
-from tests.test_memory import kilobytes
+from tests.processes import Launcher, eventually, memory_kib
 
 MESSAGES = 300
 SIZE = 1024 * 1024
@@ -37,7 +35,9 @@ ROOM = HELD * SIZE + 64 * 1024 * 1024
 def test_a_subscriber_that_never_reads_holds_a_bounded_queue_and_readers_get_everything(
     launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    broker, endpoints = configured_broker.start(launcher, max_messages=HELD, message_timeout=300)
+    broker, endpoints = launcher.broker(
+        store={"type": "memory", "max_messages": HELD, "message_timeout": 300}
+    )
     _, url = launcher.edge(endpoints, long_poll_timeout=20)
     channel = fresh("large")
     bodies = [f'"{n:04d}{"x" * (SIZE - 6)}"'.encode() for n in range(MESSAGES)]
@@ -57,7 +57,7 @@ def test_a_subscriber_that_never_reads_holds_a_bounded_queue_and_readers_get_eve
     eventually(lambda: httpx.get(f"{url}/send-update/{channel}").status_code == 200, 10, "channel")
 
     pid = broker.popen.pid
-    before = kilobytes(pid, "VmRSS")
+    before = memory_kib(pid, "VmRSS")
     with override_settings(PUSH_SERVER={"broker": endpoints, "send_timeout": 10}):
         sender.close()
         try:
@@ -69,7 +69,7 @@ def test_a_subscriber_that_never_reads_holds_a_bounded_queue_and_readers_get_eve
             sender.close()
     walking.result(60)
     stuck.close(linger=0)
-    grown = (kilobytes(pid, "VmHWM") - before) * 1024
+    grown = (memory_kib(pid, "VmHWM") - before) * 1024
     print(
         f"\nbroker RSS {before / 1024:.1f} MiB before {MESSAGES} publishes of {SIZE} bytes, "
         f"grew by {grown / 2**20:.1f} MiB at most (bound {BOUND / 2**20:.0f} MiB "
