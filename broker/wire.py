@@ -33,6 +33,7 @@ browser. The trap: a frame from the network is untrusted, so every
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 import threading
 from collections.abc import Sequence
@@ -85,6 +86,21 @@ def key_problem(key: str) -> str | None:
         return "idempotency key is empty"
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         return f"idempotency key is longer than {MAX_KEY_BYTES} bytes"
+    return None
+
+
+# What an HTTP header value may hold (RFC 9110 field-value: visible characters,
+# spaces, tabs and obs-text), as the Latin-1 a response head is written in.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+MAX_CONTENT_TYPE_CHARS = 1024
+
+
+def content_type_problem(content_type: str) -> str | None:
+    """Why `content_type` cannot go out in a Content-Type header, or None when it can."""
+    if len(content_type) > MAX_CONTENT_TYPE_CHARS:
+        return f"content type is longer than {MAX_CONTENT_TYPE_CHARS} characters"
+    if _HEADER_VALUE.fullmatch(content_type) is None:
+        return f"content type {_shown.repr(content_type)} is not a header value"
     return None
 
 
@@ -296,8 +312,7 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
     problem = channel_id_problem(channel_id)
     if problem:
         raise WireError(problem)
-    if content_type is not None and not isinstance(content_type, str):
-        raise WireError(f"content type is {type(content_type).__name__}, expected str or nil")
+    _content_type(content_type)
     if not isinstance(body, bytes):
         raise WireError(f"publish body is {type(body).__name__}, expected bytes")
     if not _whole(base) or not 0 <= base <= seq:
@@ -466,7 +481,7 @@ def decode_event(frames: Sequence[bytes]) -> Event:
             _id(header.get("id")),
             _optional_id(header.get("prev")),
             _optional_id(header.get("floor")),
-            _optional_str(header, "t"),
+            _content_type(header.get("t")),
             _bytes(frames[2]),
         )
     if kind == "s":
@@ -608,7 +623,7 @@ def decode_request(frames: Sequence[bytes]) -> Request | Presence:
         kind,
         request_id,
         _channel(header),
-        _optional_str(header, "t"),
+        _content_type(header.get("t")),
         _bytes(frames[1]) if kind == PUBLISH else b"",
         bool(header.get("create")),
     )
@@ -667,8 +682,13 @@ def _decode_info(value: Any) -> ChannelInfo | None:
 
 
 def _content_type(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise WireError(f"content type is {type(value).__name__}, expected str or nil")
+    problem = content_type_problem(value)
+    if problem:
+        raise WireError(problem)
     return value
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker.wire import Limits, Message, MessageId, Snapshot
+from broker.wire import Limits, Message, MessageId, Snapshot, content_type_problem
 from edge.connection import render_head
 from edge.protocol import (
     CACHE_CONTROL,
@@ -49,8 +49,9 @@ class Held:
             (VARY, VARY_VALUE),
         ]
         content_type = message.content_type
-        # A line break in it would forge headers; the message goes out without it.
-        if content_type is not None and "\r" not in content_type and "\n" not in content_type:
+        # The wire refuses one a header cannot carry; should one get here anyway, the
+        # message goes out without it rather than with a forged or broken head.
+        if content_type is not None and content_type_problem(content_type) is None:
             headers.append(("Content-Type", content_type))
         headers.append(("Content-Length", str(len(message.body))))
         return cls(message, render_head(200, headers))

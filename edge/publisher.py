@@ -267,6 +267,10 @@ class PublisherRequest:
                 raise Refusal(400, "Content-Length is not a number")
             if int(length) > self.shared.discard_limit:
                 raise Refusal(413, f"message is larger than {self.shared.limit} bytes")
+        if self.content_type is not None and method == "POST":
+            problem = wire.content_type_problem(self.content_type)
+            if problem:
+                raise Refusal(400, problem)
         if key is not None and method == "POST":
             problem = wire.key_problem(key)
             if problem:

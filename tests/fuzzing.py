@@ -698,25 +698,6 @@ def publish_fields(rng: random.Random, channels: list[str]) -> list[Any]:
     ]
 
 
-def known_bad_content_type(value: Any) -> bool:
-    """A content type the format takes (a str) but the edge cannot render, left to
-    test_a_publish_whose_content_type_is_not_latin1_does_not_stop_the_edges_feed and
-    test_a_publish_whose_content_type_holds_a_control_is_not_sent_in_a_header."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        return True
-    return any(ord(c) < 0x20 and c not in "\t\r\n" or c == "\x7f" for c in value)
-
-
-def _publishable(fields: list[Any]) -> list[Any]:
-    if len(fields) == 9 and known_bad_content_type(fields[4]):
-        fields[4] = "text/plain"
-    return fields
-
-
 def ingress_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
     """What a publisher's DEALER might send: a publish, mistyped, misshapen or not msgpack."""
     choice = rng.random()
@@ -724,7 +705,7 @@ def ingress_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
     if choice < 0.55:
         for _ in range(rng.randrange(1, 3)):
             fields[rng.randrange(len(fields))] = wrong_value(rng)
-        frames = [pack(_publishable(fields))]
+        frames = [pack(fields)]
     elif choice < 0.65:
         if rng.random() < 0.5:
             del fields[rng.randrange(len(fields))]
@@ -766,8 +747,6 @@ def control_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
         header = request_header(rng, channels)
         key = rng.choice(list(header))
         header[key] = wrong_value(rng)
-        if known_bad_content_type(header.get("t")):
-            header["t"] = None
         frames = [pack(header)]
         if header.get("k") == wire.PUBLISH:
             frames.append(rng.randbytes(10))
@@ -845,8 +824,6 @@ def event_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
         header[key] = wrong_value(rng)
         if key in ("id", "prev", "floor", "last") and isinstance(header[key], list):
             header[key] = [v if not isinstance(v, int) else v % 2**31 for v in header[key]]
-        if known_bad_content_type(header.get("t")):
-            header["t"] = "text/plain"
         frames[1] = pack(header)
     elif choice < 0.6:
         frames[1] = raw_msgpack(rng)

@@ -74,6 +74,17 @@ def test_a_post_with_a_bad_idempotency_key_gets_400_and_publishes_nothing(base: 
     assert post(base, channel, b"x", key="k" * 255).status_code == 202
 
 
+def test_a_post_whose_content_type_no_header_could_carry_gets_400_and_publishes_nothing(
+    base: str,
+) -> None:
+    channel = fresh("bad-type")
+    refused = post(base, channel, b"x", **{"Content-Type": "text/" + "x" * 1100})
+    assert refused.status_code == 400
+    assert "content type is longer than 1024 characters" in refused.text
+    assert info(base, channel) is None
+    assert post(base, channel, b"x", **{"Content-Type": "text/plain"}).status_code == 202
+
+
 def test_the_secret_admits_a_caller_from_outside_allow_from_to_every_method(base: str) -> None:
     channel = fresh("secret")
     url = base + path("guarded", channel)
