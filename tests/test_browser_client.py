@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -82,77 +81,32 @@ MODULE_PAGE = (
 )
 
 
-class StreamHoldingRelay:
-    """Relays connections from `port` to the edge at `upstream`, holding event streams back."""
+class StreamHoldingRelay(RequestRecorder):
+    """Relays connections from `port` to the edge at `upstream`, recording each request and
+    holding back every event stream."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.port: int = self._listener.getsockname()[1]
-        self.held = 0
-        self.stream_requests = 0
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._stopped = threading.Event()
-        self._accepting = threading.Thread(target=self._accept, name="holding relay", daemon=True)
+    def stream_requests(self) -> int:
+        """How many requests asked for an event stream."""
+        asked = [seen.headers.get("accept", "") for seen in self.requests("GET")]
+        return sum("text/event-stream" in accept for accept in asked)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._accepting.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._accepting.join(timeout=5)
-        self._listener.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            client.settimeout(None)
-            try:
-                edge = socket.create_connection(self.upstream)
-            except OSError:
-                client.close()
-                continue
-            for sock in (client, edge):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets += [client, edge]
-            threading.Thread(target=self._pump, args=(client, edge, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(edge, client, True), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        if requests:
+            super()._pump(source, sink, requests)
+            return
         held: bytearray | None = None
         with contextlib.suppress(OSError):
             while chunk := source.recv(65536):
-                if not answers and b"accept: text/event-stream" in chunk.lower():
-                    with self._lock:
-                        self.stream_requests += 1
                 if held is not None:
                     held += chunk
                     continue
-                found = chunk.lower().find(b"content-type: text/event-stream") if answers else -1
+                found = chunk.lower().find(b"content-type: text/event-stream")
                 if found == -1:
                     sink.sendall(chunk)
                     continue
-                start = chunk.rfind(b"HTTP/1.", 0, found)
-                sink.sendall(chunk[: max(start, 0)])
-                held = bytearray(chunk[max(start, 0) :])
-                with self._lock:
-                    self.held += 1
+                start = max(chunk.rfind(b"HTTP/1.", 0, found), 0)
+                sink.sendall(chunk[:start])
+                held = bytearray(chunk[start:])
             if held is not None:
                 sink.sendall(bytes(held))  # a buffering proxy sends what it held once it ends
         with contextlib.suppress(OSError):
@@ -198,10 +152,8 @@ def recorder(edge: str) -> Iterator[RequestRecorder]:
 def holding_relay(edge: str) -> Iterator[StreamHoldingRelay]:
     relay = StreamHoldingRelay(upstream(edge))
     relay.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
+    yield relay
+    relay.stop()
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +176,10 @@ def updates(numbers: range) -> list[str]:
     return [f'{{"type": "m", "n": {number}}}' for number in numbers]
 
 
-def wait_seen(page: Any, expected: list[list[Any]], timeout: float = 20) -> None:
-    """Wait until the page saw as many updates as `expected`, then check it saw exactly those."""
+def wait_seen(page: Any, name: str, count: int, timeout: float = 20) -> None:
+    """Wait until the page saw `count` updates, then check they were `name`'s 0 to count - 1,
+    each once, in order."""
+    expected = [[name, number] for number in range(count)]
 
     def enough() -> bool:
         count: int = page.evaluate("window.seen.length")
@@ -256,9 +210,9 @@ def test_a_cross_origin_page_long_polls_every_update_once_in_order_sending_its_c
     publish_all(edge, channel, updates(range(10)))
     url = recorder.url + path("updates", channel)
     page.evaluate(START, [{"news": url}, {**FAST, "transports": ["longpoll"]}, {}])
-    wait_seen(page, [["news", number] for number in range(10)])
+    wait_seen(page, "news", 10)
     publish_all(edge, channel, updates(range(10, 20)))
-    wait_seen(page, [["news", number] for number in range(20)])
+    wait_seen(page, "news", 20)
 
     channel_path = path("updates", channel)
     polls = [seen for seen in recorder.requests("GET") if seen.path.startswith(channel_path)]
@@ -273,21 +227,21 @@ def test_behind_a_proxy_holding_streams_back_the_page_long_polls_and_misses_noth
     channel = fresh("held")
     publish_all(edge, channel, updates(range(5)))
     url = holding_relay.url + path("updates", channel)
-    before = holding_relay.stream_requests
+    before = holding_relay.stream_requests()
     page.evaluate(START, [{"news": url}, {**FAST, "streamRetry": 2000}, {}])
-    wait_seen(page, [["news", number] for number in range(5)])
+    wait_seen(page, "news", 5)
     assert page.evaluate("client.transportOf('news')") == "longpoll"
     publish_all(edge, channel, updates(range(5, 15)))
-    wait_seen(page, [["news", number] for number in range(15)])
+    wait_seen(page, "news", 15)
     transports = {transport for _, _, transport in page.evaluate("window.statuses")}
     assert transports == {"eventsource", "longpoll"}
     # Three streams held back, then the stream tried again beside the polls
     # every streamRetry; held back again, it changes nothing.
     eventually(
-        lambda: holding_relay.stream_requests - before >= 5, 20, "the stream tried again twice"
+        lambda: holding_relay.stream_requests() - before >= 5, 20, "the stream tried again twice"
     )
     publish_all(edge, channel, updates(range(15, 20)))
-    wait_seen(page, [["news", number] for number in range(20)])
+    wait_seen(page, "news", 20)
     assert page.evaluate("client.transportOf('news')") == "longpoll"
 
 
@@ -303,8 +257,8 @@ def test_an_expired_signed_url_reaches_on_forbidden_and_a_fresh_one_carries_on(
 
     expired, refreshed = signed(int(time.time()) - 1), signed(int(time.time()) + 600)
     page.evaluate(START, [{"signed": expired}, FAST, {"signed": refreshed}])
-    wait_seen(page, [["signed", number] for number in range(3)])
+    wait_seen(page, "signed", 3)
     assert page.evaluate("window.refused") == [["signed", TOKEN_EXPIRED]]
     publish_all(edge, channel, updates(range(3, 6)))
-    wait_seen(page, [["signed", number] for number in range(6)])
+    wait_seen(page, "signed", 6)
     assert page.evaluate("window.refused") == [["signed", TOKEN_EXPIRED]]

@@ -9,30 +9,16 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const { createClient } = require('../pushserver.js');
-const { fakeBrowser } = require('../testing/fakes.js');
+const { clientHarness } = require('../testing/fakes.js');
 
 const EDGE = 'http://site.example/updates/';
 const T = 1733000000;
 
 function setup(options = {}, browser = {}) {
-  const b = fakeBrowser(browser);
-  const client = createClient(options, b.env);
-  const seen = [];
-  for (const name of ['news', 'me']) {
-    client.registerProcessor(name, 'answer', (data) => seen.push([name, data.n]));
-  }
-  // Advances the clock until a new stream or poll is made; how long that took.
-  const waitFor = (list) => {
-    const before = list.length;
-    const start = b.clock.now();
-    while (list.length === before) {
-      b.clock.advance(1);
-      assert.ok(b.clock.now() - start < 3600000, 'nothing came within an hour');
-    }
-    return b.clock.now() - start;
-  };
-  return { ...b, client, seen, waitFor };
+  const h = clientHarness(options, browser);
+  h.record('news');
+  h.record('me');
+  return h;
 }
 
 function update(n) {

@@ -8,19 +8,11 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const { createClient, parseStreamId, formatStreamCursor } = require('../pushserver.js');
-const { fakeBrowser } = require('../testing/fakes.js');
+const { parseStreamId, formatStreamCursor } = require('../pushserver.js');
+const { clientHarness: setup } = require('../testing/fakes.js');
 
 const EDGE = 'http://site.example/updates/';
 const T = 1733000000;
-
-function setup(options = {}, browser = {}) {
-  const b = fakeBrowser(browser);
-  const client = createClient(options, b.env);
-  const seen = [];
-  const record = (name, type = 'answer') => client.registerProcessor(name, type, (data) => seen.push([name, data.n]));
-  return { ...b, client, seen, record };
-}
 
 function update(n, type = 'answer') {
   return { type, n };
@@ -269,14 +261,7 @@ test('back-off between reconnects doubles per failure with jitter, within half t
 test('a stream that opened and stayed open for openTimeout starts its back-off afresh', () => {
   const h = setup({ openTimeout: 5000 }, { random: () => 0 });
   h.client.subscribe({ news: EDGE + 'news' });
-  const waitForNext = () => {
-    const before = h.streams.length;
-    const start = h.clock.now();
-    while (h.streams.length === before) {
-      h.clock.advance(1);
-    }
-    return h.clock.now() - start;
-  };
+  const waitForNext = () => h.waitFor(h.streams);
   const gaps = [];
   for (let i = 0; i < 3; i += 1) {
     h.stream().drop();

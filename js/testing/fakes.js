@@ -278,4 +278,28 @@ function fakeBrowser({ origin = 'http://site.example', random = () => 0.5, event
   };
 }
 
-module.exports = { fakeClock, fakeEventSourceClass, fakeXhrClass, fakeBrowser };
+// A client made by createClient on a fakeBrowser, with what its processors
+// saw: record(name, type) registers one that pushes [name, data.n] to
+// `seen`; waitFor(list) advances the clock until `list` (streams or polls)
+// grows, and says how long that took.
+function clientHarness(options = {}, browser = {}) {
+  const { createClient } = require('../pushserver.js');
+  const b = fakeBrowser(browser);
+  const client = createClient(options, b.env);
+  const seen = [];
+  const record = (name, type = 'answer') => client.registerProcessor(name, type, (data) => seen.push([name, data.n]));
+  const waitFor = (list) => {
+    const before = list.length;
+    const start = b.clock.now();
+    while (list.length === before) {
+      b.clock.advance(1);
+      if (b.clock.now() - start > 3600000) {
+        throw new Error('nothing came within an hour');
+      }
+    }
+    return b.clock.now() - start;
+  };
+  return { ...b, client, seen, record, waitFor };
+}
+
+module.exports = { fakeClock, fakeEventSourceClass, fakeXhrClass, fakeBrowser, clientHarness };
