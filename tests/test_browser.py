@@ -1,11 +1,15 @@
-"""The demo page in headless Chromium, served through `runpushserver --allrequests`.
+"""The demo pages in headless Chromium, served through `runpushserver --allrequests`.
 
 A broker runs alone and an edge serves the whole demo site (pages, static
 files, passthrough, push locations) on a fixed port, so it can be stopped
 and started again where the page expects it. Updates are sent from this
 process with `send_update`, straight to the broker. The page is the real
-demo page with the real jQuery client; what its processors saw is on
-`window.demoSeen`, and `tests.browser.POLL_RECORDER` logs its polls.
+demo page with the real client (`pushserver.createClient`, as
+`window.demoClient`), on its default transports (EventSource, long-poll
+where streams fail: until the edges stream, every page falls back) or, for
+what only polls show, `?transport=longpoll`. What its processors saw is on
+`window.demoSeen`, and `tests.browser.POLL_RECORDER` logs its polls. The
+demo's jQuery page shows `$.updates` working over the same client.
 """
 
 from __future__ import annotations
@@ -69,18 +73,38 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-@pytest.fixture
-def page(site: DemoSite, browser: Any) -> Iterator[Any]:
-    """The demo page, logged in as the demo user, polling channel 'demo'."""
+def demo_page(site: DemoSite, browser: Any, path: str) -> Iterator[Any]:
+    """The demo page at `path`, logged in as the demo user, following channel 'demo'."""
     context = browser.new_context()
     context.add_init_script(POLL_RECORDER)
     opened = context.new_page()
     opened.set_default_timeout(15_000)
     log_in(opened, site.url)
+    if path != "/":
+        opened.goto(site.url + path)
+    opened.wait_for_function("window.demoSeen !== undefined || window.jquerySeen !== undefined")
     yield opened
     context.close()
     if not site.running:  # a failed outage test must not take the next test's edge with it
         site.start()
+
+
+@pytest.fixture
+def page(site: DemoSite, browser: Any) -> Iterator[Any]:
+    """The demo page on the client's default transports."""
+    yield from demo_page(site, browser, "/")
+
+
+@pytest.fixture
+def polling_page(site: DemoSite, browser: Any) -> Iterator[Any]:
+    """The demo page long-polling only, so that every request it makes is in its poll log."""
+    yield from demo_page(site, browser, "/?transport=longpoll")
+
+
+@pytest.fixture
+def jquery_page(site: DemoSite, browser: Any) -> Iterator[Any]:
+    """The demo's jQuery page: `$.updates` from pushserver/updates.js."""
+    yield from demo_page(site, browser, "/jquery/")
 
 
 def log_in(page: Any, base: str, username: str = "demo", password: str = "demo") -> None:
@@ -141,7 +165,9 @@ def test_each_processor_gets_every_update_of_its_type_once_in_order(
     page.evaluate(
         """() => {
           window.testSeen = [];
-          $.updates.registerProcessor('demo', 'message', (data) => window.testSeen.push(data.text));
+          demoClient.registerProcessor('demo', 'message', (data) => {
+            window.testSeen.push(data.text);
+          });
         }"""
     )
     expected = [f"{run}{number}" for number in range(50)]
@@ -162,18 +188,17 @@ def test_page_catches_up_after_the_edge_restarts_without_duplicates(
     site: DemoSite, page: Any
 ) -> None:
     run = marker("outage")
-    page.evaluate(f"$.updates.options.backoff = {BACKOFF}")
+    page.evaluate(f"demoClient.options.backoff = {BACKOFF}")
     before = [f"{run}before {number}" for number in range(5)]
     for text in before:
         send(text)
     wait_seen(page, run, before)
 
     site.stop()
-    since = page_clock(page)
     during = [f"{run}during {number}" for number in range(20)]
     for text in during:
         send(text)  # the broker keeps them while no edge runs
-    eventually(lambda: len(failed_polls(page, since)) >= 2, 15, "two failed polls")
+    eventually(lambda: failures_in_a_row(page) >= 2, 15, "two failures in a row")
     assert "Connection lost" in page.inner_text("#status")
     site.start()
 
@@ -186,11 +211,21 @@ def test_page_catches_up_after_the_edge_restarts_without_duplicates(
     assert "Live" in page.inner_text("#status")
 
 
+def failures_in_a_row(page: Any) -> int:
+    """How many times in a row the page's client has failed to reach the edge, by its status."""
+    status: dict[str, Any] | None = page.evaluate("window.demoSeen.status")
+    if not status or status["state"] != "retrying":
+        return 0
+    failures: int = status["failures"]
+    return failures
+
+
 def test_page_polls_a_stopped_edge_no_faster_than_the_backoff_allows(
-    site: DemoSite, page: Any
+    site: DemoSite, polling_page: Any
 ) -> None:
+    page = polling_page
     run = marker("backoff")
-    page.evaluate(f"$.updates.options.backoff = {BACKOFF}")
+    page.evaluate(f"demoClient.options.backoff = {BACKOFF}")
     send(f"{run}first")
     wait_seen(page, run, [f"{run}first"])
 
@@ -252,8 +287,9 @@ def test_presence_lists_a_second_visitor_until_they_leave(
 
 
 def test_an_expired_signed_url_reaches_the_pages_callback_which_carries_on_with_a_fresh_one(
-    site: DemoSite, page: Any
+    site: DemoSite, polling_page: Any
 ) -> None:
+    page = polling_page
     channel = f"signed-{uuid.uuid4().hex[:8]}"
     expired = sign(SIGNING_SECRET, [channel], int(time.time()) - 1)
     expired_url = f"{site.url}{SIGNED_PATH}{channel}?token={expired}"
@@ -264,15 +300,15 @@ def test_an_expired_signed_url_reaches_the_pages_callback_which_carries_on_with_
         """([expiredUrl, freshUrl]) => {
           window.signedSeen = [];
           window.forbidden = [];
-          $.updates.registerProcessor('signed', 'message', (data) => {
+          demoClient.registerProcessor('signed', 'message', (data) => {
             window.signedSeen.push(data.text);
           });
-          $.updates.onForbidden('signed', (name, reason) => {
+          demoClient.onForbidden('signed', (name, reason) => {
             window.forbidden.push([name, reason]);
             // As a page would after fetching a fresh URL from its site.
-            $.updates.subscribe({[name]: freshUrl});
+            demoClient.subscribe({[name]: freshUrl});
           });
-          $.updates.subscribe({signed: expiredUrl});
+          demoClient.subscribe({signed: expiredUrl});
         }""",
         [expired_url, fresh_url],
     )
@@ -290,3 +326,33 @@ def test_an_expired_signed_url_reaches_the_pages_callback_which_carries_on_with_
         (fresh_url, 200),
     ]
     assert all(entry["url"] == fresh_url for entry in polls[1:])
+
+
+def test_the_jquery_page_gets_every_update_once_in_order_through_dollar_updates(
+    site: DemoSite, jquery_page: Any
+) -> None:
+    run = marker("jquery")
+    wait_for_subscribers(site.url, CHANNEL_ID, 1)
+    expected = [f"{run}{number}" for number in range(30)]
+    for text in expected:
+        send(text)
+
+    def texts() -> list[str]:
+        found: list[str] = jquery_page.evaluate("window.jquerySeen.message")
+        return [text for text in found if text.startswith(run)]
+
+    eventually(lambda: len(texts()) >= len(expected), 15, f"{len(expected)} messages on the page")
+    assert texts() == expected
+    # No jQuery on the demo's own page; this one has it, and its polls go through $.ajax.
+    assert jquery_page.evaluate("typeof jQuery.updates.subscribe") == "function"
+    assert {entry["url"] for entry in poll_log(jquery_page)} == {site.url + "/updates/demo"}
+
+
+def test_the_demo_site_serves_the_client_as_a_script_and_as_an_es_module(page: Any) -> None:
+    same = page.evaluate(
+        """() => import('/static/pushserver/pushserver.module.js').then(
+             (module) => module.default === window.pushserver)"""
+    )
+    assert same is True
+    # No jQuery on the demo page: the client needs none.
+    assert page.evaluate("typeof window.jQuery") == "undefined"

@@ -9,48 +9,11 @@ const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
 
-const { createUpdates, MISSED_EVENT, FORBIDDEN_EVENT } = require('../updates.js');
+const { createUpdates, MISSED_EVENT, FORBIDDEN_EVENT } = require('../pushserver.js');
+const { fakeClock } = require('../testing/fakes.js');
 
 const T0 = 'Thu, 28 Nov 2024 00:00:00 GMT';
 const T1 = 'Thu, 28 Nov 2024 00:00:01 GMT';
-
-// Timers that run only when the test advances time.
-function fakeClock() {
-  let time = 0;
-  let nextId = 1;
-  const timers = new Map();
-  return {
-    now: () => time,
-    setTimeout(fn, ms) {
-      const id = nextId++;
-      timers.set(id, { at: time + Math.max(0, ms), fn });
-      return id;
-    },
-    clearTimeout(id) {
-      timers.delete(id);
-    },
-    pending: () => timers.size,
-    advance(ms) {
-      const end = time + ms;
-      for (;;) {
-        let earliest = null;
-        for (const [id, timer] of timers) {
-          if (timer.at <= end && (earliest === null || timer.at < timers.get(earliest).at)) {
-            earliest = id;
-          }
-        }
-        if (earliest === null) {
-          break;
-        }
-        const { at, fn } = timers.get(earliest);
-        timers.delete(earliest);
-        time = at;
-        fn();
-      }
-      time = end;
-    },
-  };
-}
 
 // The part of jqXHR the client uses: always(), abort(), status, statusText,
 // responseText, getResponseHeader(). Like jQuery, abort() settles at once
@@ -632,7 +595,7 @@ test('withCredentials and timeout come from $.updates.options', () => {
 });
 
 test('loaded as a classic script it installs jQuery.updates, and a second load keeps the first', () => {
-  const source = fs.readFileSync(path.join(__dirname, '..', 'updates.js'), 'utf8');
+  const source = fs.readFileSync(path.join(__dirname, '..', 'pushserver.js'), 'utf8');
   const jQuery = () => ({ trigger() {} });
   jQuery.ajax = () => fakeRequest({}, fakeClock());
   const window = { jQuery, setTimeout, clearTimeout, document: {}, addEventListener() {} };

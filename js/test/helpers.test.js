@@ -6,7 +6,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const { readCursor, readResponse, parseUpdate, backoffDelay, DEFAULTS } = require('../updates.js');
+const { readCursor, readResponse, parseUpdate, backoffDelay, DEFAULTS } = require('../pushserver.js');
 
 function headers(map) {
   const lower = new Map(Object.entries(map).map(([name, value]) => [name.toLowerCase(), value]));

@@ -5,6 +5,7 @@ from demo import views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("jquery/", views.jquery_page, name="jquery"),
     path("send/", views.send, name="send"),
     path("presence/", views.presence_now, name="presence"),
     path(

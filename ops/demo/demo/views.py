@@ -27,6 +27,13 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
+def jquery_page(request: HttpRequest) -> HttpResponse:
+    """The same channel through `$.updates`, the jQuery API kept for older pages."""
+    return render(request, "demo/jquery.html", {"channel_id": settings.DEMO_CHANNEL_ID})
+
+
+@require_GET
+@login_required
 def presence_now(request: HttpRequest) -> JsonResponse:
     """The presence list, for a page that missed some updates."""
     return JsonResponse(presence.snapshot())

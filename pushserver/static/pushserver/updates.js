@@ -1,1 +1,1 @@
-../../../js/updates.js
+../../../js/pushserver.js

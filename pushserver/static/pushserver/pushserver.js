@@ -1,0 +1,1 @@
+../../../js/pushserver.js
