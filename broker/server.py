@@ -236,8 +236,9 @@ class Broker:
         body: bytes,
         sent_by: tuple[bytes, int] | None = None,
         key: str | None = None,
+        event: str | None = None,
     ) -> wire.Message:
-        message = self.sequencer.publish(channel_id, content_type, body)
+        message = self.sequencer.publish(channel_id, content_type, body, event)
         if self.history is not None:
             # On disk before any edge can serve it.
             self.history.published(message, sent_by, key)
@@ -354,7 +355,7 @@ class Broker:
                     self.history.numbered(publish.publisher, publish.seq)
                 return recorded.info or self._channel_info(channel_id)
         sent_by = (publish.publisher, publish.seq)
-        self._publish(channel_id, publish.content_type, publish.body, sent_by, key)
+        self._publish(channel_id, publish.content_type, publish.body, sent_by, key, publish.event)
         info = self._channel_info(channel_id)
         if key is not None:
             self.keys.record(channel_id, key, info)
@@ -462,7 +463,9 @@ class Broker:
         sequencer = self.sequencer
         channel_id = request.channel_id
         if request.kind == wire.PUBLISH:
-            message = self._publish(channel_id, request.content_type, request.body)
+            message = self._publish(
+                channel_id, request.content_type, request.body, event=request.event
+            )
             info = self._info(sequencer.get(channel_id))
             return wire.Reply(request.request_id, True, info, None, message.id)
         if request.kind == wire.SNAPSHOT:

@@ -126,6 +126,7 @@ class Ingress:
         content_type: str | None,
         key: str | None,
         answer: Answer,
+        event: str | None = None,
     ) -> bool:
         """Hand a message to the broker; `answer` hears how it went. False (and no
         answer) when the edge holds `send_queue_size` unacknowledged publishes."""
@@ -136,7 +137,7 @@ class Ingress:
         if not self.connected:
             self._watch()  # a new connection must be seen before anything is written on it
         seq = outbox.next_seq
-        frame = outbox.append(channel_id, body, content_type, key, reply=True)
+        frame = outbox.append(channel_id, body, content_type, key, reply=True, event=event)
         self._waiting[seq] = answer
         self._deadlines.append((loop.time() + self.config.broker_timeout, seq))
         if self._timer is None:

@@ -48,7 +48,7 @@ from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import Refusal, anchored, checked_channel_id
 from edge.info import render
 from edge.ingress import Ingress
-from edge.protocol import IDEMPOTENCY_KEY, PUBLISHER_METHODS, PUSH_SECRET
+from edge.protocol import EVENTSOURCE_EVENT, IDEMPOTENCY_KEY, PUBLISHER_METHODS, PUSH_SECRET
 
 log = logging.getLogger("pushserver.edge")
 
@@ -69,6 +69,7 @@ _HEADERS = (
     b"content-type",
     b"accept",
     IDEMPOTENCY_KEY.lower().encode(),
+    EVENTSOURCE_EVENT.lower().encode(),
 )
 
 
@@ -209,6 +210,7 @@ class PublisherRequest:
         "content_type",
         "accept",
         "key",
+        "event",
         "chunks",
         "size",
         "answered",
@@ -232,15 +234,16 @@ class PublisherRequest:
         self.task: asyncio.Task[None] | None = None
         self.channel_id = ""
         self.key: str | None = None
-        host, length, secret, expect, self.content_type, self.accept, key = request.headers_named(
-            *_HEADERS
+        self.event: str | None = None
+        host, length, secret, expect, self.content_type, self.accept, key, event = (
+            request.headers_named(*_HEADERS)
         )
         problem = host_problem(host, request.version)
         if problem:
             raise tornado.httputil.HTTPInputError(problem)
         try:
             self.channel_id = shared.channel_id(raw_channel_id)
-            self._admit(location, secret, length, key)
+            self._admit(location, secret, length, key, event)
         except Refusal as refused:
             self._refuse(refused)
             return
@@ -253,7 +256,12 @@ class PublisherRequest:
             connection.send(CONTINUE)
 
     def _admit(
-        self, location: Location, secret: str | None, length: str | None, key: str | None
+        self,
+        location: Location,
+        secret: str | None,
+        length: str | None,
+        key: str | None,
+        event: str | None,
     ) -> None:
         method = self.request.method
         if method not in PUBLISHER_METHODS:
@@ -276,6 +284,11 @@ class PublisherRequest:
             if problem:
                 raise Refusal(400, f"{IDEMPOTENCY_KEY}: {problem}")
             self.key = key
+        if event is not None and method == "POST":
+            problem = wire.event_name_problem(event)
+            if problem:
+                raise Refusal(400, f"{EVENTSOURCE_EVENT}: {problem}")
+            self.event = event
 
     # -- Responder -------------------------------------------------------------
 
@@ -300,7 +313,7 @@ class PublisherRequest:
         body = b"".join(self.chunks)
         self.chunks = []
         if not shared.ingress.publish(
-            self.channel_id, body, self.content_type, self.key, self._published
+            self.channel_id, body, self.content_type, self.key, self._published, self.event
         ):
             why = "the edge holds too many unacknowledged publishes; try again shortly"
             self._refuse(Refusal(503, why))

@@ -250,7 +250,14 @@ class _Publisher:
         self.take_acks()
         self.write_due()
 
-    def send(self, fresh: bool, channel_id: str, body: bytes, content_type: str | None) -> None:
+    def send(
+        self,
+        fresh: bool,
+        channel_id: str,
+        body: bytes,
+        content_type: str | None,
+        event: str | None = None,
+    ) -> None:
         """Queue one message and write it if it may go now, or raise `PushServerError`.
 
         Looking at the monitor and at the acks costs as much as the write, so
@@ -278,7 +285,7 @@ class _Publisher:
         unacked = outbox.unacked
         if fresh or not self.connected or now >= self.check_at or len(unacked) >= self.check_len:
             self._check(now, fresh)
-        frame = outbox.append(channel_id, body, content_type)
+        frame = outbox.append(channel_id, body, content_type, event=event)
         if frame is None:
             self.write_due()
         else:
@@ -530,10 +537,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def publish(channel_id: str, body: bytes, content_type: str | None) -> None:
+def publish(
+    channel_id: str, body: bytes, content_type: str | None, event: str | None = None
+) -> None:
     """Queue one message for the broker, or raise `PushServerError`; blocks at most
-    ``send_timeout``. `send_update` is the public way in."""
-    _with_publisher(_Publisher.send, channel_id, body, content_type)
+    ``send_timeout``. `send_update` is the public way in; `event` is checked there."""
+    _with_publisher(_Publisher.send, channel_id, body, content_type, event)
 
 
 def broker_connected(timeout: float = 0.0) -> bool:

@@ -88,7 +88,12 @@ def _typed_message(message: wire.Message) -> bool:
         and _is_optional_id(message.floor)
         and _is_optional_str(message.content_type)
         and isinstance(message.body, bytes)
+        and _is_event_name(message.event)
     )
+
+
+def _is_event_name(value: object) -> bool:
+    return value is None or (isinstance(value, str) and wire.event_name_problem(value) is None)
 
 
 def typed(value: object) -> bool:
@@ -102,6 +107,7 @@ def typed(value: object) -> bool:
             and type(value.seq) is int
             and type(value.base) is int
             and 0 <= value.base <= value.seq
+            and _is_event_name(value.event)
         )
     if isinstance(value, wire.Ack):
         return isinstance(value.publisher, bytes) and isinstance(value.seq, int)
