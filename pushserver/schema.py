@@ -569,7 +569,7 @@ TOP = Group(
             "str or None",
             rules.PASSTHROUGH_SECRET,
             "sent by edges in `X-Passthrough-Secret`; the passthrough view admits a caller "
-            "holding it from any address",
+            "holding it from any address; `None`: one derived from `SECRET_KEY`",
             _text_or_none,
         ),
         _field(
