@@ -42,6 +42,8 @@ BROKER_UNIT = OPS / "systemd" / "pushserver-broker.service"
 EDGE_UNIT = OPS / "systemd" / "pushserver-edge@.service"
 # The edges' default long-poll timeout: the balancers must wait longer.
 LONG_POLL_TIMEOUT = EdgeConfig().long_poll_timeout
+# Seconds between a stream's keep-alive comments (issue 12): silence the balancers must outwait.
+STREAM_KEEP_ALIVE = 15.0
 # Debian installs both into /usr/sbin, which a non-root PATH may lack.
 SBIN = "/usr/sbin"
 
@@ -78,6 +80,12 @@ def nginx_block(text: str, opening: str) -> str:
         depth += {"{": 1, "}": -1}.get(text[index], 0)
         index += 1
     return text[start.end() : index - 1]
+
+
+def nginx_map(text: str, variables: str) -> dict[str, str]:
+    """The entries of `map <variables> { ... }`: source -> value."""
+    body = nginx_block(text, f"map {variables}")
+    return dict(line.strip().rstrip(";").split() for line in body.splitlines() if line.strip())
 
 
 def nginx_for(edges: list[str], port: int) -> str:
@@ -141,14 +149,23 @@ def test_the_nginx_config_round_robins_unbuffered_polls_and_hides_publishing() -
     assert directives["proxy_http_version"] == "1.1"
     assert directives["proxy_buffering"] == "off"
     assert directives["gzip"] == "off"
-    assert seconds(directives["proxy_read_timeout"]) > LONG_POLL_TIMEOUT
+    assert seconds(directives["proxy_read_timeout"]) > 2 * LONG_POLL_TIMEOUT
+    assert seconds(directives["proxy_read_timeout"]) > 3 * STREAM_KEEP_ALIVE
+    assert seconds(directives["proxy_send_timeout"]) > 3 * STREAM_KEEP_ALIVE
+    assert directives["proxy_request_buffering"] == directives["proxy_cache"] == "off"
     assert "non_idempotent" not in directives["proxy_next_upstream"]
     headers = dict(
         line.strip().rstrip(";").split(None, 2)[1:]
         for line in updates.splitlines()
         if line.strip().startswith("proxy_set_header")
     )
-    assert headers["Connection"] == '""'
+    # Empty (upstream keep-alive) but for a WebSocket handshake, which gets `upgrade`.
+    assert headers["Connection"] == "$pushserver_connection"
+    assert headers["Upgrade"] == "$http_upgrade"
+    assert nginx_map(text, "$http_upgrade $pushserver_connection") == {
+        "default": "upgrade",
+        '""': '""',
+    }
     assert headers["Cookie"] == "$http_cookie"
     assert headers["Origin"] == "$http_origin"
     # Written by nginx, never the browser's own: the edges trust what nginx sends.
@@ -159,10 +176,20 @@ def test_the_nginx_config_round_robins_unbuffered_polls_and_hides_publishing() -
     for cleared in ("Forwarded", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl"):
         assert headers[cleared] == '""', cleared
 
-    # The publisher and the metrics answer 404, whatever proxying the rest does.
-    for denied in ("/send-update/", "/pushserver/"):
-        block = nginx_block(text, f"location ^~ {denied}")
-        assert block.split() == ["return", "404;"], block
+    # The publisher, the metrics and the passthrough answer 404 before any location
+    # is chosen (server level), whatever proxying the rest does.
+    internal = nginx_map(text, "$uri $pushserver_internal")
+    assert internal == {
+        "default": "0",
+        "~*^/send-update(/|$)": "1",
+        "~*^/pushserver(/|$)": "1",
+        "~*^/passthrough(/|$)": "1",
+    }
+    server = nginx_block(text, "server")
+    first_location = server.index("location ")
+    guard = nginx_block(server, "if ($pushserver_internal)")
+    assert guard.split() == ["return", "404;"]
+    assert server.index("if ($pushserver_internal)") < first_location
 
 
 # -- HAProxy -------------------------------------------------------------------
@@ -220,8 +247,11 @@ def test_the_haproxy_config_round_robins_outwaits_polls_and_hides_publishing() -
     timeouts = {
         line.split()[1]: seconds(line.split()[2]) for line in defaults if line.startswith("timeout")
     }
-    assert timeouts["server"] > LONG_POLL_TIMEOUT
-    assert timeouts["client"] > LONG_POLL_TIMEOUT
+    for side in ("server", "client"):
+        assert timeouts[side] > 2 * LONG_POLL_TIMEOUT, side
+        assert timeouts[side] > 3 * STREAM_KEEP_ALIVE, side
+    # An upgraded WebSocket is governed by this one alone.
+    assert timeouts["tunnel"] >= timeouts["server"]
 
     frontends = [name for name in sections if name.startswith("frontend ")]
     assert len(frontends) == 1
@@ -245,9 +275,24 @@ def test_the_haproxy_config_round_robins_outwaits_polls_and_hides_publishing() -
     assert written["X-Forwarded-Proto"].startswith("http")
     first_written = min(n for n, line in enumerate(rules) if "set-header X-" in line)
     assert max(removed) < first_written
-    denied = " ".join(line for line in frontend if line.startswith("http-request deny"))
-    assert "path_beg /send-update/" in denied
-    assert "path_beg /pushserver/" in denied
+    # The publisher, the metrics and the passthrough are denied on the decoded path,
+    # before any backend is chosen; dot segments are refused before that.
+    acls = {line.split()[1]: line.split(None, 2)[2] for line in frontend if line.startswith("acl ")}
+    assert acls["pushserver_internal"] == (
+        "path,url_dec -m reg -i '^/+(send-update|pushserver|passthrough)(/|$)'"
+    )
+    assert acls["pushserver_dot_segment"] == r"path,url_dec -m reg '(^|/)\.\.?(/|$)'"
+    denies = [line for line in rules if line.startswith("http-request deny")]
+    assert denies == [
+        "http-request deny deny_status 400 if pushserver_dot_segment",
+        "http-request deny deny_status 404 if pushserver_internal",
+    ]
+    assert rules.index(denies[-1]) < min(
+        n for n, line in enumerate(rules) if line.startswith("http-request return")
+    )
+    assert not any(
+        line.startswith("use_backend") for line in frontend[: frontend.index(denies[-1])]
+    )
 
     backend = sections["backend pushserver_edges"]
     assert "balance roundrobin" in backend
