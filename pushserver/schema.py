@@ -595,7 +595,9 @@ TOP = Group(
             "list of CIDR",
             rules.FORWARDED_ALLOW_IPS,
             "peers (your balancers) whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers "
-            "reach the passthrough view; from any other peer the edge writes its own",
+            "reach the passthrough view, and by whose reported client address the publisher "
+            "location and the metrics judge a request; from any other peer the edge writes "
+            "its own",
             strings,
         ),
         _field(
