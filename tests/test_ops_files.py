@@ -5,6 +5,9 @@ with their own signal within their own stop timeout."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import http.server
 import re
 import shlex
@@ -470,6 +473,163 @@ def test_the_balancer_serves_polls_from_the_edges_and_refuses_to_publish(
     assert headers["x-real-ip"] == "127.0.0.1"
     assert headers["x-forwarded-host"] == f"127.0.0.1:{port}"
     assert process.stop(signal.SIGTERM, 10) is not None
+
+
+# -- streams and WebSockets through both balancers ------------------------------
+
+
+class StreamingUpstream(threading.Thread):
+    """Stands in for an edge serving a stream and a WebSocket (those edges are written
+    elsewhere): an event stream whose second event waits for the test's word, and a
+    WebSocket handshake answered 101, then every byte echoed. Records each request head."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.heads: list[str] = []
+        self.go_on = threading.Event()
+        self.stopping = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def run(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(20)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return  # a health check's bare connection
+                    head += chunk
+            except OSError:
+                return
+            text = head.decode("latin-1")
+            self.heads.append(text)
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in text.split("\r\n")[1:])
+            }
+            if headers.get("upgrade", "").lower() == "websocket":
+                self.tunnel(conn, headers["sec-websocket-key"])
+            else:
+                self.stream(conn)
+
+    def stream(self, conn: socket.socket) -> None:
+        def chunk(data: bytes) -> bytes:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunk(b"id: 1:0\ndata: one\n\n")
+        )
+        if self.go_on.wait(20):
+            conn.sendall(chunk(b"id: 1:1\ndata: two\n\n") + b"0\r\n\r\n")
+
+    def tunnel(self, conn: socket.socket, key: str) -> None:
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        )
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.go_on.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[StreamingUpstream]:
+    server = StreamingUpstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+def read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before {marker!r}: {received!r}"
+        received += chunk
+    return received
+
+
+def start_balancer(launcher: Launcher, balancer: str, edges: list[str]) -> str:
+    port = free_port()
+    process = BALANCERS[balancer](launcher, edges, port)
+    launcher.processes.append(process)
+    eventually(lambda: accepts(port) or process.popen.poll() is not None, 20, balancer)
+    assert process.popen.poll() is None, process.output
+    return f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("balancer", sorted(BALANCERS))
+def test_the_balancer_hands_on_each_event_of_a_stream_as_it_comes(
+    launcher: Launcher, upstream: StreamingUpstream, balancer: str
+) -> None:
+    front = start_balancer(launcher, balancer, [upstream.address])
+    host, port = front.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /updates/news HTTP/1.1\r\nHost: {front}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        # The first event arrives while the upstream holds back the second: nothing
+        # waits in a buffer for more.
+        first = read_until(sock, b"data: one\n\n", 5)
+        assert b"data: two" not in first
+        upstream.go_on.set()
+        read_until(sock, b"data: two\n\n", 5)
+    (head,) = upstream.heads
+    assert head.startswith("GET /updates/news HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("balancer", sorted(BALANCERS))
+def test_the_balancer_passes_a_websocket_upgrade_and_then_every_byte(
+    launcher: Launcher, upstream: StreamingUpstream, balancer: str
+) -> None:
+    front = start_balancer(launcher, balancer, [upstream.address])
+    host, port = front.split(":")
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /updates/news HTTP/1.1\r\nHost: {front}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\nOrigin: http://site.example\r\n\r\n".encode()
+        )
+        answer = read_until(sock, b"\r\n\r\n", 5)
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+        # What follows is no longer HTTP: bytes both ways, as the edge sends them.
+        sock.sendall(b"\x81\x05hello")
+        assert read_until(sock, b"hello", 5).endswith(b"\x81\x05hello")
+    (head,) = upstream.heads
+    headers = {
+        name.strip().lower(): value.strip().lower()
+        for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:] if line)
+    }
+    assert head.startswith("GET /updates/news HTTP/1.1\r\n")
+    assert headers["upgrade"] == "websocket"
+    assert "upgrade" in headers["connection"]
+    assert headers["sec-websocket-key"] == key.lower()
 
 
 # -- systemd units -------------------------------------------------------------
