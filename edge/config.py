@@ -93,8 +93,10 @@ class EdgeConfig:
     # Passthrough calls in flight at once; beyond it calls are dropped and counted.
     passthrough_concurrency: int = 64
     # Peers whose X-Forwarded-*, Forwarded and X-Real-IP headers the passthrough
-    # passes on to Django; from anyone else the edge writes its own. Loopback:
-    # the balancer configs in ops/ run on the edge's host and overwrite them.
+    # passes on to Django, and behind which the publisher location and the
+    # metrics judge the client address reported; from anyone else the edge
+    # writes its own. Loopback: the balancer configs in ops/ run on the edge's
+    # host and overwrite them.
     forwarded_allow_ips: tuple[str, ...] = LOOPBACK
     # Secrets that verify signed channel URLs; the first is the one Django signs with.
     signed_url_secrets: tuple[str, ...] = ()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 
 from broker.config import BrokerConfig
 from edge.config import EdgeConfig, PublisherLocation, SubscriberLocation
@@ -61,9 +62,18 @@ def number(key: str) -> float:
     return found
 
 
+# Salt of the passthrough secret derived from SECRET_KEY (Django's salted_hmac).
+PASSTHROUGH_SALT = "pushserver.passthrough"
+
+
 def passthrough_secret() -> str | None:
-    """The secret edges send to the passthrough view, so it trusts them from any address."""
+    """The secret edges send to the passthrough view, so it trusts them from any address:
+    PUSH_SERVER's, else one derived from SECRET_KEY. Every process reading the site's
+    settings (runpushserver's edges, the view) derives the same one, so edges are told
+    from a balancer on their host without configuring anything; None without either."""
     secret: str | None = value("passthrough_secret")
+    if secret is None and settings.SECRET_KEY:
+        secret = salted_hmac(PASSTHROUGH_SALT, "edges", algorithm="sha256").hexdigest()
     return secret
 
 
@@ -200,6 +210,7 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         fields["address"] = address
     if port is not None:
         fields["port"] = port
+    fields["passthrough_secret"] = passthrough_secret()
     config = EdgeConfig(
         **fields,
         events=connect_endpoint(endpoints["events"]),

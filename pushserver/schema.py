@@ -569,7 +569,7 @@ TOP = Group(
             "str or None",
             rules.PASSTHROUGH_SECRET,
             "sent by edges in `X-Passthrough-Secret`; the passthrough view admits a caller "
-            "holding it from any address",
+            "holding it from any address; `None`: one derived from `SECRET_KEY`",
             _text_or_none,
         ),
         _field(
@@ -595,7 +595,9 @@ TOP = Group(
             "list of CIDR",
             rules.FORWARDED_ALLOW_IPS,
             "peers (your balancers) whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers "
-            "reach the passthrough view; from any other peer the edge writes its own",
+            "reach the passthrough view, and by whose reported client address the publisher "
+            "location and the metrics judge a request; from any other peer the edge writes "
+            "its own",
             strings,
         ),
         _field(
