@@ -251,6 +251,12 @@ def _curve(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
         return
     where = f"{SETTING}['curve']"
     yield from _judge_group(where, schema.CURVE, written)
+    if all(written.get(setting.key) is None for setting in schema.CURVE.settings):
+        yield _message(
+            rules.CURVE_ROLE_KEY_MISSING,
+            f"{where} turns CURVE on and names no key file: no part can connect",
+            hint=_KEYS_HINT,
+        )
     for setting in schema.CURVE.settings:
         key = setting.key
         path = written.get(key)
@@ -330,7 +336,7 @@ def _open_ports(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
     if value.get("curve") is not None or not isinstance(value.get("broker", {}) or {}, dict):
         return
     endpoints = conf.broker_endpoints()
-    if not all(isinstance(endpoint, str) for endpoint in endpoints.values()):
+    if not all(_accepted(schema.BROKER[name], value) for name, value in endpoints.items()):
         return
     beyond = {name: endpoint for name, endpoint in endpoints.items() if not _is_loopback(endpoint)}
     if beyond:

@@ -460,8 +460,8 @@ CURVE_NOT_A_KEY = _check(
 )
 CURVE_ROLE_KEY_MISSING = _check(
     "pushserver.E048",
-    "CURVE is on and a part being started (the broker, an edge, `send_update`) finds no "
-    "`curve` key for a file it needs",
+    "CURVE is on and a part lacks a key file it needs: the one starting (the broker, an "
+    "edge, `send_update`), or every part when `curve` names none",
 )
 METRICS_ADDRESS = _check(
     "pushserver.E049",
