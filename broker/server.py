@@ -73,6 +73,10 @@ STOP_DRAIN = 10 * INGRESS_BATCH
 # history's own bytes (a queue shares them rather than doubling them), and
 # count against `events_queue_bytes` (`broker.inflight`).
 LARGE_BODY = 16 * 1024
+# What the log tells of each kind of outsiders' doing (a refused connection, a
+# malformed frame, per port): this many lines per interval (seconds).
+LOG_LINES = 5
+LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ class Broker:
         self.epoch = uuid.uuid4().hex
         self.counters: Counter[str] = Counter()
         # What outsiders send is told a few times a minute; the metrics count it all.
-        self._outsiders = ThrottledLog(log)
+        self._outsiders = ThrottledLog(log, LOG_LINES, LOG_INTERVAL)
         self.sequencer = Sequencer(
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
