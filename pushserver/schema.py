@@ -507,7 +507,8 @@ TOP = Group(
             "max_message_size",
             "int (bytes)",
             rules.COUNT,
-            "larger publisher bodies get `413`, larger `send_update` data an error",
+            "larger publisher bodies get `413`, larger `send_update` data a `ValueError`; "
+            "every ZeroMQ socket refuses frames over it plus 64 KiB",
             int,
         ),
         _field(
