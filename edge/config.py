@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS, DEFAULT_INGRESS
+from broker.config import (
+    DEFAULT_CONTROL,
+    DEFAULT_EVENTS,
+    DEFAULT_INGRESS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_MESSAGES,
+)
+from broker.curve import ClientFiles
 
 LONG_POLL = "long"
 INTERVAL_POLL = "interval"
@@ -66,7 +73,10 @@ class EdgeConfig:
     # Seconds a long-poll is held before 304; below common load-balancer
     # idle timeouts (nginx 60 s, many cloud balancers 30 s and up).
     long_poll_timeout: float = 25.0
-    max_message_size: int = 4 * 1024 * 1024
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # The messages a channel holds on the broker (its store's `max_messages`): a
+    # snapshot lists them all in one frame, which bounds what the edge takes.
+    max_messages: int = DEFAULT_MAX_MESSAGES
     # HTTP publishes the broker has not acknowledged yet, at most; beyond
     # it a publish is answered 503 at once.
     send_queue_size: int = 10_000
@@ -103,3 +113,5 @@ class EdgeConfig:
     # Prometheus metrics, shown to callers from `metrics_allow_from` only.
     metrics_url: str = "/pushserver/metrics"
     metrics_allow_from: tuple[str, ...] = LOOPBACK
+    # CURVE on the links to the broker (`broker.curve`); None connects without it.
+    curve: ClientFiles | None = None

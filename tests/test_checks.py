@@ -389,6 +389,18 @@ EXAMPLES: dict[Check, dict[str, Any]] = {
         "PUSH_SERVER": {"locations": [{"type": "subscriber", "signed": True}]}
     },
     rules.BYTES_OR_OFF: {"PUSH_SERVER": {"events_queue_bytes": -1}},
+    rules.CURVE_SHAPE: {"PUSH_SERVER": {"curve": "/etc/pushserver/keys"}},
+    rules.CURVE_PATH: {"PUSH_SERVER": {"curve": {"edge_keys": 5}}},
+    rules.CURVE_FILE_MISSING: {
+        "PUSH_SERVER": {"curve": {"broker_public_key": "/nonexistent/pushserver/broker.key"}}
+    },
+    # A folder where a key file belongs.
+    rules.CURVE_FILE_UNREADABLE: {"PUSH_SERVER": {"curve": {"broker_public_key": "/"}}},
+    # A file that is no key: this one.
+    rules.CURVE_NOT_A_KEY: {"PUSH_SERVER": {"curve": {"edge_secret_key": __file__}}},
+    rules.CURVE_ROLE_KEY_MISSING: {"PUSH_SERVER": {"curve": {}}},
+    rules.METRICS_ADDRESS: {"PUSH_SERVER": {"broker": {"metrics": "9560"}}},
+    rules.OPEN_BROKER_PORTS: {"PUSH_SERVER": {"broker": {"ingress": "tcp://10.0.0.10:5560"}}},
     rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
     rules.SHORT_SIGNING_SECRET: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, "short"]}},
     rules.ANY_ORIGIN_WITH_CREDENTIALS: {
