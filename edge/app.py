@@ -39,7 +39,10 @@ def build_router(
     wsgi_app: WSGIApp | None = None,
 ) -> EdgeRouter:
     responses: Counter[str] = Counter()
-    registry = registry_for(responses, feed, passthrough, connections, connection_events)
+    subscribers = Subscribers(config, feed, passthrough, responses)
+    registry = registry_for(
+        responses, feed, passthrough, connections, connection_events, subscribers
+    )
     callers = TrustedCallers(config.metrics_allow_from, None)
     rules: list[Any] = [
         (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})
@@ -53,6 +56,5 @@ def build_router(
         compress_response=False,
         log_function=request_log(),
     )
-    subscribers = Subscribers(config, feed, passthrough, responses)
     publishers = Publishers(config, feed, ingress, subscribers.date)
     return EdgeRouter(application, subscribers, publishers)

@@ -494,6 +494,23 @@ class Connection(asyncio.Protocol):
                 self.active.sent = True
             transport.write(data)
 
+    @property
+    def writable(self) -> bool:
+        """Whether the client takes what is written (the output is under its high-water mark)."""
+        return not self._write_paused
+
+    def unsent(self) -> int:
+        """Bytes written that the client has not taken yet."""
+        transport = self.transport
+        return 0 if transport is None or self.closing else transport.get_write_buffer_size()
+
+    def drop(self) -> None:
+        """Close at once, discarding what the client has not taken (a reader too slow to keep)."""
+        self.closing = True
+        self.waiting.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
     def drained(self) -> asyncio.Future[None]:
         """Done when the client has taken what was sent (flow control for big answers)."""
         if self._drained is not None:

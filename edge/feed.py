@@ -110,7 +110,7 @@ class Feed:
         """
         buffer = self.buffers.get(channel_id)
         if buffer is None:
-            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id)
+            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id, presence=self.touch)
             self._peak = max(self._peak, len(self.buffers))
             self._subscribe(channel_id)
         if not buffer.ready:
