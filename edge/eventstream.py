@@ -54,8 +54,12 @@ class BadCursor(ValueError):
 
 def wants_stream(accept: str | None) -> bool:
     """Whether an `Accept` header asks for an EventSource stream (a q of 0 refuses one)."""
-    if accept is None or EVENT_STREAM not in accept:
+    if accept is None:
         return False
+    if EVENT_STREAM not in accept:
+        accept = accept.lower()  # media types are case-insensitive; browsers write them lower
+        if EVENT_STREAM not in accept:
+            return False
     for part in accept.split(","):
         media, _, parameters = part.partition(";")
         if media.strip().lower() != EVENT_STREAM:

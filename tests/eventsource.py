@@ -81,7 +81,8 @@ class EventSourceParser:
             self.last_event_id = self._id
             self._id = None
         if self._data:
-            self.events.append(Event(self._type or "message", "\n".join(self._data), self.last_event_id))
+            data = "\n".join(self._data)
+            self.events.append(Event(self._type or "message", data, self.last_event_id))
         self._data = []
         self._type = ""
 
