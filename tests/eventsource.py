@@ -90,9 +90,21 @@ class EventSourceParser:
 class EventStream:
     """One stream opened with a raw GET, read as it arrives; a context manager."""
 
-    def __init__(self, base: str, target: str, *headers: str, timeout: float = 10) -> None:
+    def __init__(
+        self,
+        base: str,
+        target: str,
+        *headers: str,
+        timeout: float = 10,
+        receive_buffer: int | None = None,
+    ) -> None:
         address = urlsplit(base)
-        self.sock = socket.create_connection((address.hostname, address.port), timeout=timeout)
+        self.sock = socket.socket()
+        self.sock.settimeout(timeout)
+        if receive_buffer is not None:
+            # Before connecting, so the window the edge is offered is this small from the start.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.connect((address.hostname, address.port))
         lines = [f"GET {target} HTTP/1.1", "Host: edge", f"Accept: {EVENT_STREAM}", *headers]
         self.sock.sendall(("\r\n".join([*lines, "", ""])).encode())
         received = b""
@@ -156,6 +168,12 @@ class EventStream:
         self.parser.feed(chunk)
         return True
 
+    def summary(self) -> str:
+        """What arrived, short enough for a failure message whatever the bodies' size."""
+        events = self.events
+        shown = [(event.type, event.data[:40], event.last_event_id) for event in events[-3:]]
+        return f"{len(events)} events, the last {shown}, {self.parser.comments} comments"
+
     def until(self, done: object, timeout: float = 10, what: str = "events") -> None:
         """Read until `done()` holds, or fail after `timeout` seconds."""
         assert callable(done)
@@ -163,9 +181,9 @@ class EventStream:
         while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {what}; got {self.events}")
+                raise AssertionError(f"timed out waiting for {what}; got {self.summary()}")
             if not self.read_some(min(remaining, 0.5)) and not done():
-                raise AssertionError(f"the stream ended waiting for {what}; got {self.events}")
+                raise AssertionError(f"the stream ended waiting for {what}; got {self.summary()}")
 
     def events_of(self, count: int, timeout: float = 10) -> list[Event]:
         """Read until `count` events have arrived; returns all of them."""

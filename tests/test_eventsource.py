@@ -21,8 +21,10 @@ from edge.protocol import ETAG, LAST_EVENT_ID, LAST_MODIFIED
 from edge.signing import TOKEN_INVALID, sign
 from tests.client import fresh, path, publish
 from tests.eventsource import EventStream
-from tests.processes import Launcher, Process, eventually
+from tests.processes import ANY_PORT, Launcher, Process, eventually, free_port, memory_kib
 from tests.raw_http import figures
+from tests.test_passthrough import SECRET as PASSTHROUGH_SECRET
+from tests.test_passthrough import Site, django_settings, passthrough_locations
 
 SECRET = "the-eventsource-tests-signing-secret-of-some-length"
 HELD = 10
@@ -367,3 +369,124 @@ def test_sigterm_ends_every_stream_at_once(launcher: Launcher) -> None:
             stream.close()
     print(f"\nSIGTERM: {len(streams)} streams ended within {took * 1000:.0f} ms")
     assert took < 0.5
+
+
+SIZE = 64 * 1024
+BOUND = 256 * 1024
+SLOW_HELD = 200
+
+
+def test_a_stalled_reader_is_closed_at_stream_buffer_and_resumes_with_everything(
+    launcher: Launcher,
+) -> None:
+    _, endpoints = launcher.broker(
+        store={"type": "memory", "max_messages": SLOW_HELD, "message_timeout": 300}
+    )
+    edge_process, url = launcher.edge(
+        endpoints,
+        locations=(
+            {"type": "subscriber", "url": r"/updates/([^/]+)", "stream_buffer": BOUND},
+            {"type": "publisher", "url": r"/send-update/([^/]+)"},
+        ),
+    )
+    channel = fresh("stalled")
+    bodies = [f"{n:04d}{'x' * (SIZE - 4)}".encode() for n in range(SLOW_HELD)]
+    pid = edge_process.popen.pid
+    published = 0
+    with EventStream(url, path("updates", channel), receive_buffer=16 * 1024) as stalled:
+        assert stalled.status == 200
+        before = memory_kib(pid, "VmRSS")
+        # Reads nothing while the channel goes on: the edge must close the stream.
+        while stream_figures(url).get("slow", 0) < 1:
+            assert published < SLOW_HELD, "the stalled stream was never closed"
+            publish(url, channel, bodies[published])
+            published += 1
+        grown = (memory_kib(pid, "VmHWM") - before) * 1024
+        # What the kernel had taken before the edge closed it is still read, then the end.
+        stalled.until_closed(30)
+        received = [event.data.encode() for event in stalled.events]
+        last = stalled.parser.last_event_id
+    print(
+        f"\nstalled reader: closed after {published} messages of {SIZE // 1024} KiB "
+        f"({len(received)} reached it whole); edge peak RSS grew {grown / 2**20:.1f} MiB "
+        f"(the channel holds {published * SIZE / 2**20:.1f} MiB; stream_buffer "
+        f"{BOUND // 1024} KiB)"
+    )
+    assert received == bodies[: len(received)]
+    # The channel's messages once (its buffer), the untaken output at most the bound and
+    # one message, and room for the interpreter's own.
+    assert grown < published * SIZE + BOUND + SIZE + 24 * 2**20
+    with EventStream(url, path("updates", channel), f"{LAST_EVENT_ID}: {last}") as resumed:
+        resumed.events_of(published - len(received), 30)
+        # A reader that keeps up, live: each message is read before the next is sent.
+        for n in range(published, SLOW_HELD):
+            publish(url, channel, bodies[n])
+            resumed.events_of(n + 1 - len(received), 30)
+        received += [event.data.encode() for event in resumed.events]
+    assert len(received) == len(bodies) and received == bodies
+    assert stream_figures(url).get("slow", 0) == 1
+
+
+@pytest.fixture(scope="module")
+def site(module_launcher: Launcher) -> Site:
+    """Django and an embedded broker and edge in one process, the edge calling Django's
+    passthrough view on /updates/ and asking it first on /private/."""
+    port = free_port()
+    passthrough = f"http://127.0.0.1:{port}/passthrough"
+    push_server = {
+        "broker": dict(ANY_PORT),
+        "passthrough_secret": PASSTHROUGH_SECRET,
+        "locations": passthrough_locations(
+            passthrough,
+            2,
+            {
+                "type": "subscriber",
+                "url": r"/private/([^/]+)",
+                "passthrough": passthrough,
+                "authorize": True,
+            },
+        ),
+    }
+    folder = module_launcher.folder / "site"
+    folder.mkdir()
+    module = module_launcher.settings(push_server, **django_settings(folder))
+    module_launcher.manage(module, "migrate", "--noinput", "--verbosity=0")
+    process = module_launcher.run("site", module, "--allrequests", f"127.0.0.1:{port}")
+    process.wait_for("Edge listening on")
+    return Site(process, f"http://127.0.0.1:{port}", folder / "events.jsonl", folder / "refuse-all")
+
+
+def session_cookie(site: Site, username: str) -> str:
+    with site.browser(username) as browser:
+        return "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+
+
+def test_a_stream_is_one_subscribe_when_it_opens_and_one_unsubscribe_when_it_closes(
+    site: Site,
+) -> None:
+    channels = [fresh("presence-a"), fresh("presence-b")]
+    cookie = f"Cookie: {session_cookie(site, 'alice')}"
+    with EventStream(site.base, several("updates", *channels), cookie) as stream:
+        assert stream.status == 200
+        for n in range(3):
+            for channel in channels:
+                publish(site.base, channel, f"m{n}")
+        stream.events_of(6)
+        for channel in channels:
+            assert site.events(channel) == [("subscribe", "alice")]
+    expected = [("subscribe", "alice"), ("unsubscribe", "alice")]
+    for channel in channels:
+        eventually(lambda c=channel: site.events(c) == expected, 10, f"{expected} for {channel}")
+
+
+def test_authorize_refuses_a_stream_with_403_before_it_opens(site: Site) -> None:
+    channel = fresh("private-stream")
+    publish(site.base, channel, "secret plans")
+    mallory = f"Cookie: {session_cookie(site, 'mallory')}"
+    with EventStream(site.base, path("private", channel), mallory) as refused:
+        assert refused.status == 403
+        assert refused.body.decode().strip() == "subscription refused"
+    alice = f"Cookie: {session_cookie(site, 'alice')}"
+    with EventStream(site.base, path("private", channel), alice) as admitted:
+        assert admitted.status == 200
+        assert [event.data for event in admitted.events_of(1)] == ["secret plans"]
