@@ -389,6 +389,18 @@ EXAMPLES: dict[Check, dict[str, Any]] = {
         "PUSH_SERVER": {"locations": [{"type": "subscriber", "signed": True}]}
     },
     rules.BYTES_OR_OFF: {"PUSH_SERVER": {"events_queue_bytes": -1}},
+    rules.STREAM_KEEPALIVE: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_keepalive": 0}]}
+    },
+    rules.STREAM_RETRY: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_retry": 2.5}]}
+    },
+    rules.STREAM_BUFFER: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_buffer": "1M"}]}
+    },
+    rules.STREAM_MAX_CHANNELS: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_max_channels": 5000}]}
+    },
     rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
     rules.SHORT_SIGNING_SECRET: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, "short"]}},
     rules.ANY_ORIGIN_WITH_CREDENTIALS: {
