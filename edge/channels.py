@@ -221,6 +221,18 @@ class ChannelBuffer:
         self.idle_since = time.monotonic()
         self.presence(self)
 
+    @property
+    def subscribers(self) -> int:
+        """How many wait on the channel now (its presence)."""
+        return len(self.waiters)
+
+    def release_all(self) -> int:
+        """The edge is stopping: every subscriber ends now; returns how many there were."""
+        waiters = list(self.waiters)
+        for waiter in waiters:
+            waiter.release()
+        return len(waiters)
+
     def asked(self) -> None:
         """A subscriber asked for the channel just now."""
         self.requested = time.time()

@@ -190,15 +190,15 @@ class Feed:
         for channel_id in dirty:
             buffer = self.buffers.get(channel_id)
             if buffer is not None:
-                counts[channel_id] = (len(buffer.waiters), buffer.requested)
+                counts[channel_id] = (buffer.subscribers, buffer.requested)
         if counts:
             send_now(self._control, wire.encode_presence(wire.Presence(counts)))
 
     def _report_all(self) -> None:
         counts = {
-            channel_id: (len(buffer.waiters), buffer.requested)
+            channel_id: (buffer.subscribers, buffer.requested)
             for channel_id, buffer in self.buffers.items()
-            if buffer.waiters
+            if buffer.subscribers
         }
         send_now(self._control, wire.encode_presence(wire.Presence(counts, full=True)))
 
@@ -238,7 +238,7 @@ class Feed:
                 # and no first sync awaited, for longer than the linger.
                 linger = self.config.topic_linger
                 idle = (
-                    not buffer.waiters
+                    not buffer.subscribers
                     and channel_id not in self._synced
                     and now - buffer.idle_since > linger
                     and wall_clock - buffer.requested > linger
@@ -346,7 +346,7 @@ class Feed:
         channel_id = buffer.channel_id
         while self.buffers.get(channel_id) is buffer and not self._stopping.is_set():
             # A channel that has held polls exists for them: keep it so.
-            request = wire.Request(wire.SNAPSHOT, 0, channel_id, create=bool(buffer.waiters))
+            request = wire.Request(wire.SNAPSHOT, 0, channel_id, create=bool(buffer.subscribers))
             try:
                 reply = await self.request(request)
             except BrokerUnavailable:

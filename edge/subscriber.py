@@ -207,6 +207,8 @@ class EdgeRouter:
         self.application = application
         self.subscribers = subscribers
         self.publishers = publishers
+        # Counted by status, by the locations and by the HTTP server for what it refuses itself.
+        self.responses = subscribers.responses
 
     def __call__(self, connection: Connection, request: Request) -> Responder:
         path = request.path
