@@ -250,12 +250,6 @@ class ChannelBuffer:
             self.idle_since = time.monotonic()
         self.presence(self)
 
-    def after(self, cursor: MessageId | None) -> list[Held]:
-        """Every held message after `cursor` (all of them for None), oldest first."""
-        if cursor is None:
-            return list(self.held)
-        return self.held[bisect.bisect_right(self.held, cursor, key=_held_id) :]
-
     def wake(self) -> None:
         if not self.waiters or not self.held:
             return
