@@ -68,7 +68,7 @@ from edge.protocol import (
 )
 from edge.publisher import PublisherRequest, Publishers
 from edge.signing import query_problem
-from edge.stream import Stream, Streams
+from edge.stream import CLIENT, Stream, Streams
 
 log = logging.getLogger("pushserver.edge")
 
@@ -294,7 +294,7 @@ class SubscriberRequest:
 
     def closed(self) -> None:
         if self.stream is not None:
-            self.stream.end("client")
+            self.stream.end(CLIENT)
         self._let_go()
         self._finished()
 
