@@ -227,8 +227,7 @@ def monitor_handshakes(sockets: dict[str, zmq.asyncio.Socket]) -> Monitors:
     a client without CURVE does not try again, so one refused before anyone watched would
     never be counted. Each monitor holds its events until `watch_handshakes` reads them."""
     return {
-        port: (sock, sock.get_monitor_socket(_FAILED_BEFORE_ZAP))
-        for port, sock in sockets.items()
+        port: (sock, sock.get_monitor_socket(_FAILED_BEFORE_ZAP)) for port, sock in sockets.items()
     }
 
 
