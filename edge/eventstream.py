@@ -27,17 +27,11 @@ import re
 from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
-from broker.wire import LAST_SECOND, MessageId
+from broker.wire import LAST_SECOND, MessageId, event_name_problem
 
 EVENT_STREAM = "text/event-stream"
 # The query parameter carrying a cursor (Nchan's name), read by streams and polls.
 LAST_EVENT_ID_PARAMETER = "last_event_id"
-# Events the edge writes itself, with {"channel_id": ...} as data and no id, so
-# the browser's last event id stays the last message's.
-MISSED_EVENT = "pushserver-missed"
-DELETED_EVENT = "pushserver-deleted"
-# A name an EventSource listener can be given (the client's EVENT_NAME).
-EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 # Keeps a stream no proxy would time out; a comment, which EventSource ignores.
 KEEPALIVE = b":\n"
 # Separates several channels in a URL's channel segment and cursors in an id.
@@ -89,7 +83,7 @@ def event_body(body: bytes, name: str | None) -> bytes:
     stream) is left out: the event then reaches the stream's `message` listeners.
     """
     named = b""
-    if name is not None and EVENT_NAME.fullmatch(name):
+    if name is not None and event_name_problem(name) is None:
         named = b"event: " + name.encode() + b"\n"
     return named + data_lines(body) + b"\n"
 

@@ -31,14 +31,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from broker.wire import MessageId
+from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId
 from edge.channels import ChannelBuffer, Held
 from edge.config import SubscriberLocation
 from edge.connection import Connection
 from edge.eventstream import (
-    DELETED_EVENT,
     KEEPALIVE,
-    MISSED_EVENT,
     event_body,
     format_cursors,
     id_line,
@@ -69,7 +67,7 @@ def shared_body(held: Held) -> bytes:
     body = held.event_body
     if body is None:
         message = held.message
-        body = held.event_body = event_body(message.body, getattr(message, "event", None))
+        body = held.event_body = event_body(message.body, message.event)
     return body
 
 

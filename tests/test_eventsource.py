@@ -16,8 +16,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pytest
 
+from broker.wire import DELETED_EVENT, MISSED_EVENT
 from edge.cors import PREFLIGHT_HEADERS
-from edge.eventstream import DELETED_EVENT, EVENT_STREAM, MISSED_EVENT
+from edge.eventstream import EVENT_STREAM
 from edge.protocol import ETAG, LAST_EVENT_ID, LAST_MODIFIED
 from edge.signing import TOKEN_INVALID, sign
 from tests.client import fresh, path, publish

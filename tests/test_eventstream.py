@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker.wire import LAST_SECOND, Message, MessageId
+from broker.wire import DELETED_EVENT, LAST_SECOND, MISSED_EVENT, Message, MessageId
 from edge.channels import Held
 from edge.eventstream import (
-    DELETED_EVENT,
     KEEPALIVE,
-    MISSED_EVENT,
     BadCursor,
     data_lines,
     event_body,
