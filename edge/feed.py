@@ -26,9 +26,19 @@ from collections import Counter
 import zmq
 import zmq.asyncio
 
-from broker import wire
+from broker import curve, wire
 from broker.memory import Trimmer
-from broker.sockets import configure_heartbeats, drain, run_until, send_now, wake_readers
+from broker.sockets import (
+    FRAME_SLACK,
+    configure_heartbeats,
+    drain,
+    limit_frames,
+    max_frame_size,
+    max_reply_frame_size,
+    run_until,
+    send_now,
+    wake_readers,
+)
 from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig
 
@@ -40,6 +50,11 @@ RESUBSCRIBE_AFTER = 1.0
 SWEEP_INTERVAL = 1.0
 # Presence reports to the broker, at most this often (seconds) while counts keep changing.
 PRESENCE_INTERVAL = 0.02
+# Bytes of channel ids in one presence report at most, so that a report on many
+# channels fits the broker's frame limit (`broker.sockets.FRAME_SLACK`).
+PRESENCE_BYTES = FRAME_SLACK // 2
+# What a presence entry costs beyond its channel id: msgpack's headers, two numbers.
+PRESENCE_ENTRY_BYTES = 24
 
 
 class BrokerUnavailable(Exception):
@@ -75,9 +90,15 @@ class Feed:
         events.setsockopt(zmq.RCVHWM, config.events_rcvhwm)
         events.setsockopt(zmq.LINGER, 0)
         events.subscribe(wire.HEARTBEAT_TOPIC)
+        limit_frames(events, max_frame_size(config.max_message_size))
         control = self._context.socket(zmq.DEALER)
         configure_heartbeats(control)
         control.setsockopt(zmq.LINGER, 0)
+        limit_frames(control, max_reply_frame_size(config.max_message_size, config.max_messages))
+        if config.curve is not None:
+            keys = curve.load_client_keys(config.curve)
+            curve.apply_client(events, keys)
+            curve.apply_client(control, keys)
         self._events = events
         self._control = control
 
@@ -192,7 +213,7 @@ class Feed:
             if buffer is not None:
                 counts[channel_id] = (len(buffer.waiters), buffer.requested)
         if counts:
-            send_now(self._control, wire.encode_presence(wire.Presence(counts)))
+            self._send_presence(counts, full=False)
 
     def _report_all(self) -> None:
         counts = {
@@ -200,7 +221,24 @@ class Feed:
             for channel_id, buffer in self.buffers.items()
             if buffer.waiters
         }
-        send_now(self._control, wire.encode_presence(wire.Presence(counts, full=True)))
+        self._send_presence(counts, full=True)
+
+    def _send_presence(self, counts: dict[str, tuple[int, float]], full: bool) -> None:
+        """Report `counts` in frames of at most `PRESENCE_BYTES` of channel ids each; a full
+        report's first frame says it is full, and the frames after it add to it."""
+        chunk: dict[str, tuple[int, float]] = {}
+        size = 0
+        for channel_id, figures in counts.items():
+            # isascii() is a flag lookup: most ids need no encoding to be measured.
+            length = len(channel_id) if channel_id.isascii() else len(channel_id.encode())
+            cost = length + PRESENCE_ENTRY_BYTES
+            if chunk and size + cost > PRESENCE_BYTES:
+                send_now(self._control, wire.encode_presence(wire.Presence(chunk, full)))
+                chunk, size, full = {}, 0, False
+            chunk[channel_id] = figures
+            size += cost
+        if chunk or full:
+            send_now(self._control, wire.encode_presence(wire.Presence(chunk, full)))
 
     # -- topics ----------------------------------------------------------------
 
