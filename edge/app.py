@@ -63,7 +63,10 @@ def build_router(
     wsgi_app: WSGIApp | None = None,
 ) -> EdgeRouter:
     responses: Counter[str] = Counter()
-    registry = registry_for(responses, feed, passthrough, connections, connection_events)
+    subscribers = Subscribers(config, feed, passthrough, responses)
+    registry = registry_for(
+        responses, feed, passthrough, connections, connection_events, subscribers
+    )
     callers = TrustedCallers(config.metrics_allow_from, None, Proxies(config.forwarded_allow_ips))
     rules: list[Any] = [
         (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})
@@ -77,6 +80,5 @@ def build_router(
         compress_response=False,
         log_function=request_log(),
     )
-    subscribers = Subscribers(config, feed, passthrough, responses)
     publishers = Publishers(config, feed, ingress, subscribers.date)
     return CanonicalRouter(application, subscribers, publishers)

@@ -45,6 +45,17 @@ class SubscriberLocation:
     # Hold a poll only with a token (`edge.signing`) for its channel in the
     # query string, checked here without Django.
     signed: bool = False
+    # EventSource streams (`edge.stream`): seconds between comment lines that keep
+    # an idle stream from a balancer's read timeout (60 s in ops/), well under it.
+    stream_keepalive: float = 15.0
+    # The reconnection delay a stream tells EventSource (`retry:`, milliseconds),
+    # jittered per stream so the browsers of a dead edge do not return in step.
+    stream_retry: int = 3000
+    # Bytes of a stream's output its client has not taken, above which the stream
+    # is closed rather than queued further: the client resumes from its last id.
+    stream_buffer: int = 1024 * 1024
+    # Channels one stream may carry (`/updates/a,b,c`).
+    stream_max_channels: int = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,7 @@ class Feed:
         """
         buffer = self.buffers.get(channel_id)
         if buffer is None:
-            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id)
+            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id, presence=self.touch)
             self._peak = max(self._peak, len(self.buffers))
             self._subscribe(channel_id)
         if not buffer.ready:
@@ -211,15 +211,15 @@ class Feed:
         for channel_id in dirty:
             buffer = self.buffers.get(channel_id)
             if buffer is not None:
-                counts[channel_id] = (len(buffer.waiters), buffer.requested)
+                counts[channel_id] = (buffer.subscribers, buffer.requested)
         if counts:
             self._send_presence(counts, full=False)
 
     def _report_all(self) -> None:
         counts = {
-            channel_id: (len(buffer.waiters), buffer.requested)
+            channel_id: (buffer.subscribers, buffer.requested)
             for channel_id, buffer in self.buffers.items()
-            if buffer.waiters
+            if buffer.subscribers
         }
         self._send_presence(counts, full=True)
 
@@ -276,7 +276,7 @@ class Feed:
                 # and no first sync awaited, for longer than the linger.
                 linger = self.config.topic_linger
                 idle = (
-                    not buffer.waiters
+                    not buffer.subscribers
                     and channel_id not in self._synced
                     and now - buffer.idle_since > linger
                     and wall_clock - buffer.requested > linger
@@ -384,7 +384,7 @@ class Feed:
         channel_id = buffer.channel_id
         while self.buffers.get(channel_id) is buffer and not self._stopping.is_set():
             # A channel that has held polls exists for them: keep it so.
-            request = wire.Request(wire.SNAPSHOT, 0, channel_id, create=bool(buffer.waiters))
+            request = wire.Request(wire.SNAPSHOT, 0, channel_id, create=bool(buffer.subscribers))
             try:
                 reply = await self.request(request)
             except BrokerUnavailable:

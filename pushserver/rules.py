@@ -468,6 +468,39 @@ METRICS_ADDRESS = _check(
     "`broker['metrics']` is not None or a `'host:port'` address",
     must_be("None or 'host:port', like '127.0.0.1:9560'", _listen_address_or_none),
 )
+# The most channels one stream may be allowed: their ids and cursors travel in its URL.
+MOST_STREAM_CHANNELS = 1024
+STREAM_KEEPALIVE = _check(
+    "pushserver.E055",
+    "a subscriber's `stream_keepalive` is not a positive number of seconds",
+    must_be(
+        "a positive number of seconds",
+        lambda value: is_number(value) and value > 0,
+        hint="Keep it well under your balancer's read timeout (60 s in the configs in ops/).",
+    ),
+)
+STREAM_RETRY = _check(
+    "pushserver.E056",
+    "a subscriber's `stream_retry` is not a positive integer of milliseconds",
+    must_be(
+        "a positive integer of milliseconds",
+        lambda value: is_integer(value) and value > 0,
+        hint="EventSource's retry: field counts milliseconds: 3000 is three seconds.",
+    ),
+)
+STREAM_BUFFER = _check(
+    "pushserver.E057",
+    "a subscriber's `stream_buffer` is not a positive integer of bytes",
+    must_be("a positive integer of bytes", lambda value: is_integer(value) and value > 0),
+)
+STREAM_MAX_CHANNELS = _check(
+    "pushserver.E058",
+    f"a subscriber's `stream_max_channels` is not an integer from 1 to {MOST_STREAM_CHANNELS}",
+    must_be(
+        f"an integer from 1 to {MOST_STREAM_CHANNELS}",
+        lambda value: is_integer(value) and 1 <= value <= MOST_STREAM_CHANNELS,
+    ),
+)
 UNKNOWN_KEY = _check("pushserver.W001", "a key no setting has (a typo?); it is ignored")
 # Shorter than a SHA-256 key's 32 bytes, a secret is easier to guess than the MAC.
 SHORT_SECRET_LENGTH = 32

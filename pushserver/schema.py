@@ -264,6 +264,41 @@ SUBSCRIBER_LOCATION = Group(
             'edge without Django; `{% channel_url %}` adds one (see "Signed channel URLs")',
             bool,
         ),
+        _field(
+            _SUBSCRIBER,
+            "stream_keepalive",
+            "float (s)",
+            rules.STREAM_KEEPALIVE,
+            "how long an EventSource stream may stay silent before the edge writes a comment "
+            "line, keeping balancers and proxies from timing it out",
+            float,
+        ),
+        _field(
+            _SUBSCRIBER,
+            "stream_retry",
+            "int (ms)",
+            rules.STREAM_RETRY,
+            "the reconnection delay a stream tells EventSource (`retry:`), each stream's "
+            "drawn within half of it either side",
+            int,
+        ),
+        _field(
+            _SUBSCRIBER,
+            "stream_buffer",
+            "int (bytes)",
+            rules.STREAM_BUFFER,
+            "output a stream's reader may leave untaken; a live message finding more closes "
+            "the stream (counted as `slow`), and the client resumes from its last id",
+            int,
+        ),
+        _field(
+            _SUBSCRIBER,
+            "stream_max_channels",
+            "int",
+            rules.STREAM_MAX_CHANNELS,
+            "channels one stream may carry (`/updates/a,b`); more get `400`",
+            int,
+        ),
         Setting("store", "str or None", None, rules.LOCATION_STORE, _STORE_NAME_MEANING),
     ),
     IGNORED_LOCATION_KEYS,

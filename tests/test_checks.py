@@ -401,6 +401,18 @@ EXAMPLES: dict[Check, dict[str, Any]] = {
     rules.CURVE_ROLE_KEY_MISSING: {"PUSH_SERVER": {"curve": {}}},
     rules.METRICS_ADDRESS: {"PUSH_SERVER": {"broker": {"metrics": "9560"}}},
     rules.OPEN_BROKER_PORTS: {"PUSH_SERVER": {"broker": {"ingress": "tcp://10.0.0.10:5560"}}},
+    rules.STREAM_KEEPALIVE: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_keepalive": 0}]}
+    },
+    rules.STREAM_RETRY: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_retry": 2.5}]}
+    },
+    rules.STREAM_BUFFER: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_buffer": "1M"}]}
+    },
+    rules.STREAM_MAX_CHANNELS: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_max_channels": 5000}]}
+    },
     rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
     rules.SHORT_SIGNING_SECRET: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, "short"]}},
     rules.ANY_ORIGIN_WITH_CREDENTIALS: {

@@ -61,7 +61,8 @@ def secured(module_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture
 def fresh_secured(launcher: Launcher, tmp_path: Path) -> Secured:
-    """A broker of its own, for a test that counts its log lines."""
+    """A broker of its own, for a test that reads its log: refusals are logged a few times a
+    minute per port, and other tests' clients, reconnecting, spend that budget."""
     return start_secured(launcher, tmp_path / "keys")
 
 
@@ -169,56 +170,60 @@ def test_an_anonymous_subscriber_on_events_reads_no_message(
 
 
 def test_a_publisher_key_opens_the_ingress_and_not_the_control_port(
-    secured: Secured, connect: Connect
+    fresh_secured: Secured, connect: Connect
 ) -> None:
-    keys = publisher_keys(secured.curve)
+    keys = publisher_keys(fresh_secured.curve)
     channel = fresh("publisher-key")
-    ingress = connect(zmq.DEALER, secured.endpoints["ingress"], keys)
+    ingress = connect(zmq.DEALER, fresh_secured.endpoints["ingress"], keys)
     ingress.send(PublishPacker()(channel, b"by the publisher", "text/plain", b"pub", 0, 0))
     assert ingress.poll(10_000), "no ack for the publisher's key on the ingress"
     assert wire.decode_ack(ingress.recv_multipart()).seq == 0
-    assert walk(secured.edge, channel, 1) == [b"by the publisher"]
+    assert walk(fresh_secured.edge, channel, 1) == [b"by the publisher"]
 
-    before = broker_figures(secured.metrics)["control_refused"]
-    control = connect(zmq.DEALER, secured.endpoints["control"], keys)
+    before = broker_figures(fresh_secured.metrics)["control_refused"]
+    control = connect(zmq.DEALER, fresh_secured.endpoints["control"], keys)
     control.send_multipart(snapshot_request(channel))
     control.send_multipart(wire.encode_request(wire.Request(wire.DELETE, 2, channel)))
-    refused_more(secured, "control", before)
+    refused_more(fresh_secured, "control", before)
     nothing_arrives(control)
-    assert info(secured.edge, channel) is not None
-    events = connect(zmq.SUB, secured.endpoints["events"], keys)
+    assert info(fresh_secured.edge, channel) is not None
+    events = connect(zmq.SUB, fresh_secured.endpoints["events"], keys)
     events.subscribe(b"")
-    publish(secured.edge, channel, "for edges only")
+    publish(fresh_secured.edge, channel, "for edges only")
     nothing_arrives(events)
     identity = keys.public.decode()
     eventually(
-        lambda: any("control port" in line and identity in line for line in secured.broker.lines),
+        lambda: any(
+            "control port" in line and identity in line for line in fresh_secured.broker.lines
+        ),
         10,
         "the refusal logged with the publisher's key",
     )
 
 
 def test_a_key_in_no_allow_list_is_refused_on_every_port(
-    secured: Secured, connect: Connect
+    fresh_secured: Secured, connect: Connect
 ) -> None:
-    keys = stranger_keys(secured.curve)
-    channel = a_channel_with_one_message(secured, "stranger")
-    before = broker_figures(secured.metrics)
-    ingress = connect(zmq.DEALER, secured.endpoints["ingress"], keys)
+    keys = stranger_keys(fresh_secured.curve)
+    channel = a_channel_with_one_message(fresh_secured, "stranger")
+    before = broker_figures(fresh_secured.metrics)
+    ingress = connect(zmq.DEALER, fresh_secured.endpoints["ingress"], keys)
     ingress.send(PublishPacker()(channel, b"forged", "text/plain", b"stranger", 0, 0))
-    control = connect(zmq.DEALER, secured.endpoints["control"], keys)
+    control = connect(zmq.DEALER, fresh_secured.endpoints["control"], keys)
     control.send_multipart(snapshot_request(channel))
-    events = connect(zmq.SUB, secured.endpoints["events"], keys)
+    events = connect(zmq.SUB, fresh_secured.endpoints["events"], keys)
     events.subscribe(b"")
     for port in curve.PORTS:
-        refused_more(secured, port, before[f"{port}_refused"])
-    publish(secured.edge, channel, "after")
+        refused_more(fresh_secured, port, before[f"{port}_refused"])
+    publish(fresh_secured.edge, channel, "after")
     for sock in (ingress, control, events):
         nothing_arrives(sock, QUIET / 3)
-    assert walk(secured.edge, channel, 2) == [b"held", b"after"]
+    assert walk(fresh_secured.edge, channel, 2) == [b"held", b"after"]
     identity = keys.public.decode()
     for port in curve.PORTS:
-        assert any(f"{port} port" in line and identity in line for line in secured.broker.lines)
+        assert any(
+            f"{port} port" in line and identity in line for line in fresh_secured.broker.lines
+        )
 
 
 def test_refusals_are_counted_and_logged_a_few_times_a_minute_with_the_identity(
