@@ -23,9 +23,17 @@ from ops.bench.publishers import round_robin
 from ops.bench.targets import Embedded, Limits
 from tests.processes import ROOT
 
-# W3h and W8 at sizes that only prove they run and account for everything:
+# W3h, W6 and W8 at sizes that only prove they run and account for everything:
 # W8's wait for forgetting is cut to 2 s, so its memory figures mean nothing here.
 TINY_NEW_WORKLOADS = [
+    "--w6-streams",
+    "20",
+    "--w6-messages",
+    "200",
+    "--w6-idle-streams",
+    "100",
+    "--w6-hold",
+    "0.5",
     "--w3h-channels",
     "50",
     "--w3h-rounds",
@@ -255,9 +263,6 @@ def test_a_quick_benchmark_of_this_project_delivers_everything(tmp_path: Path) -
             "embedded",
             "--json",
             str(report),
-            # W6 once the edges serve EventSource (the `stream` work).
-            "--workloads",
-            "w1,w2,w3,w3h,w4,w5,w8",
             *TINY_NEW_WORKLOADS,
         ],
         cwd=ROOT,
@@ -275,6 +280,7 @@ def test_a_quick_benchmark_of_this_project_delivers_everything(tmp_path: Path) -
         "W3h HTTP publishers",
         "W4 idle and burst",
         "W5 publish cost",
+        "W6 EventSource",
         "W8 distinct channels",
     }
     for result in results:
@@ -285,6 +291,9 @@ def test_a_quick_benchmark_of_this_project_delivers_everything(tmp_path: Path) -
     # Every message of W3h went by HTTP POST (its ledger is clean), at a measured cost.
     assert by_workload["W3h HTTP publishers"]["HTTP publishes/s"] > 0
     assert by_workload["W3h HTTP publishers"]["server CPU µs per publish"] > 0
+    # Every stream had every event with its own id, and none was ended by the edge.
+    assert by_workload["W6 EventSource"]["deliveries/s"] > 0
+    assert by_workload["W6 EventSource"]["streams reopened"] == 0
     w8 = by_workload["W8 distinct channels"]
     # The process was measured, and the edge's channel gauge read: the wait for forgetting needs it.
     assert w8["server MiB before"] > 0

@@ -40,7 +40,7 @@ class Sizes:
     w6_streams: int = 500
     w6_messages: int = 20_000
     w6_idle_streams: int = 5000
-    w6_hold: float = 10
+    w6_hold: float = 10.0
     w8_channels: int = 1_000_000
     w8_connections: int = 50
     # Channels published at a time; the publisher stays at most two batches ahead of the polls.
@@ -66,7 +66,7 @@ QUICK = Sizes(
     w6_streams=50,
     w6_messages=2000,
     w6_idle_streams=500,
-    w6_hold=2,
+    w6_hold=2.0,
     w8_channels=20_000,
     w8_message_timeout=5,
     w8_linger=2,
