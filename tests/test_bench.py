@@ -7,15 +7,33 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops.bench.ledger import Faults, Ledger, Tally, channel_body, message_body
+from ops.bench.eventstream import ChunkedDecoder, EventStreamParser, ServerEvent
+from ops.bench.ledger import (
+    Catalog,
+    Faults,
+    Ledger,
+    StreamLedger,
+    Tally,
+    channel_body,
+    message_body,
+    parse_event_id,
+)
 from ops.bench.loadgen import ResponseReader
 from ops.bench.publishers import round_robin
 from ops.bench.targets import Embedded, Limits
 from tests.processes import ROOT
 
-# W3h and W8 at sizes that only prove they run and account for everything:
+# W3h, W6 and W8 at sizes that only prove they run and account for everything:
 # W8's wait for forgetting is cut to 2 s, so its memory figures mean nothing here.
 TINY_NEW_WORKLOADS = [
+    "--w6-streams",
+    "20",
+    "--w6-messages",
+    "200",
+    "--w6-idle-streams",
+    "100",
+    "--w6-hold",
+    "0.5",
     "--w3h-channels",
     "50",
     "--w3h-rounds",
@@ -108,6 +126,113 @@ def test_chunked_and_sized_answers_are_framed_even_when_split_anywhere() -> None
         assert answers.got == [(201, b"queued: 1"), (202, b"ok")], split
 
 
+# -- W6: the event-stream format and its ledger ------------------------------------
+
+
+def parsed(pieces: list[bytes]) -> tuple[list[ServerEvent], EventStreamParser]:
+    parser = EventStreamParser()
+    events = [event for piece in pieces for event in parser.feed(piece)]
+    return events, parser
+
+
+def every_split(stream: bytes) -> list[list[bytes]]:
+    """The stream in one piece, in two at every place, and a byte at a time."""
+    splits = [[stream[:at], stream[at:]] for at in range(len(stream) + 1)]
+    return [*splits, [stream[at : at + 1] for at in range(len(stream))]]
+
+
+def test_events_are_read_the_same_however_the_stream_is_split() -> None:
+    stream = (
+        b"retry: 2500\n: keep-alive\n\n"
+        b"id: 17:0\ndata: one\n\n"
+        b"id: 17:1\r\nevent: quote\r\ndata: two\r\ndata:  lines\r\n\r\n"
+        b"id: 18:0\rdata:three\r\r"
+        b"data: no id of its own\n\n"
+        b"id: 19:0\ndata: cut off by the end of the stream"
+    )
+    expected = [
+        ServerEvent(b"17:0", True, b"message", b"one"),
+        ServerEvent(b"17:1", True, b"quote", b"two\n lines"),
+        ServerEvent(b"18:0", True, b"message", b"three"),
+        ServerEvent(b"18:0", False, b"message", b"no id of its own"),
+    ]
+    for pieces in every_split(stream):
+        events, parser = parsed(pieces)
+        assert events == expected, pieces
+        assert (parser.retry, parser.comments, parser.last_event_id) == (2500, 1, b"18:0")
+
+
+def test_a_leading_bom_is_dropped_and_a_blank_data_line_still_dispatches() -> None:
+    stream = b"\xef\xbb\xbfid: 1:0\ndata\n\nid: 1:1\ndata:\n\n"
+    for pieces in every_split(stream):
+        events, _ = parsed(pieces)
+        assert [(e.last_event_id, e.data) for e in events] == [(b"1:0", b""), (b"1:1", b"")]
+
+
+def test_an_event_without_data_is_not_dispatched_but_moves_the_last_id() -> None:
+    events, parser = parsed([b"id: 5:0\n\nevent: x\n\n: c\nretry: soon\n\n"])
+    assert events == []
+    assert (parser.last_event_id, parser.retry, parser.comments) == (b"5:0", None, 1)
+
+
+def test_an_id_holding_nul_is_ignored_and_unknown_fields_too() -> None:
+    events, _ = parsed([b"id: 1:0\nfoo: bar\ndata: a\n\nid: 2\x00:0\ndata: b\n\n"])
+    assert [(e.last_event_id, e.own_id, e.data) for e in events] == [
+        (b"1:0", True, b"a"),
+        (b"1:0", False, b"b"),
+    ]
+
+
+def test_a_chunked_stream_is_unframed_however_it_is_split() -> None:
+    body = b"5\r\nid: 1\r\n3;ext=1\r\n:0\n\r\n0\r\n\r\n"
+    for pieces in every_split(body):
+        decoder = ChunkedDecoder()
+        assert b"".join(decoder.feed(piece) for piece in pieces) == b"id: 1:0\n", pieces
+        assert decoder.finished
+
+
+def stream_ledger(
+    events: list[tuple[bytes | None, int]], expected: int, catalog: Catalog | None = None
+) -> StreamLedger:
+    ledger = StreamLedger(catalog or Catalog(), expected)
+    for event_id, seq in events:
+        ledger.record(event_id, message_body(seq, 0.0))
+    return ledger
+
+
+def test_a_complete_stream_with_increasing_ids_has_no_faults() -> None:
+    ledger = stream_ledger([(b"10:0", 0), (b"10:1", 1), (b"11:0", 2)], 3)
+    assert ledger.faults() == Faults()
+    assert ledger.received == 3
+
+
+def test_a_stream_loss_a_repeat_and_a_reordering_are_each_counted() -> None:
+    assert stream_ledger([(b"1:0", 0), (b"1:2", 2)], 3).faults() == Faults(lost=1)
+    repeated = stream_ledger([(b"1:0", 0), (b"1:1", 1), (b"1:1", 1)], 2)
+    # The repeat is also an id no newer than the last.
+    assert repeated.faults() == Faults(duplicated=1, bad_ids=1)
+    reordered = stream_ledger([(b"1:0", 0), (b"1:2", 2), (b"1:1", 1)], 3)
+    assert reordered.faults() == Faults(out_of_order=1, bad_ids=1)
+
+
+def test_an_event_without_its_own_id_or_with_a_malformed_one_is_a_bad_id() -> None:
+    assert stream_ledger([(None, 0), (b"1:1", 1)], 2).faults() == Faults(bad_ids=1)
+    assert stream_ledger([(b"1-0", 0), (b"x:1", 1)], 2).faults() == Faults(bad_ids=2)
+
+
+def test_a_message_with_another_id_than_another_stream_saw_is_a_bad_id() -> None:
+    catalog = Catalog()
+    assert stream_ledger([(b"1:0", 0), (b"1:1", 1)], 2, catalog).faults() == Faults()
+    other = stream_ledger([(b"1:0", 0), (b"1:5", 1)], 2, catalog)
+    assert other.faults() == Faults(bad_ids=1)
+
+
+def test_event_ids_order_as_pairs_not_as_text() -> None:
+    assert parse_event_id(b"9:10") == (9, 10)
+    assert parse_event_id(b"9:10") > parse_event_id(b"9:9")  # type: ignore[operator]
+    assert parse_event_id(b"9") is None
+
+
 def test_each_channel_is_published_in_order_over_one_connection() -> None:
     paths = [f"/send-update/{n}" for n in range(5)]
     plans = [list(round_robin(paths, 3, 2, connection)) for connection in range(2)]
@@ -155,14 +280,20 @@ def test_a_quick_benchmark_of_this_project_delivers_everything(tmp_path: Path) -
         "W3h HTTP publishers",
         "W4 idle and burst",
         "W5 publish cost",
+        "W6 EventSource",
         "W8 distinct channels",
     }
     for result in results:
-        assert result["faults"] == {"lost": 0, "duplicated": 0, "out_of_order": 0}, result
+        assert result["faults"] == {"lost": 0, "duplicated": 0, "out_of_order": 0, "bad_ids": 0}, (
+            result
+        )
     by_workload = {r["workload"]: r["figures"] for r in results}
     # Every message of W3h went by HTTP POST (its ledger is clean), at a measured cost.
     assert by_workload["W3h HTTP publishers"]["HTTP publishes/s"] > 0
     assert by_workload["W3h HTTP publishers"]["server CPU µs per publish"] > 0
+    # Every stream had every event with its own id, and none was ended by the edge.
+    assert by_workload["W6 EventSource"]["deliveries/s"] > 0
+    assert by_workload["W6 EventSource"]["streams reopened"] == 0
     w8 = by_workload["W8 distinct channels"]
     # The process was measured, and the edge's channel gauge read: the wait for forgetting needs it.
     assert w8["server MiB before"] > 0

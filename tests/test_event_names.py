@@ -6,8 +6,8 @@ every decoder, by `send_update` (ValueError) and by the HTTP publisher
 publish frame, live events, snapshots, the control publish and the history
 file; without a name each format is what it was before names existed. The
 edge's own copy is observed in-process on a real `edge.feed.Feed` against
-the real broker (a poll does not carry the name, so an edge process shows
-it to no HTTP client yet); the HTTP publisher on a real edge process.
+the real broker; the HTTP publisher, and a stream's `event:` lines, on a
+real edge process.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from edge.feed import Feed
 from edge.protocol import EVENTSOURCE_EVENT
 from tests.brokers import ThreadBroker, snapshot
 from tests.client import path
+from tests.eventsource import EventStream
 from tests.processes import Launcher
 from tests.test_send_update import push_settings
 
@@ -389,3 +390,30 @@ def test_two_event_name_headers_are_refused_since_they_read_as_one_with_a_comma(
     response = httpx.post(url, content=b"x", headers=headers, timeout=10)
     assert response.status_code == 400, response.text
     assert "'quote,trade'" in response.text
+
+
+# -- to the browser ------------------------------------------------------------------
+
+
+def test_a_named_message_reaches_an_eventsource_stream_as_its_event_and_a_poll_without_it(
+    sending: ThreadBroker, launcher: Launcher
+) -> None:
+    from pushserver.utils import updates
+
+    _, base = launcher.edge(sending.endpoints)
+    updates.send_update("ticker", {"n": 1}, event="quote")
+    updates.send_update("ticker", {"n": 2})
+    url = base + path("send-update", "ticker")
+    posted = httpx.post(url, content=b"three", headers={EVENTSOURCE_EVENT: "trade.v2"}, timeout=10)
+    assert posted.status_code in (201, 202), posted.text
+    with EventStream(base, path("updates", "ticker")) as stream:
+        events = stream.events_of(3)
+    assert [(event.type, event.data) for event in events] == [
+        ("quote", '{"n":1}'),
+        ("message", '{"n":2}'),
+        ("trade.v2", "three"),
+    ]
+    # A poll gets the body alone: no header names the event.
+    polled = httpx.get(base + path("updates", "ticker"), timeout=10)
+    assert polled.status_code == 200 and polled.content == b'{"n":1}'
+    assert EVENTSOURCE_EVENT.lower() not in polled.headers

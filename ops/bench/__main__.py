@@ -4,7 +4,7 @@
                         [--workloads w1,...,w8]
                         [--json FILE]
 
-Starts each target in turn, runs W1–W5 and W3h against it, stops it, then
+Starts each target in turn, runs W1–W6 and W3h against it, stops it, then
 starts it again with short timeouts for W8; then prints one table with
 each figure's ratio to Nchan's and writes the JSON file. A run with a
 single lost, duplicated or out-of-order delivery fails (exit status 1),
@@ -41,6 +41,7 @@ from ops.bench.workloads import (
     w3h_http_publishers,
     w4_idle_and_burst,
     w5_publish,
+    w6_eventsource,
 )
 
 # Figures where less is better; the ratio column reads the same either way:
@@ -78,6 +79,7 @@ ASYNC_WORKLOADS = {
     "w3": w3_channels,
     "w3h": w3h_http_publishers,
     "w4": w4_idle_and_burst,
+    "w6": w6_eventsource,
 }
 # W8 runs on a target of its own, started with short timeouts.
 WORKLOADS = [*ASYNC_WORKLOADS, "w5", "w8"]
@@ -189,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing may expire or be pushed out during a run: every subscriber must be
     # able to get every message, however far behind the server lets it fall.
     limits = Limits(
-        max_messages=max(100, sizes.w2_messages, sizes.w3_rounds, sizes.w3h_rounds),
+        max_messages=max(
+            100, sizes.w2_messages, sizes.w3_rounds, sizes.w3h_rounds, sizes.w6_messages
+        ),
         message_timeout=3600,
     )
     folder = Path(tempfile.mkdtemp(prefix="pushserver-bench-"))

@@ -63,17 +63,98 @@ class Faults:
     lost: int = 0
     duplicated: int = 0
     out_of_order: int = 0
+    # Stream events whose `id` was missing, not newer than the one before, or not
+    # the id another stream of the channel saw for the same message.
+    bad_ids: int = 0
 
     def __add__(self, other: Faults) -> Faults:
         return Faults(
             self.lost + other.lost,
             self.duplicated + other.duplicated,
             self.out_of_order + other.out_of_order,
+            self.bad_ids + other.bad_ids,
         )
 
     @property
     def clean(self) -> bool:
         return self == Faults()
+
+
+class Catalog:
+    """What every stream of one channel must agree on: each body's sequence number (read
+    once per distinct body, not once per delivery) and each message's event id."""
+
+    def __init__(self) -> None:
+        self.seqs: dict[bytes, int] = {}
+        self.ids: dict[int, bytes] = {}
+
+    def seq(self, body: bytes) -> int:
+        seq = self.seqs.get(body)
+        if seq is None:
+            seq = self.seqs[body] = read_body(body)[0]
+        return seq
+
+
+def parse_event_id(value: bytes) -> tuple[int, int] | None:
+    """A single channel's event id, `<time>:<tag>`, as a pair that orders as ids do."""
+    time, colon, tag = value.partition(b":")
+    if not colon or not time.isdigit() or not tag.isdigit():
+        return None
+    return int(time), int(tag)
+
+
+class StreamLedger:
+    """What one EventSource stream got, checked on arrival: a stream delivers up to
+    millions of events, too many to keep a list of.
+
+    Each event's body gives its sequence number; its `id` must be its own,
+    newer than the stream's last, and the same as every other stream of the
+    channel saw for that message (the broker's id, on every edge).
+    """
+
+    __slots__ = ("catalog", "seen", "received", "newest", "last_id", "counts")
+
+    def __init__(self, catalog: Catalog, expected: int) -> None:
+        self.catalog = catalog
+        self.seen = bytearray(expected)
+        self.received = 0
+        self.newest = -1
+        self.last_id: tuple[int, int] | None = None
+        # duplicated, out of order, bad ids
+        self.counts = [0, 0, 0]
+
+    def record(self, event_id: bytes | None, data: bytes) -> int:
+        """Count one event (`event_id` None when it had no `id` line); returns its number."""
+        catalog = self.catalog
+        seq = catalog.seq(data)
+        self.received += 1
+        counts = self.counts
+        parsed = None if event_id is None else parse_event_id(event_id)
+        if (
+            event_id is None
+            or parsed is None
+            or (self.last_id is not None and parsed <= self.last_id)
+            or catalog.ids.setdefault(seq, event_id) != event_id
+        ):
+            counts[2] += 1
+        if parsed is not None and (self.last_id is None or parsed > self.last_id):
+            self.last_id = parsed
+        seen = self.seen
+        if not 0 <= seq < len(seen):
+            counts[1] += 1  # a message nobody published on this channel
+        elif seen[seq]:
+            counts[0] += 1
+        else:
+            seen[seq] = 1
+            if seq < self.newest:
+                counts[1] += 1
+            else:
+                self.newest = seq
+        return seq
+
+    def faults(self) -> Faults:
+        duplicated, out_of_order, bad_ids = self.counts
+        return Faults(self.seen.count(0), duplicated, out_of_order, bad_ids)
 
 
 class Tally:

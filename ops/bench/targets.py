@@ -122,6 +122,11 @@ class Target(ABC):
     def subscriber_path(self, channel_id: str) -> str:
         return f"/updates/{channel_id}"
 
+    def stream_path(self, channel_id: str) -> str:
+        """Where an EventSource stream of the channel is opened: this project's subscriber
+        location itself, which streams when the request's Accept asks for it."""
+        return f"/updates/{channel_id}"
+
     def interval_path(self, channel_id: str) -> str:
         """An interval-poll location: 304 at once when nothing is held, never a wait."""
         return f"/poll/{channel_id}"
@@ -372,6 +377,10 @@ class Nchan(Target):
 
     def settle(self) -> None:
         return None  # an HTTP publish is the server's when its answer arrives
+
+    def stream_path(self, channel_id: str) -> str:
+        # A location of its own: Nchan picks a subscriber type per location.
+        return f"/stream/{channel_id}"
 
     def followed_channels(self) -> int | None:
         found = NCHAN_CHANNELS.search(self.get(NCHAN_STATUS_PATH)[1])

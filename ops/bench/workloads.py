@@ -1,4 +1,4 @@
-"""The workloads W1–W5 and W3h, each run against one started target (W8: forgetting.py).
+"""The workloads W1–W6 and W3h, each run against one started target (W8: forgetting.py).
 
 Every workload checks every delivery (ops/bench/ledger.py) and reports
 the server's and the load generator's CPU seconds beside its figures.
@@ -14,7 +14,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ops.bench.ledger import Faults, message_body, percentile
+from ops.bench import streams
+from ops.bench.ledger import Catalog, Faults, StreamLedger, message_body, percentile
 from ops.bench.loadgen import PollProtocol, Subscriber, close_all, connect_all, wait_all
 from ops.bench.publishers import publish_over_http
 from ops.bench.targets import Target, cpu_seconds, rss_bytes
@@ -36,6 +37,10 @@ class Sizes:
     w4_connections: int = 5000
     w4_hold: float = 10
     w5_calls: int = 20_000
+    w6_streams: int = 500
+    w6_messages: int = 20_000
+    w6_idle_streams: int = 5000
+    w6_hold: float = 10.0
     w8_channels: int = 1_000_000
     w8_connections: int = 50
     # Channels published at a time; the publisher stays at most two batches ahead of the polls.
@@ -58,6 +63,10 @@ QUICK = Sizes(
     w4_connections=500,
     w4_hold=2,
     w5_calls=2000,
+    w6_streams=50,
+    w6_messages=2000,
+    w6_idle_streams=500,
+    w6_hold=2.0,
     w8_channels=20_000,
     w8_message_timeout=5,
     w8_linger=2,
@@ -300,3 +309,68 @@ def w5_publish(target: Target, sizes: Sizes) -> Result:
             # What the server took: until the last message was acknowledged.
             figures["acknowledged/s, 1 thread"] = calls / (max(settled) - started)
     return meter.finish(Result("W5 publish cost", target.name, figures))
+
+
+def streams_for(target: Target, channel_id: str, count: int, expected: int) -> list[streams.Stream]:
+    catalog = Catalog()
+    path = target.stream_path(channel_id)
+    return [
+        streams.Stream(channel_id, path, StreamLedger(catalog, expected), expected)
+        for _ in range(count)
+    ]
+
+
+def stream_faults(opened: list[streams.Stream]) -> Faults:
+    total = Faults()
+    for stream in opened:
+        total = total + stream.ledger.faults()
+    return total
+
+
+async def w6_eventsource(target: Target, sizes: Sizes) -> Result:
+    """EventSource streams: W2's flood over streams, then W4's idle crowd and burst."""
+    meter = Meter(target)
+    # The flood: every stream starts at message 0, then the rest as fast as published.
+    channel_id = channel("w6")
+    flood = streams_for(target, channel_id, sizes.w6_streams, sizes.w6_messages)
+    target.publish(channel_id, message_body(0, time.time()))
+    await streams.open_all(target.host, target.port, flood)
+    await streams.wait_until(flood, "received", 60)
+    cpu_before = cpu_seconds(target.pids())
+    started = time.time()
+
+    def publish() -> None:
+        for seq in range(1, sizes.w6_messages):
+            target.publish(channel_id, message_body(seq, time.time()))
+
+    thread = publish_in_thread(publish)
+    finished = await streams.wait_all(flood, 900)
+    flood_cpu = cpu_seconds(target.pids()) - cpu_before
+    thread.join()
+    streams.close_all(flood)
+    deliveries = sizes.w6_streams * (sizes.w6_messages - 1)
+    # The idle crowd: memory per open stream, then one message to all of them.
+    idle_channel = channel("w6i")
+    idle = streams_for(target, idle_channel, sizes.w6_idle_streams, 1)
+    target.publish(f"{idle_channel}-warm", message_body(0, time.time()))
+    await asyncio.sleep(0.5)  # the flood's connections closed and freed
+    before = rss_bytes(target.pids())
+    await streams.open_all(target.host, target.port, idle)
+    await streams.wait_until(idle, "opened", 60)
+    await asyncio.to_thread(wait_held, target, idle_channel, len(idle))
+    await asyncio.sleep(sizes.w6_hold)
+    held = rss_bytes(target.pids())
+    published = time.time()
+    target.publish(idle_channel, message_body(0, published))
+    last = await streams.wait_all(idle, 120)
+    streams.close_all(idle)
+    everyone = flood + idle
+    figures = {
+        "deliveries/s": deliveries / (finished - started),
+        # Publishing included: the broker's work on this project, the POSTs' on Nchan.
+        "server CPU µs per delivery": flood_cpu / deliveries * 1e6,
+        "KiB per idle stream": (held - before) / len(idle) / 1024,
+        "burst to last ms": (last - published) * 1000,
+        "streams reopened": float(sum(s.reopened for s in everyone)),
+    }
+    return meter.finish(Result("W6 EventSource", target.name, figures, stream_faults(everyone)))
