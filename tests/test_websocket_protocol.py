@@ -1,11 +1,14 @@
-"""The WebSocket protocol of `edge.websocket`, judged without sockets by an independent
-implementation: wsproto's client side reads every byte the edge would write, and
-writes every byte a client would send."""
+"""The WebSocket protocol of `edge.websocket`, judged without sockets by independent
+implementations: wsproto's client side reads every byte the edge would write and
+writes every byte a client would send, and Nchan's NchanSubscriber (npm `nchan`, in
+node, over a WebSocket that replays the frames) reads the ws+meta.nchan frames."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import urllib.parse
 
 import h11
 import pytest
@@ -44,6 +47,7 @@ from edge.websocket import (
     notice_frame,
     wants_websocket,
 )
+from tests.cross_origin import npm_file
 
 # RFC 6455 1.3's example: this key is answered with this accept value.
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -431,3 +435,103 @@ def test_a_refusal_rendered_as_the_edge_renders_it_reads_as_one_to_a_client() ->
     events = list(client.events())
     assert isinstance(events[0], RejectConnection)
     assert events[0].status_code == 403
+
+
+# -- NchanSubscriber (npm nchan) reading these frames ------------------------------------
+
+# Runs NchanSubscriber's websocket mode in node against a WebSocket that replays
+# the frames given on stdin, then closes; prints what the subscriber emitted and
+# the URL it reconnected to.
+NCHAN_DRIVER = """
+const frames = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+const sockets = [];
+globalThis.window = globalThis;
+window.location = { protocol: 'http:', host: 'push.example', pathname: '/page/' };
+window.addEventListener = () => {};
+window.removeEventListener = () => {};
+window.WebSocket = class {
+  constructor(url, protocol) {
+    this.url = url;
+    this.protocol = protocol;
+    sockets.push(this);
+    setTimeout(() => this.replay(), 0);
+  }
+  replay() {
+    if (sockets.length > 1) {
+      finish();
+      return;
+    }
+    this.onopen({});
+    for (const data of frames) {
+      this.onmessage({ data });
+    }
+    this.onclose({ code: 1001 });
+  }
+  close() {}
+};
+const NchanSubscriber = require(process.argv[1]);
+const received = [];
+const subscriber = new NchanSubscriber(
+  '/updates/news', { subscriber: 'websocket', reconnectTimeout: 1 });
+subscriber.on('message', (message, meta) =>
+  received.push([message, meta.id, meta['content-type'] || null]));
+subscriber.start();
+function finish() {
+  subscriber.stop();
+  const urls = sockets.map((s) => s.url);
+  console.log(JSON.stringify({ received, urls, protocol: sockets[0].protocol }));
+}
+"""
+
+
+def nchan_subscriber_reads(frames: list[bytes]) -> dict[str, object]:
+    texts = []
+    for data in frames:
+        event = only_event(data)
+        assert isinstance(event, TextMessage)
+        texts.append(event.data)
+    script = str(npm_file("nchan/NchanSubscriber.js"))
+    done = subprocess.run(
+        ["node", "-e", NCHAN_DRIVER, script],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_nchansubscriber_reads_ids_content_types_and_data_and_resumes_from_the_last_id() -> None:
+    frames = [
+        message_frame(b'{"n": 1}', "application/json", "1733000000:0"),
+        message_frame("line one\nline two é".encode(), None, "1733000000:1"),
+        notice_frame(MISSED_EVENT, "news", "1733000000:1"),
+        message_frame(b"", "text/plain", "1733000001:0"),
+    ]
+    seen = nchan_subscriber_reads(frames)
+    assert seen["protocol"] == SUBPROTOCOL
+    assert seen["received"] == [
+        ['{"n": 1}', "1733000000:0", "application/json"],
+        ["line one\nline two é", "1733000000:1", None],
+        ['{"event": "pushserver-missed", "channel_id": "news"}', "1733000000:1", NOTICE_TYPE],
+        ["", "1733000001:0", "text/plain"],
+    ]
+    assert seen["urls"] == [
+        "ws://push.example/updates/news",
+        "ws://push.example/updates/news?last_event_id=1733000001%3A0",
+    ]
+
+
+def test_nchansubscriber_sends_a_multiplexed_id_back_as_the_edge_reads_it() -> None:
+    cursors = [MessageId(1733000000, 0), MessageId(1733000005, 2), None]
+    seen = nchan_subscriber_reads([message_frame(b"x", None, cursor_id(cursors, 1))])
+    urls = seen["urls"]
+    assert isinstance(urls, list)
+    query = urls[1].partition("?")[2]
+    name, _, value = query.partition("=")
+    assert (name, urllib.parse.unquote_plus(value)) == (
+        "last_event_id",
+        "1733000000:0,[1733000005:2],-",
+    )
