@@ -8,7 +8,8 @@ do, and is answered when the broker answers it with the channel's info:
 201 when a subscriber was held anywhere in the cluster, else 202. PUT,
 GET and DELETE are rare and ask over the control socket (`Feed.request`).
 
-Trusted callers only: an address in `allow_from`, or the shared secret.
+Trusted callers only: an address in `allow_from` (behind a trusted proxy, the
+client's address it reports: `edge.access`), or the shared secret.
 Bodies are collected up to `max_message_size`; an over-size one is read
 and thrown away before the 413, because closing on a client still sending
 resets the connection and the client never sees why. Beyond
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 import tornado.httputil
 
 from broker import wire
-from edge.access import TrustedCallers
+from edge.access import Proxies, TrustedCallers
 from edge.bridge import CONTINUE
 from edge.config import EdgeConfig, PublisherLocation
 from edge.connection import CRLF, Connection, Request, header_lines, render_head
@@ -162,13 +163,14 @@ class Publishers:
         self.limit = config.max_message_size
         self.discard_limit = max(2 * self.limit, self.limit + 16 * 1024 * 1024)
         self.locations = []
+        proxies = Proxies(config.forwarded_allow_ips)
         for settings in config.publishers:
             pattern = anchored(settings.url)
             self.locations.append(
                 Location(
                     re.compile(pattern if pattern.endswith("$") else pattern + "$"),
                     settings,
-                    TrustedCallers(settings.allow_from, settings.secret),
+                    TrustedCallers(settings.allow_from, settings.secret, proxies),
                 )
             )
         self._heads: dict[tuple[int, str], bytes] = {}
@@ -268,7 +270,7 @@ class PublisherRequest:
             raise Refusal(
                 405, f"method {method} not allowed here", [("Allow", ", ".join(PUBLISHER_METHODS))]
             )
-        if not location.callers.admits(self.request.remote_ip, secret):
+        if not location.callers.admit_request(self.request, secret):
             raise Refusal(403, "publishing is not allowed from this address")
         if length is not None:
             if not length.isdigit():

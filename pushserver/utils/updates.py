@@ -46,7 +46,8 @@ def send_update(
     ``PUSH_SERVER['send_timeout']`` seconds. Raises `PushServerError` when
     the broker cannot take the message, unless `ignore_errors` or the
     ``PUSH_SERVER_IGNORE_ERRORS`` setting is true (then logs a warning);
-    raises ValueError for a channel id no channel can have.
+    raises ValueError for a channel id no channel can have, and for a body
+    over ``PUSH_SERVER['max_message_size']``.
 
     `event` names the message's EventSource event (its ``event:`` line; a
     poll does not carry it): 1 to 64 of ``A-Z a-z 0-9 _ . : -``, and not
@@ -70,6 +71,13 @@ def send_update(
         if problem is not None:
             raise ValueError(problem)
     body = _body(data, already_serialized)
+    limit = sender.max_message_size()
+    if len(body) > limit:
+        # The edges' publisher location answers such a body 413: the same limit both ways.
+        raise ValueError(
+            f"message for channel {channel_id[:80]!r} is {len(body)} bytes, "
+            f"more than max_message_size ({limit})"
+        )
     # `Signal.send` returns at once without receivers too, but only after its
     # keyword arguments are built and it is called: a cost on every message.
     if signals.pre_send_update.receivers:
