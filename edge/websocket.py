@@ -60,6 +60,7 @@ from wsproto.utilities import generate_accept_token
 
 from broker.wire import MessageId
 from edge.config import SubscriberLocation
+from edge.eventstream import NO_CURSOR, format_cursors
 
 # Nchan's subprotocol: each frame says its message's id and content type.
 SUBPROTOCOL = "ws+meta.nchan"
@@ -67,9 +68,6 @@ WEBSOCKET_VERSION = "13"
 # The content type of the edge's own notices in ws+meta.nchan frames; no message
 # a publisher sends should use it.
 NOTICE_TYPE = "application/vnd.pushserver.notice+json"
-# Separates several channels' cursors in an id, as in a multiplexed URL.
-CHANNEL_SEPARATOR = ","
-NO_CURSOR = "-"
 
 # Close codes the edge sends (RFC 6455 7.4; 4000-4999 are the application's).
 GOING_AWAY = 1001  # the edge is stopping: reconnect at once, to any edge
@@ -280,16 +278,15 @@ def notice_frame(event: str, channel_id: str, id_text: str) -> bytes:
 
 
 def cursor_id(cursors: Sequence[MessageId | None], own: int) -> str:
-    """A frame's id: its message's cursor, or every channel's in URL order, `own`'s bracketed.
+    """A frame's id: an EventSource stream's (`edge.eventstream.format_cursors`), and `-`
+    for the one channel of a socket with no cursor yet (a notice's id before any message).
 
     >>> cursor_id([MessageId(5, 0), MessageId(7, 1), None], 1)
     '5:0,[7:1],-'
     """
-    if len(cursors) == 1:
-        return NO_CURSOR if cursors[0] is None else str(cursors[0])
-    parts = [NO_CURSOR if cursor is None else str(cursor) for cursor in cursors]
-    parts[own] = f"[{parts[own]}]"
-    return CHANNEL_SEPARATOR.join(parts)
+    if len(cursors) == 1 and cursors[0] is None:
+        return NO_CURSOR
+    return format_cursors(cursors, own)
 
 
 # -- one connection's incoming side and health -----------------------------------------
