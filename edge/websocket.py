@@ -58,6 +58,7 @@ from wsproto.connection import SERVER, Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
+from broker.wire import NOTICE_TYPE as NOTICE_TYPE  # the notices' type, reserved by the wire
 from broker.wire import MessageId
 from edge.config import SubscriberLocation
 from edge.eventstream import NO_CURSOR, format_cursors
@@ -65,9 +66,6 @@ from edge.eventstream import NO_CURSOR, format_cursors
 # Nchan's subprotocol: each frame says its message's id and content type.
 SUBPROTOCOL = "ws+meta.nchan"
 WEBSOCKET_VERSION = "13"
-# The content type of the edge's own notices in ws+meta.nchan frames; no message
-# a publisher sends should use it.
-NOTICE_TYPE = "application/vnd.pushserver.notice+json"
 
 # Close codes the edge sends (RFC 6455 7.4; 4000-4999 are the application's).
 GOING_AWAY = 1001  # the edge is stopping: reconnect at once, to any edge
@@ -376,6 +374,13 @@ class Session:
             return Reply()
         self._pinged = True
         return Reply(self._ws.send(Ping(b"")))
+
+    def skip(self) -> None:
+        """A tick without a ping, on a connection whose output waits to be taken: a ping
+        would renew the edge's stall deadline, and a client that reads nothing cannot
+        answer one. The next tick pings afresh."""
+        self._heard = False
+        self._pinged = False
 
     def close(self, code: int, reason: str | None = None) -> bytes:
         """The close frame that ends the socket with `code` (b"" when one was already sent

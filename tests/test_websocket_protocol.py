@@ -26,7 +26,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId
+from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId, content_type_problem
 from edge.config import SubscriberLocation
 from edge.connection import CRLF, render_head
 from edge.websocket import (
@@ -406,6 +406,16 @@ def test_any_frame_from_the_peer_counts_as_an_answer_to_a_ping() -> None:
     assert not session.tick().end
 
 
+def test_a_skipped_tick_neither_pings_nor_judges_and_the_next_one_pings_afresh() -> None:
+    session = Session()
+    session.tick()
+    session.skip()
+    after = session.tick()
+    assert not after.end
+    assert client_events(after.send) == [Ping(b"")]
+    assert session.tick().end
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
@@ -535,3 +545,16 @@ def test_nchansubscriber_sends_a_multiplexed_id_back_as_the_edge_reads_it() -> N
         "last_event_id",
         "1733000000:0,[1733000005:2],-",
     )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [NOTICE_TYPE, NOTICE_TYPE.upper(), f" {NOTICE_TYPE} ; charset=utf-8", f"{NOTICE_TYPE};q=1"],
+)
+def test_no_message_may_carry_the_notices_content_type(content_type: str) -> None:
+    assert "is reserved for the edges' notices" in (content_type_problem(content_type) or "")
+
+
+def test_content_types_near_the_notices_one_are_still_allowed() -> None:
+    assert content_type_problem("application/vnd.pushserver.notice") is None
+    assert content_type_problem("application/json") is None
