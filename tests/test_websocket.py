@@ -30,6 +30,9 @@ from edge.websocket import (
 from tests.client import fresh, path, publish
 from tests.processes import Launcher, Process, eventually, memory_kib
 from tests.raw_http import figures
+from tests.test_eventsource import session_cookie
+from tests.test_eventsource import site as site  # the Django site, as the streams' tests have it
+from tests.test_passthrough import Site
 from tests.websocket_client import Received, Socket
 
 SECRET = "the-websocket-tests-signing-secret-of-some-length"
@@ -533,3 +536,52 @@ def test_a_stalled_reader_is_closed_1013_with_edge_memory_bounded_then_resumes_w
         received += bodies(resumed.messages)
     assert received == sent
     assert socket_figures(url).get("slow", 0) == 1
+
+
+# -- passthrough and authorize -----------------------------------------------------
+
+
+def cookie_of(site: Site, username: str) -> tuple[str, str]:
+    return ("Cookie", session_cookie(site, username))
+
+
+def test_a_socket_is_one_subscribe_when_it_opens_and_one_unsubscribe_when_it_closes(
+    site: Site,
+) -> None:
+    channels = [fresh("presence-a"), fresh("presence-b")]
+    with Socket(site.base, several("updates", *channels), [cookie_of(site, "alice")]) as ws:
+        assert ws.status == 101
+        for channel in channels:
+            publish(site.base, channel, "m")
+        ws.messages_of(2)
+        for channel in channels:
+            assert site.events(channel) == [("subscribe", "alice")]
+        ws.send(CloseConnection(1000))
+        ws.until_closed()
+    expected = [("subscribe", "alice"), ("unsubscribe", "alice")]
+    for channel in channels:
+        eventually(lambda c=channel: site.events(c) == expected, 10, f"{expected} for {channel}")
+
+
+def test_authorize_refuses_a_socket_with_403_before_the_upgrade(site: Site) -> None:
+    channel = fresh("private-socket")
+    publish(site.base, channel, "secret plans")
+    with Socket(site.base, path("private", channel), [cookie_of(site, "mallory")]) as refused:
+        assert refused.status == 403
+        assert refused.body.decode().strip() == "subscription refused"
+    with Socket(site.base, path("private", channel), [cookie_of(site, "alice")]) as admitted:
+        assert admitted.status == 101
+        assert bodies(admitted.messages_of(1)) == [b"secret plans"]
+
+
+def test_cookies_from_a_page_of_another_origin_do_not_speak_for_the_client(site: Site) -> None:
+    channel = fresh("cross-site")
+    headers = [cookie_of(site, "alice"), ("Origin", "http://elsewhere.example")]
+    with Socket(site.base, path("updates", channel), headers) as ws:
+        assert ws.status == 101  # allow_origin '*' admits it, without credentials
+        eventually(lambda: site.events(channel) == [("subscribe", None)], 10, "an anonymous one")
+    own = [cookie_of(site, "alice"), ("Origin", site.base)]
+    channel = fresh("same-site")
+    with Socket(site.base, path("updates", channel), own) as ws:
+        assert ws.status == 101
+        eventually(lambda: site.events(channel) == [("subscribe", "alice")], 10, "alice's")
