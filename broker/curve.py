@@ -219,13 +219,24 @@ class Gatekeeper(AsyncioAuthenticator):
         return allowed, reason
 
 
-async def watch_handshakes(sockets: dict[str, zmq.asyncio.Socket], refused: Refused) -> None:
-    """Tell `refused` of every handshake on these server sockets that failed before ZAP
-    was asked (a client without CURVE, or with another server key), until cancelled."""
-    monitors = {port: sock.get_monitor_socket(_FAILED_BEFORE_ZAP) for port, sock in sockets.items()}
+Monitors = dict[str, tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]]
+
+
+def monitor_handshakes(sockets: dict[str, zmq.asyncio.Socket]) -> Monitors:
+    """Monitor sockets for these server sockets' failed handshakes, made before they bind:
+    a client without CURVE does not try again, so one refused before anyone watched would
+    never be counted. Each monitor holds its events until `watch_handshakes` reads them."""
+    return {
+        port: (sock, sock.get_monitor_socket(_FAILED_BEFORE_ZAP)) for port, sock in sockets.items()
+    }
+
+
+async def watch_handshakes(monitors: Monitors, refused: Refused) -> None:
+    """Tell `refused` of every handshake that failed before ZAP was asked (a client
+    without CURVE, or with another server key), until cancelled."""
     poller = zmq.asyncio.Poller()
     ports = {}
-    for port, monitor in monitors.items():
+    for port, (_, monitor) in monitors.items():
         poller.register(monitor, zmq.POLLIN)
         ports[monitor] = port
     try:
@@ -236,10 +247,10 @@ async def watch_handshakes(sockets: dict[str, zmq.asyncio.Socket], refused: Refu
                 if event["event"] & _FAILED_BEFORE_ZAP:
                     refused(ports[monitor], ANONYMOUS, "handshake without a CURVE key it knows")
     finally:
-        for port, sock in sockets.items():
+        for sock, monitor in monitors.values():
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
-            monitors[port].close(linger=0)
+            monitor.close(linger=0)
 
 
 def _refuse_name(name: str) -> None:

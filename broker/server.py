@@ -125,6 +125,7 @@ class Broker:
         self._events_shadow: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
         self._gatekeeper: curve.Gatekeeper | None = None
+        self._monitors: curve.Monitors | None = None
         self._metrics: MetricsServer | None = None
 
     def bind(self) -> Endpoints:
@@ -162,6 +163,10 @@ class Broker:
         events.setsockopt(zmq.XPUB_VERBOSE, 1)
         events.setsockopt(zmq.SNDHWM, config.events_sndhwm)
         self._ingress, self._events, self._control = ingress, events, control
+        if keys is not None:
+            self._monitors = curve.monitor_handshakes(
+                {curve.INGRESS: ingress, curve.EVENTS: events, curve.CONTROL: control}
+            )
         ingress.bind(config.ingress)
         events.bind(config.events)
         control.bind(config.control)
@@ -235,13 +240,8 @@ class Broker:
             drain(self._control, self._on_request, self._stopping),
             self._tick(),
         ]
-        if self._gatekeeper is not None:
-            sockets = {
-                curve.INGRESS: self._ingress,
-                curve.EVENTS: self._events,
-                curve.CONTROL: self._control,
-            }
-            tasks.append(curve.watch_handshakes(sockets, self._refused))
+        if self._monitors is not None:
+            tasks.append(curve.watch_handshakes(self._monitors, self._refused))
         try:
             await run_until(self._stopping, *tasks)
             self._sequence_what_arrived()
