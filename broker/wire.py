@@ -94,6 +94,9 @@ def key_problem(key: str) -> str | None:
 # spaces, tabs and obs-text), as the Latin-1 a response head is written in.
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 MAX_CONTENT_TYPE_CHARS = 1024
+# The content type of the edges' own notices in ws+meta.nchan frames (edge.websocket):
+# a client tells a notice from a message by it, so no message may carry it.
+NOTICE_TYPE = "application/vnd.pushserver.notice+json"
 
 
 def content_type_problem(content_type: str) -> str | None:
@@ -102,6 +105,9 @@ def content_type_problem(content_type: str) -> str | None:
         return f"content type is longer than {MAX_CONTENT_TYPE_CHARS} characters"
     if _HEADER_VALUE.fullmatch(content_type) is None:
         return f"content type {_shown.repr(content_type)} is not a header value"
+    # Media types are case-insensitive, and parameters would not make it another one.
+    if content_type.partition(";")[0].strip().lower() == NOTICE_TYPE:
+        return f"content type {NOTICE_TYPE!r} is reserved for the edges' notices"
     return None
 
 

@@ -33,8 +33,10 @@ class Held:
     `head` is the status line and headers of the poll's 200 that delivers
     it (`edge.subscriber`), `head_no_store` the same for a poll whose cursor
     was in its URL; `event` is the whole event of a one-channel stream and
-    `event_body` what follows the `id:` line on any stream (`edge.stream`).
-    Each is None until a subscriber first needs it.
+    `event_body` what follows the `id:` line on any stream (`edge.stream`);
+    `frame` and `meta_frame` are its WebSocket frames for a one-channel socket,
+    plain and `ws+meta.nchan` (`edge.socket_subscriber`). Each is None until a
+    subscriber first needs it.
     """
 
     message: Message
@@ -42,6 +44,8 @@ class Held:
     head_no_store: bytes | None = None
     event: bytes | None = None
     event_body: bytes | None = None
+    frame: bytes | None = None
+    meta_frame: bytes | None = None
 
     @property
     def id(self) -> MessageId:

@@ -21,8 +21,13 @@ pipelined request ends in RecursionError. A responder may also keep
 writing for as long as the connection lives (an EventSource stream): it
 watches `writable` and `unsent`, waits on `drained`, and ends with
 `finish(keep_alive=False)`, or `drop` to discard what its client has not
-taken. The connection knows nothing of what it carries: routing is the
-router's, counting by status is the counter it is given.
+taken. When llhttp says a request asks to upgrade (`Request.upgrade`),
+nothing after its head is read as HTTP: the connection stops reading, and
+its responder either answers it (the connection then closes) or calls
+`take_over` after writing its 101, and from then on receives every byte
+that arrives, starting with those that came behind the head. The
+connection knows nothing of what it carries: routing is the router's,
+counting by status is the counter it is given.
 
 Flow control, the trap of a server that answers without waiting: a client
 that pipelines and reads nothing would otherwise have every answer queued
@@ -134,6 +139,9 @@ class Request:
     keep_alive: bool
     # The client's address, as HTTPServerRequest.remote_ip has it.
     remote_ip: str
+    # llhttp read it as asking to switch protocols (Connection: upgrade and an
+    # Upgrade header): what follows its head is not HTTP.
+    upgrade: bool = False
 
     @property
     def path(self) -> str:
@@ -257,6 +265,9 @@ class Connection(asyncio.Protocol):
         "_in_message",
         "_begun",
         "_odd",
+        "_upgrade",
+        "_after_head",
+        "_tunnel",
     )
 
     def __init__(self, server: HTTPServer) -> None:
@@ -296,6 +307,12 @@ class Connection(asyncio.Protocol):
         self._begun = 0
         # The head of a request whose method llhttp does not know, as it arrives.
         self._odd: bytearray | None = None
+        # The request that asked to upgrade, and the bytes read behind its head,
+        # kept for its responder should it take the connection over.
+        self._upgrade: _Incoming | None = None
+        self._after_head = b""
+        # Where the bytes go once a responder took the connection over.
+        self._tunnel: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -332,6 +349,10 @@ class Connection(asyncio.Protocol):
             self._tell_closed(active)
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            if not self.closing:
+                self._tunnel(data)
+            return
         if self.closing or not self.reading:
             return
         self._read_at = time.monotonic()
@@ -350,11 +371,21 @@ class Connection(asyncio.Protocol):
                 self._odd_head(data)
             else:
                 self._refuse_unreadable(400, "malformed request: invalid method", MALFORMED)
-        except httptools.HttpParserUpgrade:
-            # No protocol is served but HTTP: the request is answered, then the
-            # connection closes, since what follows on it is not HTTP.
+        except httptools.HttpParserUpgrade as upgrade:
+            # What follows the head is not HTTP: nothing more is parsed. The request
+            # is answered and the connection closes, unless its responder takes it
+            # over (`take_over`), which then gets the bytes that came behind the head.
             self.reading = False
-            self._close_after_answers()
+            rest = data[upgrade.args[0] :] if upgrade.args else b""
+            if self._tunnel is not None:
+                if rest:
+                    self._tunnel(rest)
+                return
+            self._after_head = rest
+            if self._upgrade is None or self._upgrade.answered:
+                self._close_after_answers()
+            else:
+                self._update_reading()  # nothing more is read until it is decided
         except httptools.HttpParserCallbackError as error:
             if isinstance(error.__context__, _HeadTooLarge):
                 self._refuse_unreadable(431, "request head is larger than 64 KiB", HEAD_TOO_LARGE)
@@ -417,15 +448,19 @@ class Connection(asyncio.Protocol):
             # llhttp lets an HTTP/1.0 keep-alive win over a close beside it; RFC
             # 9112 (9.6) says close wins.
             keep_alive = not _says_close(self._headers)
+        upgrade = parser.should_upgrade()
         request = Request(
             parser.get_method().decode("ascii"),
             self._url.decode("latin-1"),
             "HTTP/" + version,
             self._headers,
-            keep_alive,
+            keep_alive and not upgrade,
             self.remote_ip,
+            upgrade,
         )
         incoming = self.parsing = _Incoming(request)
+        if upgrade:
+            self._upgrade = incoming
         self.waiting.append(incoming)
         self._next()
 
@@ -498,6 +533,23 @@ class Connection(asyncio.Protocol):
             if self.active is not None:
                 self.active.sent = True
             transport.write(data)
+
+    def take_over(self, receive: Callable[[bytes], None]) -> None:
+        """Carry another protocol from now on: the active request (one that asked to
+        upgrade, answered with its 101) owns the connection, and `receive` gets every
+        byte the client sends after its head. No HTTP deadline applies any more; the
+        stall deadline on unsent output does, and the responder hears `closed`."""
+        incoming = self.active
+        if incoming is None or incoming is not self._upgrade or self.closing:
+            raise RuntimeError("only the active request that asked to upgrade can take over")
+        self._tunnel = receive
+        self.owing = ""
+        self.deadline = math.inf
+        self.waiting.clear()
+        rest, self._after_head = self._after_head, b""
+        self._update_reading()
+        if rest:
+            receive(rest)
 
     @property
     def writable(self) -> bool:
@@ -656,6 +708,8 @@ class Connection(asyncio.Protocol):
             or len(self.waiting) >= PIPELINE_LIMIT
             or self.waiting_bytes >= PIPELINE_BYTES
             or (active is not None and active.held)
+            # An upgrade not yet taken over: what follows its head waits in the socket.
+            or (not self.reading and self._upgrade is not None and self._tunnel is None)
         )
         if pause != self._paused:
             self._paused = pause

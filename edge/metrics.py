@@ -94,6 +94,26 @@ class EdgeCollector(Collector):
         for reason, count in sorted(streams.closed.items()):
             closed.add_metric([reason], count)
         yield closed
+        websockets = subscribers.websockets
+        yield GaugeMetricFamily(
+            "pushserver_edge_websockets", "WebSockets open now.", value=len(websockets.open)
+        )
+        socket_closes = CounterMetricFamily(
+            "pushserver_edge_websockets_closed",
+            "WebSockets ended, by reason: the client closed or left (client), its channel was "
+            "deleted (deleted, 4410), its output passed stream_buffer (slow, 1013), the edge "
+            "stopped (stopping, 1001), it answered no ping (silent), it sent a message over "
+            "16 KiB (too_big, 1009) or broke RFC 6455 (protocol).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(websockets.closed.items()):
+            socket_closes.add_metric([reason], count)
+        yield socket_closes
+        yield CounterMetricFamily(
+            "pushserver_edge_websocket_messages_ignored",
+            "Data messages clients sent on WebSockets, read and ignored (they are not publishes).",
+            value=websockets.ignored,
+        )
         yield GaugeMetricFamily(
             "pushserver_edge_channels", "Channels this edge follows.", value=len(buffers)
         )

@@ -17,6 +17,13 @@ way (CORS, signing, `create_on_get`, passthrough, `authorize`) and then
 handed to `edge.stream`. Its URL may name several channels, joined by a
 literal `,` (each id percent-encoded, so an id's own commas are `%2C`);
 a poll of such a URL is refused, since one 200 carries one message.
+
+A GET with `Upgrade: websocket` is decided by `edge.websocket.handshake`
+(a refusal is an HTTP answer), admitted as a stream is, and answered with
+the 101; `edge.socket_subscriber` then owns the connection. The trap is a
+browser's cookies, which it sends with a WebSocket to any site: when the
+handshake says they may not speak for the client, the passthrough (and
+`authorize`) is called without `Cookie` and `Authorization`.
 """
 
 from __future__ import annotations
@@ -68,7 +75,9 @@ from edge.protocol import (
 )
 from edge.publisher import PublisherRequest, Publishers
 from edge.signing import query_problem
+from edge.socket_subscriber import WebSocket, WebSockets
 from edge.stream import CLIENT, Stream, Streams
+from edge.websocket import Accepted, Refused, handshake, wants_websocket
 
 log = logging.getLogger("pushserver.edge")
 
@@ -128,6 +137,7 @@ class Subscribers:
     passthrough: Passthrough
     responses: Counter[str]
     streams: Streams = field(default_factory=Streams)
+    websockets: WebSockets = field(default_factory=WebSockets)
     # Long-polls held now (pushserver_edge_held_polls).
     held_polls: int = 0
     locations: list[tuple[re.Pattern[str], SubscriberLocation]] = field(init=False)
@@ -243,6 +253,8 @@ class SubscriberRequest:
         "channel_ids",
         "no_store",
         "stream",
+        "socket",
+        "accepted",
         "task",
     )
 
@@ -271,6 +283,9 @@ class SubscriberRequest:
         # The poll's cursor came from its URL: its answer says no cache may keep it.
         self.no_store = False
         self.stream: Stream | None = None
+        self.socket: WebSocket | None = None
+        # The handshake, when the request asks for a WebSocket and may have one.
+        self.accepted: Accepted | None = None
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -281,22 +296,51 @@ class SubscriberRequest:
         return None  # a body on a poll means nothing
 
     def complete(self) -> None:
-        origin, if_modified_since, if_none_match, accept, last_event_id = (
+        origin, if_modified_since, if_none_match, accept, last_event_id, upgrade = (
             self.request.headers_named(
-                b"origin", b"if-modified-since", b"if-none-match", b"accept", b"last-event-id"
+                b"origin",
+                b"if-modified-since",
+                b"if-none-match",
+                b"accept",
+                b"last-event-id",
+                b"upgrade",
             )
         )
         self.cors = self.shared.cors(self.location, origin)
         try:
-            self._begin(if_modified_since, if_none_match, accept, last_event_id)
+            if upgrade is not None and wants_websocket(upgrade):
+                self._begin_websocket()
+            else:
+                self._begin(if_modified_since, if_none_match, accept, last_event_id)
         except Refusal as refused:
             self._refuse(refused)
 
     def closed(self) -> None:
         if self.stream is not None:
             self.stream.end(CLIENT)
+        if self.socket is not None:
+            self.socket.end(CLIENT)
         self._let_go()
         self._finished()
+
+    def _begin_websocket(self) -> None:
+        """A handshake: decided, then admitted as a stream, its cursors from the query."""
+        request = self.request
+        if request.method == "OPTIONS":
+            self._begin(None, None, None, None)  # a preflight, whatever else it says
+            return
+        # The channels first: the handshake depends on how many there are.
+        channel_ids = self._channel_ids(True)
+        decision = handshake(
+            request.method, request.version, request.raw_headers, self.location, len(channel_ids)
+        )
+        if isinstance(decision, Refused):
+            raise Refusal(decision.status, decision.reason, list(decision.headers))
+        if not request.upgrade:
+            # llhttp did not read it as an upgrade, so what follows would be read as HTTP.
+            raise Refusal(400, "a WebSocket handshake needs Connection: Upgrade")
+        self.accepted = decision
+        self._begin(None, None, None, None, websocket=True)
 
     def _begin(
         self,
@@ -304,6 +348,7 @@ class SubscriberRequest:
         if_none_match: str | None,
         accept: str | None,
         last_event_id: str | None,
+        websocket: bool = False,
     ) -> None:
         method = self.request.method
         if method == "OPTIONS":
@@ -314,7 +359,8 @@ class SubscriberRequest:
             raise Refusal(
                 405, f"method {method} not allowed here", [("Allow", ", ".join(SUBSCRIBER_METHODS))]
             )
-        streaming = wants_stream(accept)
+        # A WebSocket follows its channels as a stream does.
+        streaming = websocket or wants_stream(accept)
         self.channel_ids = channel_ids = self._channel_ids(streaming)
         query = self.request.target.partition("?")[2]
         if self.location.signed:
@@ -333,6 +379,12 @@ class SubscriberRequest:
             cursor = self._poll_cursor(if_modified_since, if_none_match, query)
         # Read now, so a request Tornado's code cannot read is refused 400 by the connection.
         request = self.request.server_request() if self.location.passthrough else None
+        if request is not None and self.accepted is not None and not self.accepted.credentials:
+            # A browser's cookies came with a socket from another site: they do not
+            # speak for this client.
+            for name in ("Cookie", "Authorization"):
+                if name in request.headers:
+                    del request.headers[name]
         buffers = self.shared.feed.buffers
         ready = []
         for channel_id in channel_ids:
@@ -487,7 +539,9 @@ class SubscriberRequest:
             return  # the client left while the channels were being synchronised
         for buffer in buffers:
             buffer.asked()
-        if streaming:
+        if self.accepted is not None:
+            self._websocket(buffers, stream_cursors, self.accepted)
+        elif streaming:
             self._stream(buffers, stream_cursors)
         else:
             self._serve(buffers[0], cursor)
@@ -501,6 +555,21 @@ class SubscriberRequest:
         shared.responses["200"] += 1
         self.stream = Stream(shared.streams, self.location, self.connection, self._finished)
         self.stream.open(head, buffers, cursors)
+
+    def _websocket(
+        self, buffers: list[ChannelBuffer], cursors: list[MessageId | None], accepted: Accepted
+    ) -> None:
+        shared = self.shared
+        head = b"".join((render_head(101, accepted.headers), shared.date(), CRLF))
+        shared.responses["101"] += 1
+        self.socket = WebSocket(
+            shared.websockets,
+            self.location,
+            self.connection,
+            accepted.subprotocol is not None,
+            self._finished,
+        )
+        self.socket.open(head, buffers, cursors)
 
     def _serve(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
         held, missed = buffer.find(cursor.id)

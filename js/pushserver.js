@@ -22,8 +22,12 @@
  * one poll loop per channel, and its stream is tried again after
  * streamRetry (at once when the polls' first success ends an outage: then
  * the stream was failing because the edges were away). The order of
- * options.transports is the order of preference; a WebSocket transport is
- * meant to join TRANSPORTS beside the two here (multi-channel, same cursors).
+ * options.transports is the order of preference. `websocket` (not in the
+ * default list: it needs a balancer that passes upgrades) carries a
+ * location's channels the same way on one WebSocket with Nchan's
+ * ws+meta.nchan frames, whose ids are the stream's; it falls back by the
+ * same rules, and its close codes say what next (channel deleted: stop;
+ * edge stopping: again at once; slow reader: again after back-off).
  *
  * Cursors: a subscription's cursor is its channel's last message id,
  * {time, tag}, the same on every edge. It belongs to the subscription, not
@@ -66,6 +70,14 @@
   const DELETED_STREAM_EVENT = 'pushserver-deleted';
   const RESERVED_EVENTS = new Set(['open', 'error', 'message', MISSED_STREAM_EVENT, DELETED_STREAM_EVENT]);
   const EVENTSOURCE_CLOSED = 2;
+  // WebSocket (README, "WebSocket"): Nchan's subprotocol, whose frames carry
+  // the id, and what the edge's own frames and close codes say.
+  const WS_SUBPROTOCOL = 'ws+meta.nchan';
+  const WS_META = /^id: (.*)\n(content-type: (.*)\n)?\n/;
+  const WS_NOTICE_TYPE = 'application/vnd.pushserver.notice+json';
+  const WS_GOING_AWAY = 1001;
+  const WS_TRY_AGAIN_LATER = 1013;
+  const WS_CHANNEL_DELETED = 4410;
 
   function parseId(text) {
     const match = ID.exec(String(text).trim());
@@ -399,6 +411,189 @@
     }
   }
 
+  // One WebSocket for a location's channels, as openStream's EventSource:
+  // the same URL (ws: or wss:), the cursors in `last_event_id`, and
+  // ws+meta.nchan, whose frames carry the id in the stream's form. A socket
+  // the edge opened without that subprotocol carries no id, so no cursor
+  // could advance: it counts as a failure that says "not here".
+  function openWebSocket(members, ctx) {
+    const { env, option } = ctx;
+    const conn = { members, closed: false, close };
+    const names = members.map((sub) => sub.name).join(', ');
+    let socket = null;
+    let timer = null;
+    let healthy = null;
+    let failures = 0;
+    let streak = 0;
+    let openedAt = null;
+    let delivered = false;
+    connect();
+    return conn;
+
+    function socketUrl() {
+      const url = members[0].parts.location + members.map((sub) => sub.parts.segment).join(',') + members[0].parts.query;
+      const cursors = members.map((sub) => sub.cursor);
+      const withCursor = cursors.some(Boolean) ? withParameter(url, 'last_event_id=' + formatStreamCursor(cursors)) : url;
+      return withCursor.replace(/^http(s?):/i, 'ws$1:');
+    }
+
+    function connect() {
+      timer = null;
+      openedAt = null;
+      delivered = false;
+      try {
+        socket = new env.WebSocket(socketUrl(), [WS_SUBPROTOCOL]);
+      } catch (error) {
+        socket = null;
+        fail('WebSocket refused the URL: ' + error.message, true);
+        return;
+      }
+      // Read at once, as text: a Blob would need a reader and could reorder frames.
+      socket.binaryType = 'arraybuffer';
+      socket.onopen = onOpen;
+      socket.onmessage = onMessage;
+      socket.onclose = onClose;
+      const wait = option('openTimeout');
+      timer = env.setTimeout(() => fail(`no WebSocket within ${wait} ms`, true), wait);
+      if (failures === 0) {
+        ctx.status(members, 'connecting', {});
+      }
+    }
+
+    function onOpen() {
+      if (conn.closed) {
+        return;
+      }
+      env.clearTimeout(timer);
+      timer = null;
+      if (socket.protocol !== WS_SUBPROTOCOL) {
+        fail(`the edge spoke no ${WS_SUBPROTOCOL}, so frames carry no id`, true);
+        return;
+      }
+      openedAt = env.now();
+      healthy = env.setTimeout(() => {
+        healthy = null;
+        failures = 0;
+        streak = 0;
+      }, option('openTimeout'));
+      ctx.opened();
+      if (!conn.closed) {
+        ctx.status(members, 'live', {});
+      }
+    }
+
+    function onMessage(event) {
+      if (conn.closed) {
+        return;
+      }
+      const text = typeof event.data === 'string' ? event.data : decodeUtf8(event.data);
+      const meta = WS_META.exec(text);
+      if (!meta) {
+        ctx.warn(`${names}: frame skipped: no ${WS_SUBPROTOCOL} header`);
+        return;
+      }
+      const data = text.slice(meta[0].length);
+      if (meta[3] === WS_NOTICE_TYPE) {
+        notice(data);
+        return;
+      }
+      const id = parseStreamId(meta[1], members.length);
+      if (!id) {
+        ctx.warn(`${names}: frame skipped: id ${JSON.stringify(meta[1])} is not one of ${members.length} cursor(s)`);
+        return;
+      }
+      delivered = true;
+      failures = 0;
+      streak = 0;
+      ctx.deliver(members[id.own], id.cursor, parseUpdate(data), false);
+    }
+
+    function notice(data) {
+      let parsed;
+      try {
+        parsed = JSON.parse(data);
+      } catch (error) {
+        return;
+      }
+      const sub = members.find((member) => member.parts.channelId === parsed.channel_id);
+      if (!sub) {
+        return;
+      }
+      if (parsed.event === MISSED_STREAM_EVENT) {
+        ctx.missed(sub);
+      } else if (parsed.event === DELETED_STREAM_EVENT) {
+        ctx.deleted(sub);
+      }
+    }
+
+    function onClose(event) {
+      if (conn.closed) {
+        return;
+      }
+      const code = event.code;
+      if (code === WS_CHANNEL_DELETED && members.length === 1) {
+        stop();
+        ctx.deleted(members[0]);
+        return;
+      }
+      if (openedAt === null) {
+        fail('could not connect', true);
+      } else if (code === WS_GOING_AWAY && (delivered || env.now() - openedAt >= option('openTimeout'))) {
+        // The edge is stopping: another answers at once through the balancer.
+        // Not a failure (unless it came at once, which would loop); spread over
+        // up to backoff.base so its sockets do not all come back in one millisecond.
+        stop();
+        const delay = option('backoff').base * env.random();
+        ctx.status(members, 'retrying', { reason: 'edge stopping', failures, delay });
+        timer = env.setTimeout(connect, delay);
+      } else if (code === WS_TRY_AGAIN_LATER) {
+        fail('closed as a slow reader', false);
+      } else {
+        const atOnce = !delivered && env.now() - openedAt < option('openTimeout');
+        fail(`WebSocket closed (${code})`, atOnce);
+      }
+    }
+
+    function fail(reason, hostile) {
+      stop();
+      failures += 1;
+      if (hostile) {
+        streak += 1;
+      }
+      ctx.failed(streak);
+      if (conn.closed) {
+        return;
+      }
+      const delay = backoffDelay(failures, option('backoff'), env.random);
+      ctx.status(members, 'retrying', { reason, failures, delay });
+      ctx.warn(`${names}: WebSocket: ${reason}; connecting again in ${Math.round(delay)} ms`);
+      timer = env.setTimeout(connect, delay);
+    }
+
+    function stop() {
+      env.clearTimeout(timer);
+      env.clearTimeout(healthy);
+      timer = null;
+      healthy = null;
+      if (socket) {
+        socket.onopen = null;
+        socket.onmessage = null;
+        socket.onclose = null;
+        socket.close();
+        socket = null;
+      }
+    }
+
+    function close() {
+      conn.closed = true;
+      stop();
+    }
+  }
+
+  function decodeUtf8(buffer) {
+    return typeof TextDecoder === 'function' ? new TextDecoder().decode(buffer) : '';
+  }
+
   function openPoll(members, ctx) {
     const { env, option } = ctx;
     const sub = members[0];
@@ -516,6 +711,7 @@
 
   const TRANSPORTS = {
     eventsource: { multiChannel: true, available: (env) => typeof env.EventSource === 'function', open: openStream },
+    websocket: { multiChannel: true, available: (env) => typeof env.WebSocket === 'function', open: openWebSocket },
     longpoll: { multiChannel: false, available: () => true, open: openPoll },
   };
 
@@ -589,6 +785,9 @@
       random,
       get EventSource() {
         return env.EventSource;
+      },
+      get WebSocket() {
+        return env.WebSocket;
       },
     };
     const send = request || xhrRequest(env);
@@ -1092,6 +1291,9 @@
       document: root.document,
       get EventSource() {
         return root.EventSource;
+      },
+      get WebSocket() {
+        return root.WebSocket;
       },
       get XMLHttpRequest() {
         return root.XMLHttpRequest;

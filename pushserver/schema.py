@@ -270,7 +270,8 @@ SUBSCRIBER_LOCATION = Group(
             "float (s)",
             rules.STREAM_KEEPALIVE,
             "how long an EventSource stream may stay silent before the edge writes a comment "
-            "line, keeping balancers and proxies from timing it out",
+            "line, keeping balancers and proxies from timing it out; also the interval of a "
+            "WebSocket's pings, a peer silent since the last one being dropped",
             float,
         ),
         _field(
@@ -287,8 +288,9 @@ SUBSCRIBER_LOCATION = Group(
             "stream_buffer",
             "int (bytes)",
             rules.STREAM_BUFFER,
-            "output a stream's reader may leave untaken; a live message finding more closes "
-            "the stream (counted as `slow`), and the client resumes from its last id",
+            "output a stream's or a WebSocket's reader may leave untaken; a live message "
+            "finding more closes the stream (a WebSocket with `1013`; counted as `slow`), and "
+            "the client resumes from its last id",
             int,
         ),
         _field(
@@ -296,7 +298,7 @@ SUBSCRIBER_LOCATION = Group(
             "stream_max_channels",
             "int",
             rules.STREAM_MAX_CHANNELS,
-            "channels one stream may carry (`/updates/a,b`); more get `400`",
+            "channels one stream or WebSocket may carry (`/updates/a,b`); more get `400`",
             int,
         ),
         Setting("store", "str or None", None, rules.LOCATION_STORE, _STORE_NAME_MEANING),

@@ -173,7 +173,7 @@ def test_a_client_leaving_a_held_poll_is_noticed_at_once(patient: Server, how: s
     eventually(lambda: (info(base, channel) or {}).get("subscribers") == 0, 10, "the poll to end")
 
 
-def test_an_upgrade_request_gets_an_ordinary_answer_and_the_connection_closes(
+def test_an_upgrade_to_a_protocol_not_served_gets_an_ordinary_answer_and_the_connection_closes(
     server: Server,
 ) -> None:
     _, base = server
@@ -181,11 +181,26 @@ def test_an_upgrade_request_gets_an_ordinary_answer_and_the_connection_closes(
     publish(base, channel, "plain http")
     with raw(base) as (sock, stream):
         sock.sendall(
-            get(path("updates", channel), "Connection: Upgrade", "Upgrade: websocket")
-            + b"\x81\x05hello"
+            get(path("updates", channel), "Connection: Upgrade", "Upgrade: h2c")
+            # Not HTTP after the head: never read as a request.
+            + get(path("updates", channel))
         )
         status, _, body = read_response(stream)
         assert (status, body) == (200, b"plain http")
+        assert closed(stream)
+
+
+def test_a_refused_websocket_handshake_is_answered_and_what_follows_its_head_is_never_read(
+    server: Server,
+) -> None:
+    _, base = server
+    with raw(base) as (sock, stream):
+        sock.sendall(
+            get(path("updates", fresh("no-key")), "Connection: Upgrade", "Upgrade: websocket")
+            + get(path("updates", fresh("behind")))
+        )
+        status, _, body = read_response(stream)
+        assert (status, body) == (400, b"Sec-WebSocket-Version is missing\n")
         assert closed(stream)
 
 

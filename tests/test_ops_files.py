@@ -24,8 +24,10 @@ from typing import Any
 
 import httpx
 import pytest
+from wsproto.events import CloseConnection
 
 from edge.config import EdgeConfig
+from edge.websocket import SUBPROTOCOL
 from tests.client import Cursor, fresh, hold, info, path, poll, publish
 from tests.processes import (
     ANY_PORT,
@@ -37,6 +39,7 @@ from tests.processes import (
     eventually,
     free_port,
 )
+from tests.websocket_client import Socket
 
 OPS = ROOT / "ops"
 NGINX_CONF = OPS / "nginx" / "pushserver.conf"
@@ -630,6 +633,40 @@ def test_the_balancer_passes_a_websocket_upgrade_and_then_every_byte(
     assert headers["upgrade"] == "websocket"
     assert "upgrade" in headers["connection"]
     assert headers["sec-websocket-key"] == key.lower()
+
+
+@pytest.mark.parametrize("balancer", sorted(BALANCERS))
+def test_a_websocket_through_the_balancer_reaches_a_real_edge_both_ways(
+    launcher: Launcher, balancer: str
+) -> None:
+    _, edge = launcher.embedded(
+        locations=(
+            {
+                "type": "subscriber",
+                "url": r"/updates/([^/]+)",
+                "allow_origin": [ORIGIN],
+                "stream_keepalive": 0.3,
+            },
+            {"type": "publisher", "url": r"/send-update/([^/]+)"},
+        ),
+    )
+    front = "http://" + start_balancer(
+        launcher, balancer, [edge.removeprefix("http://").rstrip("/")]
+    )
+    channel = fresh(f"socket-{balancer}")
+    publish(edge, channel, "held")
+    with Socket(front, path("updates", channel), [("Origin", ORIGIN)]) as ws:
+        assert (ws.status, ws.subprotocol) == (101, SUBPROTOCOL)
+        assert [m.body for m in ws.messages_of(1)] == [b"held"]
+        publish(edge, channel, bytes(range(256)), "application/octet-stream")
+        binary = ws.messages_of(2)[1]
+        assert (binary.body, binary.text) == (bytes(range(256)), False)
+        assert binary.meta[0]["content-type"] == "application/octet-stream"
+        # The edge's pings come through and the answers go back: the socket stays.
+        ws.read_some(1.2)
+        assert ws.pings >= 2 and not ws.ended
+        ws.send(CloseConnection(1000))
+        assert ws.until_closed() == 1000
 
 
 # -- systemd units -------------------------------------------------------------

@@ -1,7 +1,7 @@
 'use strict';
 
 // What the browser gives the client, faked for node's test runner: a clock
-// whose timers run only when a test advances it, EventSource and
+// whose timers run only when a test advances it, EventSource, WebSocket and
 // XMLHttpRequest whose connections a test answers by hand, and a window
 // that fires pagehide / pageshow on demand. Outside js/test/ so that node
 // --test does not count this file as a test of its own.
@@ -138,6 +138,91 @@ function fakeEventSourceClass(clock) {
   return FakeEventSource;
 }
 
+// A WebSocket class whose instances a test drives as an edge would:
+// open(protocol) completes the handshake (ws+meta.nchan unless told
+// otherwise), message(id, data, contentType) sends a ws+meta.nchan frame,
+// notice(event, channelId, id) one of the edge's notices, frame(data) any
+// frame, closeWith(code, reason) a close from the edge, fail() a handshake
+// that did not succeed (close 1006 before open). A socket the client closed
+// dispatches nothing more.
+function fakeWebSocketClass(clock) {
+  const instances = [];
+  class FakeWebSocket {
+    constructor(url, protocols = []) {
+      this.url = url;
+      this.protocols = Array.isArray(protocols) ? protocols : [protocols];
+      this.protocol = '';
+      this.binaryType = 'blob';
+      this.readyState = FakeWebSocket.CONNECTING;
+      this.openedAt = clock.now();
+      this.onopen = null;
+      this.onmessage = null;
+      this.onclose = null;
+      this.onerror = null;
+      this.closed = false;
+      this.closedWith = null;
+      instances.push(this);
+    }
+
+    close(code = 1000, reason = '') {
+      if (!this.closed) {
+        this.closed = true;
+        this.closedWith = { code, reason };
+        this.readyState = FakeWebSocket.CLOSED;
+      }
+    }
+
+    query() {
+      return new Map(new URL(this.url).searchParams);
+    }
+
+    dispatch(name, event) {
+      if (!this.closed && this[name]) {
+        this[name].call(this, event);
+      }
+    }
+
+    open(protocol = 'ws+meta.nchan') {
+      this.protocol = protocol;
+      this.readyState = FakeWebSocket.OPEN;
+      this.dispatch('onopen', { type: 'open' });
+    }
+
+    frame(data) {
+      this.dispatch('onmessage', { type: 'message', data });
+    }
+
+    message(id, data, contentType = 'application/json') {
+      const text = typeof data === 'string' ? data : JSON.stringify(data);
+      const type = contentType ? `content-type: ${contentType}\n` : '';
+      this.frame(`id: ${id}\n${type}\n${text}`);
+    }
+
+    notice(event, channelId, id) {
+      const data = JSON.stringify({ event, channel_id: channelId });
+      this.frame(`id: ${id}\ncontent-type: application/vnd.pushserver.notice+json\n\n${data}`);
+    }
+
+    closeWith(code, reason = '') {
+      this.readyState = FakeWebSocket.CLOSED;
+      this.dispatch('onclose', { type: 'close', code, reason, wasClean: code !== 1006 });
+      this.closed = true;
+    }
+
+    fail() {
+      this.dispatch('onerror', { type: 'error' });
+      this.closeWith(1006);
+    }
+  }
+  FakeWebSocket.CONNECTING = 0;
+  FakeWebSocket.OPEN = 1;
+  FakeWebSocket.CLOSING = 2;
+  FakeWebSocket.CLOSED = 3;
+  FakeWebSocket.instances = instances;
+  FakeWebSocket.live = () => instances.filter((socket) => !socket.closed);
+  return FakeWebSocket;
+}
+
 // An XMLHttpRequest class whose requests a test answers: respond(status,
 // headers, body), message(id, body, headers) for a 200 carrying the id as
 // the edge writes it, fail() for a network error; the `timeout` property
@@ -237,13 +322,14 @@ function fakeXhrClass(clock) {
 
 // Everything createClient reads from a window, on one fake clock. The page
 // is at `origin`.
-function fakeBrowser({ origin = 'http://site.example', random = () => 0.5, eventSource = true } = {}) {
+function fakeBrowser({ origin = 'http://site.example', random = () => 0.5, eventSource = true, webSocket = true } = {}) {
   const clock = fakeClock();
   const listeners = new Map();
   const warnings = [];
   const reported = [];
   const EventSource = fakeEventSourceClass(clock);
   const XMLHttpRequest = fakeXhrClass(clock);
+  const WebSocket = fakeWebSocketClass(clock);
   const env = {
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
@@ -260,15 +346,21 @@ function fakeBrowser({ origin = 'http://site.example', random = () => 0.5, event
   if (eventSource) {
     env.EventSource = EventSource;
   }
+  if (webSocket) {
+    env.WebSocket = WebSocket;
+  }
   return {
     env,
     clock,
     EventSource,
     XMLHttpRequest,
+    WebSocket,
     warnings,
     reported,
     streams: EventSource.instances,
     polls: XMLHttpRequest.instances,
+    sockets: WebSocket.instances,
+    socket: () => WebSocket.instances[WebSocket.instances.length - 1],
     stream: () => EventSource.instances[EventSource.instances.length - 1],
     poll: () => XMLHttpRequest.instances[XMLHttpRequest.instances.length - 1],
     fire: (type, event = {}) => listeners.get(type)(event),
@@ -302,4 +394,4 @@ function clientHarness(options = {}, browser = {}) {
   return { ...b, client, seen, record, waitFor };
 }
 
-module.exports = { fakeClock, fakeEventSourceClass, fakeXhrClass, fakeBrowser, clientHarness };
+module.exports = { fakeClock, fakeEventSourceClass, fakeWebSocketClass, fakeXhrClass, fakeBrowser, clientHarness };
