@@ -11,9 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.curve import ServerFiles
+
 DEFAULT_INGRESS = "tcp://127.0.0.1:5560"
 DEFAULT_EVENTS = "tcp://127.0.0.1:5561"
 DEFAULT_CONTROL = "tcp://127.0.0.1:5562"
+# The largest body a message may have, by HTTP and by send_update; the broker
+# and edges derive the largest frame they take from it (`broker.sockets`).
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+DEFAULT_MAX_MESSAGES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +33,7 @@ class BrokerConfig:
     ingress: str = DEFAULT_INGRESS
     events: str = DEFAULT_EVENTS
     control: str = DEFAULT_CONTROL
-    max_messages: int = 100
+    max_messages: int = DEFAULT_MAX_MESSAGES
     min_messages: int = 0
     # Seconds a message is kept; 0 keeps it until `max_messages` pushes it out.
     message_timeout: float = 10.0
@@ -51,3 +57,9 @@ class BrokerConfig:
     # Seconds a publish's idempotency key is remembered, and how many keys at most.
     idempotency_window: float = 60.0
     idempotency_keys: int = 100_000
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # CURVE on every port, with allow-lists (`broker.curve`); None leaves the ports open.
+    curve: ServerFiles | None = None
+    # `host:port` of a Prometheus endpoint with the broker's refusals and dropped
+    # frames; None serves none.
+    metrics: str | None = None

@@ -13,6 +13,11 @@ again whenever it has grown to several times that size. A compacted file
 no longer names forgotten channels, but it keeps the sequencer's
 watermark: with the clock set back, a channel made again after a restart
 must still start after every id its forgotten self had.
+
+A message with an EventSource event name is an ``e`` record, an ``m``
+record with the name before the body: messages without one are written as
+they always were, so a file written before names existed loads unchanged,
+and the positional tail (publisher, number, key) stays unambiguous.
 """
 
 from __future__ import annotations
@@ -69,10 +74,16 @@ class History:
 
     def _apply(self, sequencer: Sequencer, publishers: Publishers, record: Any) -> None:
         kind = record[0]
-        if kind == "m":
-            _, channel_id, mid, prev, content_type, body, *sent_by = record
+        if kind in ("m", "e"):
+            if kind == "m":
+                _, channel_id, mid, prev, content_type, body, *sent_by = record
+                event = None
+            else:
+                _, channel_id, mid, prev, content_type, event, body, *sent_by = record
             message_id = MessageId(int(mid[0]), int(mid[1]))
-            sequencer.restore(Message(channel_id, message_id, _id(prev), None, content_type, body))
+            sequencer.restore(
+                Message(channel_id, message_id, _id(prev), None, content_type, body, event)
+            )
             if sent_by:
                 publishers.restore(sent_by[0], int(sent_by[1]))
             if len(sent_by) > 2 and self._keys is not None:
@@ -130,7 +141,15 @@ class History:
     def _message_record(
         message: Message, sent_by: tuple[bytes, int] | None = None, key: str | None = None
     ) -> bytes:
-        record = ("m", message.channel_id, message.id, message.prev, message.content_type)
+        record: tuple[Any, ...] = (
+            "m",
+            message.channel_id,
+            message.id,
+            message.prev,
+            message.content_type,
+        )
+        if message.event is not None:
+            record = ("e", *record[1:], message.event)
         # The publisher's number and the key travel in the same record as the
         # message, so no kill can keep one without the other. A key comes only
         # with a number (through the ingress), so its place is never ambiguous.

@@ -89,6 +89,7 @@ class Outbox:
         content_type: str | None,
         key: str | None = None,
         reply: bool = False,
+        event: str | None = None,
     ) -> bytes | None:
         """Number and keep a message; returns its frame when it is the one to write now,
         None when older ones wait to be written first (`due` hands it out after them).
@@ -96,7 +97,7 @@ class Outbox:
         Its number is `next_seq` as it was before the call."""
         seq = self.next_seq
         frame = self._pack(
-            channel_id, body, content_type, self.identity, seq, self.acked + 1, key, reply
+            channel_id, body, content_type, self.identity, seq, self.acked + 1, key, reply, event
         )
         self.unacked.append(frame)
         self.next_seq = seq + 1
@@ -166,7 +167,9 @@ class Outbox:
         # In place: a caller may hold the deque.
         self.unacked.clear()
         self.unacked.extend(
-            self._pack(p.channel_id, p.body, p.content_type, self.identity, seq, 0, p.key, p.reply)
+            self._pack(
+                p.channel_id, p.body, p.content_type, self.identity, seq, 0, p.key, p.reply, p.event
+            )
             for seq, p in enumerate(publishes)
         )
         self.next_seq = len(publishes)
@@ -187,4 +190,5 @@ class Outbox:
             publish.seq,
             publish.key,
             publish.reply,
+            publish.event,
         )

@@ -104,13 +104,15 @@ class Sequencer:
             return MessageId(second, 0)
         return MessageId(newest.time, newest.tag + 1)
 
-    def publish(self, channel_id: str, content_type: str | None, body: bytes) -> Message:
+    def publish(
+        self, channel_id: str, content_type: str | None, body: bytes, event: str | None = None
+    ) -> Message:
         """Sequence a message and keep it; returns it as edges must receive it."""
         channel = self._channels.get(channel_id) or self.create(channel_id)
         now = self._clock()
         channel.touched = now
         message = Message(
-            channel_id, self._next_id(channel, now), channel.last, None, content_type, body
+            channel_id, self._next_id(channel, now), channel.last, None, content_type, body, event
         )
         channel.last = message.id
         channel.messages.append(message)
@@ -121,7 +123,7 @@ class Sequencer:
         floor = channel.floor
         if floor is None:
             return message
-        return Message(channel_id, message.id, message.prev, floor, content_type, body)
+        return Message(channel_id, message.id, message.prev, floor, content_type, body, event)
 
     def restore(self, message: Message) -> None:
         """Keep a message sequenced by an earlier run, as it was (history replay)."""

@@ -29,12 +29,13 @@ from typing import cast
 import zmq
 import zmq.asyncio
 
-from broker import wire
+from broker import curve, wire
 from broker.config import BrokerConfig
 from broker.history import History
 from broker.idempotency import Keys
 from broker.inflight import InFlight
 from broker.memory import Trimmer
+from broker.metrics import MetricsServer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.sequencer import Channel, Sequencer
@@ -43,11 +44,14 @@ from broker.sockets import (
     backend_send,
     configure_heartbeats,
     drain,
+    limit_frames,
+    max_frame_size,
     readable,
     run_until,
     send_now,
     wake_readers,
 )
+from broker.throttled_log import ThrottledLog
 
 log = logging.getLogger("pushserver.broker")
 
@@ -69,6 +73,10 @@ STOP_DRAIN = 10 * INGRESS_BATCH
 # history's own bytes (a queue shares them rather than doubling them), and
 # count against `events_queue_bytes` (`broker.inflight`).
 LARGE_BODY = 16 * 1024
+# What the log tells of each kind of outsiders' doing (a refused connection, a
+# malformed frame, per port): this many lines per interval (seconds).
+LOG_LINES = 5
+LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,8 @@ class Endpoints:
     ingress: str
     events: str
     control: str
+    # The Prometheus endpoint's URL, when one is configured.
+    metrics: str | None = None
 
 
 class Broker:
@@ -83,6 +93,8 @@ class Broker:
         self.config = config
         self.epoch = uuid.uuid4().hex
         self.counters: Counter[str] = Counter()
+        # What outsiders send is told a few times a minute; the metrics count it all.
+        self._outsiders = ThrottledLog(log, LOG_LINES, LOG_INTERVAL)
         self.sequencer = Sequencer(
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
@@ -112,35 +124,74 @@ class Broker:
         self._events: zmq.asyncio.Socket | None = None
         self._events_shadow: zmq.Socket[bytes] | None = None
         self._control: zmq.asyncio.Socket | None = None
+        self._gatekeeper: curve.Gatekeeper | None = None
+        self._metrics: MetricsServer | None = None
 
     def bind(self) -> Endpoints:
         try:
             return self._bind()
-        except zmq.ZMQError:
+        except (zmq.ZMQError, OSError, curve.KeyFileError):
+            self._close_outside_loop()
             self._context.destroy(linger=0)
             raise
 
     def _bind(self) -> Endpoints:
+        config = self.config
+        keys = None
+        if config.curve is not None:
+            keys = curve.load_server_keys(config.curve)
+            # Before any socket binds: without a handler CURVE admits any client.
+            self._gatekeeper = curve.Gatekeeper(self._context, keys, self._refused)
+            self._gatekeeper.start()
         ingress = self._context.socket(zmq.ROUTER)
-        configure_heartbeats(ingress)
-        ingress.bind(self.config.ingress)
         events = self._context.socket(zmq.XPUB)
-        configure_heartbeats(events)
+        control = self._context.socket(zmq.ROUTER)
+        frame_limit = max_frame_size(config.max_message_size)
+        for port, sock in (
+            (curve.INGRESS, ingress),
+            (curve.EVENTS, events),
+            (curve.CONTROL, control),
+        ):
+            configure_heartbeats(sock)
+            sock.setsockopt(zmq.LINGER, 0)
+            # A frame over the limit costs its sender the connection, not the broker memory.
+            limit_frames(sock, frame_limit)
+            if keys is not None:
+                curve.apply_server(sock, keys, port)
         # Every subscription, repeated ones too, asks for a fresh sync marker.
         events.setsockopt(zmq.XPUB_VERBOSE, 1)
-        events.setsockopt(zmq.SNDHWM, self.config.events_sndhwm)
-        events.bind(self.config.events)
-        control = self._context.socket(zmq.ROUTER)
-        configure_heartbeats(control)
-        control.bind(self.config.control)
-        for sock in (ingress, events, control):
-            sock.setsockopt(zmq.LINGER, 0)
+        events.setsockopt(zmq.SNDHWM, config.events_sndhwm)
         self._ingress, self._events, self._control = ingress, events, control
+        ingress.bind(config.ingress)
+        events.bind(config.events)
+        control.bind(config.control)
         self._events_shadow = zmq.Socket.shadow(events.underlying)
+        if config.metrics is not None:
+            self._metrics = MetricsServer(config.metrics, self.counters)
         return Endpoints(
             ingress.getsockopt_string(zmq.LAST_ENDPOINT),
             events.getsockopt_string(zmq.LAST_ENDPOINT),
             control.getsockopt_string(zmq.LAST_ENDPOINT),
+            None if self._metrics is None else self._metrics.url,
+        )
+
+    def _close_outside_loop(self) -> None:
+        if self._gatekeeper is not None:
+            self._gatekeeper.stop()
+            self._gatekeeper = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def _refused(self, port: str, identity: str, why: str) -> None:
+        self.counters[port + "_refused"] += 1
+        self._outsiders.warning(
+            f"{port}_refused",
+            "refused a connection to the %s port (%d so far): %s, %s",
+            port,
+            self.counters[port + "_refused"],
+            identity,
+            why,
         )
 
     def stop(self) -> None:
@@ -178,19 +229,31 @@ class Broker:
             )
         # Ids of a previous run all precede this broker's first second.
         await asyncio.sleep(max(0.0, self.sequencer.first_time - time.time()))
+        tasks = [
+            self._drain_ingress(),
+            drain(self._events, self._on_subscription, self._stopping),
+            drain(self._control, self._on_request, self._stopping),
+            self._tick(),
+        ]
+        if self._gatekeeper is not None:
+            sockets = {
+                curve.INGRESS: self._ingress,
+                curve.EVENTS: self._events,
+                curve.CONTROL: self._control,
+            }
+            tasks.append(curve.watch_handshakes(sockets, self._refused))
         try:
-            await run_until(
-                self._stopping,
-                self._drain_ingress(),
-                drain(self._events, self._on_subscription, self._stopping),
-                drain(self._control, self._on_request, self._stopping),
-                self._tick(),
-            )
+            await run_until(self._stopping, *tasks)
             self._sequence_what_arrived()
             await asyncio.sleep(ACK_GRACE)
         finally:
             if self.history is not None:
                 self.history.close()
+            await curve.stop_gatekeeper(self._gatekeeper)
+            self._gatekeeper = None
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
             # A moment for the last messages to reach edges; no longer, so a
             # vanished edge cannot hold the broker's exit.
             self._context.destroy(linger=STOP_LINGER_MS)
@@ -236,8 +299,9 @@ class Broker:
         body: bytes,
         sent_by: tuple[bytes, int] | None = None,
         key: str | None = None,
+        event: str | None = None,
     ) -> wire.Message:
-        message = self.sequencer.publish(channel_id, content_type, body)
+        message = self.sequencer.publish(channel_id, content_type, body, event)
         if self.history is not None:
             # On disk before any edge can serve it.
             self.history.published(message, sent_by, key)
@@ -258,7 +322,8 @@ class Broker:
 
     def _drop(self, where: str, frames: list[bytes], error: Exception) -> None:
         self.counters[f"{where}_malformed"] += 1
-        log.warning(
+        self._outsiders.warning(
+            f"{where}_malformed",
             "dropped a malformed frame on %s (%d so far): %s",
             where,
             self.counters[f"{where}_malformed"],
@@ -354,7 +419,7 @@ class Broker:
                     self.history.numbered(publish.publisher, publish.seq)
                 return recorded.info or self._channel_info(channel_id)
         sent_by = (publish.publisher, publish.seq)
-        self._publish(channel_id, publish.content_type, publish.body, sent_by, key)
+        self._publish(channel_id, publish.content_type, publish.body, sent_by, key, publish.event)
         info = self._channel_info(channel_id)
         if key is not None:
             self.keys.record(channel_id, key, info)
@@ -462,7 +527,9 @@ class Broker:
         sequencer = self.sequencer
         channel_id = request.channel_id
         if request.kind == wire.PUBLISH:
-            message = self._publish(channel_id, request.content_type, request.body)
+            message = self._publish(
+                channel_id, request.content_type, request.body, event=request.event
+            )
             info = self._info(sequencer.get(channel_id))
             return wire.Reply(request.request_id, True, info, None, message.id)
         if request.kind == wire.SNAPSHOT:

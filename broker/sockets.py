@@ -33,6 +33,33 @@ HEARTBEAT_TIMEOUT_MS = 3000
 # How long a drain waits before checking whether it should stop.
 POLL_MS = 200
 
+# What one frame may carry beyond a message's body: its channel id (1 KiB), content
+# type (1 KiB of Latin-1, twice that in UTF-8), idempotency key, ids and msgpack's
+# framing, with room to spare. An edge's presence reports are cut to fit half of it.
+FRAME_SLACK = 64 * 1024
+# What each message held adds to the header frame of a snapshot, at most: two ids
+# and a content type.
+SNAPSHOT_ENTRY_BYTES = 2 * 1024 + 64
+
+
+def max_frame_size(max_message_size: int) -> int:
+    """The largest frame a peer may send to a broker or edge socket (ZMQ_MAXMSGSIZE).
+
+    A peer whose frame is larger is disconnected by libzmq before the frame is
+    held in memory; its socket connects again, without that frame.
+    """
+    return max_message_size + FRAME_SLACK
+
+
+def max_reply_frame_size(max_message_size: int, max_messages: int) -> int:
+    """The largest frame the broker's control socket sends an edge: a snapshot's
+    header lists every message the channel holds."""
+    return max_frame_size(max_message_size) + max_messages * SNAPSHOT_ENTRY_BYTES
+
+
+def limit_frames(sock: zmq.Socket[bytes] | zmq.asyncio.Socket, size: int) -> None:
+    sock.setsockopt(zmq.MAXMSGSIZE, size)
+
 
 def configure_heartbeats(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)

@@ -8,6 +8,7 @@ Three socket pairs carry it:
 
 * ingress, DEALER -> ROUTER: one frame per publish, a msgpack array
   ``[version, publisher, seq, channel_id, content_type, body, base, key, reply]``
+  (and a tenth field, the event name, only when the publisher named one)
   naming its publisher, that publisher's sequence number and its oldest
   unacknowledged one, an idempotency key (or nil) and whether the
   publisher wants the message's own answer; the broker answers with
@@ -101,6 +102,31 @@ def content_type_problem(content_type: str) -> str | None:
         return f"content type is longer than {MAX_CONTENT_TYPE_CHARS} characters"
     if _HEADER_VALUE.fullmatch(content_type) is None:
         return f"content type {_shown.repr(content_type)} is not a header value"
+    return None
+
+
+# An event name, as EventSource's `event:` line and Nchan's X-EventSource-Event
+# header carry it: short, and nothing a line break or a header could be forged with.
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# Event names the edges send themselves: a client seeing one of them must know the
+# edge, not a publisher, sent it. `message` is what EventSource dispatches an
+# unnamed event as (a publisher naming it would be indistinguishable from none),
+# `open` and `error` are the EventSource object's own events.
+MISSED_EVENT = "pushserver-missed"
+DELETED_EVENT = "pushserver-deleted"
+RESERVED_EVENT_NAMES = frozenset({MISSED_EVENT, DELETED_EVENT, "message", "open", "error"})
+
+
+def event_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an event, or None when it can.
+
+    >>> event_name_problem("price-update") is None
+    True
+    """
+    if EVENT_NAME.fullmatch(name) is None:
+        return f"event name {_shown.repr(name)} is not 1 to 64 of A-Z a-z 0-9 _ . : -"
+    if name in RESERVED_EVENT_NAMES:
+        return f"event name {name!r} is reserved"
     return None
 
 
@@ -220,6 +246,8 @@ class Publish(NamedTuple):
     # The publisher waits on this message's own answer (`Published`), as an
     # HTTP publish does for its status and channel info.
     reply: bool = False
+    # The EventSource event name the publisher gave it (`event_name_problem`), or None.
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,10 +308,13 @@ class PublishPacker:
         base: int,
         key: str | None = None,
         reply: bool = False,
+        event: str | None = None,
     ) -> bytes:
-        packed: bytes = self._pack(
-            [VERSION, publisher, seq, channel_id, content_type, body, base, key, reply]
-        )
+        fields = [VERSION, publisher, seq, channel_id, content_type, body, base, key, reply]
+        if event is not None:
+            # Only then: a message without a name is the nine fields it always was.
+            fields.append(event)
+        packed: bytes = self._pack(fields)
         return packed
 
 
@@ -298,9 +329,15 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
         fields = msgpack.unpackb(_bytes(frames[0]), raw=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError(f"publish is not msgpack: {exc}") from None
-    if not isinstance(fields, list) or len(fields) != 9:
-        raise WireError("publish is not an array of 9 fields")
-    version, publisher, seq, channel_id, content_type, body, base, key, reply = fields
+    if not isinstance(fields, list) or not 9 <= len(fields) <= 10:
+        raise WireError("publish is not an array of 9 or 10 fields")
+    version, publisher, seq, channel_id, content_type, body, base, key, reply = fields[:9]
+    event = None
+    if len(fields) == 10:
+        event = fields[9]
+        if event is None:
+            raise WireError("publish has a tenth field, the event name, that is nil")
+        _event(event)
     if version != VERSION:
         raise WireError(f"wire version {_shown.repr(version)}, expected {VERSION}")
     if not isinstance(publisher, bytes) or not publisher:
@@ -327,7 +364,7 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
             raise WireError(problem)
     if not isinstance(reply, bool):
         raise WireError(f"publish reply flag {_shown.repr(reply)} is not true or false")
-    return Publish(channel_id, content_type, body, publisher, seq, base, key, reply)
+    return Publish(channel_id, content_type, body, publisher, seq, base, key, reply, event)
 
 
 def encode_ack(ack: Ack) -> list[bytes]:
@@ -399,7 +436,8 @@ class Message(NamedTuple):
 
     `prev` is the id of the channel's message before this one (None for the
     first the broker knows); `floor` is the newest id the broker has dropped
-    from the channel's history, so an edge drops the same messages.
+    from the channel's history, so an edge drops the same messages; `event`
+    is the EventSource event name its publisher gave it, or None.
 
     A tuple, like `Publish`: the broker makes one per message.
     """
@@ -410,6 +448,7 @@ class Message(NamedTuple):
     floor: MessageId | None
     content_type: str | None
     body: bytes
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +483,8 @@ def encode_message(message: Message) -> list[bytes]:
         "floor": message.floor,
         "t": message.content_type,
     }
+    if message.event is not None:
+        header["e"] = message.event
     return [topic(message.channel_id), _pack(header), message.body]
 
 
@@ -483,6 +524,7 @@ def decode_event(frames: Sequence[bytes]) -> Event:
             _optional_id(header.get("floor")),
             _content_type(header.get("t")),
             _bytes(frames[2]),
+            _optional_event(header.get("e")),
         )
     if kind == "s":
         return Sync(channel_id, bool(header.get("exists")), _optional_id(header.get("last")))
@@ -545,6 +587,8 @@ class Request:
     content_type: str | None = None
     body: bytes = b""
     create: bool = False
+    # A publish's EventSource event name, or None.
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +622,8 @@ def encode_request(request: Request) -> list[bytes]:
         "create": request.create,
     }
     if request.kind == PUBLISH:
+        if request.event is not None:
+            header["e"] = request.event
         return [_pack(header), request.body]
     return [_pack(header)]
 
@@ -626,6 +672,7 @@ def decode_request(frames: Sequence[bytes]) -> Request | Presence:
         _content_type(header.get("t")),
         _bytes(frames[1]) if kind == PUBLISH else b"",
         bool(header.get("create")),
+        _optional_event(header.get("e")) if kind == PUBLISH else None,
     )
 
 
@@ -655,7 +702,13 @@ def encode_reply(reply: Reply) -> list[bytes]:
                 snapshot.limits.min_messages,
                 snapshot.limits.message_timeout,
             ],
-            "ids": [(m.id, m.prev, m.content_type) for m in snapshot.messages],
+            # A fourth entry only for a message with an event name.
+            "ids": [
+                (m.id, m.prev, m.content_type)
+                if m.event is None
+                else (m.id, m.prev, m.content_type, m.event)
+                for m in snapshot.messages
+            ],
         }
         bodies = [m.body for m in snapshot.messages]
     return [_pack(header), *bodies]
@@ -692,6 +745,34 @@ def _content_type(value: Any) -> str | None:
     return value
 
 
+def _event(value: Any) -> str:
+    if not isinstance(value, str):
+        raise WireError(f"event name is {type(value).__name__}, expected str")
+    problem = event_name_problem(value)
+    if problem:
+        raise WireError(problem)
+    return value
+
+
+def _optional_event(value: Any) -> str | None:
+    return None if value is None else _event(value)
+
+
+def _snapshot_message(channel_id: str, floor: MessageId | None, entry: Any, body: bytes) -> Message:
+    if type(entry) not in (list, tuple) or not 3 <= len(entry) <= 4:
+        raise WireError(f"snapshot entry {_shown.repr(entry)} is not [id, prev, type(, event)]")
+    event = _event(entry[3]) if len(entry) == 4 else None
+    return Message(
+        channel_id,
+        _id(entry[0]),
+        _optional_id(entry[1]),
+        floor,
+        _content_type(entry[2]),
+        _bytes(body),
+        event,
+    )
+
+
 def _decode_snapshot(value: Any, bodies: Sequence[bytes]) -> Snapshot:
     if not isinstance(value, dict):
         raise WireError("snapshot is not a map")
@@ -705,10 +786,8 @@ def _decode_snapshot(value: Any, bodies: Sequence[bytes]) -> Snapshot:
             raise WireError(f"snapshot lists {len(entries)} messages but carries {len(bodies)}")
         floor = _optional_id(value["floor"])
         messages = tuple(
-            Message(
-                channel_id, _id(mid), _optional_id(prev), floor, _content_type(ctype), _bytes(body)
-            )
-            for (mid, prev, ctype), body in zip(entries, bodies, strict=True)
+            _snapshot_message(channel_id, floor, entry, body)
+            for entry, body in zip(entries, bodies, strict=True)
         )
         return Snapshot(
             channel_id,

@@ -1,5 +1,10 @@
 """Builds what serves the edge's HTTP port: the subscriber and publisher locations' own
-fast paths, and a Tornado application for the rest (metrics, the WSGI fallback)."""
+fast paths, and a Tornado application for the rest (metrics, the WSGI fallback).
+
+Every request is routed by its canonical path only (`edge.paths`): one a
+balancer in front could read as naming another location is refused with
+400 before any location sees it.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,19 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import tornado.httputil
 import tornado.web
 
-from edge.access import TrustedCallers
+from edge.access import Proxies, TrustedCallers
 from edge.bridge import request_log
 from edge.config import EdgeConfig
+from edge.connection import Connection, Request, Responder
 from edge.feed import Feed
 from edge.handlers import PushHandler
 from edge.ingress import Ingress
 from edge.metrics import MetricsHandler, registry_for
 from edge.passthrough import Passthrough
+from edge.paths import outside_group_problem, path_problem
 from edge.publisher import Publishers
 from edge.subscriber import EdgeRouter, Subscribers
 from edge.wsgi import WSGIApp, WSGIFallback
@@ -29,6 +37,22 @@ class NotFoundHandler(PushHandler):
         self.refuse(404, "no push location here")
 
 
+class CanonicalRouter(EdgeRouter):
+    """Routes only requests whose path is in the one form the edge and a balancer read
+    alike; the rest get 400 with the reason (counted as malformed, logged at a bounded rate)."""
+
+    def __call__(self, connection: Connection, request: Request) -> Responder:
+        path = request.path
+        problem = path_problem(path)
+        if problem is None and "%" in path:
+            found = self.subscribers.match(path) or self.publishers.match(path)
+            if found is not None:
+                problem = outside_group_problem(path, found[1])
+        if problem is not None:
+            raise tornado.httputil.HTTPInputError(problem)
+        return super().__call__(connection, request)
+
+
 def build_router(
     config: EdgeConfig,
     feed: Feed,
@@ -39,8 +63,11 @@ def build_router(
     wsgi_app: WSGIApp | None = None,
 ) -> EdgeRouter:
     responses: Counter[str] = Counter()
-    registry = registry_for(responses, feed, passthrough, connections, connection_events)
-    callers = TrustedCallers(config.metrics_allow_from, None)
+    subscribers = Subscribers(config, feed, passthrough, responses)
+    registry = registry_for(
+        responses, feed, passthrough, connections, connection_events, subscribers
+    )
+    callers = TrustedCallers(config.metrics_allow_from, None, Proxies(config.forwarded_allow_ips))
     rules: list[Any] = [
         (config.metrics_url, MetricsHandler, {"registry": registry, "callers": callers})
     ]
@@ -53,6 +80,5 @@ def build_router(
         compress_response=False,
         log_function=request_log(),
     )
-    subscribers = Subscribers(config, feed, passthrough, responses)
     publishers = Publishers(config, feed, ingress, subscribers.date)
-    return EdgeRouter(application, subscribers, publishers)
+    return CanonicalRouter(application, subscribers, publishers)

@@ -1,10 +1,18 @@
-"""A channel's messages as this edge holds them, and the polls waiting on it.
+"""A channel's messages as this edge holds them, and the subscribers waiting on it.
 
 The buffer mirrors the broker's history of one channel: live messages are
 appended when their `prev` is the newest id held, anything else is a gap
-that the feed repairs from a snapshot. Each message's response headers are
-rendered once, when it arrives, and shared by every poll that receives it.
-Not thread-safe: everything here runs on the edge's event loop.
+that the feed repairs from a snapshot. Each new message is handed to the
+buffer's subscribers through one small interface, `Subscriber`: a waiting
+poll (`Waiter`) takes one and leaves, a stream (`edge.stream`) stays. The
+buffer tells its presence callback whenever who waits on it changes, so
+whoever reports presence never reads the buffer's insides.
+
+What a transport renders of a message (a poll's head, a stream's event)
+is rendered once and kept on the `Held` beside the message, shared by
+every subscriber that receives it; the transports fill those slots, so
+this model knows nothing of HTTP. Not thread-safe: everything here runs
+on the edge's event loop.
 """
 
 from __future__ import annotations
@@ -13,52 +21,52 @@ import bisect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from broker.wire import Limits, Message, MessageId, Snapshot, content_type_problem
-from edge.connection import render_head
-from edge.protocol import (
-    CACHE_CONTROL,
-    ETAG,
-    LAST_MODIFIED,
-    VARY,
-    VARY_VALUE,
-    cache_control,
-    http_date,
-)
+from broker.wire import Limits, Message, MessageId, Snapshot
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class Held:
-    """A message with the head of the 200 that delivers it, rendered once.
+    """A message as the edge holds it, with what transports rendered of it, once.
 
-    `head` is the status line and every header that depends on the message
-    alone (validators, Content-Type, Content-Length); a response adds the
-    lines that depend on the request (CORS, Date, Connection) and the body.
+    `head` is the status line and headers of the poll's 200 that delivers
+    it (`edge.subscriber`), `head_no_store` the same for a poll whose cursor
+    was in its URL; `event` is the whole event of a one-channel stream and
+    `event_body` what follows the `id:` line on any stream (`edge.stream`).
+    Each is None until a subscriber first needs it.
     """
 
     message: Message
-    head: bytes
-
-    @classmethod
-    def of(cls, message: Message) -> Held:
-        tag = message.id.tag
-        headers = [
-            (LAST_MODIFIED, http_date(message.id.time)),
-            (ETAG, str(tag)),
-            (CACHE_CONTROL, cache_control(tag)),
-            (VARY, VARY_VALUE),
-        ]
-        content_type = message.content_type
-        # The wire refuses one a header cannot carry; should one get here anyway, the
-        # message goes out without it rather than with a forged or broken head.
-        if content_type is not None and content_type_problem(content_type) is None:
-            headers.append(("Content-Type", content_type))
-        headers.append(("Content-Length", str(len(message.body))))
-        return cls(message, render_head(200, headers))
+    head: bytes | None = None
+    head_no_store: bytes | None = None
+    event: bytes | None = None
+    event_body: bytes | None = None
 
     @property
     def id(self) -> MessageId:
         return self.message.id
+
+
+class Subscriber(Protocol):
+    """What a channel buffer hands its messages to: a waiting poll, a stream, a WebSocket.
+
+    `cursor` is the newest message it has; the buffer offers it the first
+    held message after that one.
+    """
+
+    @property
+    def cursor(self) -> MessageId | None: ...
+
+    def offer(self, held: Held, missed: bool) -> bool:
+        """A message after the cursor (`missed`: some between were dropped); False when the
+        subscriber wants no more, and the buffer forgets it."""
+
+    def deleted(self) -> None:
+        """The channel was deleted; the buffer has forgotten the subscriber."""
+
+    def release(self) -> None:
+        """The edge is stopping: end now."""
 
 
 # Called with the message a waiting poll receives and whether messages
@@ -69,14 +77,27 @@ Deliver = Callable[[Held | None, bool], None]
 
 @dataclass(eq=False, slots=True)
 class Waiter:
+    """A poll waiting for one message: the first after its cursor."""
+
     cursor: MessageId | None
     deliver: Deliver
     # Answers the poll with 304 at once: the edge is shutting down.
     release: Callable[[], None]
 
+    def offer(self, held: Held, missed: bool) -> bool:
+        self.deliver(held, missed)
+        return False
+
+    def deleted(self) -> None:
+        self.deliver(None, False)
+
 
 def _held_id(held: Held) -> MessageId:
     return held.message.id
+
+
+def _no_presence(buffer: ChannelBuffer) -> None:
+    return None
 
 
 @dataclass(eq=False, slots=True)
@@ -92,9 +113,12 @@ class ChannelBuffer:
     # A snapshot is on its way: live messages wait in `pending` meanwhile.
     refilling: bool = False
     pending: list[Message] = field(default_factory=list)
-    waiters: set[Waiter] = field(default_factory=set)
+    # Who waits on the channel: held polls, open streams.
+    waiters: set[Subscriber] = field(default_factory=set)
     requested: float = 0.0
     idle_since: float = field(default_factory=time.monotonic)
+    # Told whenever who waits here, or when the channel was last asked for, changed.
+    presence: Callable[[ChannelBuffer], None] = _no_presence
 
     def find(self, cursor: MessageId | None) -> tuple[Held | None, bool]:
         """The message a poll at `cursor` receives, and whether it missed some."""
@@ -156,7 +180,7 @@ class ChannelBuffer:
         self.last = message.id
         if message.floor is not None:
             self._drop_through(message.floor)
-        self.held.append(Held.of(message))
+        self.held.append(Held(message))
         self._trim()
         self.wake()
         return True
@@ -172,7 +196,7 @@ class ChannelBuffer:
             merged = {held.id: held for held in self.held}
             for message in snapshot.messages:
                 if message.id not in merged:
-                    merged[message.id] = Held.of(message)
+                    merged[message.id] = Held(message)
             self.held = [merged[key] for key in sorted(merged)]
             self.last = snapshot.last
             if snapshot.floor is not None:
@@ -186,38 +210,67 @@ class ChannelBuffer:
         return complete
 
     def delete(self) -> None:
-        """The channel was deleted: every waiting poll is told so."""
+        """The channel was deleted: every subscriber is told so."""
         self.held.clear()
         self.pending.clear()
         self.last = self.floor = None
         self.exists = False
         waiters, self.waiters = self.waiters, set()
         for waiter in waiters:
-            waiter.deliver(None, False)
+            waiter.deleted()
         self.idle_since = time.monotonic()
+        self.presence(self)
 
-    def wait(self, waiter: Waiter) -> None:
+    @property
+    def subscribers(self) -> int:
+        """How many wait on the channel now (its presence)."""
+        return len(self.waiters)
+
+    def release_all(self) -> int:
+        """The edge is stopping: every subscriber ends now; returns how many there were."""
+        waiters = list(self.waiters)
+        for waiter in waiters:
+            waiter.release()
+        return len(waiters)
+
+    def asked(self) -> None:
+        """A subscriber asked for the channel just now."""
+        self.requested = time.time()
+        self.presence(self)
+
+    def wait(self, waiter: Subscriber) -> None:
         self.waiters.add(waiter)
+        self.presence(self)
 
-    def forget(self, waiter: Waiter) -> None:
+    def forget(self, waiter: Subscriber) -> None:
+        if waiter not in self.waiters:
+            return
         self.waiters.discard(waiter)
         if not self.waiters:
             self.idle_since = time.monotonic()
+        self.presence(self)
 
     def wake(self) -> None:
         if not self.waiters or not self.held:
             return
+        # Subscribers at one cursor (most of them, on a busy channel) share one look-up,
+        # and so one Held and what was rendered of it.
         answers: dict[MessageId | None, tuple[Held | None, bool]] = {}
-        woken: list[tuple[Waiter, Held, bool]] = []
+        woken: list[tuple[Subscriber, Held, bool]] = []
         for waiter in self.waiters:
-            answer = answers.get(waiter.cursor)
+            cursor = waiter.cursor
+            answer = answers.get(cursor)
             if answer is None:
-                answer = answers[waiter.cursor] = self.find(waiter.cursor)
+                answer = answers[cursor] = self.find(cursor)
             held, missed = answer
             if held is not None:
                 woken.append((waiter, held, missed))
+        left = False
         for waiter, held, missed in woken:
-            self.waiters.discard(waiter)
-            waiter.deliver(held, missed)
-        if not self.waiters:
-            self.idle_since = time.monotonic()
+            if waiter in self.waiters and not waiter.offer(held, missed):
+                self.waiters.discard(waiter)
+                left = True
+        if left:
+            if not self.waiters:
+                self.idle_since = time.monotonic()
+            self.presence(self)

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.config import DEFAULT_CONTROL, DEFAULT_EVENTS, DEFAULT_INGRESS
+from broker.config import (
+    DEFAULT_CONTROL,
+    DEFAULT_EVENTS,
+    DEFAULT_INGRESS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_MESSAGES,
+)
+from broker.curve import ClientFiles
 
 LONG_POLL = "long"
 INTERVAL_POLL = "interval"
@@ -38,6 +45,17 @@ class SubscriberLocation:
     # Hold a poll only with a token (`edge.signing`) for its channel in the
     # query string, checked here without Django.
     signed: bool = False
+    # EventSource streams (`edge.stream`): seconds between comment lines that keep
+    # an idle stream from a balancer's read timeout (60 s in ops/), well under it.
+    stream_keepalive: float = 15.0
+    # The reconnection delay a stream tells EventSource (`retry:`, milliseconds),
+    # jittered per stream so the browsers of a dead edge do not return in step.
+    stream_retry: int = 3000
+    # Bytes of a stream's output its client has not taken, above which the stream
+    # is closed rather than queued further: the client resumes from its last id.
+    stream_buffer: int = 1024 * 1024
+    # Channels one stream may carry (`/updates/a,b,c`).
+    stream_max_channels: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +84,10 @@ class EdgeConfig:
     # Seconds a long-poll is held before 304; below common load-balancer
     # idle timeouts (nginx 60 s, many cloud balancers 30 s and up).
     long_poll_timeout: float = 25.0
-    max_message_size: int = 4 * 1024 * 1024
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # The messages a channel holds on the broker (its store's `max_messages`): a
+    # snapshot lists them all in one frame, which bounds what the edge takes.
+    max_messages: int = DEFAULT_MAX_MESSAGES
     # HTTP publishes the broker has not acknowledged yet, at most; beyond
     # it a publish is answered 503 at once.
     send_queue_size: int = 10_000
@@ -93,11 +114,15 @@ class EdgeConfig:
     # Passthrough calls in flight at once; beyond it calls are dropped and counted.
     passthrough_concurrency: int = 64
     # Peers whose X-Forwarded-*, Forwarded and X-Real-IP headers the passthrough
-    # passes on to Django; from anyone else the edge writes its own. Loopback:
-    # the balancer configs in ops/ run on the edge's host and overwrite them.
+    # passes on to Django, and behind which the publisher location and the
+    # metrics judge the client address reported; from anyone else the edge
+    # writes its own. Loopback: the balancer configs in ops/ run on the edge's
+    # host and overwrite them.
     forwarded_allow_ips: tuple[str, ...] = LOOPBACK
     # Secrets that verify signed channel URLs; the first is the one Django signs with.
     signed_url_secrets: tuple[str, ...] = ()
     # Prometheus metrics, shown to callers from `metrics_allow_from` only.
     metrics_url: str = "/pushserver/metrics"
     metrics_allow_from: tuple[str, ...] = LOOPBACK
+    # CURVE on the links to the broker (`broker.curve`); None connects without it.
+    curve: ClientFiles | None = None

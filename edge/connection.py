@@ -17,7 +17,12 @@ location's own, or the bridge to Tornado's application for everything else.
 A responder writes with `send` and ends its answer with `finish`; the next
 request is then taken by the loop in `_next`, never by `finish` itself,
 since a responder usually answers inside `complete` and a call chain per
-pipelined request ends in RecursionError.
+pipelined request ends in RecursionError. A responder may also keep
+writing for as long as the connection lives (an EventSource stream): it
+watches `writable` and `unsent`, waits on `drained`, and ends with
+`finish(keep_alive=False)`, or `drop` to discard what its client has not
+taken. The connection knows nothing of what it carries: routing is the
+router's, counting by status is the counter it is given.
 
 Flow control, the trap of a server that answers without waiting: a client
 that pipelines and reads nothing would otherwise have every answer queued
@@ -493,6 +498,23 @@ class Connection(asyncio.Protocol):
             if self.active is not None:
                 self.active.sent = True
             transport.write(data)
+
+    @property
+    def writable(self) -> bool:
+        """Whether the client takes what is written (the output is under its high-water mark)."""
+        return not self._write_paused
+
+    def unsent(self) -> int:
+        """Bytes written that the client has not taken yet."""
+        transport = self.transport
+        return 0 if transport is None or self.closing else transport.get_write_buffer_size()
+
+    def drop(self) -> None:
+        """Close at once, discarding what the client has not taken (a reader too slow to keep)."""
+        self.closing = True
+        self.waiting.clear()
+        if self.transport is not None:
+            self.transport.abort()
 
     def drained(self) -> asyncio.Future[None]:
         """Done when the client has taken what was sent (flow control for big answers)."""

@@ -26,9 +26,19 @@ from collections import Counter
 import zmq
 import zmq.asyncio
 
-from broker import wire
+from broker import curve, wire
 from broker.memory import Trimmer
-from broker.sockets import configure_heartbeats, drain, run_until, send_now, wake_readers
+from broker.sockets import (
+    FRAME_SLACK,
+    configure_heartbeats,
+    drain,
+    limit_frames,
+    max_frame_size,
+    max_reply_frame_size,
+    run_until,
+    send_now,
+    wake_readers,
+)
 from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig
 
@@ -40,6 +50,11 @@ RESUBSCRIBE_AFTER = 1.0
 SWEEP_INTERVAL = 1.0
 # Presence reports to the broker, at most this often (seconds) while counts keep changing.
 PRESENCE_INTERVAL = 0.02
+# Bytes of channel ids in one presence report at most, so that a report on many
+# channels fits the broker's frame limit (`broker.sockets.FRAME_SLACK`).
+PRESENCE_BYTES = FRAME_SLACK // 2
+# What a presence entry costs beyond its channel id: msgpack's headers, two numbers.
+PRESENCE_ENTRY_BYTES = 24
 
 
 class BrokerUnavailable(Exception):
@@ -75,9 +90,15 @@ class Feed:
         events.setsockopt(zmq.RCVHWM, config.events_rcvhwm)
         events.setsockopt(zmq.LINGER, 0)
         events.subscribe(wire.HEARTBEAT_TOPIC)
+        limit_frames(events, max_frame_size(config.max_message_size))
         control = self._context.socket(zmq.DEALER)
         configure_heartbeats(control)
         control.setsockopt(zmq.LINGER, 0)
+        limit_frames(control, max_reply_frame_size(config.max_message_size, config.max_messages))
+        if config.curve is not None:
+            keys = curve.load_client_keys(config.curve)
+            curve.apply_client(events, keys)
+            curve.apply_client(control, keys)
         self._events = events
         self._control = control
 
@@ -110,7 +131,7 @@ class Feed:
         """
         buffer = self.buffers.get(channel_id)
         if buffer is None:
-            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id)
+            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id, presence=self.touch)
             self._peak = max(self._peak, len(self.buffers))
             self._subscribe(channel_id)
         if not buffer.ready:
@@ -190,17 +211,34 @@ class Feed:
         for channel_id in dirty:
             buffer = self.buffers.get(channel_id)
             if buffer is not None:
-                counts[channel_id] = (len(buffer.waiters), buffer.requested)
+                counts[channel_id] = (buffer.subscribers, buffer.requested)
         if counts:
-            send_now(self._control, wire.encode_presence(wire.Presence(counts)))
+            self._send_presence(counts, full=False)
 
     def _report_all(self) -> None:
         counts = {
-            channel_id: (len(buffer.waiters), buffer.requested)
+            channel_id: (buffer.subscribers, buffer.requested)
             for channel_id, buffer in self.buffers.items()
-            if buffer.waiters
+            if buffer.subscribers
         }
-        send_now(self._control, wire.encode_presence(wire.Presence(counts, full=True)))
+        self._send_presence(counts, full=True)
+
+    def _send_presence(self, counts: dict[str, tuple[int, float]], full: bool) -> None:
+        """Report `counts` in frames of at most `PRESENCE_BYTES` of channel ids each; a full
+        report's first frame says it is full, and the frames after it add to it."""
+        chunk: dict[str, tuple[int, float]] = {}
+        size = 0
+        for channel_id, figures in counts.items():
+            # isascii() is a flag lookup: most ids need no encoding to be measured.
+            length = len(channel_id) if channel_id.isascii() else len(channel_id.encode())
+            cost = length + PRESENCE_ENTRY_BYTES
+            if chunk and size + cost > PRESENCE_BYTES:
+                send_now(self._control, wire.encode_presence(wire.Presence(chunk, full)))
+                chunk, size, full = {}, 0, False
+            chunk[channel_id] = figures
+            size += cost
+        if chunk or full:
+            send_now(self._control, wire.encode_presence(wire.Presence(chunk, full)))
 
     # -- topics ----------------------------------------------------------------
 
@@ -238,7 +276,7 @@ class Feed:
                 # and no first sync awaited, for longer than the linger.
                 linger = self.config.topic_linger
                 idle = (
-                    not buffer.waiters
+                    not buffer.subscribers
                     and channel_id not in self._synced
                     and now - buffer.idle_since > linger
                     and wall_clock - buffer.requested > linger
@@ -346,7 +384,7 @@ class Feed:
         channel_id = buffer.channel_id
         while self.buffers.get(channel_id) is buffer and not self._stopping.is_set():
             # A channel that has held polls exists for them: keep it so.
-            request = wire.Request(wire.SNAPSHOT, 0, channel_id, create=bool(buffer.waiters))
+            request = wire.Request(wire.SNAPSHOT, 0, channel_id, create=bool(buffer.subscribers))
             try:
                 reply = await self.request(request)
             except BrokerUnavailable:

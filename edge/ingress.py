@@ -37,9 +37,16 @@ from typing import cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from broker import wire
+from broker import curve, wire
 from broker.outbox import Outbox
-from broker.sockets import backend_recv, configure_heartbeats, readable, send_plain
+from broker.sockets import (
+    backend_recv,
+    configure_heartbeats,
+    limit_frames,
+    max_frame_size,
+    readable,
+    send_plain,
+)
 from edge.config import EdgeConfig
 
 log = logging.getLogger("pushserver.edge")
@@ -72,6 +79,9 @@ class Ingress:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
         configure_heartbeats(sock)
+        limit_frames(sock, max_frame_size(config.max_message_size))
+        if config.curve is not None:
+            curve.apply_client(sock, curve.load_client_keys(config.curve))
         self._socket = sock
         self._send = functools.partial(send_plain, sock)
         self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
@@ -126,6 +136,7 @@ class Ingress:
         content_type: str | None,
         key: str | None,
         answer: Answer,
+        event: str | None = None,
     ) -> bool:
         """Hand a message to the broker; `answer` hears how it went. False (and no
         answer) when the edge holds `send_queue_size` unacknowledged publishes."""
@@ -136,7 +147,7 @@ class Ingress:
         if not self.connected:
             self._watch()  # a new connection must be seen before anything is written on it
         seq = outbox.next_seq
-        frame = outbox.append(channel_id, body, content_type, key, reply=True)
+        frame = outbox.append(channel_id, body, content_type, key, reply=True, event=event)
         self._waiting[seq] = answer
         self._deadlines.append((loop.time() + self.config.broker_timeout, seq))
         if self._timer is None:

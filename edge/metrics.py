@@ -19,6 +19,7 @@ from edge.access import TrustedCallers
 from edge.feed import Feed
 from edge.handlers import PushHandler
 from edge.passthrough import Passthrough
+from edge.subscriber import Subscribers
 
 
 class EdgeCollector(Collector):
@@ -29,8 +30,10 @@ class EdgeCollector(Collector):
         passthrough: Passthrough,
         connections: Callable[[], int],
         connection_events: Counter[str],
+        subscribers: Subscribers,
     ) -> None:
         self.requests = requests
+        self.subscribers = subscribers
         self.feed = feed
         self.passthrough = passthrough
         self.connections = connections
@@ -73,11 +76,24 @@ class EdgeCollector(Collector):
             calls.add_metric([outcome.removeprefix("passthrough_")], count)
         yield calls
         buffers = self.feed.buffers.values()
+        subscribers = self.subscribers
         yield GaugeMetricFamily(
-            "pushserver_edge_held_polls",
-            "Long-polls held now.",
-            value=sum(len(buffer.waiters) for buffer in buffers),
+            "pushserver_edge_held_polls", "Long-polls held now.", value=subscribers.held_polls
         )
+        streams = subscribers.streams
+        yield GaugeMetricFamily(
+            "pushserver_edge_streams", "EventSource streams open now.", value=len(streams.open)
+        )
+        closed = CounterMetricFamily(
+            "pushserver_edge_streams_closed",
+            "EventSource streams ended, by reason: the client left (client), its channel was "
+            "deleted (deleted), its reader fell stream_buffer behind (slow), the edge stopped "
+            "(stopping).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(streams.closed.items()):
+            closed.add_metric([reason], count)
+        yield closed
         yield GaugeMetricFamily(
             "pushserver_edge_channels", "Channels this edge follows.", value=len(buffers)
         )
@@ -102,9 +118,12 @@ def registry_for(
     passthrough: Passthrough,
     connections: Callable[[], int],
     connection_events: Counter[str],
+    subscribers: Subscribers,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EdgeCollector(requests, feed, passthrough, connections, connection_events))
+    registry.register(
+        EdgeCollector(requests, feed, passthrough, connections, connection_events, subscribers)
+    )
     return registry
 
 

@@ -27,6 +27,8 @@ X_REQUESTED_WITH = "X-Requested-With"
 PUSH_SECRET = "X-Push-Secret"
 # Names one publish: a retry with the same key is answered as the first was.
 IDEMPOTENCY_KEY = "Idempotency-Key"
+# Names a publish's EventSource event (Nchan's header); polls do not carry it.
+EVENTSOURCE_EVENT = "X-EventSource-Event"
 
 VARY_VALUE = f"{IF_NONE_MATCH}, {IF_MODIFIED_SINCE}"
 SUBSCRIBER_METHODS = ("GET", "OPTIONS")

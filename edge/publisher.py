@@ -8,7 +8,8 @@ do, and is answered when the broker answers it with the channel's info:
 201 when a subscriber was held anywhere in the cluster, else 202. PUT,
 GET and DELETE are rare and ask over the control socket (`Feed.request`).
 
-Trusted callers only: an address in `allow_from`, or the shared secret.
+Trusted callers only: an address in `allow_from` (behind a trusted proxy, the
+client's address it reports: `edge.access`), or the shared secret.
 Bodies are collected up to `max_message_size`; an over-size one is read
 and thrown away before the 413, because closing on a client still sending
 resets the connection and the client never sees why. Beyond
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 import tornado.httputil
 
 from broker import wire
-from edge.access import TrustedCallers
+from edge.access import Proxies, TrustedCallers
 from edge.bridge import CONTINUE
 from edge.config import EdgeConfig, PublisherLocation
 from edge.connection import CRLF, Connection, Request, header_lines, render_head
@@ -48,7 +49,7 @@ from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import Refusal, anchored, checked_channel_id
 from edge.info import render
 from edge.ingress import Ingress
-from edge.protocol import IDEMPOTENCY_KEY, PUBLISHER_METHODS, PUSH_SECRET
+from edge.protocol import EVENTSOURCE_EVENT, IDEMPOTENCY_KEY, PUBLISHER_METHODS, PUSH_SECRET
 
 log = logging.getLogger("pushserver.edge")
 
@@ -69,6 +70,7 @@ _HEADERS = (
     b"content-type",
     b"accept",
     IDEMPOTENCY_KEY.lower().encode(),
+    EVENTSOURCE_EVENT.lower().encode(),
 )
 
 
@@ -161,13 +163,14 @@ class Publishers:
         self.limit = config.max_message_size
         self.discard_limit = max(2 * self.limit, self.limit + 16 * 1024 * 1024)
         self.locations = []
+        proxies = Proxies(config.forwarded_allow_ips)
         for settings in config.publishers:
             pattern = anchored(settings.url)
             self.locations.append(
                 Location(
                     re.compile(pattern if pattern.endswith("$") else pattern + "$"),
                     settings,
-                    TrustedCallers(settings.allow_from, settings.secret),
+                    TrustedCallers(settings.allow_from, settings.secret, proxies),
                 )
             )
         self._heads: dict[tuple[int, str], bytes] = {}
@@ -209,6 +212,7 @@ class PublisherRequest:
         "content_type",
         "accept",
         "key",
+        "event",
         "chunks",
         "size",
         "answered",
@@ -232,15 +236,16 @@ class PublisherRequest:
         self.task: asyncio.Task[None] | None = None
         self.channel_id = ""
         self.key: str | None = None
-        host, length, secret, expect, self.content_type, self.accept, key = request.headers_named(
-            *_HEADERS
+        self.event: str | None = None
+        host, length, secret, expect, self.content_type, self.accept, key, event = (
+            request.headers_named(*_HEADERS)
         )
         problem = host_problem(host, request.version)
         if problem:
             raise tornado.httputil.HTTPInputError(problem)
         try:
             self.channel_id = shared.channel_id(raw_channel_id)
-            self._admit(location, secret, length, key)
+            self._admit(location, secret, length, key, event)
         except Refusal as refused:
             self._refuse(refused)
             return
@@ -253,14 +258,19 @@ class PublisherRequest:
             connection.send(CONTINUE)
 
     def _admit(
-        self, location: Location, secret: str | None, length: str | None, key: str | None
+        self,
+        location: Location,
+        secret: str | None,
+        length: str | None,
+        key: str | None,
+        event: str | None,
     ) -> None:
         method = self.request.method
         if method not in PUBLISHER_METHODS:
             raise Refusal(
                 405, f"method {method} not allowed here", [("Allow", ", ".join(PUBLISHER_METHODS))]
             )
-        if not location.callers.admits(self.request.remote_ip, secret):
+        if not location.callers.admit_request(self.request, secret):
             raise Refusal(403, "publishing is not allowed from this address")
         if length is not None:
             if not length.isdigit():
@@ -276,6 +286,11 @@ class PublisherRequest:
             if problem:
                 raise Refusal(400, f"{IDEMPOTENCY_KEY}: {problem}")
             self.key = key
+        if event is not None and method == "POST":
+            problem = wire.event_name_problem(event)
+            if problem:
+                raise Refusal(400, f"{EVENTSOURCE_EVENT}: {problem}")
+            self.event = event
 
     # -- Responder -------------------------------------------------------------
 
@@ -300,7 +315,7 @@ class PublisherRequest:
         body = b"".join(self.chunks)
         self.chunks = []
         if not shared.ingress.publish(
-            self.channel_id, body, self.content_type, self.key, self._published
+            self.channel_id, body, self.content_type, self.key, self._published, self.event
         ):
             why = "the edge holds too many unacknowledged publishes; try again shortly"
             self._refuse(Refusal(503, why))

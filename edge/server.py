@@ -78,7 +78,7 @@ class Edge:
         self._sockets = sockets
         self._server = HTTPServer(
             self.router,
-            self.router.subscribers.responses,
+            self.router.responses,
             self.connection_events,
             max_connections=raise_fd_limit(config.max_connections),
             # Bodies are checked by the publisher location, which answers 413.
@@ -109,14 +109,11 @@ class Edge:
             await self._stopping.wait()
         finally:
             self._server.stop_accepting()
-            released = 0
-            for buffer in self.feed.buffers.values():
-                for waiter in list(buffer.waiters):
-                    waiter.release()
-                    released += 1
+            # Held polls get 304 and streams end, so clients go on at another edge.
+            released = sum(buffer.release_all() for buffer in list(self.feed.buffers.values()))
             if released:
-                log.info("answered %d held polls before stopping", released)
-                # Let the 304s go out before connections close.
+                log.info("ended %d held polls and streams before stopping", released)
+                # Let the 304s and streams' last events go out before connections close.
                 await asyncio.sleep(0.1)
             await self.passthrough.close()
             await self.ingress.close(min(PUBLISH_GRACE, self.config.broker_timeout))

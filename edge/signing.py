@@ -2,7 +2,9 @@
 
 A token says "these channels, in this order, until this second", under an
 HMAC-SHA256 keyed by a secret Django and the edges share, so an edge admits
-a poll without asking Django. It travels in the query string
+a poll without asking Django. One channel for a poll's URL; the channels of
+a stream's URL (`/updates/a,b`) in URL order, so one token opens exactly
+that stream. It travels in the query string
 (``?token=<expires>.<mac>``): the expiry in decimal Unix seconds, in the
 clear so a page can be told its URL has expired, and the MAC in base64url
 without padding.

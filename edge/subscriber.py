@@ -1,4 +1,4 @@
-"""The subscriber location: long-poll and interval-poll GETs, CORS preflight.
+"""The subscriber location: long-poll and interval-poll GETs, EventSource streams, CORS preflight.
 
 This is the edge's hot path, so it answers straight on the edge's own
 connection (`edge.connection`), not through Tornado: a poll of a channel
@@ -11,6 +11,12 @@ the request (CORS, Date, Connection; cached as bytes too) and the body.
 Everything that may wait (the first sync of a channel, Django's
 passthrough) takes the slower coroutine path. A signed location checks
 its token (`edge.signing`) before either.
+
+A GET whose `Accept` asks for `text/event-stream` is admitted the same
+way (CORS, signing, `create_on_get`, passthrough, `authorize`) and then
+handed to `edge.stream`. Its URL may name several channels, joined by a
+literal `,` (each id percent-encoded, so an id's own commas are `%2C`);
+a poll of such a URL is refused, since one 200 carries one message.
 """
 
 from __future__ import annotations
@@ -26,25 +32,43 @@ from dataclasses import dataclass, field
 import tornado.httputil
 import tornado.web
 
+from broker.wire import MessageId, content_type_problem
 from edge.bridge import TornadoResponder
 from edge.channels import ChannelBuffer, Held, Waiter
 from edge.config import INTERVAL_POLL, EdgeConfig, SubscriberLocation
 from edge.connection import CRLF, Connection, Request, Responder, header_lines, render_head
 from edge.cors import cors_headers, preflight_headers
+from edge.eventstream import (
+    CHANNEL_SEPARATOR,
+    EVENT_STREAM,
+    LAST_EVENT_ID_PARAMETER,
+    BadCursor,
+    parse_cursors,
+    parse_message_id,
+    query_values,
+    wants_stream,
+)
 from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import Refusal, anchored, checked_channel_id
 from edge.passthrough import Passthrough
 from edge.protocol import (
+    CACHE_CONTROL,
+    ETAG,
+    LAST_MODIFIED,
     MESSAGES_MISSED,
     SUBSCRIBER_METHODS,
+    VARY,
+    VARY_VALUE,
     BadValidator,
     Cursor,
+    cache_control,
     echo_headers,
     http_date,
     parse_cursor,
 )
 from edge.publisher import PublisherRequest, Publishers
 from edge.signing import query_problem
+from edge.stream import CLIENT, Stream, Streams
 
 log = logging.getLogger("pushserver.edge")
 
@@ -53,6 +77,46 @@ log = logging.getLogger("pushserver.edge")
 CACHE_LIMIT = 4096
 
 MISSED_LINE = f"{MESSAGES_MISSED}: 1\r\n".encode("latin-1")
+# A poll whose cursor is in its URL (`?last_event_id=`): no cache may keep its answer.
+NO_STORE = "no-store"
+STREAM_HEAD = render_head(
+    200,
+    [
+        ("Content-Type", EVENT_STREAM),
+        (CACHE_CONTROL, "no-cache"),
+        # nginx passes a stream on as it comes, whatever proxy_buffering says.
+        ("X-Accel-Buffering", "no"),
+    ],
+)
+
+
+def poll_head(held: Held, no_store: bool = False) -> bytes:
+    """The head of the poll's 200 that delivers `held`, rendered once per message: the
+    status line and every header that depends on the message alone (validators,
+    Content-Type, Content-Length); a response adds those of the request."""
+    head = held.head_no_store if no_store else held.head
+    if head is not None:
+        return head
+    message = held.message
+    tag = message.id.tag
+    headers = [
+        (LAST_MODIFIED, http_date(message.id.time)),
+        (ETAG, str(tag)),
+        (CACHE_CONTROL, NO_STORE if no_store else cache_control(tag)),
+        (VARY, VARY_VALUE),
+    ]
+    content_type = message.content_type
+    # The wire refuses one a header cannot carry; should one get here anyway, the
+    # message goes out without it rather than with a forged or broken head.
+    if content_type is not None and content_type_problem(content_type) is None:
+        headers.append(("Content-Type", content_type))
+    headers.append(("Content-Length", str(len(message.body))))
+    head = render_head(200, headers)
+    if no_store:
+        held.head_no_store = head
+    else:
+        held.head = head
+    return head
 
 
 @dataclass
@@ -63,9 +127,12 @@ class Subscribers:
     feed: Feed
     passthrough: Passthrough
     responses: Counter[str]
+    streams: Streams = field(default_factory=Streams)
+    # Long-polls held now (pushserver_edge_held_polls).
+    held_polls: int = 0
     locations: list[tuple[re.Pattern[str], SubscriberLocation]] = field(init=False)
     _cursors: dict[tuple[str | None, str | None], Cursor] = field(default_factory=dict)
-    _not_modified: dict[Cursor, bytes] = field(default_factory=dict)
+    _not_modified: dict[tuple[Cursor, bool], bytes] = field(default_factory=dict)
     _cors: dict[tuple[int, str | None], bytes] = field(default_factory=dict)
     _date: tuple[int, bytes] = (0, b"")
 
@@ -94,14 +161,20 @@ class Subscribers:
             self._cursors[key] = cursor
         return cursor
 
-    def not_modified(self, cursor: Cursor) -> bytes:
+    def not_modified(self, cursor: Cursor, no_store: bool) -> bytes:
         """The head of a 304 that sends the client back to where it stood."""
-        head = self._not_modified.get(cursor)
+        key = (cursor, no_store)
+        head = self._not_modified.get(key)
         if head is None:
-            head = render_head(304, echo_headers(cursor))
+            headers = echo_headers(cursor)
+            if no_store:
+                headers = [
+                    (name, NO_STORE if name == CACHE_CONTROL else value) for name, value in headers
+                ]
+            head = render_head(304, headers)
             if len(self._not_modified) >= CACHE_LIMIT:
                 self._not_modified.clear()
-            self._not_modified[cursor] = head
+            self._not_modified[key] = head
         return head
 
     def cors(self, location: SubscriberLocation, origin: str | None) -> bytes:
@@ -122,7 +195,7 @@ class Subscribers:
 
 
 class EdgeRouter:
-    """Sends subscriber-location requests to `SubscriberPoll`, publisher-location ones to
+    """Sends subscriber-location requests to `SubscriberRequest`, publisher-location ones to
     `PublisherRequest`, everything else to Tornado."""
 
     def __init__(
@@ -134,13 +207,17 @@ class EdgeRouter:
         self.application = application
         self.subscribers = subscribers
         self.publishers = publishers
+        # Counted by status, by the locations and by the HTTP server for what it refuses itself.
+        self.responses = subscribers.responses
 
     def __call__(self, connection: Connection, request: Request) -> Responder:
         path = request.path
         found = self.subscribers.match(path)
         if found is not None:
             location, raw_channel_id = found
-            return SubscriberPoll(self.subscribers, location, raw_channel_id, connection, request)
+            return SubscriberRequest(
+                self.subscribers, location, raw_channel_id, connection, request
+            )
         publishing = self.publishers.match(path)
         if publishing is not None:
             publisher, raw_channel_id = publishing
@@ -148,7 +225,9 @@ class EdgeRouter:
         return TornadoResponder(self.application, connection, request)
 
 
-class SubscriberPoll:
+class SubscriberRequest:
+    """One request on a subscriber location: a poll, a stream or a preflight."""
+
     __slots__ = (
         "shared",
         "location",
@@ -161,7 +240,9 @@ class SubscriberPoll:
         "waiter",
         "timer",
         "subscribed",
-        "channel_id",
+        "channel_ids",
+        "no_store",
+        "stream",
         "task",
     )
 
@@ -183,29 +264,47 @@ class SubscriberPoll:
         self.buffer: ChannelBuffer | None = None
         self.waiter: Waiter | None = None
         self.timer: asyncio.TimerHandle | None = None
-        # The request Django was told subscribed, so it hears when the poll ends.
+        # The request Django was told subscribed, and to which channels, so it hears
+        # when the poll or stream ends.
         self.subscribed: tornado.httputil.HTTPServerRequest | None = None
-        self.channel_id = ""
+        self.channel_ids: tuple[str, ...] = ()
+        # The poll's cursor came from its URL: its answer says no cache may keep it.
+        self.no_store = False
+        self.stream: Stream | None = None
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def channel_id(self) -> str:
+        return self.channel_ids[0] if self.channel_ids else ""
 
     def body(self, chunk: bytes) -> None:
         return None  # a body on a poll means nothing
 
     def complete(self) -> None:
-        origin, if_modified_since, if_none_match = self.request.headers_named(
-            b"origin", b"if-modified-since", b"if-none-match"
+        origin, if_modified_since, if_none_match, accept, last_event_id = (
+            self.request.headers_named(
+                b"origin", b"if-modified-since", b"if-none-match", b"accept", b"last-event-id"
+            )
         )
         self.cors = self.shared.cors(self.location, origin)
         try:
-            self._begin(if_modified_since, if_none_match)
+            self._begin(if_modified_since, if_none_match, accept, last_event_id)
         except Refusal as refused:
             self._refuse(refused)
 
     def closed(self) -> None:
+        if self.stream is not None:
+            self.stream.end(CLIENT)
         self._let_go()
         self._finished()
 
-    def _begin(self, if_modified_since: str | None, if_none_match: str | None) -> None:
+    def _begin(
+        self,
+        if_modified_since: str | None,
+        if_none_match: str | None,
+        accept: str | None,
+        last_event_id: str | None,
+    ) -> None:
         method = self.request.method
         if method == "OPTIONS":
             headers = [*preflight_headers(self.shared.config.cors_max_age), ("Content-Length", "0")]
@@ -215,86 +314,195 @@ class SubscriberPoll:
             raise Refusal(
                 405, f"method {method} not allowed here", [("Allow", ", ".join(SUBSCRIBER_METHODS))]
             )
-        self.channel_id = channel_id = checked_channel_id(
-            urllib.parse.unquote_to_bytes(self.raw_channel_id)
-        )
+        streaming = wants_stream(accept)
+        self.channel_ids = channel_ids = self._channel_ids(streaming)
+        query = self.request.target.partition("?")[2]
         if self.location.signed:
             # First of all that costs: a URL without a valid token reaches
             # neither the broker nor Django.
             problem = query_problem(
-                self.shared.config.signed_url_secrets,
-                (channel_id,),
-                self.request.target.partition("?")[2],
-                time.time(),
+                self.shared.config.signed_url_secrets, channel_ids, query, time.time()
             )
             if problem is not None:
                 raise Refusal(403, problem)
+        stream_cursors: list[MessageId | None] = []
+        cursor = Cursor(None)
+        if streaming:
+            stream_cursors = self._stream_cursors(last_event_id, query)
+        else:
+            cursor = self._poll_cursor(if_modified_since, if_none_match, query)
+        # Read now, so a request Tornado's code cannot read is refused 400 by the connection.
+        request = self.request.server_request() if self.location.passthrough else None
+        buffers = self.shared.feed.buffers
+        ready = []
+        for channel_id in channel_ids:
+            buffer = buffers.get(channel_id)
+            if buffer is None or not buffer.ready or not buffer.exists or buffer.refilling:
+                break
+            ready.append(buffer)
+        if len(ready) == len(channel_ids) and not self.location.passthrough:
+            self._open(ready, cursor, stream_cursors, streaming)
+        else:
+            self.task = asyncio.get_running_loop().create_task(
+                self._begin_slowly(cursor, stream_cursors, streaming, request)
+            )
+
+    def _channel_ids(self, streaming: bool) -> tuple[str, ...]:
+        raw = self.raw_channel_id
+        if CHANNEL_SEPARATOR not in raw:
+            return (checked_channel_id(urllib.parse.unquote_to_bytes(raw)),)
+        if not streaming:
+            raise Refusal(
+                400,
+                "a URL of several channels (joined by ',') is served as an EventSource stream "
+                f"only (Accept: {EVENT_STREAM}); poll each channel on its own URL, with ',' "
+                "in an id written as %2C",
+            )
+        parts = raw.split(CHANNEL_SEPARATOR)
+        most = self.location.stream_max_channels
+        if len(parts) > most:
+            raise Refusal(
+                400, f"a stream carries at most {most} channels, this URL names {len(parts)}"
+            )
+        channel_ids = tuple(
+            checked_channel_id(urllib.parse.unquote_to_bytes(part)) for part in parts
+        )
+        if len(set(channel_ids)) != len(channel_ids):
+            raise Refusal(400, "a stream's URL names a channel more than once")
+        return channel_ids
+
+    def _stream_cursors(self, last_event_id: str | None, query: str) -> list[MessageId | None]:
+        """The stream's cursor for each channel: Last-Event-ID, else ?last_event_id=, else none."""
+        count = len(self.channel_ids)
+        if last_event_id is None:
+            given = query_values(query, LAST_EVENT_ID_PARAMETER)
+            if len(given) > 1:
+                raise Refusal(400, f"{LAST_EVENT_ID_PARAMETER} is given more than once")
+            if not given:
+                return [None] * count
+            last_event_id = given[0]
+        try:
+            return parse_cursors(last_event_id, count)
+        except BadCursor as error:
+            raise Refusal(400, str(error)) from None
+
+    def _poll_cursor(
+        self, if_modified_since: str | None, if_none_match: str | None, query: str
+    ) -> Cursor:
+        """The validators, else `?last_event_id=time:tag`, else no cursor."""
         try:
             cursor = self.shared.cursor(if_modified_since, if_none_match)
         except BadValidator as error:
             raise Refusal(400, str(error)) from None
-        # Read now, so a request Tornado's code cannot read is refused 400 by the connection.
-        request = self.request.server_request() if self.location.passthrough else None
-        buffer = self.shared.feed.buffers.get(channel_id)
-        if (
-            buffer is not None
-            and buffer.ready
-            and buffer.exists
-            and not buffer.refilling
-            and not self.location.passthrough
-        ):
-            self._serve(buffer, cursor)
-        else:
-            self.task = asyncio.get_running_loop().create_task(self._begin_slowly(cursor, request))
+        if cursor.id is not None or not query:
+            return cursor
+        given = query_values(query, LAST_EVENT_ID_PARAMETER)
+        if not given:
+            return cursor
+        if len(given) > 1:
+            raise Refusal(400, f"{LAST_EVENT_ID_PARAMETER} is given more than once")
+        try:
+            cursor = Cursor(parse_message_id(given[0]), has_time=True, has_tag=True)
+        except BadCursor as error:
+            raise Refusal(400, str(error)) from None
+        self.no_store = True
+        return cursor
 
     async def _begin_slowly(
-        self, cursor: Cursor, request: tornado.httputil.HTTPServerRequest | None
+        self,
+        cursor: Cursor,
+        stream_cursors: list[MessageId | None],
+        streaming: bool,
+        request: tornado.httputil.HTTPServerRequest | None,
     ) -> None:
         try:
+            create = self.location.create_on_get
             try:
-                buffer = await self.shared.feed.channel(
-                    self.channel_id, self.location.create_on_get
+                feed = self.shared.feed
+                found = await asyncio.gather(
+                    *(feed.channel(channel_id, create) for channel_id in self.channel_ids)
                 )
             except BrokerUnavailable:
                 raise Refusal(503, "the push broker is unavailable; try again shortly") from None
-            if buffer is None:
-                raise Refusal(403, "channel does not exist")
+            buffers = []
+            for channel_id, buffer in zip(self.channel_ids, found, strict=True):
+                if buffer is None:
+                    raise Refusal(
+                        403,
+                        "channel does not exist"
+                        if len(self.channel_ids) == 1
+                        else f"channel {channel_id!r} does not exist",
+                    )
+                buffers.append(buffer)
             if request is not None:
                 await self._subscribe(request)
-            self._serve(buffer, cursor)
+            self._open(buffers, cursor, stream_cursors, streaming)
         except Refusal as refused:
             self._refuse(refused)
         except Exception:
             # Never leave a poll unanswered: the client backs off and asks again.
-            log.exception("subscriber poll on %r failed", self.channel_id)
-            self._refuse(Refusal(500, "the edge failed to answer this poll"))
+            log.exception("subscriber request on %r failed", self.channel_ids)
+            self._refuse(Refusal(500, "the edge failed to answer this request"))
 
     async def _subscribe(self, request: tornado.httputil.HTTPServerRequest) -> None:
+        """Tell Django of each channel (asking it, with `authorize`): all admitted, or a
+        refusal and those already told hear the unsubscribe."""
         passthrough = self.shared.passthrough
-        if not self.location.authorize:
-            passthrough.subscribe(self.location, request, self.channel_id)
-        else:
-            admitted = await passthrough.admit(self.location, request, self.channel_id)
-            if admitted is None:
-                raise Refusal(
-                    503, "the site could not authorize this subscription; try again shortly"
-                )
-            if not admitted:
-                raise Refusal(403, "subscription refused")
+        told: list[str] = []
+        try:
+            for channel_id in self.channel_ids:
+                if not self.location.authorize:
+                    passthrough.subscribe(self.location, request, channel_id)
+                else:
+                    admitted = await passthrough.admit(self.location, request, channel_id)
+                    if admitted is None:
+                        raise Refusal(
+                            503, "the site could not authorize this subscription; try again shortly"
+                        )
+                    if not admitted:
+                        raise Refusal(403, "subscription refused")
+                told.append(channel_id)
+        except Refusal:
+            for channel_id in told:
+                passthrough.unsubscribe(self.location, request, channel_id)
+            raise
         if self.answered:
             # The client left while Django was asked: it is unsubscribed at once.
-            passthrough.unsubscribe(self.location, request, self.channel_id)
+            for channel_id in told:
+                passthrough.unsubscribe(self.location, request, channel_id)
             return
         # From here on, however the poll ends, Django hears of it.
         self.subscribed = request
 
     # -- serving -------------------------------------------------------------------
 
-    def _serve(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
+    def _open(
+        self,
+        buffers: list[ChannelBuffer],
+        cursor: Cursor,
+        stream_cursors: list[MessageId | None],
+        streaming: bool,
+    ) -> None:
         if self.answered:
-            return  # the client left while the channel was being synchronised
-        buffer.requested = time.time()
-        self.shared.feed.touch(buffer)
+            return  # the client left while the channels were being synchronised
+        for buffer in buffers:
+            buffer.asked()
+        if streaming:
+            self._stream(buffers, stream_cursors)
+        else:
+            self._serve(buffers[0], cursor)
+
+    def _stream(self, buffers: list[ChannelBuffer], cursors: list[MessageId | None]) -> None:
+        shared = self.shared
+        request = self.request
+        # The body ends with the connection: nothing after this request is answered on it.
+        request.keep_alive = False
+        head = b"".join((STREAM_HEAD, self.cors, shared.date(), request.connection_line(), CRLF))
+        shared.responses["200"] += 1
+        self.stream = Stream(shared.streams, self.location, self.connection, self._finished)
+        self.stream.open(head, buffers, cursors)
+
+    def _serve(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
         held, missed = buffer.find(cursor.id)
         if held is not None:
             self._answer(held, missed)
@@ -311,6 +519,7 @@ class SubscriberPoll:
             lambda: self._woken(None, False, cursor, released=True),
         )
         buffer.wait(self.waiter)
+        self.shared.held_polls += 1
         # One timer per poll rather than asyncio.wait_for, which costs twice as
         # much when thousands of polls wake at once.
         self.timer = asyncio.get_running_loop().call_later(
@@ -337,16 +546,18 @@ class SubscriberPoll:
         if buffer is not None and self.waiter is not None:
             buffer.forget(self.waiter)
             self.waiter = None
-            self.shared.feed.touch(buffer)
+            self.shared.held_polls -= 1
 
     # -- responses -------------------------------------------------------------------
 
     def _answer(self, held: Held, missed: bool) -> None:
-        head = held.head + MISSED_LINE if missed else held.head
+        head = poll_head(held, self.no_store)
+        if missed:
+            head += MISSED_LINE
         self._respond("200", head, held.message.body)
 
     def _not_modified(self, cursor: Cursor) -> None:
-        self._respond("304", self.shared.not_modified(cursor))
+        self._respond("304", self.shared.not_modified(cursor, self.no_store))
 
     def _refuse(self, refused: Refusal) -> None:
         body = (refused.why + "\n").encode()
@@ -373,10 +584,11 @@ class SubscriberPoll:
         shared.responses[status] += 1
 
     def _finished(self) -> None:
-        """The poll is over: Django hears it was (once), nothing more is written."""
+        """The poll or stream is over: Django hears it was (once), nothing more is written."""
         if self.answered:
             return
         self.answered = True
         if self.subscribed is not None:
-            self.shared.passthrough.unsubscribe(self.location, self.subscribed, self.channel_id)
+            for channel_id in self.channel_ids:
+                self.shared.passthrough.unsubscribe(self.location, self.subscribed, channel_id)
             self.subscribed = None

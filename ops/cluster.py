@@ -1,6 +1,6 @@
 """A local cluster on loopback: one broker, N edges and a load balancer in front.
 
-    python -m ops.cluster --edges 3 [--balancer nginx|haproxy|none] [--workers N]
+    python -m ops.cluster --edges 3 [--balancer nginx|haproxy|none] [--workers N] [--curve]
 
 prints where each part listens and stops them all on Ctrl-C. The tests
 and the benchmarks drive the same `Cluster` to kill, stop and restart its
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from broker.curve import create_key_files
 from ops.launch import BROKER_LINE, EDGE_LINE, ROOT, Launcher, Process, eventually, free_port
 
 NGINX_CONFIG = ROOT / "ops" / "nginx" / "pushserver.conf"
@@ -84,7 +85,11 @@ def haproxy_config(template: str, port: int, edges: list[int]) -> str:
 
 
 class Cluster:
-    """A broker, `edges` edges and optionally a balancer, all on loopback ports of their own."""
+    """A broker, `edges` edges and optionally a balancer, all on loopback ports of their own.
+
+    `curve`: True puts CURVE on every ZeroMQ link with keys made for the cluster,
+    a `PUSH_SERVER['curve']` dict with those keys.
+    """
 
     def __init__(
         self,
@@ -93,6 +98,7 @@ class Cluster:
         balancer: str | None = "nginx",
         workers: int = 1,
         launcher: Launcher | None = None,
+        curve: bool | dict[str, str] = False,
         **push_server: Any,
     ) -> None:
         if balancer is not None and balancer not in BALANCERS:
@@ -104,7 +110,16 @@ class Cluster:
         self.endpoints = {
             name: f"tcp://127.0.0.1:{free_port()}" for name in ("ingress", "events", "control")
         }
-        self.push_server = {"broker": self.endpoints, **push_server}
+        # On a port of its own, so it is found again after a broker restart.
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        broker = {**self.endpoints, "metrics": self.metrics_url.split("/")[2]}
+        self.push_server = {"broker": broker, **push_server}
+        if curve is True:
+            # Every part on this machine holds every key; the settings name them all.
+            layout, _ = create_key_files(folder / "keys")
+            curve = layout.setting()
+        if curve:
+            self.push_server["curve"] = curve
         self.edge_ports = [free_port() for _ in range(edges)]
         self.port = free_port() if balancer else None
         self.broker: Process | None = None
@@ -201,7 +216,8 @@ class Cluster:
     def describe(self) -> str:
         lines = [
             f"Broker: ingress {self.endpoints['ingress']}, events {self.endpoints['events']}, "
-            f"control {self.endpoints['control']}"
+            f"control {self.endpoints['control']}, metrics {self.metrics_url}"
+            + (", CURVE on" if "curve" in self.push_server else "")
         ]
         lines += [f"Edge {n}: {url}/" for n, url in enumerate(self.edge_urls, 1)]
         if self.balancer:
@@ -218,10 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--edges", type=int, default=3)
     parser.add_argument("--balancer", choices=[*BALANCERS, "none"], default="nginx")
     parser.add_argument("--workers", type=int, default=1, help="edge processes per edge port")
+    parser.add_argument(
+        "--curve", action="store_true", help="CURVE on every ZeroMQ link, keys made for the run"
+    )
     options = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="pushserver-cluster-"))
     balancer = None if options.balancer == "none" else options.balancer
-    cluster = Cluster(folder, options.edges, balancer, options.workers)
+    cluster = Cluster(folder, options.edges, balancer, options.workers, curve=options.curve)
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:

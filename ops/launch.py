@@ -29,11 +29,14 @@ BROKER_LINE = re.compile(
     r"Broker listening: ingress (?P<ingress>\S+), events (?P<events>\S+), control (?P<control>\S+)"
 )
 EDGE_LINE = re.compile(r"Edge listening on (?P<url>http://\S+?)/?$")
+METRICS_LINE = re.compile(r"Broker metrics on (?P<url>http://\S+)")
 ANY_PORT = {
     "ingress": "tcp://127.0.0.1:*",
     "events": "tcp://127.0.0.1:*",
     "control": "tcp://127.0.0.1:*",
 }
+# A broker started here shows its counters on an ephemeral loopback port.
+ANY_METRICS_PORT = "127.0.0.1:0"
 
 T = TypeVar("T")
 
@@ -197,7 +200,8 @@ class Launcher:
         return process
 
     def broker(self, **push_server: Any) -> tuple[Process, dict[str, str]]:
-        settings = {"broker": dict(ANY_PORT), **push_server}
+        """A broker on ephemeral ports, and its three endpoints; `metrics_url` has the fourth."""
+        settings = {"broker": {**ANY_PORT, "metrics": ANY_METRICS_PORT}, **push_server}
         process = self.start("broker", settings, "--role=broker")
         match = process.wait_for(BROKER_LINE)
         return process, match.groupdict()
@@ -208,9 +212,14 @@ class Launcher:
         return process, process.wait_for(EDGE_LINE).group("url")
 
     def embedded(self, **push_server: Any) -> tuple[Process, str]:
-        settings = {"broker": dict(ANY_PORT), **push_server}
+        settings = {"broker": {**ANY_PORT, "metrics": ANY_METRICS_PORT}, **push_server}
         process = self.start("embedded", settings, "127.0.0.1:0")
         return process, process.wait_for(EDGE_LINE).group("url")
+
+    @staticmethod
+    def metrics_url(process: Process) -> str:
+        """Where a broker (or an embedded server) started with metrics serves them."""
+        return process.wait_for(METRICS_LINE).group("url")
 
     def stop_all(self) -> None:
         for process in self.processes:

@@ -11,7 +11,11 @@ that span keys: one store for the cluster, ``min_messages`` against
 ``max_messages``, a location's ``store`` against the stores configured,
 ``authorize`` against ``passthrough``, ``signed`` against
 ``signed_url_secrets``, the length of those secrets, distinct broker
-endpoints.
+endpoints, the key files ``curve`` names (each on disk and holding a key
+of its kind), and broker endpoints beyond loopback without CURVE. Which
+keys a host must name depends on the part it runs, which a system check
+does not know: `check_curve_role` judges that, called by ``runpushserver``
+and by `send_update` as they start.
 
 Ids: each names one cause, and no cause has two; `pushserver.rules.CHECKS`
 lists them, and the README's "System checks" list is that list.
@@ -19,12 +23,16 @@ lists them, and the README's "System checks" list is that list.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
 
+from broker import curve
 from pushserver import conf, rules, schema
 from pushserver.rules import Check
 from pushserver.schema import SETTING, Group, Setting
@@ -66,7 +74,7 @@ def check_settings(
                 _judge(f"{SETTING}[{setting.key!r}]", setting.check, value[setting.key])
             )
     # Each part below skips what the table's shape rules above already refused.
-    for part in (_stores, _hosts, _locations, _broker, _signed_url_secrets):
+    for part in (_stores, _hosts, _locations, _broker, _signed_url_secrets, _curve, _open_ports):
         messages.extend(part(value))
     return messages
 
@@ -219,7 +227,7 @@ def _broker(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
                 f"{where}[{setting.key!r}]",
                 setting.check,
                 written[setting.key],
-                hint=f"For example {setting.default!r}.",
+                hint=None if setting.default is None else f"For example {setting.default!r}.",
             )
     bound = list(conf.broker_endpoints().values())
     # Ephemeral ports (`*` or 0) differ by construction.
@@ -228,4 +236,115 @@ def _broker(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
         yield _message(
             rules.BROKER_ENDPOINTS_SHARED,
             f"{where} endpoints must differ from each other, got {bound!r}",
+        )
+
+
+PUBLISHER = schema.PUBLISHER_ROLE
+EDGE = schema.EDGE_ROLE
+BROKER = schema.BROKER_ROLE
+_KEYS_HINT = "Run `manage.py pushserver_keys DIR`: it writes every file and prints the setting."
+
+
+def _curve(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
+    written = value.get("curve")
+    if not isinstance(written, dict):
+        return
+    where = f"{SETTING}['curve']"
+    yield from _judge_group(where, schema.CURVE, written)
+    if all(written.get(setting.key) is None for setting in schema.CURVE.settings):
+        yield _message(
+            rules.CURVE_ROLE_KEY_MISSING,
+            f"{where} turns CURVE on and names no key file: no part can connect",
+            hint=_KEYS_HINT,
+        )
+    for setting in schema.CURVE.settings:
+        key = setting.key
+        path = written.get(key)
+        if path is None or not _accepted(setting, path):
+            continue
+        yield from _judge_key_path(f"{where}[{key!r}]", key, Path(path))
+
+
+def _judge_key_path(where: str, key: str, path: Path) -> Iterator[checks.CheckMessage]:
+    folder = key in schema.CURVE_LISTS
+    if not path.exists():
+        kind = "an allow-list folder" if folder else "a key file"
+        yield _message(
+            rules.CURVE_FILE_MISSING, f"{where} names {kind}, {str(path)!r}, that does not exist"
+        )
+        return
+    if folder != path.is_dir() or not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        expected = "a readable folder" if folder else "a readable file"
+        yield _message(
+            rules.CURVE_FILE_UNREADABLE, f"{where} must name {expected}, got {str(path)!r}"
+        )
+        return
+    try:
+        if key in schema.CURVE_PAIRS:
+            curve.key_pair(path)
+        elif key in schema.CURVE_PUBLIC:
+            curve.public_key(path)
+        else:
+            curve.allow_list(path)
+    except curve.KeyFileError as error:
+        # An unreadable key file inside an allow-list is the list's problem to read.
+        unreadable = "cannot be read" in str(error)
+        yield _message(
+            rules.CURVE_FILE_UNREADABLE if unreadable else rules.CURVE_NOT_A_KEY,
+            f"{where}: {error}",
+            hint=_KEYS_HINT,
+        )
+
+
+def check_curve_role(role: str) -> list[checks.CheckMessage]:
+    """With CURVE on, the `curve` keys a part needs that the settings leave unnamed.
+
+    `role` is BROKER, EDGE or PUBLISHER (`send_update`).
+    """
+    keys = conf.curve()
+    if keys is None:
+        return []
+    missing = [key for key in schema.CURVE_ROLES[role] if keys.get(key) is None]
+    if not missing:
+        return []
+    names = ", ".join(f"{SETTING}['curve'][{key!r}]" for key in missing)
+    return [
+        _message(
+            rules.CURVE_ROLE_KEY_MISSING,
+            f"with CURVE on, the {role} needs {names}",
+            hint=_KEYS_HINT,
+        )
+    ]
+
+
+def _is_loopback(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this host only (ipc and inproc are)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+    # A source address (`tcp://src;dst`) aside, the host is a name, an address or `*`.
+    host = host.rpartition(";")[2].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _open_ports(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
+    if value.get("curve") is not None or not isinstance(value.get("broker", {}) or {}, dict):
+        return
+    endpoints = conf.broker_endpoints()
+    if not all(_accepted(schema.BROKER[name], value) for name, value in endpoints.items()):
+        return
+    beyond = {name: endpoint for name, endpoint in endpoints.items() if not _is_loopback(endpoint)}
+    if beyond:
+        shown = ", ".join(f"{name} {endpoint!r}" for name, endpoint in beyond.items())
+        yield _message(
+            rules.OPEN_BROKER_PORTS,
+            f"{SETTING}['broker'] listens beyond loopback ({shown}) and {SETTING}['curve'] "
+            "is not set: anyone who reaches these ports can publish, read every channel and "
+            "delete channels",
+            hint=_KEYS_HINT + " Or keep the ports on a network no one else reaches.",
         )

@@ -18,11 +18,14 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 
 from broker.config import BrokerConfig
+from broker.curve import ClientFiles, ServerFiles
 from edge.config import EdgeConfig, PublisherLocation, SubscriberLocation
 from pushserver import schema
 
@@ -61,9 +64,18 @@ def number(key: str) -> float:
     return found
 
 
+# Salt of the passthrough secret derived from SECRET_KEY (Django's salted_hmac).
+PASSTHROUGH_SALT = "pushserver.passthrough"
+
+
 def passthrough_secret() -> str | None:
-    """The secret edges send to the passthrough view, so it trusts them from any address."""
+    """The secret edges send to the passthrough view, so it trusts them from any address:
+    PUSH_SERVER's, else one derived from SECRET_KEY. Every process reading the site's
+    settings (runpushserver's edges, the view) derives the same one, so edges are told
+    from a balancer on their host without configuring anything; None without either."""
     secret: str | None = value("passthrough_secret")
+    if secret is None and settings.SECRET_KEY:
+        secret = salted_hmac(PASSTHROUGH_SALT, "edges", algorithm="sha256").hexdigest()
     return secret
 
 
@@ -150,13 +162,58 @@ def locations() -> list[dict[str, Any]]:
     ]
 
 
-def broker_endpoints() -> dict[str, str]:
-    """Where the broker binds; an endpoint written as None is its default."""
+def broker_section() -> dict[str, Any]:
+    """The `broker` dict; a key written as None is its default."""
     written = push_server().get("broker") or {}
     return {
-        key: endpoint if written.get(key) is None else written[key]
-        for key, endpoint in schema.BROKER.defaults().items()
+        key: default if written.get(key) is None else written[key]
+        for key, default in schema.BROKER.defaults().items()
     }
+
+
+def broker_endpoints() -> dict[str, str]:
+    """Where the broker binds its ZeroMQ sockets, by name."""
+    section = broker_section()
+    return {key: section[key] for key in schema.BROKER_ENDPOINTS}
+
+
+def curve() -> dict[str, Any] | None:
+    """The `curve` dict with every key (None where unwritten), or None when CURVE is off."""
+    written = push_server().get("curve")
+    return None if written is None else schema.CURVE.merged(written)
+
+
+def _curve_path(keys: Mapping[str, Any], key: str) -> Path:
+    # The part's role check (`checks.check_curve_role`) has made sure the key is named.
+    return Path(keys[key])
+
+
+def broker_curve() -> ServerFiles | None:
+    """The files the broker reads with CURVE on (the checks made sure they are named)."""
+    keys = curve()
+    if keys is None:
+        return None
+    return ServerFiles(
+        _curve_path(keys, "broker_secret_key"),
+        _curve_path(keys, "publisher_keys"),
+        _curve_path(keys, "edge_keys"),
+    )
+
+
+def _client_curve(secret_key: str) -> ClientFiles | None:
+    keys = curve()
+    if keys is None:
+        return None
+    return ClientFiles(_curve_path(keys, "broker_public_key"), _curve_path(keys, secret_key))
+
+
+def edge_curve() -> ClientFiles | None:
+    return _client_curve("edge_secret_key")
+
+
+def publisher_curve() -> ClientFiles | None:
+    """What `send_update`'s sockets read with CURVE on."""
+    return _client_curve("publisher_secret_key")
 
 
 _WILDCARD_HOST = re.compile(r"^(tcp://)(\*|0\.0\.0\.0|\[::\]|\[\*\])(:.*)$")
@@ -184,7 +241,10 @@ def broker_config() -> BrokerConfig:
     config = BrokerConfig(
         **_top_level_fields(BrokerConfig),
         **schema.STORE.fields(store(), BrokerConfig),
-        **schema.BROKER.fields(broker_endpoints(), BrokerConfig),
+        **schema.BROKER.fields(broker_section(), BrokerConfig),
+        # The edges' limit on bodies; the broker derives its frame limit from it.
+        max_message_size=int(value("max_message_size")),
+        curve=broker_curve(),
     )
     hwm = value("events_hwm")
     return config if hwm is None else dataclasses.replace(config, events_sndhwm=int(hwm))
@@ -200,11 +260,14 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         fields["address"] = address
     if port is not None:
         fields["port"] = port
+    fields["passthrough_secret"] = passthrough_secret()
     config = EdgeConfig(
         **fields,
         events=connect_endpoint(endpoints["events"]),
         control=connect_endpoint(endpoints["control"]),
         ingress=connect_endpoint(endpoints["ingress"]),
+        max_messages=int(store()["max_messages"]),
+        curve=edge_curve(),
         subscribers=tuple(
             SubscriberLocation(**schema.SUBSCRIBER_LOCATION.fields(loc, SubscriberLocation))
             for loc in merged

@@ -9,11 +9,16 @@ string (`edge.signing`, where the format is written): it opens this one
 channel until ``signed_url_lifetime`` from now, signed with the first of
 ``signed_url_secrets``.
 
+Given several channel ids, a subscriber URL names them all, for one
+EventSource stream: each id encoded, joined by a literal ``,``; a signed
+location's token then opens exactly that list, in that order.
+
 The trap is the encoding. The edge matches the pattern against the raw,
 still percent-encoded path and percent-decodes the group as UTF-8, with
 ``+`` meaning a plus. So the id is encoded with ``quote(id, safe='')``:
-slashes, ``?``, ``#``, ``+``, ``%``, spaces and non-ASCII are all escaped,
-and the edge receives exactly the id that was given here.
+slashes, ``?``, ``#``, ``+``, ``%``, commas, spaces and non-ASCII are all
+escaped, and the edge receives exactly the id that was given here (a
+literal comma would make it read several).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import functools
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +35,8 @@ from urllib.parse import quote
 from django.core.exceptions import ImproperlyConfigured
 
 from broker.wire import channel_id_problem
+from edge.config import SubscriberLocation
+from edge.eventstream import CHANNEL_SEPARATOR
 from edge.signing import TOKEN_PARAMETER, sign
 from pushserver import conf
 from pushserver.conf import PUBLISHER, SUBSCRIBER
@@ -52,7 +59,7 @@ _NOT_REVERSIBLE = {
 
 
 def channel_url(
-    channel_id: str,
+    channel_id: str | Sequence[str],
     kind: str = SUBSCRIBER,
     location: Mapping[str, Any] | str | None = None,
     *,
@@ -66,10 +73,13 @@ def channel_url(
     configured location with that pattern says whether it is signed); by
     default the first location of that kind. A signed subscriber location's
     URL carries a token valid for `lifetime` seconds (default
-    ``signed_url_lifetime``).
+    ``signed_url_lifetime``). A sequence of ids gives the subscriber URL of
+    one stream of them all (at most the location's ``stream_max_channels``).
 
     >>> channel_url("news feed")
     'http://127.0.0.1:8001/updates/news%20feed'
+    >>> channel_url(["news", "user/42"])
+    'http://127.0.0.1:8001/updates/news,user%2F42'
 
     Raises ValueError for an id no channel can have or that the location's
     group does not match, ImproperlyConfigured when the pattern cannot be
@@ -77,13 +87,12 @@ def channel_url(
     """
     if kind not in (SUBSCRIBER, PUBLISHER):
         raise ValueError(f"kind must be {SUBSCRIBER!r} or {PUBLISHER!r}, got {kind!r}")
-    problem = channel_id_problem(channel_id)
-    if problem:
-        raise ValueError(f"{problem}: {channel_id!r}")
+    channel_ids = [channel_id] if isinstance(channel_id, str) else list(channel_id)
     chosen = _location(kind, location)
+    _check_ids(channel_ids, kind, chosen)
     pattern = _pattern(kind, chosen)
     reversed_pattern = _reverse(pattern)
-    encoded = quote(channel_id, safe="")
+    encoded = CHANNEL_SEPARATOR.join(quote(one, safe="") for one in channel_ids)
     path = f"{reversed_pattern.prefix}{encoded}{reversed_pattern.suffix}"
     # The literal parts match themselves, so a miss means the group refuses
     # this id (e.g. a group of digits); the edge would answer it with 404.
@@ -95,13 +104,37 @@ def channel_url(
         )
     url = f"{conf.host(kind).base_url}{path}"
     if kind == SUBSCRIBER and chosen.get("signed") is True:
-        url += f"?{TOKEN_PARAMETER}={_token([channel_id], lifetime)}"
+        url += f"?{TOKEN_PARAMETER}={_token(channel_ids, lifetime)}"
     return url
 
 
-def subscriber_url(channel_id: str, *, lifetime: float | None = None) -> str:
-    """Where browsers poll `channel_id`; what ``{% channel_url %}`` outputs."""
-    return channel_url(channel_id, SUBSCRIBER, lifetime=lifetime)
+def _check_ids(channel_ids: list[str], kind: str, location: Mapping[str, Any]) -> None:
+    if not channel_ids:
+        raise ValueError("expected a channel id, got none")
+    for one in channel_ids:
+        if not isinstance(one, str):
+            raise ValueError(f"expected channel ids as strings, got {one!r}")
+        problem = channel_id_problem(one)
+        if problem:
+            raise ValueError(f"{problem}: {one!r}")
+    if len(channel_ids) == 1:
+        return
+    if kind != SUBSCRIBER:
+        raise ValueError(f"a {kind} URL names one channel, got {len(channel_ids)}")
+    most = location.get("stream_max_channels", SubscriberLocation().stream_max_channels)
+    if len(channel_ids) > most:
+        raise ValueError(f"a stream carries at most {most} channels, got {len(channel_ids)}")
+    if len(set(channel_ids)) != len(channel_ids):
+        raise ValueError(f"a channel is named twice in {channel_ids!r}")
+
+
+def subscriber_url(*channel_ids: str, lifetime: float | None = None) -> str:
+    """Where browsers follow `channel_ids`; what ``{% channel_url %}`` outputs.
+
+    One id: the channel's URL, for polls and streams. Several: one EventSource
+    stream of them all.
+    """
+    return channel_url(channel_ids, SUBSCRIBER, lifetime=lifetime)
 
 
 def publisher_url(channel_id: str) -> str:

@@ -118,6 +118,15 @@ def _host_location(value: Any) -> bool:
     return bool(parts.hostname)
 
 
+def _listen_address_or_none(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str) or not _host_location(value):
+        return False
+    port = urlsplit(f"//{value}").port
+    return port is not None
+
+
 def _http_url_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and urlsplit(value).scheme in ("http", "https"))
 
@@ -422,6 +431,76 @@ BYTES_OR_OFF = _check(
     "a byte bound that 0 turns off is not an integer of 0 or more",
     must_be("a number of bytes >= 0 (0: off)", lambda value: is_integer(value) and value >= 0),
 )
+CURVE_SHAPE = _check(
+    "pushserver.E043",
+    "`curve` is not a dict",
+    must_be(
+        "a dict of key files, like the one `manage.py pushserver_keys` prints",
+        _is_dict,
+        shown=_type_name,
+    ),
+)
+CURVE_PATH = _check(
+    "pushserver.E044",
+    "a `curve` key is not a path or None",
+    must_be("a path to a key file or an allow-list folder, or None", _path_or_none),
+)
+CURVE_FILE_MISSING = _check(
+    "pushserver.E045", "a key file or allow-list directory that `curve` names does not exist"
+)
+CURVE_FILE_UNREADABLE = _check(
+    "pushserver.E046",
+    "a key file or allow-list directory that `curve` names cannot be read (or is a "
+    "directory where a file belongs, or a file where a directory belongs)",
+)
+CURVE_NOT_A_KEY = _check(
+    "pushserver.E047",
+    "a file that `curve` names, or a `.key` file in an allow-list, holds no CURVE key of "
+    "the kind it must (a key pair in a `.key_secret` file, a public key in a `.key` file)",
+)
+CURVE_ROLE_KEY_MISSING = _check(
+    "pushserver.E048",
+    "CURVE is on and a part lacks a key file it needs: the one starting (the broker, an "
+    "edge, `send_update`), or every part when `curve` names none",
+)
+METRICS_ADDRESS = _check(
+    "pushserver.E049",
+    "`broker['metrics']` is not None or a `'host:port'` address",
+    must_be("None or 'host:port', like '127.0.0.1:9560'", _listen_address_or_none),
+)
+# The most channels one stream may be allowed: their ids and cursors travel in its URL.
+MOST_STREAM_CHANNELS = 1024
+STREAM_KEEPALIVE = _check(
+    "pushserver.E055",
+    "a subscriber's `stream_keepalive` is not a positive number of seconds",
+    must_be(
+        "a positive number of seconds",
+        lambda value: is_number(value) and value > 0,
+        hint="Keep it well under your balancer's read timeout (60 s in the configs in ops/).",
+    ),
+)
+STREAM_RETRY = _check(
+    "pushserver.E056",
+    "a subscriber's `stream_retry` is not a positive integer of milliseconds",
+    must_be(
+        "a positive integer of milliseconds",
+        lambda value: is_integer(value) and value > 0,
+        hint="EventSource's retry: field counts milliseconds: 3000 is three seconds.",
+    ),
+)
+STREAM_BUFFER = _check(
+    "pushserver.E057",
+    "a subscriber's `stream_buffer` is not a positive integer of bytes",
+    must_be("a positive integer of bytes", lambda value: is_integer(value) and value > 0),
+)
+STREAM_MAX_CHANNELS = _check(
+    "pushserver.E058",
+    f"a subscriber's `stream_max_channels` is not an integer from 1 to {MOST_STREAM_CHANNELS}",
+    must_be(
+        f"an integer from 1 to {MOST_STREAM_CHANNELS}",
+        lambda value: is_integer(value) and 1 <= value <= MOST_STREAM_CHANNELS,
+    ),
+)
 UNKNOWN_KEY = _check("pushserver.W001", "a key no setting has (a typo?); it is ignored")
 # Shorter than a SHA-256 key's 32 bytes, a secret is easier to guess than the MAC.
 SHORT_SECRET_LENGTH = 32
@@ -448,6 +527,12 @@ ANY_ORIGIN_WITH_CREDENTIALS = _check(
     "pushserver.W003",
     "a subscriber allows any origin (`'*'`) with `allow_credentials`: any site a logged-in "
     "user visits can read that user's channels",
+)
+
+OPEN_BROKER_PORTS = _check(
+    "pushserver.W004",
+    "a `broker` endpoint listens beyond loopback and `curve` is off: anyone who reaches "
+    "the port can publish, read every channel and delete channels",
 )
 
 # Every id this app reports, in id order.

@@ -264,6 +264,41 @@ SUBSCRIBER_LOCATION = Group(
             'edge without Django; `{% channel_url %}` adds one (see "Signed channel URLs")',
             bool,
         ),
+        _field(
+            _SUBSCRIBER,
+            "stream_keepalive",
+            "float (s)",
+            rules.STREAM_KEEPALIVE,
+            "how long an EventSource stream may stay silent before the edge writes a comment "
+            "line, keeping balancers and proxies from timing it out",
+            float,
+        ),
+        _field(
+            _SUBSCRIBER,
+            "stream_retry",
+            "int (ms)",
+            rules.STREAM_RETRY,
+            "the reconnection delay a stream tells EventSource (`retry:`), each stream's "
+            "drawn within half of it either side",
+            int,
+        ),
+        _field(
+            _SUBSCRIBER,
+            "stream_buffer",
+            "int (bytes)",
+            rules.STREAM_BUFFER,
+            "output a stream's reader may leave untaken; a live message finding more closes "
+            "the stream (counted as `slow`), and the client resumes from its last id",
+            int,
+        ),
+        _field(
+            _SUBSCRIBER,
+            "stream_max_channels",
+            "int",
+            rules.STREAM_MAX_CHANNELS,
+            "channels one stream may carry (`/updates/a,b`); more get `400`",
+            int,
+        ),
         Setting("store", "str or None", None, rules.LOCATION_STORE, _STORE_NAME_MEANING),
     ),
     IGNORED_LOCATION_KEYS,
@@ -299,6 +334,9 @@ LOCATIONS: Mapping[str, Group] = {
     PUBLISHER: PUBLISHER_LOCATION,
 }
 
+# The broker's three ZeroMQ endpoints, the other keys of its dict aside.
+BROKER_ENDPOINTS = ("ingress", "events", "control")
+
 BROKER = Group(
     "`broker['{}']`",
     (
@@ -323,6 +361,80 @@ BROKER = Group(
             "str",
             rules.BROKER_ENDPOINT,
             "snapshots, channel info, create and delete (ROUTER ← DEALER)",
+        ),
+        _field(
+            _BROKER,
+            "metrics",
+            "str or None",
+            rules.METRICS_ADDRESS,
+            "`host:port` where the broker serves Prometheus metrics (connections CURVE "
+            "refused and malformed frames dropped, by port); `None` serves none",
+        ),
+    ),
+)
+
+# What each `curve` key names, and which part reads it.
+CURVE_PAIRS = ("broker_secret_key", "publisher_secret_key", "edge_secret_key")
+CURVE_PUBLIC = ("broker_public_key",)
+CURVE_LISTS = ("publisher_keys", "edge_keys")
+BROKER_ROLE = "broker"
+EDGE_ROLE = "edge"
+PUBLISHER_ROLE = "publisher"
+CURVE_ROLES: Mapping[str, tuple[str, ...]] = {
+    BROKER_ROLE: ("broker_secret_key", "publisher_keys", "edge_keys"),
+    EDGE_ROLE: ("broker_public_key", "edge_secret_key"),
+    PUBLISHER_ROLE: ("broker_public_key", "publisher_secret_key"),
+}
+
+_CURVE_FILE = "file path or None"
+_CURVE_DIR = "folder path or None"
+
+CURVE = Group(
+    "`curve['{}']`",
+    (
+        Setting(
+            "broker_public_key",
+            _CURVE_FILE,
+            None,
+            rules.CURVE_PATH,
+            "the broker's public key (`broker.key`); every edge and Django host",
+        ),
+        Setting(
+            "broker_secret_key",
+            _CURVE_FILE,
+            None,
+            rules.CURVE_PATH,
+            "the broker's key pair (`broker.key_secret`); the broker's host only",
+        ),
+        Setting(
+            "publisher_secret_key",
+            _CURVE_FILE,
+            None,
+            rules.CURVE_PATH,
+            "the key pair `send_update` connects with (`publisher.key_secret`); Django hosts",
+        ),
+        Setting(
+            "edge_secret_key",
+            _CURVE_FILE,
+            None,
+            rules.CURVE_PATH,
+            "the key pair an edge connects with (`edge.key_secret`); edge hosts",
+        ),
+        Setting(
+            "publisher_keys",
+            _CURVE_DIR,
+            None,
+            rules.CURVE_PATH,
+            "the broker's allow-list of publishers: each `*.key` file in it opens the "
+            "ingress port; the broker's host",
+        ),
+        Setting(
+            "edge_keys",
+            _CURVE_DIR,
+            None,
+            rules.CURVE_PATH,
+            "the broker's allow-list of edges: each `*.key` file in it opens the events, "
+            "control and ingress ports; the broker's host",
         ),
     ),
 )
@@ -396,6 +508,17 @@ TOP = Group(
             "ZeroMQ endpoints of the broker (the keys below)",
             parts=(BROKER,),
         ),
+        Setting(
+            "curve",
+            "dict or None",
+            None,
+            rules.CURVE_SHAPE,
+            "CURVE encryption and authentication on every ZeroMQ link, with the broker's "
+            "allow-lists (the keys below, each host naming the files it holds; "
+            '`manage.py pushserver_keys` makes them, see "Securing the ZeroMQ links"); '
+            "`None`: the links are open",
+            parts=(CURVE,),
+        ),
         _field(
             _BROKER,
             "history_file",
@@ -419,7 +542,8 @@ TOP = Group(
             "max_message_size",
             "int (bytes)",
             rules.COUNT,
-            "larger publisher bodies get `413`, larger `send_update` data an error",
+            "larger publisher bodies get `413`, larger `send_update` data a `ValueError`; "
+            "every ZeroMQ socket refuses frames over it plus 64 KiB",
             int,
         ),
         _field(
@@ -569,7 +693,7 @@ TOP = Group(
             "str or None",
             rules.PASSTHROUGH_SECRET,
             "sent by edges in `X-Passthrough-Secret`; the passthrough view admits a caller "
-            "holding it from any address",
+            "holding it from any address; `None`: one derived from `SECRET_KEY`",
             _text_or_none,
         ),
         _field(
@@ -595,7 +719,9 @@ TOP = Group(
             "list of CIDR",
             rules.FORWARDED_ALLOW_IPS,
             "peers (your balancers) whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers "
-            "reach the passthrough view; from any other peer the edge writes its own",
+            "reach the passthrough view, and by whose reported client address the publisher "
+            "location and the metrics judge a request; from any other peer the edge writes "
+            "its own",
             strings,
         ),
         _field(

@@ -80,8 +80,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
+from broker.curve import ClientKeys, apply_client, load_client_keys
 from broker.outbox import Outbox
-from broker.sockets import backend_send, send_plain
+from broker.sockets import backend_send, limit_frames, max_frame_size, send_plain
 from pushserver import PushServerError
 
 log = logging.getLogger("pushserver")
@@ -124,6 +125,8 @@ class SenderConfig:
     queue_size: int
     exit_timeout: float
     max_message_size: int
+    # The keys of CURVE, read once per process; None without CURVE.
+    curve_keys: ClientKeys | None = None
 
 
 def _load_config() -> SenderConfig:
@@ -131,9 +134,14 @@ def _load_config() -> SenderConfig:
 
     from pushserver import checks, conf
 
-    errors = [message for message in checks.check_settings() if message.is_serious()]
+    errors = [
+        message
+        for message in [*checks.check_settings(), *checks.check_curve_role(checks.PUBLISHER)]
+        if message.is_serious()
+    ]
     if errors:
         raise ImproperlyConfigured("; ".join(f"{error.id}: {error.msg}" for error in errors))
+    files = conf.publisher_curve()
     return SenderConfig(
         endpoint=conf.connect_endpoint(conf.broker_endpoints()["ingress"]),
         send_timeout=conf.number("send_timeout"),
@@ -141,6 +149,7 @@ def _load_config() -> SenderConfig:
         queue_size=int(conf.number("send_queue_size")),
         exit_timeout=conf.number("exit_timeout"),
         max_message_size=int(conf.number("max_message_size")),
+        curve_keys=None if files is None else load_client_keys(files),
     )
 
 
@@ -176,6 +185,9 @@ class _Publisher:
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         self.socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+        limit_frames(self.socket, max_frame_size(config.max_message_size))
+        if config.curve_keys is not None:
+            apply_client(self.socket, config.curve_keys)
         self.monitor: zmq.Socket[bytes] = self.socket.get_monitor_socket(MONITOR_EVENTS)
         try:
             self.socket.connect(config.endpoint)
@@ -250,7 +262,14 @@ class _Publisher:
         self.take_acks()
         self.write_due()
 
-    def send(self, fresh: bool, channel_id: str, body: bytes, content_type: str | None) -> None:
+    def send(
+        self,
+        fresh: bool,
+        channel_id: str,
+        body: bytes,
+        content_type: str | None,
+        event: str | None = None,
+    ) -> None:
         """Queue one message and write it if it may go now, or raise `PushServerError`.
 
         Looking at the monitor and at the acks costs as much as the write, so
@@ -267,18 +286,20 @@ class _Publisher:
         written again from the oldest.
         """
         process = self.process
-        config = process.config
-        if len(body) > config.max_message_size:
-            raise PushServerError(
-                f"message for channel {channel_id!r} is {len(body)} bytes, "
-                f"more than max_message_size ({config.max_message_size})"
+        limit = process.config.max_message_size
+        if len(body) > limit:
+            # A frame over the broker's limit would cost the socket its connection at
+            # every resend; `send_update` says so before its signals fire.
+            raise ValueError(
+                f"message for channel {channel_id[:80]!r} is {len(body)} bytes, "
+                f"more than max_message_size ({limit})"
             )
         now = time.monotonic()
         outbox = self.outbox
         unacked = outbox.unacked
         if fresh or not self.connected or now >= self.check_at or len(unacked) >= self.check_len:
             self._check(now, fresh)
-        frame = outbox.append(channel_id, body, content_type)
+        frame = outbox.append(channel_id, body, content_type, event=event)
         if frame is None:
             self.write_due()
         else:
@@ -530,10 +551,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def publish(channel_id: str, body: bytes, content_type: str | None) -> None:
+def publish(
+    channel_id: str, body: bytes, content_type: str | None, event: str | None = None
+) -> None:
     """Queue one message for the broker, or raise `PushServerError`; blocks at most
-    ``send_timeout``. `send_update` is the public way in."""
-    _with_publisher(_Publisher.send, channel_id, body, content_type)
+    ``send_timeout``. `send_update` is the public way in; `event` is checked there."""
+    _with_publisher(_Publisher.send, channel_id, body, content_type, event)
+
+
+def max_message_size() -> int:
+    """The largest body `publish` takes (``max_message_size``), as this process read it."""
+    return _current_process().config.max_message_size
 
 
 def broker_connected(timeout: float = 0.0) -> bool:

@@ -9,10 +9,14 @@ user agent, forwarded-for), so session and authentication middleware set
 
 The trap: the request carries the *browser's* credentials, so anyone able
 to reach this URL could fire the signals as any user whose cookie they
-hold. Only trusted callers are admitted: an address in
-``settings.INTERNAL_IPS`` (the original's rule, for edges on the same
-host), or the ``X-Passthrough-Secret`` header equal to
-``PUSH_SERVER['passthrough_secret']`` (edges on other hosts).
+hold. Only trusted callers are admitted: one whose ``X-Passthrough-Secret``
+header holds the passthrough secret (`pushserver.conf.passthrough_secret`:
+``PUSH_SERVER['passthrough_secret']``, else derived from ``SECRET_KEY``,
+which every edge ``runpushserver`` starts sends), or, as in the original,
+one whose address is in ``settings.INTERNAL_IPS`` *and* that relays
+nobody: a request with ``X-Forwarded-*``, ``Forwarded`` or ``X-Real-IP``
+came through a proxy, and a balancer on this host forwards the world's
+requests from an internal address (loopback) too.
 
 A ``channel_subscribe`` receiver may refuse the subscription by raising
 ``PermissionDenied``: the view answers 403 and, with ``authorize`` set on
@@ -42,6 +46,9 @@ SUBSCRIBED = "subscribed"
 UNSUBSCRIBED = "unsubscribed"
 REFUSED = "subscription refused"
 TEXT = "text/plain; charset=utf-8"
+# What a proxy adds to a request it forwards, as WSGI names the headers.
+RELAYING = frozenset({"HTTP_FORWARDED", "HTTP_X_REAL_IP"})
+FORWARDED_PREFIX = "HTTP_X_FORWARDED_"
 
 
 # Edges are not browsers and hold no CSRF token; the trust check below
@@ -60,7 +67,11 @@ def passthrough(request: HttpRequest) -> HttpResponse:
             content_type=TEXT,
         )
     if not _trusted(request):
-        return _text(403, "caller is neither in INTERNAL_IPS nor holding the passthrough secret")
+        return _text(
+            403,
+            "caller holds no passthrough secret, and is not in INTERNAL_IPS"
+            " or came through a proxy (forwarding headers)",
+        )
     channel_id = request.POST.get(PASSTHROUGH_CHANNEL)
     if channel_id is None:
         return _text(400, f"missing form field {PASSTHROUGH_CHANNEL!r}")
@@ -83,14 +94,18 @@ def passthrough(request: HttpRequest) -> HttpResponse:
 
 
 def _trusted(request: HttpRequest) -> bool:
-    if request.META.get("REMOTE_ADDR") in settings.INTERNAL_IPS:
-        return True
     secret = conf.passthrough_secret()
     given = request.headers.get(PASSTHROUGH_SECRET)
-    if secret is None or given is None:
-        return False
     # Bytes, because compare_digest refuses non-ASCII str and a header may hold any.
-    return hmac.compare_digest(given.encode("utf-8"), secret.encode("utf-8"))
+    if secret and given and hmac.compare_digest(given.encode("utf-8"), secret.encode("utf-8")):
+        return True
+    meta = request.META
+    return meta.get("REMOTE_ADDR") in settings.INTERNAL_IPS and not _relayed(meta)
+
+
+def _relayed(meta: dict[str, object]) -> bool:
+    """Whether a proxy forwarded the request (for someone whose address it reports)."""
+    return any(name in RELAYING or name.startswith(FORWARDED_PREFIX) for name in meta)
 
 
 def _flag(request: HttpRequest, name: str) -> bool:

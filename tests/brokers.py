@@ -15,7 +15,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker import wire
 from broker.config import BrokerConfig
@@ -159,3 +161,25 @@ def held(
 ) -> list[bytes]:
     """The bodies the broker holds for `channel`, oldest first."""
     return [message.body for message in snapshot(context, broker.endpoints["control"], channel)]
+
+
+# The broker's metric families, by the counter each shows per port.
+BROKER_FIGURES = {
+    "pushserver_broker_curve_refused": "refused",
+    "pushserver_broker_malformed_frames": "malformed",
+}
+
+
+def broker_figures(metrics_url: str) -> Counter[str]:
+    """The broker's counts as its metrics endpoint shows them: ``ingress_refused``,
+    ``control_malformed`` and so on."""
+    figures: Counter[str] = Counter()
+    text = httpx.get(metrics_url, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        suffix = BROKER_FIGURES.get(family.name)
+        if suffix is None:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                figures[f"{sample.labels['port']}_{suffix}"] = int(sample.value)
+    return figures

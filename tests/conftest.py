@@ -3,12 +3,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import django
 import httpx
 import pytest
 import zmq
 
+from broker.curve import create_key_files
 from tests.brokers import ThreadBroker
 from tests.clock import Clock
 from tests.processes import Launcher, Process
@@ -57,6 +59,16 @@ def forgetful() -> Iterator[ThreadBroker]:
     started.start()
     yield started
     started.stop()
+
+
+@pytest.fixture(params=[False, True], ids=["open", "curve"])
+def links(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """PUSH_SERVER keys for a test that runs both ways: none (open ZeroMQ links), or
+    CURVE on every link with keys made for the test (every part holds them all)."""
+    if not request.param:
+        return {}
+    layout, _ = create_key_files(tmp_path / "keys")
+    return {"curve": layout.setting()}
 
 
 @pytest.fixture(scope="module")

@@ -685,6 +685,8 @@ def raw_msgpack(rng: random.Random) -> bytes:
 
 def publish_fields(rng: random.Random, channels: list[str]) -> list[Any]:
     seq = rng.randrange(10)
+    # The tenth field, an event name, only sometimes: as publishers write it.
+    named = [rng.choice(["quote", "trade.1", "message", "a b"])] if rng.random() < 0.3 else []
     return [
         wire.VERSION,
         b"fuzz-" + rng.randbytes(4),
@@ -695,6 +697,7 @@ def publish_fields(rng: random.Random, channels: list[str]) -> list[Any]:
         rng.randrange(seq + 1),
         rng.choice([None, "key-" + rng.randbytes(3).hex()]),
         rng.random() < 0.5,
+        *named,
     ]
 
 
@@ -814,6 +817,8 @@ def event_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
         header = {"k": kind}
         if kind == "m":
             header.update(id=_message_id(rng), prev=_message_id(rng), floor=None, t="text/plain")
+            if rng.random() < 0.3:
+                header["e"] = rng.choice(["quote", "pushserver-missed", "x" * 65])
         elif kind == "s":
             header.update(exists=True, last=_message_id(rng))
     header["v"] = wire.VERSION
@@ -856,7 +861,7 @@ def reply_frames(rng: random.Random, channels: list[str]) -> list[bytes]:
             "last": second,
             "floor": None,
             "limits": [10, 0, 60.0],
-            "ids": [(first, None, "text/plain"), (second, first, None)],
+            "ids": [(first, None, "text/plain"), (second, first, None, "quote")],
         }
         bodies = [b"one", b"two"]
     choice = rng.random()

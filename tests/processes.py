@@ -11,10 +11,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import zmq
 
-from broker import wire
+from broker import curve, wire
 from ops import launch
 from ops.launch import (
     ANY_PORT,
@@ -57,11 +58,17 @@ class LossyLink:
     `drop_every`-th channel message. Heartbeats and sync markers always pass,
     so the edge keeps the broker and learns of the newest ids.
 
+    With `curve` (a ``PUSH_SERVER['curve']`` dict), the relay connects as an
+    edge does and serves the edge with the broker's own keys, without an
+    allow-list of its own.
+
     Use as a context manager; the sockets belong to the relay's thread until
     it has stopped.
     """
 
-    def __init__(self, events: str, drop_every: int) -> None:
+    def __init__(
+        self, events: str, drop_every: int, curve_keys: dict[str, Any] | None = None
+    ) -> None:
         if drop_every < 1:
             raise ValueError(f"drop_every must be at least 1, got {drop_every}")
         self.drop_every = drop_every
@@ -76,6 +83,15 @@ class LossyLink:
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
         self._downstream.setsockopt(zmq.XPUB_VERBOSER, 1)
+        if curve_keys is not None:
+            files = curve.ClientFiles(
+                Path(curve_keys["broker_public_key"]), Path(curve_keys["edge_secret_key"])
+            )
+            curve.apply_client(self._upstream, curve.load_client_keys(files))
+            public, secret = curve.key_pair(Path(curve_keys["broker_secret_key"]))
+            self._downstream.curve_secretkey = secret
+            self._downstream.curve_publickey = public
+            self._downstream.curve_server = True
         self._upstream.connect(events)
         port = self._downstream.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"

@@ -11,8 +11,9 @@ import zmq
 
 from broker.wire import MAX_CHANNEL_ID_BYTES, PublishPacker
 from edge.protocol import IF_MODIFIED_SINCE, IF_NONE_MATCH, PUSH_SECRET
+from tests.brokers import broker_figures
 from tests.client import fresh, path, publish, walk
-from tests.processes import BROKER_LINE, Process, eventually
+from tests.processes import BROKER_LINE, Launcher, Process, eventually
 
 
 def still_serving(base: str) -> None:
@@ -149,9 +150,11 @@ def test_malformed_frames_on_the_broker_ingress_are_dropped_and_counted(
     finally:
         context.term()
     assert walk(base, channel, 1) == [b"valid"]
+    metrics = Launcher.metrics_url(process)
     eventually(
-        lambda: "dropped a malformed frame on ingress (3 so far)" in process.output,
+        lambda: broker_figures(metrics)["ingress_malformed"] == 3,
         10,
         "the third malformed frame to be counted",
     )
+    assert "dropped a malformed frame on ingress (1 so far)" in process.output
     still_serving(base)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from pushserver.locations import (
     publisher_url,
     subscriber_url,
 )
+from tests.eventsource import EventStream
 from tests.processes import Launcher, Process
 
 
@@ -300,3 +302,64 @@ def test_a_signed_location_without_a_secret_is_improperly_configured() -> None:
         pytest.raises(ImproperlyConfigured, match="signed_url_secrets"),
     ):
         subscriber_url("a")
+
+
+# -- several channels: one stream ------------------------------------------------
+
+
+def test_several_ids_give_one_stream_url_each_encoded_and_joined_by_a_comma() -> None:
+    with override_settings(PUSH_SERVER={}):
+        expected = "http://127.0.0.1:8001/updates/news,a%2Cb,user%2F42"
+        assert subscriber_url("news", "a,b", "user/42") == expected
+        assert channel_url(["news", "a,b", "user/42"]) == expected
+        rendered = render(
+            '{% load pushserver %}{% channel_url "news" other pk %}', other="a,b", pk=7
+        )
+        assert rendered == "http://127.0.0.1:8001/updates/news,a%2Cb,7"
+        # One id with a comma of its own is one channel, never several.
+        assert subscriber_url("a,b") == "http://127.0.0.1:8001/updates/a%2Cb"
+
+
+def test_a_stream_url_of_too_many_or_repeated_ids_or_for_a_publisher_is_a_value_error() -> None:
+    with with_locations({"type": SUBSCRIBER, "stream_max_channels": 2}):
+        assert subscriber_url("a", "b").endswith("/updates/a,b")
+        with pytest.raises(ValueError, match="at most 2 channels"):
+            subscriber_url("a", "b", "c")
+        with pytest.raises(ValueError, match="named twice"):
+            subscriber_url("a", "a")
+    with override_settings(PUSH_SERVER={}), pytest.raises(ValueError, match="names one channel"):
+        channel_url(["a", "b"], PUBLISHER)
+
+
+def test_a_signed_stream_urls_token_opens_exactly_its_list_of_channels() -> None:
+    with signed_settings():
+        url = subscriber_url("a", "b")
+    assert url.startswith("http://127.0.0.1:8001/signed/a,b?token=")
+    token = token_of(url)
+    assert verify([NEW_SECRET], ["a", "b"], token, time.time()) is None
+    assert verify([NEW_SECRET], ["b", "a"], token, time.time()) == TOKEN_INVALID
+    assert verify([NEW_SECRET], ["a"], token, time.time()) == TOKEN_INVALID
+
+
+def test_awkward_ids_in_one_stream_url_reach_a_real_edge_each_as_given(
+    edge: tuple[Process, str],
+) -> None:
+    _, base = edge
+    host = {"location": base.removeprefix("http://"), "secure": False}
+    push_server = {
+        "subscriber_host": host,
+        "publisher_host": host,
+        "locations": ROUND_TRIP_LOCATIONS,
+    }
+    channel_ids = [f"{channel_id} {uuid.uuid4().hex[:6]}" for channel_id in AWKWARD_IDS]
+    comma = f"comma,inside {uuid.uuid4().hex[:6]}"
+    with override_settings(PUSH_SERVER=push_server):
+        url = subscriber_url(*channel_ids, comma)
+        for channel_id in [*channel_ids, comma]:
+            httpx.post(publisher_url(channel_id), content=f"for {channel_id}".encode(), timeout=10)
+    with EventStream(base, url.removeprefix(base)) as stream:
+        assert stream.status == 200, stream.body
+        events = stream.events_of(len(channel_ids) + 1)
+    assert sorted(event.data for event in events) == sorted(
+        f"for {channel_id}" for channel_id in [*channel_ids, comma]
+    )

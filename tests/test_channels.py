@@ -94,3 +94,74 @@ def test_deleting_the_channel_answers_waiting_polls_with_nothing() -> None:
     buffer.delete()
     assert got == [(None, False)]
     assert not buffer.exists and not buffer.held
+
+
+class Follower:
+    """A subscriber that stays, as a stream does: it takes every message after its cursor."""
+
+    def __init__(self, cursor: MessageId | None) -> None:
+        self.cursor = cursor
+        self.got: list[tuple[bytes, bool]] = []
+        self.ended = ""
+
+    def offer(self, held: Held, missed: bool) -> bool:
+        self.got.append((held.message.body, missed))
+        self.cursor = held.id
+        return True
+
+    def deleted(self) -> None:
+        self.ended = "deleted"
+
+    def release(self) -> None:
+        self.ended = "released"
+
+
+def test_a_subscriber_that_stays_is_offered_every_new_message_in_order() -> None:
+    buffer = loaded(message(0, None))
+    follower = Follower(message(0, None).id)
+    buffer.wait(follower)
+    for tag in range(1, 4):
+        buffer.apply(message(tag, tag - 1))
+    assert follower.got == [(b"m1", False), (b"m2", False), (b"m3", False)]
+    assert buffer.subscribers == 1
+
+
+def test_subscribers_at_one_cursor_share_the_held_message_and_what_was_rendered_of_it() -> None:
+    buffer = loaded(message(0, None))
+    offered: list[Held] = []
+
+    class Recorder(Follower):
+        def offer(self, held: Held, missed: bool) -> bool:
+            offered.append(held)
+            return super().offer(held, missed)
+
+    for _ in range(3):
+        buffer.wait(Recorder(message(0, None).id))
+    buffer.apply(message(1, 0))
+    assert len(offered) == 3 and len({id(held) for held in offered}) == 1
+
+
+def test_presence_is_told_whenever_who_waits_changes() -> None:
+    told: list[int] = []
+    buffer = loaded(message(0, None))
+    buffer.presence = lambda changed: told.append(changed.subscribers)
+    poll = Waiter(message(0, None).id, lambda h, m: None, lambda: None)
+    follower = Follower(None)
+    buffer.wait(poll)
+    buffer.wait(follower)
+    buffer.apply(message(1, 0))  # the poll is answered and leaves; the follower stays
+    buffer.asked()
+    buffer.forget(follower)
+    assert told == [1, 2, 1, 1, 0]
+
+
+def test_stopping_releases_every_subscriber_and_deleting_tells_each() -> None:
+    buffer = loaded(message(0, None))
+    followers = [Follower(None), Follower(None)]
+    for follower in followers:
+        buffer.wait(follower)
+    assert buffer.release_all() == 2
+    assert [follower.ended for follower in followers] == ["released", "released"]
+    buffer.delete()
+    assert [follower.ended for follower in followers] == ["deleted", "deleted"]
+    assert buffer.subscribers == 0

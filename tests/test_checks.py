@@ -389,6 +389,30 @@ EXAMPLES: dict[Check, dict[str, Any]] = {
         "PUSH_SERVER": {"locations": [{"type": "subscriber", "signed": True}]}
     },
     rules.BYTES_OR_OFF: {"PUSH_SERVER": {"events_queue_bytes": -1}},
+    rules.CURVE_SHAPE: {"PUSH_SERVER": {"curve": "/etc/pushserver/keys"}},
+    rules.CURVE_PATH: {"PUSH_SERVER": {"curve": {"edge_keys": 5}}},
+    rules.CURVE_FILE_MISSING: {
+        "PUSH_SERVER": {"curve": {"broker_public_key": "/nonexistent/pushserver/broker.key"}}
+    },
+    # A folder where a key file belongs.
+    rules.CURVE_FILE_UNREADABLE: {"PUSH_SERVER": {"curve": {"broker_public_key": "/"}}},
+    # A file that is no key: this one.
+    rules.CURVE_NOT_A_KEY: {"PUSH_SERVER": {"curve": {"edge_secret_key": __file__}}},
+    rules.CURVE_ROLE_KEY_MISSING: {"PUSH_SERVER": {"curve": {}}},
+    rules.METRICS_ADDRESS: {"PUSH_SERVER": {"broker": {"metrics": "9560"}}},
+    rules.OPEN_BROKER_PORTS: {"PUSH_SERVER": {"broker": {"ingress": "tcp://10.0.0.10:5560"}}},
+    rules.STREAM_KEEPALIVE: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_keepalive": 0}]}
+    },
+    rules.STREAM_RETRY: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_retry": 2.5}]}
+    },
+    rules.STREAM_BUFFER: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_buffer": "1M"}]}
+    },
+    rules.STREAM_MAX_CHANNELS: {
+        "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_max_channels": 5000}]}
+    },
     rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
     rules.SHORT_SIGNING_SECRET: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, "short"]}},
     rules.ANY_ORIGIN_WITH_CREDENTIALS: {
@@ -424,7 +448,9 @@ def test_fault_injection_is_not_a_setting() -> None:
     assert "'drop_live_every'" in str(found[0].msg)
     assert "drop_live_every" not in {field.name for field in dataclasses.fields(EdgeConfig)}
     with override_settings(PUSH_SERVER={"drop_live_every": 3}):
-        assert conf.edge_config() == EdgeConfig()
+        # The passthrough secret is derived from SECRET_KEY when none is written.
+        derived = dataclasses.replace(EdgeConfig(), passthrough_secret=conf.passthrough_secret())
+        assert conf.edge_config() == derived
 
 
 def test_unknown_keys_are_a_warning_not_an_error() -> None:
@@ -472,7 +498,9 @@ def test_without_settings_the_parts_get_their_own_defaults() -> None:
     with override_settings():
         del settings.PUSH_SERVER
         assert conf.broker_config() == BrokerConfig()
-        assert conf.edge_config() == EdgeConfig()
+        # But for the passthrough secret, derived from SECRET_KEY when none is written.
+        derived = dataclasses.replace(EdgeConfig(), passthrough_secret=conf.passthrough_secret())
+        assert conf.edge_config() == derived
 
 
 # A value other than the default for every top-level key that fills a configuration field.

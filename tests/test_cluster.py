@@ -1,4 +1,5 @@
-"""A broker and several edge processes: any edge serves any client's cursor."""
+"""A broker and several edge processes: any edge serves any client's cursor, on open ZeroMQ
+links and with CURVE on every link (the `links` fixture)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 
@@ -25,10 +27,10 @@ async def publisher(base: str, channel: str, bodies: list[bytes], interval: floa
 
 
 def test_subscribers_switching_edge_on_every_poll_get_every_message_once_in_order(
-    launcher: Launcher,
+    launcher: Launcher, links: dict[str, Any]
 ) -> None:
-    broker, endpoints = launcher.broker(store=STORE)
-    edges = [launcher.edge(endpoints, store=STORE)[1] for _ in range(2)]
+    broker, endpoints = launcher.broker(store=STORE, **links)
+    edges = [launcher.edge(endpoints, store=STORE, **links)[1] for _ in range(2)]
     channel = fresh("stream")
     bodies = [f"message {n:03d}".encode() for n in range(200)]
 
@@ -60,13 +62,17 @@ def test_an_edge_started_after_publishing_serves_history_from_the_snapshot(
     assert walk(late, channel, 20) == bodies
 
 
-def test_an_edge_that_loses_live_messages_refills_from_the_broker(launcher: Launcher) -> None:
-    _, endpoints = launcher.broker(store=STORE)
+def test_an_edge_that_loses_live_messages_refills_from_the_broker(
+    launcher: Launcher, links: dict[str, Any]
+) -> None:
+    _, endpoints = launcher.broker(store=STORE, **links)
     channel = fresh("refill")
     bodies = [f"live {n}".encode() for n in range(30)]
-    with LossyLink(endpoints["events"], drop_every=3) as link:
-        lossy, lossy_url = launcher.edge({**endpoints, "events": link.endpoint}, store=STORE)
-        _, publisher_url = launcher.edge(endpoints, store=STORE)
+    with LossyLink(endpoints["events"], drop_every=3, curve_keys=links.get("curve")) as link:
+        lossy, lossy_url = launcher.edge(
+            {**endpoints, "events": link.endpoint}, store=STORE, **links
+        )
+        _, publisher_url = launcher.edge(endpoints, store=STORE, **links)
 
         async def run() -> list[bytes]:
             httpx.put(publisher_url + path("send-update", channel))
@@ -87,11 +93,13 @@ def test_an_edge_that_loses_live_messages_refills_from_the_broker(launcher: Laun
     )
 
 
-def test_send_update_from_django_reaches_subscribers_on_every_edge(launcher: Launcher) -> None:
-    _, endpoints = launcher.broker(store=STORE)
-    edges = [launcher.edge(endpoints, store=STORE)[1] for _ in range(2)]
+def test_send_update_from_django_reaches_subscribers_on_every_edge(
+    launcher: Launcher, links: dict[str, Any]
+) -> None:
+    _, endpoints = launcher.broker(store=STORE, **links)
+    edges = [launcher.edge(endpoints, store=STORE, **links)[1] for _ in range(2)]
     channel = fresh("django")
-    module = launcher.settings({"broker": endpoints, "store": STORE})
+    module = launcher.settings({"broker": endpoints, "store": STORE, **links})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(launcher.folder), str(ROOT)])
     env["DJANGO_SETTINGS_MODULE"] = module

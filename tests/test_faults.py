@@ -1,6 +1,7 @@
 """The guarantee under faults: behind a real load balancer, with edges killed, stopped and
 restarted and the broker killed, every client gets every message of its channel once, in
-order, byte for byte."""
+order, byte for byte. The edge kills, the broker kill and the refill run twice: on open
+ZeroMQ links and with CURVE on every link (the `links` fixture)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -64,9 +66,9 @@ def edge_figures(cluster: Cluster) -> dict[str, int]:
 
 
 def test_killed_restarted_and_stopped_edges_behind_nginx_lose_nothing(
-    cluster_factory: list[Cluster], tmp_path: Path
+    cluster_factory: list[Cluster], tmp_path: Path, links: dict[str, Any]
 ) -> None:
-    cluster = start(cluster_factory, tmp_path)
+    cluster = start(cluster_factory, tmp_path, **links)
     result = run_stream(
         cluster,
         faults=[
@@ -81,11 +83,12 @@ def test_killed_restarted_and_stopped_edges_behind_nginx_lose_nothing(
 
 
 def test_a_killed_and_restarted_broker_loses_and_repeats_nothing(
-    cluster_factory: list[Cluster], tmp_path: Path
+    cluster_factory: list[Cluster], tmp_path: Path, links: dict[str, Any]
 ) -> None:
     cluster = start(
         cluster_factory,
         tmp_path,
+        **links,
         history_file=str(tmp_path / "history"),
         # Publishers queue through the outage instead of giving up.
         broker_unreachable_timeout=20,
@@ -136,11 +139,11 @@ def test_delivery_through_haproxy_survives_a_killed_edge(
 
 
 def test_an_edge_dropping_live_messages_at_its_queue_limit_refills_every_gap(
-    cluster_factory: list[Cluster], tmp_path: Path
+    cluster_factory: list[Cluster], tmp_path: Path, links: dict[str, Any]
 ) -> None:
     # A tiny events queue at both ends: under a burst of large messages the
     # broker drops what this edge cannot take in time.
-    cluster = start(cluster_factory, tmp_path, balancer=None, edges=1, events_hwm=2)
+    cluster = start(cluster_factory, tmp_path, balancer=None, edges=1, events_hwm=2, **links)
     channel = fresh("burst")
     assert httpx.put(f"{cluster.edge_urls[0]}/send-update/{channel}").status_code == 200
     bodies = [f'{{"type":"burst","seq":{n},"pad":"{"y" * 60000}"}}' for n in range(200)]

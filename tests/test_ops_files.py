@@ -5,6 +5,9 @@ with their own signal within their own stop timeout."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import http.server
 import re
 import shlex
@@ -42,6 +45,8 @@ BROKER_UNIT = OPS / "systemd" / "pushserver-broker.service"
 EDGE_UNIT = OPS / "systemd" / "pushserver-edge@.service"
 # The edges' default long-poll timeout: the balancers must wait longer.
 LONG_POLL_TIMEOUT = EdgeConfig().long_poll_timeout
+# Seconds between a stream's keep-alive comments (issue 12): silence the balancers must outwait.
+STREAM_KEEP_ALIVE = 15.0
 # Debian installs both into /usr/sbin, which a non-root PATH may lack.
 SBIN = "/usr/sbin"
 
@@ -78,6 +83,12 @@ def nginx_block(text: str, opening: str) -> str:
         depth += {"{": 1, "}": -1}.get(text[index], 0)
         index += 1
     return text[start.end() : index - 1]
+
+
+def nginx_map(text: str, variables: str) -> dict[str, str]:
+    """The entries of `map <variables> { ... }`: source -> value."""
+    body = nginx_block(text, f"map {variables}")
+    return dict(line.strip().rstrip(";").split() for line in body.splitlines() if line.strip())
 
 
 def nginx_for(edges: list[str], port: int) -> str:
@@ -141,14 +152,23 @@ def test_the_nginx_config_round_robins_unbuffered_polls_and_hides_publishing() -
     assert directives["proxy_http_version"] == "1.1"
     assert directives["proxy_buffering"] == "off"
     assert directives["gzip"] == "off"
-    assert seconds(directives["proxy_read_timeout"]) > LONG_POLL_TIMEOUT
+    assert seconds(directives["proxy_read_timeout"]) > 2 * LONG_POLL_TIMEOUT
+    assert seconds(directives["proxy_read_timeout"]) > 3 * STREAM_KEEP_ALIVE
+    assert seconds(directives["proxy_send_timeout"]) > 3 * STREAM_KEEP_ALIVE
+    assert directives["proxy_request_buffering"] == directives["proxy_cache"] == "off"
     assert "non_idempotent" not in directives["proxy_next_upstream"]
     headers = dict(
         line.strip().rstrip(";").split(None, 2)[1:]
         for line in updates.splitlines()
         if line.strip().startswith("proxy_set_header")
     )
-    assert headers["Connection"] == '""'
+    # Empty (upstream keep-alive) but for a WebSocket handshake, which gets `upgrade`.
+    assert headers["Connection"] == "$pushserver_connection"
+    assert headers["Upgrade"] == "$http_upgrade"
+    assert nginx_map(text, "$http_upgrade $pushserver_connection") == {
+        "default": "upgrade",
+        '""': '""',
+    }
     assert headers["Cookie"] == "$http_cookie"
     assert headers["Origin"] == "$http_origin"
     # Written by nginx, never the browser's own: the edges trust what nginx sends.
@@ -159,10 +179,20 @@ def test_the_nginx_config_round_robins_unbuffered_polls_and_hides_publishing() -
     for cleared in ("Forwarded", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl"):
         assert headers[cleared] == '""', cleared
 
-    # The publisher and the metrics answer 404, whatever proxying the rest does.
-    for denied in ("/send-update/", "/pushserver/"):
-        block = nginx_block(text, f"location ^~ {denied}")
-        assert block.split() == ["return", "404;"], block
+    # The publisher, the metrics and the passthrough answer 404 before any location
+    # is chosen (server level), whatever proxying the rest does.
+    internal = nginx_map(text, "$uri $pushserver_internal")
+    assert internal == {
+        "default": "0",
+        "~*^/send-update(/|$)": "1",
+        "~*^/pushserver(/|$)": "1",
+        "~*^/passthrough(/|$)": "1",
+    }
+    server = nginx_block(text, "server")
+    first_location = server.index("location ")
+    guard = nginx_block(server, "if ($pushserver_internal)")
+    assert guard.split() == ["return", "404;"]
+    assert server.index("if ($pushserver_internal)") < first_location
 
 
 # -- HAProxy -------------------------------------------------------------------
@@ -220,8 +250,11 @@ def test_the_haproxy_config_round_robins_outwaits_polls_and_hides_publishing() -
     timeouts = {
         line.split()[1]: seconds(line.split()[2]) for line in defaults if line.startswith("timeout")
     }
-    assert timeouts["server"] > LONG_POLL_TIMEOUT
-    assert timeouts["client"] > LONG_POLL_TIMEOUT
+    for side in ("server", "client"):
+        assert timeouts[side] > 2 * LONG_POLL_TIMEOUT, side
+        assert timeouts[side] > 3 * STREAM_KEEP_ALIVE, side
+    # An upgraded WebSocket is governed by this one alone.
+    assert timeouts["tunnel"] >= timeouts["server"]
 
     frontends = [name for name in sections if name.startswith("frontend ")]
     assert len(frontends) == 1
@@ -245,9 +278,24 @@ def test_the_haproxy_config_round_robins_outwaits_polls_and_hides_publishing() -
     assert written["X-Forwarded-Proto"].startswith("http")
     first_written = min(n for n, line in enumerate(rules) if "set-header X-" in line)
     assert max(removed) < first_written
-    denied = " ".join(line for line in frontend if line.startswith("http-request deny"))
-    assert "path_beg /send-update/" in denied
-    assert "path_beg /pushserver/" in denied
+    # The publisher, the metrics and the passthrough are denied on the decoded path,
+    # before any backend is chosen; dot segments are refused before that.
+    acls = {line.split()[1]: line.split(None, 2)[2] for line in frontend if line.startswith("acl ")}
+    assert acls["pushserver_internal"] == (
+        "path,url_dec -m reg -i '^/+(send-update|pushserver|passthrough)(/|$)'"
+    )
+    assert acls["pushserver_dot_segment"] == r"path,url_dec -m reg '(^|/)\.\.?(/|$)'"
+    denies = [line for line in rules if line.startswith("http-request deny")]
+    assert denies == [
+        "http-request deny deny_status 400 if pushserver_dot_segment",
+        "http-request deny deny_status 404 if pushserver_internal",
+    ]
+    assert rules.index(denies[-1]) < min(
+        n for n, line in enumerate(rules) if line.startswith("http-request return")
+    )
+    assert not any(
+        line.startswith("use_backend") for line in frontend[: frontend.index(denies[-1])]
+    )
 
     backend = sections["backend pushserver_edges"]
     assert "balance roundrobin" in backend
@@ -425,6 +473,163 @@ def test_the_balancer_serves_polls_from_the_edges_and_refuses_to_publish(
     assert headers["x-real-ip"] == "127.0.0.1"
     assert headers["x-forwarded-host"] == f"127.0.0.1:{port}"
     assert process.stop(signal.SIGTERM, 10) is not None
+
+
+# -- streams and WebSockets through both balancers ------------------------------
+
+
+class StreamingUpstream(threading.Thread):
+    """Stands in for an edge serving a stream and a WebSocket (those edges are written
+    elsewhere): an event stream whose second event waits for the test's word, and a
+    WebSocket handshake answered 101, then every byte echoed. Records each request head."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.heads: list[str] = []
+        self.go_on = threading.Event()
+        self.stopping = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def run(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(20)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return  # a health check's bare connection
+                    head += chunk
+            except OSError:
+                return
+            text = head.decode("latin-1")
+            self.heads.append(text)
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in text.split("\r\n")[1:])
+            }
+            if headers.get("upgrade", "").lower() == "websocket":
+                self.tunnel(conn, headers["sec-websocket-key"])
+            else:
+                self.stream(conn)
+
+    def stream(self, conn: socket.socket) -> None:
+        def chunk(data: bytes) -> bytes:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunk(b"id: 1:0\ndata: one\n\n")
+        )
+        if self.go_on.wait(20):
+            conn.sendall(chunk(b"id: 1:1\ndata: two\n\n") + b"0\r\n\r\n")
+
+    def tunnel(self, conn: socket.socket, key: str) -> None:
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        )
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.go_on.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[StreamingUpstream]:
+    server = StreamingUpstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+def read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before {marker!r}: {received!r}"
+        received += chunk
+    return received
+
+
+def start_balancer(launcher: Launcher, balancer: str, edges: list[str]) -> str:
+    port = free_port()
+    process = BALANCERS[balancer](launcher, edges, port)
+    launcher.processes.append(process)
+    eventually(lambda: accepts(port) or process.popen.poll() is not None, 20, balancer)
+    assert process.popen.poll() is None, process.output
+    return f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("balancer", sorted(BALANCERS))
+def test_the_balancer_hands_on_each_event_of_a_stream_as_it_comes(
+    launcher: Launcher, upstream: StreamingUpstream, balancer: str
+) -> None:
+    front = start_balancer(launcher, balancer, [upstream.address])
+    host, port = front.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /updates/news HTTP/1.1\r\nHost: {front}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        # The first event arrives while the upstream holds back the second: nothing
+        # waits in a buffer for more.
+        first = read_until(sock, b"data: one\n\n", 5)
+        assert b"data: two" not in first
+        upstream.go_on.set()
+        read_until(sock, b"data: two\n\n", 5)
+    (head,) = upstream.heads
+    assert head.startswith("GET /updates/news HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("balancer", sorted(BALANCERS))
+def test_the_balancer_passes_a_websocket_upgrade_and_then_every_byte(
+    launcher: Launcher, upstream: StreamingUpstream, balancer: str
+) -> None:
+    front = start_balancer(launcher, balancer, [upstream.address])
+    host, port = front.split(":")
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /updates/news HTTP/1.1\r\nHost: {front}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\nOrigin: http://site.example\r\n\r\n".encode()
+        )
+        answer = read_until(sock, b"\r\n\r\n", 5)
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+        # What follows is no longer HTTP: bytes both ways, as the edge sends them.
+        sock.sendall(b"\x81\x05hello")
+        assert read_until(sock, b"hello", 5).endswith(b"\x81\x05hello")
+    (head,) = upstream.heads
+    headers = {
+        name.strip().lower(): value.strip().lower()
+        for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:] if line)
+    }
+    assert head.startswith("GET /updates/news HTTP/1.1\r\n")
+    assert headers["upgrade"] == "websocket"
+    assert "upgrade" in headers["connection"]
+    assert headers["sec-websocket-key"] == key.lower()
 
 
 # -- systemd units -------------------------------------------------------------

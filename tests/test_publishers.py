@@ -145,6 +145,9 @@ def fields(*values: object) -> bytes:
     return packed
 
 
+NO_EVENT = object()
+
+
 def publish(
     publisher: object = A,
     seq: object = 0,
@@ -155,9 +158,12 @@ def publish(
     version: object = wire.VERSION,
     key: object = None,
     reply: object = False,
+    event: object = NO_EVENT,
 ) -> bytes:
-    """A publish frame with any field as the test wants it, however wrong."""
-    return fields(version, publisher, seq, channel_id, content_type, body, base, key, reply)
+    """A publish frame with any field as the test wants it, however wrong; a tenth
+    field (the event name) when `event` is given."""
+    named = () if event is NO_EVENT else (event,)
+    return fields(version, publisher, seq, channel_id, content_type, body, base, key, reply, *named)
 
 
 @pytest.mark.parametrize(
@@ -192,9 +198,18 @@ def publish(
         # A header and a body, or seven fields without a key and a reply flag:
         # formats that never shipped, or that this one replaced.
         ([header(c="news", t=None, p=A, s=0), b""], "2 frames, expected 1"),
-        ([header(c="news", t=None, p=A, s=0)], "not an array of 9 fields"),
-        ([fields(wire.VERSION, A, 0, "news", None, b"", 0)], "not an array of 9 fields"),
-        ([fields(wire.VERSION, A, 0, "news", None, b"", 0, None, False, 0)], "of 9 fields"),
+        ([header(c="news", t=None, p=A, s=0)], "not an array of 9 or 10 fields"),
+        ([fields(wire.VERSION, A, 0, "news", None, b"", 0)], "not an array of 9 or 10 fields"),
+        ([fields(wire.VERSION, A, 0, "news", None, b"", 0, None, False, "e", 0)], "9 or 10"),
+        # The tenth field is the event name, there only when the publisher named one.
+        ([publish(event=None)], "the event name, that is nil"),
+        ([publish(event=7)], "event name is int"),
+        ([publish(event="")], "is not 1 to 64"),
+        ([publish(event="a b")], "is not 1 to 64"),
+        ([publish(event="x" * 65)], "is not 1 to 64"),
+        ([publish(event="tick\r\ndata: forged")], "is not 1 to 64"),
+        ([publish(event=wire.MISSED_EVENT)], "is reserved"),
+        ([publish(event="message")], "is reserved"),
         ([publish(), publish()], "2 frames, expected 1"),
         ([], "0 frames, expected 1"),
         ([b"\xc1garbage"], "not msgpack"),

@@ -1,6 +1,7 @@
 """Benchmarks side by side with Nchan, in one run on one machine by one client.
 
-    python -m ops.bench [--quick] [--targets embedded,cluster,nchan] [--workloads w1,...,w8]
+    python -m ops.bench [--quick] [--targets embedded,cluster,cluster-curve,nchan]
+                        [--workloads w1,...,w8]
                         [--json FILE]
 
 Starts each target in turn, runs W1–W5 and W3h against it, stops it, then
@@ -45,6 +46,8 @@ from ops.bench.workloads import (
 # Figures where less is better; the ratio column reads the same either way:
 # this project's figure over Nchan's.
 LOWER_IS_BETTER = ("latency", "ms", "KiB", "MiB", "CPU", "÷ before")
+# Targets compared with each other as well as with Nchan: CURVE on, CURVE off.
+CURVE_PAIR = ("cluster-curve", "cluster")
 
 
 def configure_django() -> None:
@@ -129,6 +132,10 @@ def table(results: list[Result], targets: list[str]) -> str:
     header = ["workload", "figure", *targets]
     if "nchan" in targets:
         header += [f"{t} ÷ nchan" for t in ours]
+    # What CURVE costs: the same cluster with it on, over the one without.
+    curve_ratio = CURVE_PAIR[0] in targets and CURVE_PAIR[1] in targets
+    if curve_ratio:
+        header.append(f"{CURVE_PAIR[0]} ÷ {CURVE_PAIR[1]}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (workload, figure), values in rows.items():
         cells = [workload, figure] + [cell(values[t]) if t in values else "–" for t in targets]
@@ -136,6 +143,9 @@ def table(results: list[Result], targets: list[str]) -> str:
             for target in ours:
                 nchan = values.get("nchan")
                 cells.append(f"{values[target] / nchan:.2f}" if nchan and target in values else "–")
+        if curve_ratio:
+            on, off = (values.get(target) for target in CURVE_PAIR)
+            cells.append(f"{on / off:.2f}" if on is not None and off else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(

@@ -3,6 +3,7 @@
 * embedded: `runpushserver` with no role, broker and edge in one process;
 * cluster: a broker and an edge with `--workers` on the cores the load
   generator leaves free;
+* cluster-curve: the same with CURVE on every ZeroMQ link;
 * nchan: nginx with the Nchan module (Debian's libnginx-mod-nchan), one
   worker, the same buffer length and message timeout.
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from broker.curve import KeyLayout, create_key_files
 from ops.launch import EDGE_LINE, Launcher, Process, eventually, free_port
 
 NCHAN_CONFIG = Path(__file__).with_name("nchan.conf")
@@ -225,7 +227,10 @@ class PushServerTarget(Target):
         from pushserver import PushServerError, sender
         from pushserver.utils import updates
 
+        curve = self.push_server().get("curve")
         settings.PUSH_SERVER = {"broker": {"ingress": ingress}}
+        if curve is not None:
+            settings.PUSH_SERVER["curve"] = curve
         sender.close()
         self.send_update = updates.send_update
         self.send_error = PushServerError
@@ -301,6 +306,17 @@ class Cluster(PushServerTarget):
     def parts(self) -> dict[str, list[int]]:
         broker, edge = (process.popen.pid for process in self.processes)
         return {"broker": descendants(broker), "edge": descendants(edge)}
+
+
+class CurveCluster(Cluster):
+    """The cluster with CURVE on every ZeroMQ link (keys made for the run): what
+    encryption and the broker's allow-lists cost."""
+
+    def push_server(self) -> dict[str, Any]:
+        keys = self.folder / "keys"
+        if not keys.exists():
+            create_key_files(keys)
+        return {**super().push_server(), "curve": KeyLayout(keys).setting()}
 
 
 class Nchan(Target):
@@ -404,4 +420,9 @@ def ensure_nchan() -> None:
     subprocess.run([*sudo, *install], check=True, env=env)
 
 
-TARGETS: dict[str, type[Target]] = {"embedded": Embedded, "cluster": Cluster, "nchan": Nchan}
+TARGETS: dict[str, type[Target]] = {
+    "embedded": Embedded,
+    "cluster": Cluster,
+    "cluster-curve": CurveCluster,
+    "nchan": Nchan,
+}

@@ -8,13 +8,14 @@ and their failure policy live in `pushserver.sender`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from broker.wire import MAX_CHANNEL_ID_BYTES, channel_id_problem
+from broker.wire import MAX_CHANNEL_ID_BYTES, channel_id_problem, event_name_problem
 from pushserver import PushServerError, conf, sender, signals
 
 CONTENT_TYPE = "application/json"
@@ -30,7 +31,12 @@ _MODULE = sys.modules[__name__]
 
 
 def send_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    event: str | None = None,
 ) -> None:
     """Send `data` to every browser subscribed to `channel_id`.
 
@@ -40,9 +46,17 @@ def send_update(
     ``PUSH_SERVER['send_timeout']`` seconds. Raises `PushServerError` when
     the broker cannot take the message, unless `ignore_errors` or the
     ``PUSH_SERVER_IGNORE_ERRORS`` setting is true (then logs a warning);
-    raises ValueError for a channel id no channel can have.
+    raises ValueError for a channel id no channel can have, and for a body
+    over ``PUSH_SERVER['max_message_size']``.
+
+    `event` names the message's EventSource event (its ``event:`` line; a
+    poll does not carry it): 1 to 64 of ``A-Z a-z 0-9 _ . : -``, and not
+    one of the names the edges and EventSource use themselves
+    (``message``, ``open``, ``error``, ``pushserver-missed``,
+    ``pushserver-deleted``); anything else raises ValueError.
 
     >>> updates.send_update("news", {"title": "Hello"})
+    >>> updates.send_update("prices", {"EUR": 1.08}, event="quote")
     """
     if not isinstance(channel_id, str):
         raise TypeError(f"channel_id must be a str, got {type(channel_id).__name__}")
@@ -50,7 +64,20 @@ def send_update(
         problem = channel_id_problem(channel_id)
         if problem is not None:
             raise ValueError(f"{problem}: {channel_id[:80]!r}")
+    if event is not None:
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str or None, got {type(event).__name__}")
+        problem = event_name_problem(event)
+        if problem is not None:
+            raise ValueError(problem)
     body = _body(data, already_serialized)
+    limit = sender.max_message_size()
+    if len(body) > limit:
+        # The edges' publisher location answers such a body 413: the same limit both ways.
+        raise ValueError(
+            f"message for channel {channel_id[:80]!r} is {len(body)} bytes, "
+            f"more than max_message_size ({limit})"
+        )
     # `Signal.send` returns at once without receivers too, but only after its
     # keyword arguments are built and it is called: a cost on every message.
     if signals.pre_send_update.receivers:
@@ -59,7 +86,7 @@ def send_update(
         )
     error: PushServerError | None = None
     try:
-        sender.publish(channel_id, body, CONTENT_TYPE)
+        sender.publish(channel_id, body, CONTENT_TYPE, event)
     except PushServerError as failed:
         error = failed
     if error is not None or signals.post_send_update.receivers:
@@ -78,13 +105,24 @@ def send_update(
 
 
 async def asend_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    event: str | None = None,
 ) -> None:
     """`send_update` for async code; the bounded send runs in a worker thread.
 
     >>> await updates.asend_update("news", {"title": "Hello"})
     """
-    await asyncio.to_thread(send_update, channel_id, data, already_serialized, ignore_errors)
+    await asyncio.to_thread(
+        functools.partial(send_update, event=event),
+        channel_id,
+        data,
+        already_serialized,
+        ignore_errors,
+    )
 
 
 def _body(data: Any, already_serialized: bool) -> bytes:

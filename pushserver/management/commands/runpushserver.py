@@ -19,7 +19,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.commands.runserver import naiveip_re
 
-from pushserver import conf, runner
+from broker.curve import KeyFileError
+from pushserver import checks, conf, runner
 from pushserver.schema import ALL_REQUESTS_PORT
 
 BROKER = "broker"
@@ -88,6 +89,14 @@ class Command(BaseCommand):
 
         self.stdout.write("Performing system checks...\n\n")
         self.check(display_num_errors=True)
+        roles = [checks.BROKER] if role == BROKER else [checks.EDGE] if role == EDGE else []
+        missing = [
+            message
+            for part in roles or [checks.BROKER, checks.EDGE]
+            for message in checks.check_curve_role(part)
+        ]
+        if missing:
+            raise CommandError("; ".join(f"{message.id}: {message.msg}" for message in missing))
 
         broker_config = conf.broker_config() if role != EDGE else None
         edge_config = None
@@ -111,7 +120,7 @@ class Command(BaseCommand):
                 runner.run_workers(edge_config, workers, wsgi_app=wsgi_app, on_ready=self._announce)
             else:
                 runner.run(broker_config, edge_config, wsgi_app=wsgi_app, on_ready=self._announce)
-        except (OSError, zmq.ZMQError) as exc:
+        except (OSError, zmq.ZMQError, KeyFileError) as exc:
             # Mostly a port in use: say so instead of printing a traceback.
             raise CommandError(f"could not start the push server: {exc}") from exc
 
@@ -147,6 +156,8 @@ class Command(BaseCommand):
                 f"Broker listening: ingress {endpoints.ingress}, events {endpoints.events}, "
                 f"control {endpoints.control}"
             )
+            if endpoints.metrics is not None:
+                lines.append(f"Broker metrics on {endpoints.metrics}")
         lines += [f"Edge listening on {url}" for url in listening.edge_urls or ()]
         quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
         lines.append(f"Quit the server with {quit_command}.")

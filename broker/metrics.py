@@ -1,0 +1,71 @@
+"""The broker's figures for an operator: a small Prometheus endpoint, off unless configured.
+
+It shows what outsiders did to the broker's ports, which its log tells of
+only a few times a minute (`broker.throttled_log`): connections CURVE
+refused and malformed frames dropped, by port. The trap: the endpoint
+serves from prometheus_client's own thread while the broker's loop counts,
+so a scrape copies the counters (one C-level dict copy, atomic under the
+GIL) instead of iterating them as they change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from broker.curve import PORTS
+
+REFUSED = "_refused"
+MALFORMED = "_malformed"
+
+
+class BrokerCollector(Collector):
+    def __init__(self, counters: Counter[str]) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = dict(self.counters)
+        refused = CounterMetricFamily(
+            "pushserver_broker_curve_refused",
+            "Connections CURVE refused (a key not in the port's allow-list, or no key), by port.",
+            labels=["port"],
+        )
+        malformed = CounterMetricFamily(
+            "pushserver_broker_malformed_frames",
+            "Frames dropped because they do not follow the wire format, by port.",
+            labels=["port"],
+        )
+        for port in PORTS:
+            refused.add_metric([port], counts.get(port + REFUSED, 0))
+            malformed.add_metric([port], counts.get(port + MALFORMED, 0))
+        yield refused
+        yield malformed
+
+
+class MetricsServer:
+    """prometheus_client's HTTP server for these counters, on `address` (``host:port``)."""
+
+    def __init__(self, address: str, counters: Counter[str]) -> None:
+        host, _, port = address.rpartition(":")
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(BrokerCollector(counters))
+        server: Any
+        thread: threading.Thread
+        server, thread = prometheus_client.start_http_server(
+            int(port), host.strip("[]"), registry=registry
+        )
+        self._server, self._thread = server, thread
+        bound_host, bound_port = server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"http://{shown}:{bound_port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
