@@ -22,6 +22,7 @@ from ops.cluster import Cluster
 from pushserver import sender
 from pushserver.utils import updates
 from tests.client import fresh
+from tests.eventsources import StreamSubscriber
 from tests.pollers import Subscriber
 
 Fault = tuple[float, str, Callable[[], Any]]
@@ -30,7 +31,7 @@ Fault = tuple[float, str, Callable[[], Any]]
 @dataclass
 class StreamResult:
     sent: dict[str, list[bytes]]
-    subscribers: list[Subscriber]
+    subscribers: list[Subscriber] | list[StreamSubscriber]
     faults: list[str] = field(default_factory=list)
 
     @property
@@ -105,13 +106,14 @@ def run_stream(
     duration: float = 20,
     faults: list[Fault] | None = None,
     settle: float = 90,
+    subscriber: type[Subscriber] | type[StreamSubscriber] = Subscriber,
 ) -> StreamResult:
     names = [fresh(f"stream{n}") for n in range(channels)]
     for name in names:
         # Created first, so a subscriber's first poll (no validators) waits for message 0.
         assert httpx.put(f"{cluster.edge_urls[0]}/send-update/{name}").status_code == 200
     subscribers = [
-        Subscriber([cluster.url], name, tolerate_errors=True)
+        subscriber([cluster.url], name, tolerate_errors=True)
         for name in names
         for _ in range(per_channel)
     ]

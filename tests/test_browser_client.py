@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -40,7 +40,7 @@ from tests.cross_origin import (
     recording,
     upstream,
 )
-from tests.processes import ROOT, Launcher, eventually
+from tests.processes import EDGE_LINE, ROOT, Launcher, Process, eventually, free_port
 
 assert chromium_available(), f"no Chromium at {CHROMIUM}: run `make test`, which installs it"
 
@@ -262,3 +262,111 @@ def test_an_expired_signed_url_reaches_on_forbidden_and_a_fresh_one_carries_on(
     publish_all(edge, channel, updates(range(3, 6)))
     wait_seen(page, "signed", 6)
     assert page.evaluate("window.refused") == [["signed", TOKEN_EXPIRED]]
+
+
+def stream_gets(recorder: RequestRecorder) -> list[Any]:
+    """The requests `recorder` saw that asked for an event stream."""
+    return [
+        seen
+        for seen in recorder.requests("GET")
+        if "text/event-stream" in seen.headers.get("accept", "")
+    ]
+
+
+def wait_live_on_stream(page: Any, name: str) -> None:
+    eventually(
+        lambda: page.evaluate("window.statuses").count([name, "live", "eventsource"]) >= 1,
+        15,
+        f"{name} live on a stream",
+    )
+
+
+def test_a_page_streams_a_burst_of_200_updates_once_in_order(
+    page: Any, edge: str, recorder: RequestRecorder
+) -> None:
+    channel = fresh("burst")
+    publish_all(edge, channel, updates(range(1)))
+    page.evaluate(START, [{"news": recorder.url + path("updates", channel)}, FAST, {}])
+    wait_live_on_stream(page, "news")
+    publish_all(edge, channel, updates(range(1, 200)))
+    wait_seen(page, "news", 200)
+    assert page.evaluate("client.transportOf('news')") == "eventsource"
+    # One stream carried the burst: no reconnect, no poll.
+    asked = [seen for seen in recorder.requests("GET") if channel in seen.path]
+    assert len(asked) == 1
+    assert "text/event-stream" in asked[0].headers.get("accept", "")
+
+
+def test_a_page_with_eight_channels_follows_them_on_one_stream(
+    page: Any, edge: str, recorder: RequestRecorder
+) -> None:
+    channels = {f"c{n}": fresh(f"eight{n}") for n in range(8)}
+    for channel in channels.values():
+        publish_all(edge, channel, updates(range(1)))
+    before = len(stream_gets(recorder))
+    urls = {name: recorder.url + path("updates", channel) for name, channel in channels.items()}
+    page.evaluate(START, [urls, FAST, {}])
+    eventually(lambda: page.evaluate("window.seen.length") >= 8, 15, "one update per channel")
+    assert sorted(page.evaluate("window.seen")) == sorted([name, 0] for name in channels)
+    opened = stream_gets(recorder)[before:]
+    assert len(opened) == 1
+    assert opened[0].path.count(",") == 7
+    for channel in channels.values():
+        publish_all(edge, channel, updates(range(1, 3)))
+    eventually(lambda: page.evaluate("window.seen.length") >= 24, 15, "two more per channel")
+    for name in channels:
+        assert [n for seen, n in page.evaluate("window.seen") if seen == name] == [0, 1, 2]
+    assert len(stream_gets(recorder)[before:]) == 1
+
+
+@pytest.fixture
+def restartable_edge(
+    launcher: Launcher, page_origin: str
+) -> Iterator[tuple[Callable[[], None], Callable[[], None], str, str]]:
+    """A broker, an edge the page follows on a port of its own (stop and start it with the
+    two callables), and a second edge that publishes throughout."""
+    cross_origin = {"allow_origin": [page_origin], "allow_credentials": True}
+    settings = {
+        "store": {"type": "memory", "max_messages": 1000, "message_timeout": 600},
+        "long_poll_timeout": 2,
+        "locations": (
+            {"type": "subscriber", "url": r"/updates/([^/]+)", **cross_origin},
+            {"type": "publisher", "url": r"/send-update/([^/]+)"},
+        ),
+    }
+    _, endpoints = launcher.broker(**settings)
+    _, publishing = launcher.edge(endpoints, **settings)
+    port = free_port()
+    followed: list[Process] = []
+
+    def start() -> None:
+        process = launcher.start(
+            "edge", {"broker": dict(endpoints), **settings}, "--role=edge", f"127.0.0.1:{port}"
+        )
+        process.wait_for(EDGE_LINE)
+        followed.append(process)
+
+    def stop() -> None:
+        followed.pop().stop()
+
+    start()
+    yield start, stop, f"http://127.0.0.1:{port}", publishing
+
+
+def test_a_stream_whose_edge_stops_and_starts_again_catches_up_with_nothing_repeated(
+    page: Any, restartable_edge: tuple[Callable[[], None], Callable[[], None], str, str]
+) -> None:
+    start, stop, followed, publishing = restartable_edge
+    channel = fresh("restart")
+    publish_all(publishing, channel, updates(range(10)))
+    page.evaluate(START, [{"news": followed + path("updates", channel)}, FAST, {}])
+    wait_seen(page, "news", 10)
+    wait_live_on_stream(page, "news")
+    stop()
+    publish_all(publishing, channel, updates(range(10, 30)))
+    start()
+    publish_all(publishing, channel, updates(range(30, 40)))
+    wait_seen(page, "news", 40, timeout=30)
+    assert page.evaluate("client.transportOf('news')") == "eventsource"
+    lives = page.evaluate("window.statuses").count(["news", "live", "eventsource"])
+    assert lives >= 2, "the stream was opened again after the restart"
