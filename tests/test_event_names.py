@@ -32,7 +32,7 @@ from edge.protocol import EVENTSOURCE_EVENT
 from tests.brokers import ThreadBroker, snapshot
 from tests.client import path
 from tests.eventsource import EventStream
-from tests.processes import Launcher
+from tests.processes import Launcher, eventually
 from tests.test_send_update import push_settings
 
 A = b"publisher-a"
@@ -398,11 +398,14 @@ def test_two_event_name_headers_are_refused_since_they_read_as_one_with_a_comma(
 def test_a_named_message_reaches_an_eventsource_stream_as_its_event_and_a_poll_without_it(
     sending: ThreadBroker, launcher: Launcher
 ) -> None:
+    from pushserver import sender
     from pushserver.utils import updates
 
     _, base = launcher.edge(sending.endpoints)
     updates.send_update("ticker", {"n": 1}, event="quote")
     updates.send_update("ticker", {"n": 2})
+    # Acknowledged before the HTTP publish, so the broker sequences the three in this order.
+    eventually(lambda: sender.pending() == 0, 10, "send_update's messages acknowledged")
     url = base + path("send-update", "ticker")
     posted = httpx.post(url, content=b"three", headers={EVENTSOURCE_EVENT: "trade.v2"}, timeout=10)
     assert posted.status_code in (201, 202), posted.text
