@@ -178,14 +178,6 @@ class Request:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
         return headers
 
-    def server_request(self) -> tornado.httputil.HTTPServerRequest:
-        """The request as Tornado's code (and the passthrough) reads one."""
-        request = tornado.httputil.HTTPServerRequest(
-            start_line=self.start_line(), headers=self.tornado_headers()
-        )
-        request.remote_ip = self.remote_ip
-        return request
-
 
 class Responder(Protocol):
     """What answers one request; the connection tells it what arrives and whether it left.

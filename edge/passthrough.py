@@ -38,11 +38,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import tornado.httpclient
-import tornado.httputil
 import tornado.simple_httpclient
 
-from edge.access import networks, within
+from edge.access import FORWARDING as REPORTS
+from edge.access import Proxies
 from edge.config import EdgeConfig, SubscriberLocation
+from edge.connection import Request
 from edge.protocol import (
     PASSTHROUGH_CHANNEL,
     PASSTHROUGH_SECRET,
@@ -55,6 +56,8 @@ log = logging.getLogger("pushserver.edge")
 LOG_EVERY = 10.0
 FIRST_PAUSE = 0.5
 MAX_PAUSE = 30.0
+# What Django is told the site's host is when the browser sent no Host (HTTP/1.0).
+DEFAULT_HOST = "127.0.0.1"
 # Headers that describe this hop or this body, not the browser.
 NOT_FORWARDED = frozenset(
     {
@@ -76,12 +79,48 @@ NOT_FORWARDED = frozenset(
     }
 )
 IDENTITY_HEADERS = ("Cookie", "Authorization", "User-Agent")
+# What speaks for a user; left out when it came from a site the location does not trust.
+CREDENTIALS = frozenset({"cookie", "authorization"})
 # Besides every X-Forwarded-*: what a proxy says about the client, taken from trusted peers only.
 FORWARDING = frozenset({"forwarded", "x-real-ip"})
 FORWARDED_PREFIX = "x-forwarded-"
 
 # Who is subscribed to what, as Django was told: (client, channel, passthrough URL).
 Key = tuple[bytes, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The browser's request as the passthrough reads it: its headers and address.
+
+    Made from the edge's own parsed request when a subscriber location opens
+    a poll, a stream or a socket, and kept while it lasts (the unsubscribe
+    sends the same headers), so it holds copies, not the connection's buffers.
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    remote_ip: str
+
+    @classmethod
+    def of(cls, request: Request, without: frozenset[str] = frozenset()) -> Caller:
+        """`request`'s caller, leaving out the headers named (lowercase) in `without`.
+
+        Names are written in one case (`X-Forwarded-For`), so the edge's own
+        forwarding headers replace a browser's whatever case it sent them in.
+        """
+        headers = []
+        for raw_name, raw_value in request.raw_headers:
+            name = raw_name.decode("latin-1")
+            if name.lower() not in without:
+                written = "-".join(part.capitalize() for part in name.split("-"))
+                headers.append((written, raw_value.decode("latin-1")))
+        return cls(tuple(headers), request.remote_ip)
+
+    def get(self, name: str) -> str | None:
+        """A header's value, a repeated one's values joined with commas, as HTTP reads them."""
+        lowered = name.lower()
+        values = [value for field_name, value in self.headers if field_name.lower() == lowered]
+        return ",".join(values) if values else None
 
 
 @dataclass(slots=True)
@@ -95,7 +134,7 @@ class Passthrough:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.counters: Counter[str] = Counter()
-        self._proxies = networks(config.forwarded_allow_ips)
+        self._proxies = Proxies(config.forwarded_allow_ips)
         self._client = tornado.simple_httpclient.SimpleAsyncHTTPClient(
             force_instance=True, max_clients=config.passthrough_concurrency
         )
@@ -128,7 +167,7 @@ class Passthrough:
     def subscribe(
         self,
         location: SubscriberLocation,
-        request: tornado.httputil.HTTPServerRequest,
+        request: Caller,
         channel_id: str,
     ) -> None:
         """A poll began: tell Django, unless this client is still subscribed."""
@@ -156,7 +195,7 @@ class Passthrough:
     def unsubscribe(
         self,
         location: SubscriberLocation,
-        request: tornado.httputil.HTTPServerRequest,
+        request: Caller,
         channel_id: str,
     ) -> None:
         """A poll ended: tell Django, now or after the grace if no new poll comes."""
@@ -176,7 +215,7 @@ class Passthrough:
     async def admit(
         self,
         location: SubscriberLocation,
-        request: tornado.httputil.HTTPServerRequest,
+        request: Caller,
         channel_id: str,
     ) -> bool | None:
         """Whether Django admits this client to the channel; None when Django did not answer.
@@ -304,47 +343,38 @@ class Passthrough:
     def _key(
         self,
         location: SubscriberLocation,
-        request: tornado.httputil.HTTPServerRequest,
+        request: Caller,
         channel_id: str,
     ) -> Key:
         identity = hashlib.blake2b(digest_size=16)
         for name in IDENTITY_HEADERS:
-            identity.update(request.headers.get(name, "").encode("utf-8", "surrogateescape"))
+            identity.update((request.get(name) or "").encode("utf-8", "surrogateescape"))
             identity.update(b"\0")
         identity.update(self._client_address(request).encode("utf-8", "surrogateescape"))
         return identity.digest(), channel_id, location.passthrough or ""
 
-    def _trusts(self, request: tornado.httputil.HTTPServerRequest) -> bool:
-        return within(request.remote_ip or "", self._proxies)
+    def _client_address(self, request: Caller) -> str:
+        """The peer, or behind trusted proxies the client they report (`Proxies.client`)."""
+        reports = (request.get(name.decode()) for name in REPORTS)
+        return self._proxies.client(request.remote_ip, *reports)
 
-    def _client_address(self, request: tornado.httputil.HTTPServerRequest) -> str:
-        """The peer, or behind trusted proxies the nearest address in X-Forwarded-For
-        that is not one of them (the farther ones are the client's to invent)."""
-        peer = request.remote_ip or ""
-        if not self._trusts(request):
-            return peer
-        hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
-        for hop in reversed(hops):
-            if hop and not within(hop, self._proxies):
-                return hop
-        return peer
-
-    def _headers(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, str]:
-        trusted = self._trusts(request)
+    def _headers(self, request: Caller) -> dict[str, str]:
+        peer = request.remote_ip
+        trusted = self._proxies.trusts(peer)
         headers = {}
-        for name, value in request.headers.get_all():
+        for name, value in request.headers:
             lowered = name.lower()
             if lowered in NOT_FORWARDED or "_" in lowered:
                 continue
             if not trusted and (lowered in FORWARDING or lowered.startswith(FORWARDED_PREFIX)):
                 continue
             headers[name] = value
-        peer = request.remote_ip or ""
-        forwarded = request.headers.get("X-Forwarded-For") if trusted else None
+        forwarded = request.get("X-Forwarded-For") if trusted else None
         headers["X-Forwarded-For"] = f"{forwarded}, {peer}" if forwarded else peer
-        # A trusted balancer in front (terminating TLS, say) knows better than this hop.
-        headers.setdefault("X-Forwarded-Host", request.host)
-        headers.setdefault("X-Forwarded-Proto", request.protocol)
+        # A trusted balancer in front (terminating TLS, say) knows better than this hop,
+        # which speaks plain HTTP.
+        headers.setdefault("X-Forwarded-Host", request.get("Host") or DEFAULT_HOST)
+        headers.setdefault("X-Forwarded-Proto", "http")
         if self.config.passthrough_secret:
             headers[PASSTHROUGH_SECRET] = self.config.passthrough_secret
         return headers

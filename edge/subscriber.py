@@ -36,7 +36,6 @@ import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 
-import tornado.httputil
 import tornado.web
 
 from broker.wire import MessageId, content_type_problem
@@ -57,7 +56,7 @@ from edge.eventstream import (
 )
 from edge.feed import BrokerUnavailable, Feed
 from edge.handlers import Refusal, anchored, checked_channel_id
-from edge.passthrough import Passthrough
+from edge.passthrough import CREDENTIALS, Caller, Passthrough
 from edge.protocol import (
     CACHE_CONTROL,
     ETAG,
@@ -278,7 +277,7 @@ class SubscriberRequest:
         self.timer: asyncio.TimerHandle | None = None
         # The request Django was told subscribed, and to which channels, so it hears
         # when the poll or stream ends.
-        self.subscribed: tornado.httputil.HTTPServerRequest | None = None
+        self.subscribed: Caller | None = None
         self.channel_ids: tuple[str, ...] = ()
         # The poll's cursor came from its URL: its answer says no cache may keep it.
         self.no_store = False
@@ -377,14 +376,12 @@ class SubscriberRequest:
             stream_cursors = self._stream_cursors(last_event_id, query)
         else:
             cursor = self._poll_cursor(if_modified_since, if_none_match, query)
-        # Read now, so a request Tornado's code cannot read is refused 400 by the connection.
-        request = self.request.server_request() if self.location.passthrough else None
-        if request is not None and self.accepted is not None and not self.accepted.credentials:
+        request = None
+        if self.location.passthrough:
             # A browser's cookies came with a socket from another site: they do not
             # speak for this client.
-            for name in ("Cookie", "Authorization"):
-                if name in request.headers:
-                    del request.headers[name]
+            foreign = self.accepted is not None and not self.accepted.credentials
+            request = Caller.of(self.request, CREDENTIALS if foreign else frozenset())
         buffers = self.shared.feed.buffers
         ready = []
         for channel_id in channel_ids:
@@ -465,7 +462,7 @@ class SubscriberRequest:
         cursor: Cursor,
         stream_cursors: list[MessageId | None],
         streaming: bool,
-        request: tornado.httputil.HTTPServerRequest | None,
+        request: Caller | None,
     ) -> None:
         try:
             create = self.location.create_on_get
@@ -496,7 +493,7 @@ class SubscriberRequest:
             log.exception("subscriber request on %r failed", self.channel_ids)
             self._refuse(Refusal(500, "the edge failed to answer this request"))
 
-    async def _subscribe(self, request: tornado.httputil.HTTPServerRequest) -> None:
+    async def _subscribe(self, request: Caller) -> None:
         """Tell Django of each channel (asking it, with `authorize`): all admitted, or a
         refusal and those already told hear the unsubscribe."""
         passthrough = self.shared.passthrough
