@@ -22,7 +22,7 @@ from ops.cluster import Cluster
 from pushserver import sender
 from pushserver.utils import updates
 from tests.client import fresh
-from tests.eventsources import StreamSubscriber
+from tests.followers import Follower
 from tests.pollers import Subscriber
 
 Fault = tuple[float, str, Callable[[], Any]]
@@ -31,7 +31,7 @@ Fault = tuple[float, str, Callable[[], Any]]
 @dataclass
 class StreamResult:
     sent: dict[str, list[bytes]]
-    subscribers: list[Subscriber] | list[StreamSubscriber]
+    subscribers: list[Subscriber] | list[Follower]
     faults: list[str] = field(default_factory=list)
 
     @property
@@ -106,7 +106,7 @@ def run_stream(
     duration: float = 20,
     faults: list[Fault] | None = None,
     settle: float = 90,
-    subscriber: type[Subscriber] | type[StreamSubscriber] = Subscriber,
+    subscriber: type[Subscriber] | type[Follower] = Subscriber,
 ) -> StreamResult:
     names = [fresh(f"stream{n}") for n in range(channels)]
     for name in names:

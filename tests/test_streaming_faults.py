@@ -1,7 +1,7 @@
-"""The guarantee on streams: 300 EventSource clients behind real nginx, with an edge killed,
-another stopped and every edge restarted in turn, each client resuming by `Last-Event-ID`
-on whichever edge the balancer picks, get every message of their channel once, in order,
-byte for byte."""
+"""The guarantee on streams and sockets: 300 EventSource or WebSocket clients behind real
+nginx, with an edge killed, another stopped and every edge restarted in turn, each client
+resuming from its last id on whichever edge the balancer picks, get every message of their
+channel once, in order, byte for byte."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ops.cluster import Cluster
-from tests.eventsources import StreamSubscriber
+from tests.followers import Follower, SocketSubscriber, StreamSubscriber
 from tests.processes import Launcher
 from tests.stream import StreamResult, run_stream
 from tests.test_faults import STORE, edge_figures
@@ -32,8 +32,12 @@ def resumed(result: StreamResult) -> int:
     return sum(1 for subscriber in result.subscribers if subscriber.polls > 1)
 
 
-def test_three_hundred_streams_lose_nothing_when_edges_are_killed_stopped_and_restarted(
-    cluster: Cluster,
+@pytest.mark.parametrize(
+    ("transport", "subscriber"),
+    [("EventSource", StreamSubscriber), ("WebSocket", SocketSubscriber)],
+)
+def test_three_hundred_clients_lose_nothing_when_edges_are_killed_stopped_and_restarted(
+    cluster: Cluster, transport: str, subscriber: type[Follower]
 ) -> None:
     def restart(index: int) -> None:
         cluster.stop_edge(index)
@@ -45,7 +49,7 @@ def test_three_hundred_streams_lose_nothing_when_edges_are_killed_stopped_and_re
         per_channel=30,
         rate=20,
         duration=30,
-        subscriber=StreamSubscriber,
+        subscriber=subscriber,
         faults=[
             (4, "kill -9 edge 1", lambda: cluster.stop_edge(0, signal.SIGKILL)),
             (7, "start edge 1 again", lambda: cluster.start_edge(0)),
@@ -58,7 +62,7 @@ def test_three_hundred_streams_lose_nothing_when_edges_are_killed_stopped_and_re
         ],
     )
     result.report(
-        "300 EventSource clients, edges killed, stopped and restarted (nginx)",
+        f"300 {transport} clients, edges killed, stopped and restarted (nginx)",
         {"streams resumed": resumed(result), **edge_figures(cluster)},
     )
     result.check()
