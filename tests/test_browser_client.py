@@ -41,6 +41,7 @@ from tests.cross_origin import (
     upstream,
 )
 from tests.processes import EDGE_LINE, ROOT, Launcher, Process, eventually, free_port
+from tests.raw_http import figures
 
 assert chromium_available(), f"no Chromium at {CHROMIUM}: run `make test`, which installs it"
 
@@ -370,3 +371,25 @@ def test_a_stream_whose_edge_stops_and_starts_again_catches_up_with_nothing_repe
     assert page.evaluate("client.transportOf('news')") == "eventsource"
     lives = page.evaluate("window.statuses").count(["news", "live", "eventsource"])
     assert lives >= 2, "the stream was opened again after the restart"
+
+
+def test_a_page_follows_two_channels_on_one_websocket_each_update_once_in_order(
+    page: Any, edge: str
+) -> None:
+    channels = {"left": fresh("ws-left"), "right": fresh("ws-right")}
+    for channel in channels.values():
+        publish_all(edge, channel, updates(range(5)))
+    urls = {name: edge + path("updates", channel) for name, channel in channels.items()}
+    page.evaluate(START, [urls, {**FAST, "transports": ["websocket"]}, {}])
+    eventually(lambda: page.evaluate("window.seen.length") >= 10, 15, "five updates each")
+    for channel in channels.values():
+        publish_all(edge, channel, updates(range(5, 20)))
+    eventually(lambda: page.evaluate("window.seen.length") >= 40, 15, "twenty updates each")
+    seen = page.evaluate("window.seen")
+    for name in channels:
+        assert [n for who, n in seen if who == name] == list(range(20))
+    assert len(seen) == 40
+    assert page.evaluate("client.transportOf('left')") == "websocket"
+    assert {transport for _, _, transport in page.evaluate("window.statuses")} == {"websocket"}
+    # Both channels on one socket: the only one the edge holds.
+    assert figures(edge)[("pushserver_edge_websockets", ())] == 1
