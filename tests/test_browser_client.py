@@ -2,12 +2,10 @@
 
 The page and the client's own files (js/pushserver.js, js/pushserver.module.js)
 come from `tests.cross_origin.page_server`, so every request to the edge is
-cross-origin, with credentials, through CORS. Until the edges stream, an
-EventSource is answered with a poll's 200, which a browser reads as a
-refusal, so the default transports fall back to long-polls: the tests here
-pass on either edge, and say what they check on both. Once the edges
-stream, the tests that want a stream (several channels on one, a stream
-resumed after an edge restart) join them.
+cross-origin, with credentials, through CORS. The client's default
+transports stream (EventSource) and fall back to long-polls; a test that
+wants one transport says so in its options, and one asks for the
+WebSocket.
 
 `StreamHoldingRelay` stands in for a proxy that buffers responses: it holds
 back every response whose head says `text/event-stream` until the edge
