@@ -181,6 +181,8 @@ def test_each_processor_gets_every_update_of_its_type_once_in_order(
     every_text = page.evaluate("Object.values(window.demoSeen).flat().map(String)")
     assert not [text for text in every_text if "unregistered" in text]
     assert page.evaluate("window.demoSeen.missed") == 0
+    # The demo streams: its channel is followed over EventSource, not polled.
+    assert page.evaluate("demoClient.transportOf('demo')") == "eventsource"
 
 
 def test_page_catches_up_after_the_edge_restarts_without_duplicates(
