@@ -90,6 +90,10 @@ class History:
         self._file: BinaryIO | None = None
         self._compacted_size = 0
 
+    def use_keys(self, keys: Keys | None) -> None:
+        """The keys to replay into and to compact from (a standby's state replaced by a copy)."""
+        self._keys = keys
+
     def load(self, sequencer: Sequencer, publishers: Publishers) -> int:
         """Replay the file into `sequencer`, rewrite it compactly and open it for appending.
 

@@ -214,6 +214,8 @@ class Ingress:
             log.warning("ignored a malformed answer from %s: %s", self.config.ingress, error)
             return
         outbox = self.outbox
+        if isinstance(answer, wire.NotActive):
+            return  # a standby pair's passive broker; the publish is written again
         if isinstance(answer, wire.Published):
             if answer.publisher != outbox.identity:
                 return  # for an identity the outbox gave up

@@ -177,6 +177,24 @@ def broker_endpoints() -> dict[str, str]:
     return {key: section[key] for key in schema.BROKER_ENDPOINTS}
 
 
+def standby_section() -> dict[str, Any] | None:
+    """The `standby` dict with every key (a key written as None is its default), or None
+    without a standby pair."""
+    written = push_server().get("standby")
+    if written is None:
+        return None
+    return {
+        key: default if written.get(key) is None else written[key]
+        for key, default in schema.STANDBY.defaults().items()
+    }
+
+
+def switch_after() -> float:
+    """How long a client of a pair waits on a silent broker before it tries the other."""
+    section = standby_section()
+    return 1.0 if section is None else float(section["failover_timeout"]) / 3
+
+
 def curve() -> dict[str, Any] | None:
     """The `curve` dict with every key (None where unwritten), or None when CURVE is off."""
     written = push_server().get("curve")
