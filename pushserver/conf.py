@@ -255,7 +255,30 @@ def _top_level_fields(target: type) -> dict[str, Any]:
     }
 
 
-def broker_config() -> BrokerConfig:
+def broker_config(backup: bool = False) -> BrokerConfig:
+    """The broker's configuration: the primary's, or with `backup` the standby pair's
+    backup's (its endpoints from `standby`)."""
+    config = _broker_config()
+    pair = standby_section()
+    if pair is None:
+        return config
+    peer = pair["peer"]
+    own, other = (peer[1], peer[0]) if backup else (peer[0], peer[1])
+    fields: dict[str, Any] = {
+        "peer_bind": own,
+        "peer_connect": connect_endpoint(other),
+        "backup": backup,
+        "failover_timeout": float(pair["failover_timeout"]),
+    }
+    if backup:
+        fields.update({key: pair[key] for key in schema.BROKER_ENDPOINTS})
+        fields["metrics"] = pair["metrics"]
+        if pair["history_file"] is not None:
+            fields["history_file"] = Path(pair["history_file"])
+    return dataclasses.replace(config, **fields)
+
+
+def _broker_config() -> BrokerConfig:
     config = BrokerConfig(
         **_top_level_fields(BrokerConfig),
         **schema.STORE.fields(store(), BrokerConfig),
@@ -266,6 +289,17 @@ def broker_config() -> BrokerConfig:
     )
     hwm = value("events_hwm")
     return config if hwm is None else dataclasses.replace(config, events_sndhwm=int(hwm))
+
+
+def _edge_standby_fields() -> dict[str, Any]:
+    pair = standby_section()
+    if pair is None:
+        return {}
+    return {
+        "standby_events": connect_endpoint(pair["events"]),
+        "standby_control": connect_endpoint(pair["control"]),
+        "failover_timeout": float(pair["failover_timeout"]),
+    }
 
 
 def edge_config(address: str | None = None, port: int | None = None) -> EdgeConfig:
@@ -284,6 +318,7 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         events=connect_endpoint(endpoints["events"]),
         control=connect_endpoint(endpoints["control"]),
         ingress=connect_endpoint(endpoints["ingress"]),
+        **_edge_standby_fields(),
         max_messages=int(store()["max_messages"]),
         curve=edge_curve(),
         subscribers=tuple(
