@@ -99,7 +99,8 @@ class Feed:
         if config.standby_events is not None and config.standby_control is not None:
             links.append((config.standby_events, config.standby_control))
         self._links = links
-        self.choice = Choice(len(links), config.failover_timeout / 3)
+        # Heartbeats come once a second: a third of the failover time would be too quick.
+        self.choice = Choice(len(links), config.failover_timeout)
         # The active broker's epoch as last heard (a pair's; 0 without one).
         self._active_epoch = 0
         self._events_sockets = [self._events_socket(keys) for _ in links]
