@@ -19,7 +19,7 @@ import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from broker.curve import PORTS
+from broker.curve import PEER, PORTS
 
 REFUSED = "_refused"
 MALFORMED = "_malformed"
@@ -53,7 +53,9 @@ class BrokerCollector(Collector):
             "Frames dropped because they do not follow the wire format, by port.",
             labels=["port"],
         )
-        for port in PORTS:
+        # The standby link's port shows only where a pair counted something on it.
+        ports = (*PORTS, PEER) if PEER + REFUSED in counts or PEER + MALFORMED in counts else PORTS
+        for port in ports:
             refused.add_metric([port], counts.get(port + REFUSED, 0))
             malformed.add_metric([port], counts.get(port + MALFORMED, 0))
         yield refused

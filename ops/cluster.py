@@ -131,7 +131,7 @@ class Cluster:
             self.push_server.setdefault("history_file", str(folder / "primary.history"))
             # Ports free now may be handed out twice: the pair's must all differ.
             taken = {endpoint.rsplit(":", 1)[1] for endpoint in self.endpoints.values()}
-            ports = []
+            ports: list[str] = []
             while len(ports) < 5:
                 port = str(free_port())
                 if port not in taken:

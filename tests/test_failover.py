@@ -16,7 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import zmq
 
+from broker.curve import ClientFiles, apply_client, create_key_files, load_client_keys
 from ops.cluster import Cluster
 from tests.client import fresh
 from tests.pollers import Subscriber
@@ -25,6 +27,7 @@ from tests.stream import Fault, StreamResult, publish_stream
 
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 300}
 FAILOVER_TIMEOUT = 2.0
+PEER_REFUSED = 'pushserver_broker_curve_refused_total{port="peer"}'
 
 
 class TimedList(list[bytes]):
@@ -62,7 +65,7 @@ def pair(tmp_path: Path) -> Iterator[Cluster]:
 def figure(url: str | None, name: str) -> float:
     assert url is not None
     text = httpx.get(url, timeout=5).text
-    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
@@ -161,9 +164,7 @@ def test_the_active_broker_killed_with_its_disk_then_back_as_backup_and_killed_a
         ],
         duration=22,
     )
-    first, second = pause_after(fault_times[0], deliveries), pause_after(
-        fault_times[2], deliveries
-    )
+    first, second = pause_after(fault_times[0], deliveries), pause_after(fault_times[2], deliveries)
     result.report(
         "pair: active killed twice",
         {"pause after the first kill (s)": f"{first:.2f}", "after the second": f"{second:.2f}"},
@@ -179,7 +180,9 @@ def test_the_backup_killed_under_load_leaves_the_primary_serving_alone(pair: Clu
         faults=[(5, "kill -9 the backup (passive)", lambda: pair.stop_backup(signal.SIGKILL))],
         duration=12,
     )
-    result.report("pair: backup killed", {"pause (s)": f"{pause_after(fault_times[0], deliveries):.2f}"})
+    result.report(
+        "pair: backup killed", {"pause (s)": f"{pause_after(fault_times[0], deliveries):.2f}"}
+    )
     result.check()
     assert figure(pair.metrics_url, "pushserver_broker_pair_degraded") == 1.0
 
@@ -215,3 +218,77 @@ def test_a_frozen_active_broker_resumed_after_the_failover_steps_down_and_repeat
     assert figure(pair.backup_metrics_url, "pushserver_broker_pair_active") == 1.0
     primary_epoch, backup_epoch = active_epoch(pair)
     assert backup_epoch > primary_epoch
+
+
+def test_a_pair_with_curve_on_every_link_replicates_and_fails_over(tmp_path: Path) -> None:
+    layout, _ = create_key_files(tmp_path / "keys")
+    cluster = Cluster(
+        tmp_path,
+        edges=2,
+        balancer="nginx",
+        launcher=Launcher(tmp_path),
+        standby=True,
+        failover_timeout=FAILOVER_TIMEOUT,
+        curve=layout.setting(),
+        store=STORE,
+        heartbeat_interval=0.5,
+        broker_unreachable_timeout=10,
+    )
+    try:
+        cluster.start()
+        wait_for(lambda: synced(cluster, cluster.backup_metrics_url), 20, "a copy over CURVE")
+        result, fault_times, deliveries = run(
+            cluster,
+            faults=[(4, "kill -9 the primary", lambda: cluster.stop_broker(signal.SIGKILL))],
+            duration=10,
+        )
+        result.report(
+            "pair with CURVE: active killed",
+            {"pause (s)": f"{pause_after(fault_times[0], deliveries):.2f}"},
+        )
+        result.check()
+        assert figure(cluster.backup_metrics_url, "pushserver_broker_pair_active") == 1.0
+        assert figure(cluster.backup_metrics_url, PEER_REFUSED) == 0
+    finally:
+        cluster.stop()
+
+
+def test_a_stranger_without_the_brokers_key_is_refused_on_the_link(tmp_path: Path) -> None:
+    layout, _ = create_key_files(tmp_path / "keys")
+    cluster = Cluster(
+        tmp_path,
+        edges=1,
+        balancer=None,
+        launcher=Launcher(tmp_path),
+        standby=True,
+        failover_timeout=FAILOVER_TIMEOUT,
+        curve=layout.setting(),
+        heartbeat_interval=0.5,
+    )
+    try:
+        cluster.start()
+        wait_for(lambda: synced(cluster, cluster.backup_metrics_url), 20, "a copy over CURVE")
+        context = zmq.Context()
+        try:
+            # An edge's key, which opens events and control, does not open the link.
+            stranger = context.socket(zmq.DEALER)
+            stranger.setsockopt(zmq.LINGER, 0)
+            keys = load_client_keys(
+                ClientFiles(
+                    Path(layout.setting()["broker_public_key"]),
+                    Path(layout.setting()["edge_secret_key"]),
+                )
+            )
+            apply_client(stranger, keys)
+            stranger.connect(cluster.push_server["standby"]["peer"][0])
+            wait_for(
+                lambda: figure(cluster.metrics_url, PEER_REFUSED) >= 1,
+                10,
+                "the refusal",
+            )
+            stranger.close()
+        finally:
+            context.term()
+        assert figure(cluster.metrics_url, "pushserver_broker_pair_active") == 1.0
+    finally:
+        cluster.stop()

@@ -329,7 +329,7 @@ class PairCluster(Cluster):
 
     def start(self) -> None:
         self.launcher = Launcher(self.folder)
-        ports = set()
+        ports: set[int] = set()
         while len(ports) < 8:
             ports.add(free_port())
         addresses = [f"tcp://127.0.0.1:{port}" for port in sorted(ports)]
