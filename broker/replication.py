@@ -177,6 +177,15 @@ class Replication(Generic[T]):
         self._actions = []
         return released
 
+    @property
+    def in_flight(self) -> int:
+        """Batches sent to a joined standby and not yet confirmed."""
+        return len(self._pending)
+
+    @property
+    def open_records(self) -> int:
+        return len(self._open)
+
     def overdue(self) -> bool:
         """A joined standby left a batch unconfirmed for longer than `confirm_timeout`."""
         pending = self._pending

@@ -41,6 +41,11 @@ Action = tuple[str, Any]
 COPY_RETRY = 1.0
 # Peer messages queued at most on the link; a batch dropped beyond it costs a copy.
 PEER_SNDHWM = 100_000
+# While this many batches await confirmation, the open batch keeps filling (up to
+# `BATCH_RECORDS`) instead of being sent: under load batches grow to what one round
+# trip to the standby carries, so the pair's cost per message stays that of a batch.
+MAX_IN_FLIGHT = 2
+BATCH_RECORDS = 2_000
 
 
 class Standby:
@@ -132,11 +137,19 @@ class Standby:
     def hold(self, action: Action) -> bool:
         return self.pair.active and self.replication.hold(action)
 
-    def close_batch(self) -> None:
-        """Send what the open batch holds; run what it released."""
+    def close_batch(self, force: bool = False) -> None:
+        """Send what the open batch holds; run what it released. Unless `force`d, a batch
+        waits while others are in flight and it is still small."""
         if not self.pair.active:
             return
-        batch = self.replication.close()
+        replication = self.replication
+        if (
+            not force
+            and replication.in_flight >= MAX_IN_FLIGHT
+            and replication.open_records < BATCH_RECORDS
+        ):
+            return
+        batch = replication.close()
         if batch is not None:
             self._send(wire.PEER_BATCH, batch.number, tuple(frames_of(batch.records)))
         released = self.replication.take_released()
@@ -151,7 +164,7 @@ class Standby:
         self._last_tick = now
         pair, replication = self.pair, self.replication
         if pair.active:
-            self.close_batch()
+            self.close_batch(force=True)
             if replication.backup is not Backup.ABSENT and (
                 pair.peer_silent() or replication.overdue()
             ):
@@ -294,11 +307,13 @@ class Standby:
             self._degraded_told = False
         if released:
             self.broker.run_actions(released)
+        # What filled meanwhile goes now.
+        self.close_batch()
 
     def _on_want_copy(self, message: wire.PeerMessage) -> None:
         if not self.pair.active:
             return
-        self.close_batch()
+        self.close_batch(force=True)
         number, released = self.replication.begin_copy()
         if released:
             self.broker.run_actions(released)
