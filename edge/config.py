@@ -83,6 +83,7 @@ class EdgeConfig:
     # A standby pair's backup broker (`PUSH_SERVER['standby']`); None without one.
     standby_events: str | None = None
     standby_control: str | None = None
+    standby_ingress: str | None = None
     failover_timeout: float = DEFAULT_FAILOVER_TIMEOUT
     subscribers: tuple[SubscriberLocation, ...] = (SubscriberLocation(),)
     publishers: tuple[PublisherLocation, ...] = (PublisherLocation(),)

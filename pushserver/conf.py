@@ -298,6 +298,7 @@ def _edge_standby_fields() -> dict[str, Any]:
     return {
         "standby_events": connect_endpoint(pair["events"]),
         "standby_control": connect_endpoint(pair["control"]),
+        "standby_ingress": connect_endpoint(pair["ingress"]),
         "failover_timeout": float(pair["failover_timeout"]),
     }
 

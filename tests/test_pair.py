@@ -3,6 +3,10 @@ the test's hands: the vote, epochs, a frozen broker's return, a broken link betw
 
 from __future__ import annotations
 
+import msgpack
+import pytest
+
+from broker import wire
 from broker.choice import Choice
 from broker.pair import Pair, PeerStatus, Role, State
 from tests.clock import Clock
@@ -222,3 +226,44 @@ def test_a_client_of_a_single_broker_never_moves(clock: Clock) -> None:
     clock.now += 10 * TIMEOUT
     assert not choice.silent() and not choice.refused(0)
     assert choice.current == 0
+
+
+# -- what the pair says on the wire ----------------------------------------------
+
+
+def test_a_peer_message_carries_its_senders_status_and_its_records() -> None:
+    message = wire.PeerMessage(
+        wire.PEER_BATCH, "primary", "active", 1_700_000_000_000, False, 7, 0, (b"r1", b"r2")
+    )
+    assert wire.decode_peer(wire.encode_peer(message)) == message
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"v": wire.VERSION, "k": "batch", "r": "primary", "s": "active", "e": "1", "n": 1},
+        {"v": wire.VERSION, "k": "nonsense", "r": "primary", "s": "active", "e": 1, "n": 1},
+        {"v": wire.VERSION, "k": "hb", "r": "tertiary", "s": "active", "e": 1, "n": 1},
+        {"v": wire.VERSION, "k": "hb", "r": "primary", "s": "dormant", "e": 1, "n": 1},
+    ],
+)
+def test_a_peer_header_without_a_known_kind_role_state_or_whole_epoch_is_refused(
+    header: dict[str, object],
+) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_peer([msgpack.packb(header)])
+
+
+def test_a_passive_brokers_refusal_and_an_acks_epoch_reach_the_publisher() -> None:
+    assert wire.decode_answer(wire.encode_not_active(wire.NotActive(5))) == wire.NotActive(5)
+    ack = wire.Ack(b"p" * 16, 3, False, 1_700_000_000_000)
+    assert wire.decode_answer(wire.encode_ack(ack)) == ack
+
+
+def test_a_heartbeat_says_whether_its_broker_is_active_and_in_which_epoch() -> None:
+    heartbeat = wire.Heartbeat("run", 1.5, False, 42)
+    assert wire.decode_event(wire.encode_heartbeat(heartbeat)) == heartbeat
+    alone = wire.Heartbeat("run", 1.5)
+    # A broker without a pair sends the heartbeat it always sent.
+    assert b"\xa1n" not in wire.encode_heartbeat(alone)[1]
+    assert wire.decode_event(wire.encode_heartbeat(alone)) == alone

@@ -296,3 +296,18 @@ def test_a_standby_with_a_history_file_keeps_what_it_applied(clock: Clock, tmp_p
     reopened.close()
     assert restarted.held("a") == active.held("a")
     assert restarted.publishers.last(PUBLISHER) == 2
+
+
+def test_batches_in_flight_are_counted_until_confirmed(clock: Clock) -> None:
+    replication: Replication[str] = Replication(CONFIRM_TIMEOUT, clock)
+    joined(replication)
+    numbers = []
+    for _ in range(2):
+        replication.record(b"m")
+        batch = replication.close()
+        assert batch is not None
+        numbers.append(batch.number)
+    replication.record(b"waiting")
+    assert (replication.in_flight, replication.open_records) == (2, 1)
+    replication.confirmed(numbers[0])
+    assert replication.in_flight == 1
