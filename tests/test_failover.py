@@ -218,6 +218,10 @@ def test_a_frozen_active_broker_resumed_after_the_failover_steps_down_and_repeat
     assert figure(pair.backup_metrics_url, "pushserver_broker_pair_active") == 1.0
     primary_epoch, backup_epoch = active_epoch(pair)
     assert backup_epoch > primary_epoch
+    # An edge's HTTP publisher finds the new active broker too.
+    channel = fresh("after")
+    posted = httpx.post(f"{pair.edge_urls[0]}/send-update/{channel}", content=b'"x"', timeout=10)
+    assert posted.status_code in (200, 201, 202), posted.text
 
 
 def test_a_pair_with_curve_on_every_link_replicates_and_fails_over(tmp_path: Path) -> None:
