@@ -296,3 +296,33 @@ def test_a_stranger_without_the_brokers_key_is_refused_on_the_link(tmp_path: Pat
         assert figure(cluster.metrics_url, "pushserver_broker_pair_active") == 1.0
     finally:
         cluster.stop()
+
+
+def test_each_brokers_banner_names_its_role_and_the_backup_copies_at_start(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(tmp_path, edges=0, balancer=None, launcher=Launcher(tmp_path), standby=True)
+    try:
+        cluster.start()
+        assert cluster.broker is not None and cluster.backup is not None
+        assert "Broker role: primary of a standby pair" in cluster.broker.output
+        assert "Broker role: backup of a standby pair" in cluster.backup.output
+        wait_for(lambda: synced(cluster, cluster.backup_metrics_url), 20, "the backup's copy")
+        assert figure(cluster.metrics_url, "pushserver_broker_pair_active") == 1.0
+        assert figure(cluster.metrics_url, "pushserver_broker_pair_degraded") == 0.0
+    finally:
+        cluster.stop()
+
+
+def test_standby_without_a_standby_setting_is_refused(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path)
+    try:
+        for args, said in (
+            (("--role=broker", "--standby"), "PUSH_SERVER['standby'] is not set"),
+            (("--role=edge", "--standby"), "--standby is for --role=broker"),
+        ):
+            process = launcher.start("refused", {}, *args)
+            assert process.popen.wait(60) != 0
+            wait_for(lambda process=process, said=said: said in process.output, 10, said)
+    finally:
+        launcher.stop_all()
