@@ -1,14 +1,16 @@
 """A standby pair of brokers under faults, with real processes on loopback: 3 edges behind
-nginx, 300 long-poll clients on 10 channels, a publisher calling `send_update` at 20
-messages a second. Each broker is a "host" with a history file of its own. Every message
-`send_update` accepted must reach every client once, in order, byte for byte, and no
-`send_update` call may raise, whichever broker is killed, frozen or restarted."""
+nginx, 300 long-poll clients on 10 channels, two publishers (this process, and one of its
+own) calling `send_update` at 20 messages a second each. Each broker is a "host" with a
+history file of its own. Every message `send_update` accepted must reach every client once,
+in order, byte for byte, and no `send_update` call may raise, whichever broker is killed,
+frozen or restarted."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from broker.curve import ClientFiles, apply_client, create_key_files, load_clien
 from ops.cluster import Cluster
 from tests.client import fresh
 from tests.pollers import Subscriber
-from tests.processes import Launcher
+from tests.processes import Launcher, Process
 from tests.stream import Fault, StreamResult, publish_stream
 
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 300}
@@ -85,12 +87,44 @@ def synced(cluster: Cluster, metrics_url: str | None) -> bool:
         return False
 
 
+# A publisher process of its own: `send_update` at a steady rate, round robin over the
+# channels in argv; each accepted body on a line of its output, a raise as RAISED.
+PUBLISHER_SCRIPT = """
+import sys, time, django
+django.setup()
+from pushserver.utils import updates
+rate, duration, channels = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+start = time.monotonic()
+for n in range(int(rate * duration)):
+    channel = channels[n % len(channels)]
+    body = '{"type":"process","channel":"%s","seq":%d}' % (channel, n)
+    try:
+        updates.send_update(channel, body, already_serialized=True)
+    except Exception as error:
+        print("RAISED", repr(error), flush=True)
+        sys.exit(1)
+    print("SENT", body, flush=True)
+    time.sleep(max(0.0, start + (n + 1) / rate - time.monotonic()))
+print("DONE", flush=True)
+"""
+
+
+def start_publisher(
+    cluster: Cluster, launcher: Launcher, channels: list[str], rate: float, duration: float
+) -> Process:
+    module = launcher.settings(cluster.push_server)
+    command = [sys.executable, "-c", PUBLISHER_SCRIPT, str(rate), str(duration), *channels]
+    return launcher.spawn("publisher", command, launcher.environment(module))
+
+
 def run(
     cluster: Cluster, faults: list[Fault], duration: float = 20, settle: float = 90
 ) -> tuple[StreamResult, list[float], list[float]]:
-    """The stream with `faults`; returns the result, when each fault ran, and every
-    delivery's time."""
+    """The stream with `faults`, from two publishers (this process and one of its own, 20
+    messages a second each, over 5 channels each); returns the result, when each fault
+    ran, and every delivery's time."""
     names = [fresh(f"pair{n}") for n in range(10)]
+    ours, theirs = names[:5], names[5:]
     for name in names:
         assert httpx.put(f"{cluster.edge_urls[0]}/send-update/{name}").status_code == 200
     subscribers = [
@@ -110,11 +144,23 @@ def run(
             labels.append(f"{time.monotonic() - started:5.1f} s  {label}")
 
     async def main() -> dict[str, list[bytes]]:
-        walks = [asyncio.create_task(s.walk(int(20 * duration) // 10)) for s in subscribers]
+        walks = [asyncio.create_task(s.walk(int(20 * duration) // 5)) for s in subscribers]
+        publisher = start_publisher(cluster, cluster.launcher, theirs, 20, duration)
         thread = threading.Thread(target=run_faults, daemon=True)
         thread.start()
-        sent = await asyncio.to_thread(publish_stream, cluster, names, 20, duration)
+        sent = await asyncio.to_thread(publish_stream, cluster, ours, 20, duration)
         await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(publisher.popen.wait, duration + 30)
+        lines = list(publisher.lines)
+        assert "DONE" in lines and not any(line.startswith("RAISED") for line in lines), (
+            publisher.output[-3000:]
+        )
+        for line in lines:
+            if line.startswith("SENT "):
+                body = line[len("SENT ") :]
+                sent.setdefault(body.split('"channel":"')[1].split('"')[0], []).append(
+                    body.encode()
+                )
         done, pending = await asyncio.wait(walks, timeout=settle)
         for task in pending:
             task.cancel()
