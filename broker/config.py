@@ -20,6 +20,8 @@ DEFAULT_CONTROL = "tcp://127.0.0.1:5562"
 # and edges derive the largest frame they take from it (`broker.sockets`).
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_MESSAGES = 100
+# Seconds a standby pair's broker may be silent before its peer may be voted active.
+DEFAULT_FAILOVER_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +65,14 @@ class BrokerConfig:
     # `host:port` of a Prometheus endpoint with the broker's refusals and dropped
     # frames; None serves none.
     metrics: str | None = None
+    # A standby pair (`broker.pair`): where this broker binds the link to its peer and
+    # where the peer's is. None for both: a broker alone, as without `standby`.
+    peer_bind: str | None = None
+    peer_connect: str | None = None
+    # This broker is the pair's backup (`runpushserver --standby`), not its primary.
+    backup: bool = False
+    failover_timeout: float = DEFAULT_FAILOVER_TIMEOUT
+
+    @property
+    def paired(self) -> bool:
+        return self.peer_bind is not None and self.peer_connect is not None

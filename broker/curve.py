@@ -49,6 +49,9 @@ INGRESS = "ingress"
 EVENTS = "events"
 CONTROL = "control"
 PORTS = (INGRESS, EVENTS, CONTROL)
+# The standby link between a pair's two brokers, which share the broker's key pair:
+# only that key opens it.
+PEER = "peer"
 ANONYMOUS = "anonymous"
 
 # The layout `create_key_files` writes and the README's settings name.
@@ -149,7 +152,12 @@ def load_server_keys(files: ServerFiles) -> ServerKeys:
     public, secret = key_pair(files.secret_key)
     publishers = allow_list(files.publisher_keys)
     edges = allow_list(files.edge_keys)
-    allowed = {INGRESS: publishers | edges, EVENTS: edges, CONTROL: edges}
+    allowed = {
+        INGRESS: publishers | edges,
+        EVENTS: edges,
+        CONTROL: edges,
+        PEER: frozenset({public}),
+    }
     return ServerKeys(files, public, secret, allowed)
 
 
@@ -164,6 +172,11 @@ def apply_server(sock: zmq.Socket[Any], keys: ServerKeys, port: str) -> None:
     sock.curve_publickey = keys.public
     sock.curve_server = True
     sock.zap_domain = port.encode()
+
+
+def peer_client_keys(keys: ServerKeys) -> ClientKeys:
+    """The keys a broker of a pair connects to its peer with: the pair's own."""
+    return ClientKeys(keys.public, keys.public, keys.secret)
 
 
 def apply_client(sock: zmq.Socket[Any], keys: ClientKeys) -> None:
@@ -198,7 +211,8 @@ class Gatekeeper(AsyncioAuthenticator):
         # configure_curve only logs a directory it cannot read; the lists were judged
         # when the keys were loaded, so a difference means they changed since.
         loaded = {port: frozenset(self.certs.get(port, {})) for port in PORTS}
-        if loaded != self._keys.allowed:
+        self.certs[PEER] = {self._keys.public: True}
+        if loaded != {port: self._keys.allowed[port] for port in PORTS}:
             self.stop()
             raise KeyFileError(
                 f"the allow-lists in {files.publisher_keys} and {files.edge_keys} "

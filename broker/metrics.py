@@ -12,24 +12,36 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import prometheus_client
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from broker.curve import PORTS
+from broker.curve import PEER, PORTS
 
 REFUSED = "_refused"
 MALFORMED = "_malformed"
 
 
-class BrokerCollector(Collector):
-    def __init__(self, counters: Counter[str]) -> None:
-        self.counters = counters
+# A standby pair's figures (`broker.standby`): name to (help, value), replaced whole
+# by the broker's loop on each tick, so a scrape reads one consistent dict.
+Gauges = Callable[[], dict[str, tuple[str, float]]]
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+
+class BrokerCollector(Collector):
+    def __init__(self, counters: Counter[str], gauges: Gauges | None = None) -> None:
+        self.counters = counters
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        if self.gauges is not None:
+            for name, (description, value) in self.gauges().items():
+                if name.endswith("_total"):
+                    yield CounterMetricFamily(name[: -len("_total")], description, value=value)
+                else:
+                    yield GaugeMetricFamily(name, description, value=value)
         counts = dict(self.counters)
         refused = CounterMetricFamily(
             "pushserver_broker_curve_refused",
@@ -41,7 +53,9 @@ class BrokerCollector(Collector):
             "Frames dropped because they do not follow the wire format, by port.",
             labels=["port"],
         )
-        for port in PORTS:
+        # The standby link's port shows only where a pair counted something on it.
+        ports = (*PORTS, PEER) if PEER + REFUSED in counts or PEER + MALFORMED in counts else PORTS
+        for port in ports:
             refused.add_metric([port], counts.get(port + REFUSED, 0))
             malformed.add_metric([port], counts.get(port + MALFORMED, 0))
         yield refused
@@ -51,10 +65,10 @@ class BrokerCollector(Collector):
 class MetricsServer:
     """prometheus_client's HTTP server for these counters, on `address` (``host:port``)."""
 
-    def __init__(self, address: str, counters: Counter[str]) -> None:
+    def __init__(self, address: str, counters: Counter[str], gauges: Gauges | None = None) -> None:
         host, _, port = address.rpartition(":")
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(BrokerCollector(counters))
+        registry.register(BrokerCollector(counters, gauges))
         server: Any
         thread: threading.Thread
         server, thread = prometheus_client.start_http_server(

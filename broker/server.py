@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from broker import curve, wire
+from broker import history as records
 from broker.config import BrokerConfig
 from broker.history import History
 from broker.idempotency import Keys
@@ -38,6 +39,7 @@ from broker.memory import Trimmer
 from broker.metrics import MetricsServer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
+from broker.replication import apply_frames, take_over
 from broker.sequencer import Channel, Sequencer
 from broker.sockets import (
     backend_recv,
@@ -51,6 +53,7 @@ from broker.sockets import (
     send_now,
     wake_readers,
 )
+from broker.standby import Action, Standby
 from broker.throttled_log import ThrottledLog
 
 log = logging.getLogger("pushserver.broker")
@@ -86,6 +89,8 @@ class Endpoints:
     control: str
     # The Prometheus endpoint's URL, when one is configured.
     metrics: str | None = None
+    # The standby link's endpoint, for a broker of a pair.
+    peer: str | None = None
 
 
 class Broker:
@@ -127,6 +132,8 @@ class Broker:
         self._gatekeeper: curve.Gatekeeper | None = None
         self._monitors: curve.Monitors | None = None
         self._metrics: MetricsServer | None = None
+        # A broker of a standby pair; None alone, which changes nothing of the above.
+        self.standby = Standby(self, config) if config.paired else None
 
     def bind(self) -> Endpoints:
         try:
@@ -171,13 +178,16 @@ class Broker:
         events.bind(config.events)
         control.bind(config.control)
         self._events_shadow = zmq.Socket.shadow(events.underlying)
+        peer = None if self.standby is None else self.standby.bind(self._context, keys)
         if config.metrics is not None:
-            self._metrics = MetricsServer(config.metrics, self.counters)
+            gauges = None if self.standby is None else self.standby.metrics
+            self._metrics = MetricsServer(config.metrics, self.counters, gauges)
         return Endpoints(
             ingress.getsockopt_string(zmq.LAST_ENDPOINT),
             events.getsockopt_string(zmq.LAST_ENDPOINT),
             control.getsockopt_string(zmq.LAST_ENDPOINT),
             None if self._metrics is None else self._metrics.url,
+            peer,
         )
 
     def _close_outside_loop(self) -> None:
@@ -240,6 +250,8 @@ class Broker:
             drain(self._control, self._on_request, self._stopping),
             self._tick(),
         ]
+        if self.standby is not None:
+            tasks.append(drain(self.standby.router, self.standby.on_peer, self._stopping))
         if self._monitors is not None:
             tasks.append(curve.watch_handshakes(self._monitors, self._refused))
         try:
@@ -249,6 +261,8 @@ class Broker:
         finally:
             if self.history is not None:
                 self.history.close()
+            if self.standby is not None:
+                self.standby.close()
             await curve.stop_gatekeeper(self._gatekeeper)
             self._gatekeeper = None
             if self._metrics is not None:
@@ -262,6 +276,9 @@ class Broker:
     # -- sending -------------------------------------------------------------
 
     def _emit(self, frames: list[bytes]) -> None:
+        standby = self.standby
+        if standby is not None and standby.hold(("e", frames)):
+            return  # to edges once the standby holds what it tells of
         events_now = self._events_now
         if events_now is None:
             # Outside a batch: sent the same way, then the readers woken.
@@ -302,17 +319,24 @@ class Broker:
         event: str | None = None,
     ) -> wire.Message:
         message = self.sequencer.publish(channel_id, content_type, body, event)
-        if self.history is not None:
-            # On disk before any edge can serve it.
-            self.history.published(message, sent_by, key)
+        if self.history is not None or self.standby is not None:
+            # On disk (and on its way to the standby) before any edge can serve it.
+            self._record(records.message_record(message, sent_by, key))
         self._emit(wire.encode_message(message))
         self._recently_published.add(channel_id)
         self.counters["published"] += 1
         return message
 
-    def _created(self, channel_id: str) -> None:
+    def _record(self, packed: bytes) -> None:
+        """A change, as history records: to the file and to the standby's next batch."""
         if self.history is not None:
-            self.history.created(channel_id)
+            self.history.append(packed)
+        if self.standby is not None:
+            self.standby.record(packed)
+
+    def _created(self, channel_id: str) -> None:
+        if self.history is not None or self.standby is not None:
+            self._record(records.created_record(channel_id))
         self._emit_sync(channel_id)
 
     def _emit_sync(self, channel_id: str) -> None:
@@ -390,6 +414,12 @@ class Broker:
         except wire.WireError as error:
             self._drop("ingress", frames, error)
             return
+        standby = self.standby
+        if standby is not None and not standby.serves():
+            # Not the active broker: the publisher goes to the other.
+            self._send_ingress([(frames[0], wire.encode_not_active(wire.NotActive(0)))])
+            self.counters["ingress_not_active"] += 1
+            return
         verdict = self.publishers.admit(publish.publisher, publish.seq, publish.base)
         if verdict is Verdict.GAP:
             self.counters["ingress_gaps"] += 1
@@ -414,9 +444,9 @@ class Broker:
             recorded = self.keys.get(channel_id, key)
             if recorded is not None:
                 self.counters["ingress_key_retries"] += 1
-                if self.history is not None:
+                if self.history is not None or self.standby is not None:
                     # Restarted, the broker must still count the number as taken.
-                    self.history.numbered(publish.publisher, publish.seq)
+                    self._record(records.numbered_record(publish.publisher, publish.seq))
                 return recorded.info or self._channel_info(channel_id)
         sent_by = (publish.publisher, publish.seq)
         self._publish(channel_id, publish.content_type, publish.body, sent_by, key, publish.event)
@@ -459,9 +489,12 @@ class Broker:
                 seq = wire.UNKNOWN
             elif not gap and answered.get((route, publisher)) == seq:
                 continue
-            frames.append((route, wire.encode_ack(wire.Ack(publisher, seq, gap))))
-        if frames:
+            frames.append((route, wire.encode_ack(wire.Ack(publisher, seq, gap, self._pair_epoch))))
+        standby = self.standby
+        if frames and (standby is None or not standby.hold(("i", frames))):
             self._send_ingress(frames)
+        if standby is not None:
+            standby.close_batch()
 
     def _send_ingress(self, messages: list[tuple[bytes, list[bytes]]]) -> None:
         ingress, shadow = self._ingress, self._ingress_now
@@ -491,6 +524,8 @@ class Broker:
         except wire.WireError as error:
             self._drop("events", frames, error)
             return
+        if self.standby is not None and not self.standby.active:
+            return  # a passive broker says nothing of channels
         self._emit_sync(channel_id)
 
     def _on_request(self, frames: list[bytes]) -> None:
@@ -503,12 +538,25 @@ class Broker:
         except wire.WireError as error:
             self._drop("control", frames, error)
             return
+        standby = self.standby
         if isinstance(request, wire.Presence):
-            self.presence.report(edge, request.counts, request.full, self.sequencer.held_id)
+            if standby is None or standby.active:
+                self.presence.report(edge, request.counts, request.full, self.sequencer.held_id)
+            return
+        if standby is not None and not standby.serves():
+            # Not the active broker: no answer; the edge asks the other.
+            self.counters["control_not_active"] += 1
             return
         reply = self._answer(request)
+        frames = [edge, *wire.encode_reply(reply)]
+        if standby is not None and standby.hold(("c", frames)):
+            standby.close_batch()
+            return
+        self._send_control(frames)
+
+    def _send_control(self, frames: list[bytes]) -> None:
         assert self._control is not None
-        if not send_now(self._control, [edge, *wire.encode_reply(reply)]):
+        if not send_now(self._control, frames):
             self.counters["control_replies_dropped"] += 1
 
     def _info(self, channel: Channel | None) -> wire.ChannelInfo | None:
@@ -551,8 +599,8 @@ class Broker:
             info = self._info(deleted)
             if deleted is not None:
                 self.presence.forget_channel(channel_id)
-                if self.history is not None:
-                    self.history.deleted(channel_id)
+                if self.history is not None or self.standby is not None:
+                    self._record(records.deleted_record(channel_id))
                 self._emit(wire.encode_deleted(channel_id))
                 self._recently_published.add(channel_id)
             return wire.Reply(request.request_id, deleted is not None, info)
@@ -561,8 +609,27 @@ class Broker:
 
     # -- timers --------------------------------------------------------------
 
+    @property
+    def _pair_epoch(self) -> int:
+        standby = self.standby
+        return 0 if standby is None or not standby.active else standby.pair.epoch
+
     def _emit_heartbeat(self) -> None:
-        self._emit(wire.encode_heartbeat(wire.Heartbeat(self.epoch, time.time())))
+        standby = self.standby
+        heartbeat = wire.Heartbeat(
+            self.epoch,
+            time.time(),
+            standby is None or standby.active,
+            0 if standby is None else standby.pair.epoch,
+        )
+        frames = wire.encode_heartbeat(heartbeat)
+        if standby is None:
+            self._emit(frames)
+        else:
+            # Never held back: clients must hear a paired broker's state at once.
+            assert self._events_shadow is not None and self._events is not None
+            self._send_event(self._events_shadow, frames)
+            wake_readers(self._events)
 
     async def _tick(self) -> None:
         config = self.config
@@ -579,11 +646,17 @@ class Broker:
                     self.history.maybe_compact(self.sequencer, self.publishers)
                 for edge in self.presence.forget_silent_edges(config.presence_timeout):
                     log.info("edge %s went silent; forgetting its subscribers", edge.hex())
-            published, self._recently_published = self._recently_published, set()
-            self._emit_syncs(published)
-            # Trimmed once the forgotten channels are garbage, not while listed.
-            self._trimmer.forgot(self._forget_idle())
-            await asyncio.sleep(period)
+            standby = self.standby
+            if standby is not None:
+                standby.tick()
+            if standby is None or standby.active:
+                published, self._recently_published = self._recently_published, set()
+                self._emit_syncs(published)
+                # Trimmed once the forgotten channels are garbage, not while listed.
+                self._trimmer.forgot(self._forget_idle())
+                if standby is not None:
+                    standby.close_batch()
+            await asyncio.sleep(min(period, self.config.failover_timeout / 6))
 
     def _emit_syncs(self, channel_ids: set[str]) -> None:
         """Sync markers for many channels, through the plain shadow as a batch of publishes
@@ -605,8 +678,8 @@ class Broker:
             linger, lambda channel_id: presence.in_use(channel_id, linger)
         )
         if forgotten:
-            if self.history is not None:
-                self.history.forgotten(forgotten)
+            if self.history is not None or self.standby is not None:
+                self._record(records.forgotten_records(forgotten))
             assert self._events is not None
             self._events_now = self._events_shadow
             try:
@@ -619,3 +692,56 @@ class Broker:
                 wake_readers(self._events)
             self.counters["channels_forgotten"] += len(forgotten)
         return len(forgotten)
+
+    # -- a standby pair (`broker.standby` calls these) --------------------------
+
+    def run_actions(self, actions: list[Action]) -> None:
+        """Send what the standby's confirmation released, in order."""
+        assert self._events is not None and self._events_shadow is not None
+        events_sent = False
+        for kind, payload in actions:
+            if kind == "e":
+                self._send_event(self._events_shadow, payload)
+                events_sent = True
+            elif kind == "i":
+                self._send_ingress(payload)
+            else:
+                self._send_control(payload)
+        if events_sent:
+            wake_readers(self._events)
+
+    def apply_replicated(self, frames: tuple[bytes, ...]) -> None:
+        """A batch from the active broker: into this one's state and history file."""
+        apply_frames(frames, self.sequencer, self.publishers, self.keys)
+        if self.history is not None:
+            self.history.append(b"".join(frames))
+        self.counters["replicated_batches"] += 1
+
+    def load_copy(self, frames: tuple[bytes, ...]) -> None:
+        """The active broker's whole state, in place of this one's."""
+        config = self.config
+        self.sequencer = Sequencer(
+            wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
+        )
+        self.publishers = Publishers()
+        self.keys = Keys(config.idempotency_window, config.idempotency_keys)
+        apply_frames(frames, self.sequencer, self.publishers, self.keys)
+        self.sequencer.expire()
+        if self.history is not None:
+            self.history.use_keys(self.keys)
+            self.history.rewrite(frames)
+        self.counters["replica_copies"] += 1
+
+    def took_over(self) -> None:
+        """This broker became the pair's active one."""
+        take_over(self.sequencer, time.time())
+        self.counters["took_over"] += 1
+        self._emit_heartbeat()
+
+    def stepped_down(self) -> None:
+        """This broker is passive again: what it sequenced unconfirmed dies with its state,
+        replaced by the active broker's copy."""
+        self._acks.clear()
+        self._answers.clear()
+        self.counters["stepped_down"] += 1
+        self._emit_heartbeat()

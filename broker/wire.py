@@ -270,6 +270,16 @@ class Ack:
     publisher: bytes
     seq: int
     gap: bool = False
+    # The standby pair's epoch of the broker that sent it (0 without a pair).
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NotActive:
+    """A broker of a standby pair refused a publish: it is not the active one (its peer is
+    still heard, so a client's vote does not make it so). The publisher goes to the other."""
+
+    epoch: int
 
 
 # The `seq` of a gap ack from a broker that does not know the publisher.
@@ -374,7 +384,14 @@ def decode_publish(frames: Sequence[bytes]) -> Publish:
 
 
 def encode_ack(ack: Ack) -> list[bytes]:
-    return [_pack({"k": "ack", "p": ack.publisher, "s": ack.seq, "gap": ack.gap})]
+    header = {"k": "ack", "p": ack.publisher, "s": ack.seq, "gap": ack.gap}
+    if ack.epoch:
+        header["e"] = ack.epoch
+    return [_pack(header)]
+
+
+def encode_not_active(refusal: NotActive) -> list[bytes]:
+    return [_pack({"k": "passive", "e": refusal.epoch})]
 
 
 def decode_ack(frames: Sequence[bytes]) -> Ack:
@@ -392,7 +409,7 @@ def encode_published(published: Published) -> list[bytes]:
     return [_packer().pack(fields)]
 
 
-def decode_answer(frames: Sequence[bytes]) -> Ack | Published:
+def decode_answer(frames: Sequence[bytes]) -> Ack | Published | NotActive:
     """What the broker's ingress sends a publisher: an ack (a map) or a publish's answer
     (an array)."""
     if len(frames) != 1:
@@ -405,11 +422,16 @@ def decode_answer(frames: Sequence[bytes]) -> Ack | Published:
     if isinstance(value, list):
         return _published(value)
     header = _unpack(frame)
+    epoch = header.get("e", 0)
+    if not _whole(epoch):
+        raise WireError(f"ingress answer's epoch {_shown.repr(epoch)} is not a whole number")
+    if header.get("k") == "passive":
+        return NotActive(cast(int, epoch))
     publisher = header.get("p")
     seq = header.get("s")
     if header.get("k") != "ack" or not isinstance(publisher, bytes) or not _whole(seq):
         raise WireError(f"ingress answer {_shown.repr(header)} is not an ack")
-    return Ack(publisher, cast(int, seq), bool(header.get("gap")))
+    return Ack(publisher, cast(int, seq), bool(header.get("gap")), cast(int, epoch))
 
 
 def _published(fields: list[Any]) -> Published:
@@ -474,8 +496,14 @@ class Deleted:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
+    """`epoch` names one run of a broker (edges resynchronise when it changes);
+    `pair_epoch` is the standby pair's (`broker.pair`), 0 without a pair, and
+    `active` says whether the broker serves (a pair's passive one does not)."""
+
     epoch: str
     time: float
+    active: bool = True
+    pair_epoch: int = 0
 
 
 Event = Message | Sync | Deleted | Heartbeat
@@ -503,7 +531,11 @@ def encode_deleted(channel_id: str) -> list[bytes]:
 
 
 def encode_heartbeat(heartbeat: Heartbeat) -> list[bytes]:
-    return [HEARTBEAT_TOPIC, _pack({"k": "h", "epoch": heartbeat.epoch, "time": heartbeat.time})]
+    header: dict[str, Any] = {"k": "h", "epoch": heartbeat.epoch, "time": heartbeat.time}
+    if heartbeat.pair_epoch or not heartbeat.active:
+        header["a"] = heartbeat.active
+        header["n"] = heartbeat.pair_epoch
+    return [HEARTBEAT_TOPIC, _pack(header)]
 
 
 def decode_event(frames: Sequence[bytes]) -> Event:
@@ -518,7 +550,15 @@ def decode_event(frames: Sequence[bytes]) -> Event:
         heartbeat_time = header.get("time")
         if not isinstance(heartbeat_time, int | float):
             raise WireError("heartbeat without a time")
-        return Heartbeat(_str(header, "epoch"), float(heartbeat_time))
+        pair_epoch = header.get("n", 0)
+        if not _whole(pair_epoch):
+            raise WireError(f"heartbeat's pair epoch {_shown.repr(pair_epoch)} is not whole")
+        return Heartbeat(
+            _str(header, "epoch"),
+            float(heartbeat_time),
+            bool(header.get("a", True)),
+            cast(int, pair_epoch),
+        )
     channel_id = channel_of(topic_frame)
     if kind == "m":
         if len(frames) != 3:
@@ -821,4 +861,70 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
         _decode_info(header.get("info")),
         None if snap is None else _decode_snapshot(snap, frames[1:]),
         _optional_id(header.get("id")),
+    )
+
+
+# -- the standby link: broker to broker ----------------------------------------
+#
+# Each broker of a pair sends everything it has to say to its peer on one
+# DEALER, connected to the peer's ROUTER: `[header, *record frames]`. Every
+# header carries the sender's role, state, epoch and whether it holds a
+# complete replica, so each message is also a heartbeat (`broker.pair`).
+
+PEER_HEARTBEAT = "hb"
+PEER_BATCH = "batch"  # records after batch `n - 1`, as batch `n`
+PEER_COPY = "copy"  # the whole state, standing at batch `n`
+PEER_CONFIRM = "confirm"  # every batch up to `n` applied
+PEER_WANT_COPY = "want"
+PEER_KINDS = (PEER_HEARTBEAT, PEER_BATCH, PEER_COPY, PEER_CONFIRM, PEER_WANT_COPY)
+PEER_ROLES = ("primary", "backup")
+PEER_STATES = ("waiting", "active", "passive")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    kind: str
+    role: str
+    state: str
+    epoch: int
+    synced: bool
+    number: int = 0
+    # A confirmation's: the epoch of the active broker whose batches it confirms.
+    follows: int = 0
+    records: tuple[bytes, ...] = ()
+
+
+def encode_peer(message: PeerMessage) -> list[bytes]:
+    header = {
+        "v": VERSION,
+        "k": message.kind,
+        "r": message.role,
+        "s": message.state,
+        "e": message.epoch,
+        "y": message.synced,
+        "n": message.number,
+        "f": message.follows,
+    }
+    return [_pack(header), *message.records]
+
+
+def decode_peer(frames: Sequence[bytes]) -> PeerMessage:
+    if not frames:
+        raise WireError("peer message has no frames")
+    header = _unpack(_bytes(frames[0]))
+    kind, role, state = header.get("k"), header.get("r"), header.get("s")
+    epoch, number, follows = header.get("e"), header.get("n"), header.get("f", 0)
+    if kind not in PEER_KINDS or role not in PEER_ROLES or state not in PEER_STATES:
+        raise WireError(f"peer header {_shown.repr(header)} names no kind, role and state")
+    if not _whole(epoch) or not _whole(number) or not _whole(follows):
+        raise WireError(f"peer header {_shown.repr(header)} has no epoch and number")
+    return PeerMessage(
+        cast(str, kind),
+        cast(str, role),
+        cast(str, state),
+        cast(int, epoch),
+        bool(header.get("y")),
+        cast(int, number),
+        cast(int, follows),
+        tuple(_bytes(frame) for frame in frames[1:]),
     )

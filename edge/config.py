@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from broker.config import (
     DEFAULT_CONTROL,
     DEFAULT_EVENTS,
+    DEFAULT_FAILOVER_TIMEOUT,
     DEFAULT_INGRESS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_MESSAGES,
@@ -79,6 +80,11 @@ class EdgeConfig:
     control: str = DEFAULT_CONTROL
     # Where the publisher location sends HTTP publishes, as send_update does.
     ingress: str = DEFAULT_INGRESS
+    # A standby pair's backup broker (`PUSH_SERVER['standby']`); None without one.
+    standby_events: str | None = None
+    standby_control: str | None = None
+    standby_ingress: str | None = None
+    failover_timeout: float = DEFAULT_FAILOVER_TIMEOUT
     subscribers: tuple[SubscriberLocation, ...] = (SubscriberLocation(),)
     publishers: tuple[PublisherLocation, ...] = (PublisherLocation(),)
     # Seconds a long-poll is held before 304; below common load-balancer

@@ -13,11 +13,22 @@ while this edge holds none either is no gap. A channel idle for the topic
 linger is dropped; once many were, the feed's tables are rebuilt and the
 freed memory handed back (`broker.memory`), since neither Python's dicts
 nor glibc's heap give it back on their own.
+
+With a standby pair the feed holds a SUB and a DEALER to each broker and
+subscribes every topic on both, but applies only what the broker it chose
+sends (`broker.choice`): the one whose heartbeat says active in the newest
+epoch. It asks that one for snapshots, moves to the other after a silence
+(its requests there are its vote), and when the active broker changes it
+resynchronises every channel it follows from the new one's snapshots while
+its buffers keep serving what they hold. The trap: replies and events from
+the broker it left are dropped, however they look, since an old active
+broker speaks of an epoch the pair has left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -27,6 +38,7 @@ import zmq
 import zmq.asyncio
 
 from broker import curve, wire
+from broker.choice import Choice
 from broker.memory import Trimmer
 from broker.sockets import (
     FRAME_SLACK,
@@ -82,6 +94,20 @@ class Feed:
         self._flushed_at = 0.0
         self._last_heartbeat = 0.0
         self.broker_away = False
+        keys = None if config.curve is None else curve.load_client_keys(config.curve)
+        links = [(config.events, config.control)]
+        if config.standby_events is not None and config.standby_control is not None:
+            links.append((config.standby_events, config.standby_control))
+        self._links = links
+        # Heartbeats come once a second: a third of the failover time would be too quick.
+        self.choice = Choice(len(links), config.failover_timeout)
+        # The active broker's epoch as last heard (a pair's; 0 without one).
+        self._active_epoch = 0
+        self._events_sockets = [self._events_socket(keys) for _ in links]
+        self._control_sockets = [self._control_socket(keys) for _ in links]
+
+    def _events_socket(self, keys: curve.ClientKeys | None) -> zmq.asyncio.Socket:
+        config = self.config
         events = self._context.socket(zmq.SUB)
         configure_heartbeats(events)
         # Subscriptions obey SNDHWM: with the default only 1,000 topics
@@ -91,30 +117,42 @@ class Feed:
         events.setsockopt(zmq.LINGER, 0)
         events.subscribe(wire.HEARTBEAT_TOPIC)
         limit_frames(events, max_frame_size(config.max_message_size))
+        if keys is not None:
+            curve.apply_client(events, keys)
+        return events
+
+    def _control_socket(self, keys: curve.ClientKeys | None) -> zmq.asyncio.Socket:
+        config = self.config
         control = self._context.socket(zmq.DEALER)
         configure_heartbeats(control)
         control.setsockopt(zmq.LINGER, 0)
         limit_frames(control, max_reply_frame_size(config.max_message_size, config.max_messages))
-        if config.curve is not None:
-            keys = curve.load_client_keys(config.curve)
-            curve.apply_client(events, keys)
+        if keys is not None:
             curve.apply_client(control, keys)
-        self._events = events
-        self._control = control
+        return control
+
+    @property
+    def _control(self) -> zmq.asyncio.Socket:
+        """The control socket of the broker the feed talks to."""
+        return self._control_sockets[self.choice.current]
+
+    @property
+    def _broker_events(self) -> str:
+        return self._links[self.choice.current][0]
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
-        self._events.connect(self.config.events)
-        self._control.connect(self.config.control)
+        readers = []
+        for index, (events_endpoint, control_endpoint) in enumerate(self._links):
+            events, control = self._events_sockets[index], self._control_sockets[index]
+            events.connect(events_endpoint)
+            control.connect(control_endpoint)
+            readers.append(drain(events, functools.partial(self._on_event, index), self._stopping))
+            readers.append(drain(control, functools.partial(self._on_reply, index), self._stopping))
         try:
-            await run_until(
-                self._stopping,
-                drain(self._events, self._on_event, self._stopping),
-                drain(self._control, self._on_reply, self._stopping),
-                self._sweep(),
-            )
+            await run_until(self._stopping, *readers, self._sweep())
         finally:
             for future in self._replies.values():
                 if not future.done():
@@ -179,7 +217,9 @@ class Feed:
                 raise BrokerUnavailable("control queue is full")
             return await asyncio.wait_for(future, self.config.broker_timeout)
         except TimeoutError:
-            raise BrokerUnavailable(f"no reply from the broker at {self.config.control}") from None
+            raise BrokerUnavailable(
+                f"no reply from the broker at {self._links[self.choice.current][1]}"
+            ) from None
         finally:
             self._replies.pop(request_id, None)
 
@@ -244,18 +284,21 @@ class Feed:
 
     def _subscribe(self, channel_id: str) -> None:
         topic = wire.topic(channel_id)
-        if channel_id in self._subscribed_at:
-            # Repeating a subscription makes the broker send a sync marker again;
-            # unsubscribing first keeps the SUB socket's own count at one.
-            self._events.unsubscribe(topic)
-        self._events.subscribe(topic)
-        wake_readers(self._events)
+        resubscribing = channel_id in self._subscribed_at
+        for events in self._events_sockets:
+            if resubscribing:
+                # Repeating a subscription makes the broker send a sync marker again;
+                # unsubscribing first keeps the SUB socket's own count at one.
+                events.unsubscribe(topic)
+            events.subscribe(topic)
+            wake_readers(events)
         self._subscribed_at[channel_id] = time.monotonic()
 
     def _unsubscribe(self, channel_id: str) -> None:
         if self._subscribed_at.pop(channel_id, None) is not None:
-            self._events.unsubscribe(wire.topic(channel_id))
-            wake_readers(self._events)
+            for events in self._events_sockets:
+                events.unsubscribe(wire.topic(channel_id))
+                wake_readers(events)
 
     async def _sweep(self) -> None:
         """Once a second: report presence, resubscribe unanswered topics, drop idle ones."""
@@ -268,8 +311,11 @@ class Feed:
                 self._last_heartbeat and now - self._last_heartbeat > self.config.broker_timeout
             )
             if silent and not self.broker_away:
-                log.warning("no heartbeat from the broker at %s", self.config.events)
+                log.warning("no heartbeat from the broker at %s", self._broker_events)
                 self.broker_away = True
+            if self.choice.silent():
+                # The vote: the requests of the resynchronisation go to the other broker.
+                self._resynchronise("the broker went silent")
             dropped = 0
             for channel_id, buffer in list(self.buffers.items()):
                 # Idle: nothing held, nothing asked (interval polls hold nothing)
@@ -303,7 +349,7 @@ class Feed:
 
     # -- receiving ---------------------------------------------------------------
 
-    def _on_event(self, frames: list[bytes]) -> None:
+    def _on_event(self, index: int, frames: list[bytes]) -> None:
         try:
             event = wire.decode_event(frames)
         except wire.WireError as error:
@@ -311,8 +357,10 @@ class Feed:
             log.warning("dropped a malformed event: %s", error)
             return
         if isinstance(event, wire.Heartbeat):
-            self._on_heartbeat(event)
+            self._on_pair_heartbeat(index, event)
             return
+        if not self.choice.accepts(index):
+            return  # the broker of the pair this feed does not follow
         buffer = self.buffers.get(event.channel_id)
         if buffer is None:
             return  # a topic being unsubscribed
@@ -330,10 +378,43 @@ class Feed:
             buffer.delete()
             self.touch(buffer)
 
+    def _on_pair_heartbeat(self, index: int, heartbeat: wire.Heartbeat) -> None:
+        choice = self.choice
+        current = choice.current
+        if not choice.heard(index, heartbeat.active, heartbeat.pair_epoch):
+            self.counters["older_epoch_heartbeats"] += 1
+            return
+        if choice.current != current:
+            self._active_epoch = heartbeat.pair_epoch
+            self._resynchronise(f"the broker at {self._links[index][0]} is active")
+        elif index == current and heartbeat.active and heartbeat.pair_epoch != self._active_epoch:
+            # The broker it voted for took over (or a pair's first heartbeat).
+            first = self._active_epoch == 0
+            self._active_epoch = heartbeat.pair_epoch
+            if not first:
+                self._resynchronise("the active broker began a new epoch")
+        if index == choice.current:
+            self._on_heartbeat(heartbeat)
+
+    def _resynchronise(self, why: str) -> None:
+        """Refill every channel from the broker the feed now follows; requests to the one
+        it left give up at once, and their callers ask again."""
+        self.counters["broker_switches"] += 1
+        log.warning("%s; resynchronising %d channels", why, len(self.buffers))
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable(why))
+        for buffer in self.buffers.values():
+            if buffer.ready:
+                self._refill(buffer, None)
+        for channel_id, buffer in self.buffers.items():
+            if not buffer.ready:
+                self._subscribe(channel_id)
+
     def _on_heartbeat(self, heartbeat: wire.Heartbeat) -> None:
         self._last_heartbeat = time.monotonic()
         if self.broker_away:
-            log.info("the broker at %s is back", self.config.events)
+            log.info("the broker at %s is back", self._broker_events)
             self.broker_away = False
         if heartbeat.epoch != self.broker_epoch:
             if self.broker_epoch is not None:
@@ -341,7 +422,9 @@ class Feed:
                 log.info("the broker restarted; channels resynchronise")
             self.broker_epoch = heartbeat.epoch
 
-    def _on_reply(self, frames: list[bytes]) -> None:
+    def _on_reply(self, index: int, frames: list[bytes]) -> None:
+        if not self.choice.accepts(index):
+            return
         try:
             reply = wire.decode_reply(frames)
         except wire.WireError as error:

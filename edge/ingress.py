@@ -28,6 +28,7 @@ The traps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import deque
@@ -38,6 +39,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import curve, wire
+from broker.choice import Choice
 from broker.outbox import Outbox
 from broker.sockets import (
     backend_recv,
@@ -83,6 +85,12 @@ class Ingress:
         if config.curve is not None:
             curve.apply_client(sock, curve.load_client_keys(config.curve))
         self._socket = sock
+        # A standby pair's two ingress endpoints: the socket follows the active broker,
+        # moving on a passive one's refusal or after a silence (`broker.choice`).
+        self._endpoints = [config.ingress]
+        if config.standby_ingress is not None:
+            self._endpoints.append(config.standby_ingress)
+        self._choice = Choice(len(self._endpoints), config.failover_timeout / 3)
         self._send = functools.partial(send_plain, sock)
         self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
         # What each publish waiting for its answer is told, by its number.
@@ -97,7 +105,7 @@ class Ingress:
 
     def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        self._socket.connect(self.config.ingress)
+        self._socket.connect(self._endpoints[0])
         loop.add_reader(cast(int, self._socket.get(zmq.FD)), self._read)
         loop.add_reader(cast(int, self._monitor.get(zmq.FD)), self._watch)
 
@@ -146,6 +154,9 @@ class Ingress:
             return False
         if not self.connected:
             self._watch()  # a new connection must be seen before anything is written on it
+        if not outbox.unacked:
+            # Nothing was awaited: a silence counts from here, not from the last answer.
+            self._choice.heard(self._choice.current, False, 0)
         seq = outbox.next_seq
         frame = outbox.append(channel_id, body, content_type, key, reply=True, event=event)
         self._waiting[seq] = answer
@@ -171,10 +182,24 @@ class Ingress:
         if self._closed or self._loop is None:
             return
         self._watch()
+        if self.outbox.unacked and self._choice.silent():
+            self._follow()
         self._write_due()
         self._read_waiting()
         if self.outbox.unacked:
             self._resender = self._loop.call_later(RESEND_INTERVAL, self._resend)
+
+    def _follow(self) -> None:
+        """Move the socket to the broker the choice names: everything unacknowledged is
+        written again there (the pair's replicated ledger drops what it holds)."""
+        endpoints = self._endpoints
+        left = endpoints[(self._choice.current + 1) % len(endpoints)]
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.disconnect(left)
+        self._socket.connect(endpoints[self._choice.current])
+        self.connected = False
+        self.outbox.on_reconnect()
+        log.info("HTTP publishes go to the broker at %s", endpoints[self._choice.current])
 
     # -- reading ---------------------------------------------------------------
 
@@ -214,6 +239,12 @@ class Ingress:
             log.warning("ignored a malformed answer from %s: %s", self.config.ingress, error)
             return
         outbox = self.outbox
+        if isinstance(answer, wire.NotActive):
+            # A standby pair's passive broker: the publishes go to the other.
+            if self._choice.refused(self._choice.current):
+                self._follow()
+            return
+        self._choice.heard(self._choice.current, False, 0)
         if isinstance(answer, wire.Published):
             if answer.publisher != outbox.identity:
                 return  # for an identity the outbox gave up

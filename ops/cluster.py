@@ -1,6 +1,7 @@
 """A local cluster on loopback: one broker, N edges and a load balancer in front.
 
     python -m ops.cluster --edges 3 [--balancer nginx|haproxy|none] [--workers N] [--curve]
+                          [--standby]
 
 prints where each part listens and stops them all on Ctrl-C. The tests
 and the benchmarks drive the same `Cluster` to kill, stop and restart its
@@ -88,7 +89,9 @@ class Cluster:
     """A broker, `edges` edges and optionally a balancer, all on loopback ports of their own.
 
     `curve`: True puts CURVE on every ZeroMQ link with keys made for the cluster,
-    a `PUSH_SERVER['curve']` dict with those keys.
+    a `PUSH_SERVER['curve']` dict with those keys. `standby`: a standby pair, the
+    primary (`broker`) and a backup (`backup`), each with a history file of its own
+    in `folder` (a "host" of its own), `failover_timeout` seconds apart.
     """
 
     def __init__(
@@ -99,6 +102,8 @@ class Cluster:
         workers: int = 1,
         launcher: Launcher | None = None,
         curve: bool | dict[str, str] = False,
+        standby: bool = False,
+        failover_timeout: float = 2.0,
         **push_server: Any,
     ) -> None:
         if balancer is not None and balancer not in BALANCERS:
@@ -120,6 +125,27 @@ class Cluster:
             curve = layout.setting()
         if curve:
             self.push_server["curve"] = curve
+        self.backup_metrics_url: str | None = None
+        if standby:
+            self.backup_metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+            self.push_server.setdefault("history_file", str(folder / "primary.history"))
+            # Ports free now may be handed out twice: the pair's must all differ.
+            taken = {endpoint.rsplit(":", 1)[1] for endpoint in self.endpoints.values()}
+            ports: list[str] = []
+            while len(ports) < 5:
+                port = str(free_port())
+                if port not in taken:
+                    taken.add(port)
+                    ports.append(port)
+            addresses = [f"tcp://127.0.0.1:{port}" for port in ports]
+            self.push_server["standby"] = {
+                **dict(zip(self.endpoints, addresses[:3], strict=True)),
+                "metrics": self.backup_metrics_url.split("/")[2],
+                "peer": addresses[3:],
+                "failover_timeout": failover_timeout,
+                "history_file": str(folder / "backup.history"),
+            }
+        self.backup: Process | None = None
         self.edge_ports = [free_port() for _ in range(edges)]
         self.port = free_port() if balancer else None
         self.broker: Process | None = None
@@ -137,6 +163,8 @@ class Cluster:
 
     def start(self) -> Cluster:
         self.start_broker()
+        if "standby" in self.push_server:
+            self.start_backup()
         for index in range(len(self.edge_ports)):
             self.start_edge(index)
         if self.balancer == "nginx":
@@ -149,6 +177,20 @@ class Cluster:
         self.broker = self.launcher.start("broker", self.push_server, "--role=broker")
         self.broker.wait_for(BROKER_LINE)
         return self.broker
+
+    def start_backup(self) -> Process:
+        """The standby pair's backup (`runpushserver --role=broker --standby`)."""
+        self.backup = self.launcher.start("backup", self.push_server, "--role=broker", "--standby")
+        self.backup.wait_for(BROKER_LINE)
+        return self.backup
+
+    def stop_backup(self, sig: int = signal.SIGTERM) -> None:
+        assert self.backup is not None, "the backup is not running"
+        if sig == signal.SIGKILL:
+            self.backup.kill()
+        else:
+            self.backup.stop(sig)
+        self.backup = None
 
     def start_edge(self, index: int) -> Process:
         args = ["--role=edge", f"127.0.0.1:{self.edge_ports[index]}"]
@@ -219,6 +261,12 @@ class Cluster:
             f"control {self.endpoints['control']}, metrics {self.metrics_url}"
             + (", CURVE on" if "curve" in self.push_server else "")
         ]
+        standby = self.push_server.get("standby")
+        if standby is not None:
+            lines.append(
+                f"Backup broker: ingress {standby['ingress']}, events {standby['events']}, "
+                f"control {standby['control']}, metrics {self.backup_metrics_url}"
+            )
         lines += [f"Edge {n}: {url}/" for n, url in enumerate(self.edge_urls, 1)]
         if self.balancer:
             lines.append(f"Load balancer ({self.balancer}): {self.url}/")
@@ -237,10 +285,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--curve", action="store_true", help="CURVE on every ZeroMQ link, keys made for the run"
     )
+    parser.add_argument(
+        "--standby", action="store_true", help="a standby pair of brokers rather than one"
+    )
     options = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="pushserver-cluster-"))
     balancer = None if options.balancer == "none" else options.balancer
-    cluster = Cluster(folder, options.edges, balancer, options.workers, curve=options.curve)
+    cluster = Cluster(
+        folder,
+        options.edges,
+        balancer,
+        options.workers,
+        curve=options.curve,
+        standby=options.standby,
+    )
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:

@@ -74,7 +74,8 @@ def check_settings(
                 _judge(f"{SETTING}[{setting.key!r}]", setting.check, value[setting.key])
             )
     # Each part below skips what the table's shape rules above already refused.
-    for part in (_stores, _hosts, _locations, _broker, _signed_url_secrets, _curve, _open_ports):
+    parts = (_stores, _hosts, _locations, _broker, _standby, _signed_url_secrets, _curve)
+    for part in (*parts, _open_ports):
         messages.extend(part(value))
     return messages
 
@@ -236,6 +237,43 @@ def _broker(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
         yield _message(
             rules.BROKER_ENDPOINTS_SHARED,
             f"{where} endpoints must differ from each other, got {bound!r}",
+        )
+
+
+def _standby(value: dict[str, Any]) -> Iterator[checks.CheckMessage]:
+    written = value.get("standby")
+    if not isinstance(written, dict):
+        return
+    where = f"{SETTING}['standby']"
+    yield from _judge_group(
+        where, schema.STANDBY, {k: v for k, v in written.items() if v is not None}
+    )
+    section = conf.standby_section()
+    assert section is not None
+    peer = section["peer"]
+    ours = [section[key] for key in schema.BROKER_ENDPOINTS]
+    if isinstance(peer, list | tuple):
+        ours += list(peer)
+    theirs = list(conf.broker_endpoints().values())
+    fixed = [str(e) for e in ours + theirs if not str(e).endswith((":*", ":0"))]
+    if len(set(fixed)) != len(fixed):
+        yield _message(
+            rules.STANDBY_ENDPOINTS_SHARED,
+            f"{where} endpoints must differ from each other and from the broker's, "
+            f"got {ours!r} beside {theirs!r}",
+        )
+    timeout, interval = section["failover_timeout"], value.get("heartbeat_interval")
+    interval = schema.TOP["heartbeat_interval"].default if interval is None else interval
+    if (
+        _accepted(schema.STANDBY["failover_timeout"], timeout)
+        and _accepted(schema.TOP["heartbeat_interval"], interval)
+        and timeout < 3 * interval
+    ):
+        yield _message(
+            rules.FAILOVER_TOO_QUICK,
+            f"{where}['failover_timeout'] ({timeout} s) is under three heartbeat_interval "
+            f"({interval} s)",
+            hint="A paired broker heartbeats its peer several times per failover_timeout.",
         )
 
 

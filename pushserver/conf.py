@@ -177,6 +177,24 @@ def broker_endpoints() -> dict[str, str]:
     return {key: section[key] for key in schema.BROKER_ENDPOINTS}
 
 
+def standby_section() -> dict[str, Any] | None:
+    """The `standby` dict with every key (a key written as None is its default), or None
+    without a standby pair."""
+    written = push_server().get("standby")
+    if written is None:
+        return None
+    return {
+        key: default if written.get(key) is None else written[key]
+        for key, default in schema.STANDBY.defaults().items()
+    }
+
+
+def switch_after() -> float:
+    """How long a client of a pair waits on a silent broker before it tries the other."""
+    section = standby_section()
+    return 1.0 if section is None else float(section["failover_timeout"]) / 3
+
+
 def curve() -> dict[str, Any] | None:
     """The `curve` dict with every key (None where unwritten), or None when CURVE is off."""
     written = push_server().get("curve")
@@ -237,7 +255,30 @@ def _top_level_fields(target: type) -> dict[str, Any]:
     }
 
 
-def broker_config() -> BrokerConfig:
+def broker_config(backup: bool = False) -> BrokerConfig:
+    """The broker's configuration: the primary's, or with `backup` the standby pair's
+    backup's (its endpoints from `standby`)."""
+    config = _broker_config()
+    pair = standby_section()
+    if pair is None:
+        return config
+    peer = pair["peer"]
+    own, other = (peer[1], peer[0]) if backup else (peer[0], peer[1])
+    fields: dict[str, Any] = {
+        "peer_bind": own,
+        "peer_connect": connect_endpoint(other),
+        "backup": backup,
+        "failover_timeout": float(pair["failover_timeout"]),
+    }
+    if backup:
+        fields.update({key: pair[key] for key in schema.BROKER_ENDPOINTS})
+        fields["metrics"] = pair["metrics"]
+        if pair["history_file"] is not None:
+            fields["history_file"] = Path(pair["history_file"])
+    return dataclasses.replace(config, **fields)
+
+
+def _broker_config() -> BrokerConfig:
     config = BrokerConfig(
         **_top_level_fields(BrokerConfig),
         **schema.STORE.fields(store(), BrokerConfig),
@@ -248,6 +289,18 @@ def broker_config() -> BrokerConfig:
     )
     hwm = value("events_hwm")
     return config if hwm is None else dataclasses.replace(config, events_sndhwm=int(hwm))
+
+
+def _edge_standby_fields() -> dict[str, Any]:
+    pair = standby_section()
+    if pair is None:
+        return {}
+    return {
+        "standby_events": connect_endpoint(pair["events"]),
+        "standby_control": connect_endpoint(pair["control"]),
+        "standby_ingress": connect_endpoint(pair["ingress"]),
+        "failover_timeout": float(pair["failover_timeout"]),
+    }
 
 
 def edge_config(address: str | None = None, port: int | None = None) -> EdgeConfig:
@@ -266,6 +319,7 @@ def edge_config(address: str | None = None, port: int | None = None) -> EdgeConf
         events=connect_endpoint(endpoints["events"]),
         control=connect_endpoint(endpoints["control"]),
         ingress=connect_endpoint(endpoints["ingress"]),
+        **_edge_standby_fields(),
         max_messages=int(store()["max_messages"]),
         curve=edge_curve(),
         subscribers=tuple(

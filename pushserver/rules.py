@@ -501,6 +501,49 @@ STREAM_MAX_CHANNELS = _check(
         lambda value: is_integer(value) and 1 <= value <= MOST_STREAM_CHANNELS,
     ),
 )
+STANDBY_SHAPE = _check(
+    "pushserver.E065",
+    "`standby` is not a dict",
+    must_be(
+        "a dict of the backup broker's 'ingress', 'events' and 'control' endpoints and the "
+        "pair's 'peer' endpoints",
+        _is_dict,
+        shown=_type_name,
+    ),
+)
+STANDBY_ENDPOINT = _check(
+    "pushserver.E066",
+    "a `standby` endpoint is not a ZeroMQ endpoint (`tcp://`, `ipc://` or `inproc://`)",
+    must_be("a ZeroMQ endpoint starting with tcp://, ipc:// or inproc://", _endpoint),
+)
+STANDBY_PEER = _check(
+    "pushserver.E067",
+    "`standby['peer']` is not two different ZeroMQ endpoints (the primary's, the backup's)",
+    must_be(
+        "a list of two different ZeroMQ endpoints: where the primary and the backup each "
+        "bind the link to the other",
+        lambda value: (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(_endpoint(endpoint) for endpoint in value)
+            and value[0] != value[1]
+        ),
+    ),
+)
+FAILOVER_TIMEOUT = _check(
+    "pushserver.E068",
+    "`standby['failover_timeout']` is not a positive number of seconds",
+    must_be("a positive number of seconds", lambda value: is_number(value) and value > 0),
+)
+STANDBY_ENDPOINTS_SHARED = _check(
+    "pushserver.E069",
+    "a `standby` endpoint is the same as a `broker` endpoint, or as another `standby` one",
+)
+STANDBY_HISTORY_FILE = _check(
+    "pushserver.E070",
+    "`standby['history_file']` is not a file path or None",
+    must_be("a file path or None", _path_or_none),
+)
 UNKNOWN_KEY = _check("pushserver.W001", "a key no setting has (a typo?); it is ignored")
 # Shorter than a SHA-256 key's 32 bytes, a secret is easier to guess than the MAC.
 SHORT_SECRET_LENGTH = 32
@@ -533,6 +576,12 @@ OPEN_BROKER_PORTS = _check(
     "pushserver.W004",
     "a `broker` endpoint listens beyond loopback and `curve` is off: anyone who reaches "
     "the port can publish, read every channel and delete channels",
+)
+
+FAILOVER_TOO_QUICK = _check(
+    "pushserver.W007",
+    "`standby['failover_timeout']` is under three `heartbeat_interval`s: a pair whose "
+    "heartbeats are merely late fails over",
 )
 
 # Every id this app reports, in id order.

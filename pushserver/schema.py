@@ -375,6 +375,75 @@ BROKER = Group(
     ),
 )
 
+# The backup broker of a standby pair: its endpoints as `broker` names the
+# primary's, and the link between the two.
+STANDBY_DEFAULTS = {
+    "ingress": "tcp://127.0.0.1:5565",
+    "events": "tcp://127.0.0.1:5566",
+    "control": "tcp://127.0.0.1:5567",
+    "peer": ("tcp://127.0.0.1:5563", "tcp://127.0.0.1:5564"),
+}
+
+STANDBY = Group(
+    "`standby['{}']`",
+    (
+        Setting(
+            "ingress",
+            "str",
+            STANDBY_DEFAULTS["ingress"],
+            rules.STANDBY_ENDPOINT,
+            "the backup broker's `broker['ingress']`",
+        ),
+        Setting(
+            "events",
+            "str",
+            STANDBY_DEFAULTS["events"],
+            rules.STANDBY_ENDPOINT,
+            "the backup broker's `broker['events']`",
+        ),
+        Setting(
+            "control",
+            "str",
+            STANDBY_DEFAULTS["control"],
+            rules.STANDBY_ENDPOINT,
+            "the backup broker's `broker['control']`",
+        ),
+        Setting(
+            "metrics",
+            "str or None",
+            None,
+            rules.METRICS_ADDRESS,
+            "the backup broker's `broker['metrics']`",
+        ),
+        Setting(
+            "peer",
+            "list of 2 str",
+            STANDBY_DEFAULTS["peer"],
+            rules.STANDBY_PEER,
+            "where the primary and the backup each bind the link to the other (heartbeats, "
+            "replication); each connects to the other's",
+        ),
+        Setting(
+            "failover_timeout",
+            "float (s)",
+            _BROKER.failover_timeout,
+            rules.FAILOVER_TIMEOUT,
+            "how long the active broker may be silent before the backup takes over, once a "
+            "client comes to it; clients try the other broker after a third of it",
+            convert=float,
+        ),
+        Setting(
+            "history_file",
+            "path or None",
+            None,
+            rules.STANDBY_HISTORY_FILE,
+            "the backup's `history_file`; `None`: the top-level one (a path on the backup's "
+            "own host)",
+            convert=_path_or_none,
+        ),
+    ),
+)
+
 # What each `curve` key names, and which part reads it.
 CURVE_PAIRS = ("broker_secret_key", "publisher_secret_key", "edge_secret_key")
 CURVE_PUBLIC = ("broker_public_key",)
@@ -509,6 +578,15 @@ TOP = Group(
             rules.BROKER_SHAPE,
             "ZeroMQ endpoints of the broker (the keys below)",
             parts=(BROKER,),
+        ),
+        Setting(
+            "standby",
+            "dict or None",
+            None,
+            rules.STANDBY_SHAPE,
+            "a standby pair: the backup broker that takes over from the primary (`broker`) "
+            "when it is lost (the keys below); `None`: one broker",
+            parts=(STANDBY,),
         ),
         Setting(
             "curve",

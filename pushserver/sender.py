@@ -80,6 +80,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import wire
+from broker.choice import Choice
 from broker.curve import ClientKeys, apply_client, load_client_keys
 from broker.outbox import Outbox
 from broker.sockets import backend_send, limit_frames, max_frame_size, send_plain
@@ -127,6 +128,16 @@ class SenderConfig:
     max_message_size: int
     # The keys of CURVE, read once per process; None without CURVE.
     curve_keys: ClientKeys | None = None
+    # A standby pair's backup ingress (`PUSH_SERVER['standby']`); None without a pair.
+    standby_endpoint: str | None = None
+    # How long a socket waits on a silent broker of a pair before trying the other.
+    switch_after: float = 1.0
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        if self.standby_endpoint is None:
+            return (self.endpoint,)
+        return (self.endpoint, self.standby_endpoint)
 
 
 def _load_config() -> SenderConfig:
@@ -142,7 +153,10 @@ def _load_config() -> SenderConfig:
     if errors:
         raise ImproperlyConfigured("; ".join(f"{error.id}: {error.msg}" for error in errors))
     files = conf.publisher_curve()
+    standby = conf.standby_section()
     return SenderConfig(
+        standby_endpoint=None if standby is None else conf.connect_endpoint(standby["ingress"]),
+        switch_after=conf.switch_after(),
         endpoint=conf.connect_endpoint(conf.broker_endpoints()["ingress"]),
         send_timeout=conf.number("send_timeout"),
         unreachable_timeout=conf.number("broker_unreachable_timeout"),
@@ -175,30 +189,52 @@ class _Publisher:
         # queue is this long: the cheap path in between only writes.
         self.check_at = 0.0
         self.check_len = 0
-        self.socket: zmq.Socket[bytes] = process.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)
-        self.socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        self.socket.setsockopt(zmq.SNDHWM, config.queue_size)
+        # Which broker of a pair this socket talks to; one broker: always the first.
+        self.choice = Choice(len(config.endpoints), config.switch_after)
+        self.socket, self.monitor = self._open(config.endpoints[0])
+
+    def _open(self, endpoint: str) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+        config = self.process.config
+        sock: zmq.Socket[bytes] = self.process.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.SNDHWM, config.queue_size)
         # Acks are small and cumulative; never let the broker drop one for want of room.
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        self.socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
-        limit_frames(self.socket, max_frame_size(config.max_message_size))
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+        limit_frames(sock, max_frame_size(config.max_message_size))
         if config.curve_keys is not None:
-            apply_client(self.socket, config.curve_keys)
-        self.monitor: zmq.Socket[bytes] = self.socket.get_monitor_socket(MONITOR_EVENTS)
+            apply_client(sock, config.curve_keys)
+        monitor: zmq.Socket[bytes] = sock.get_monitor_socket(MONITOR_EVENTS)
         try:
-            self.socket.connect(config.endpoint)
+            sock.connect(endpoint)
         except zmq.ZMQError as exc:
-            self.close()
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+            self.closed = True
             from django.core.exceptions import ImproperlyConfigured
 
             raise ImproperlyConfigured(
-                f"PUSH_SERVER['broker']['ingress'] {config.endpoint!r} "
-                f"cannot be connected to: {exc}"
+                f"PUSH_SERVER['broker']['ingress'] {endpoint!r} cannot be connected to: {exc}"
             ) from exc
+        return sock, monitor
+
+    def _switch(self) -> None:
+        """Talk to the broker `choice` now names: a new socket, everything unacknowledged
+        written again (the pair's replicated ledger drops what was sequenced already)."""
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=0)
+        self.connected = False
+        self.outbox.on_reconnect()
+        endpoint = self.process.config.endpoints[self.choice.current]
+        log.info("the push sender moves to the broker at %s", endpoint)
+        self.socket, self.monitor = self._open(endpoint)
+        self.check_at = 0.0
 
     # -- connection state ----------------------------------------------------
 
@@ -234,12 +270,19 @@ class _Publisher:
             except zmq.Again:
                 return
             try:
-                ack = wire.decode_ack(frames)
+                ack = wire.decode_answer(frames)
             except wire.WireError as error:
                 log.warning(
                     "ignored a malformed ack from %s: %s", self.process.config.endpoint, error
                 )
                 continue
+            choice = self.choice
+            if isinstance(ack, wire.NotActive):
+                if choice.refused(choice.current):
+                    self._switch()
+                return
+            if not isinstance(ack, wire.Ack) or not choice.heard(choice.current, True, ack.epoch):
+                continue  # an answer (never asked for here), or an older epoch's broker
             renumbered = outbox.on_ack(ack)
             if renumbered is not None:
                 log.warning(
@@ -260,7 +303,19 @@ class _Publisher:
     def flush(self) -> None:
         """Take acks and write what is due, without blocking."""
         self.take_acks()
+        self._vote()
         self.write_due()
+
+    def _vote(self) -> None:
+        """With a standby pair: move to the other broker once this one left what was
+        written unacknowledged, or stayed unreachable, for `switch_after`."""
+        choice = self.choice
+        if choice.count == 1:
+            return
+        if self.connected and not self.outbox.unacked:
+            choice.heard(choice.current, False, choice.newest_epoch)  # nothing to wait for
+        elif choice.silent():
+            self._switch()
 
     def send(
         self,

@@ -6,9 +6,10 @@ and started again where the page expects it. Updates are sent from this
 process with `send_update`, straight to the broker. The page is the real
 demo page with the real client (`pushserver.createClient`, as
 `window.demoClient`), on its default transports (EventSource, long-poll
-where streams fail) or, for what only polls show, `?transport=longpoll`. What its processors saw is on
-`window.demoSeen`, and `tests.browser.POLL_RECORDER` logs its polls. The
-demo's jQuery page shows `$.updates` working over the same client.
+where streams fail) or, for what only polls show, `?transport=longpoll`.
+What its processors saw is on `window.demoSeen`, and
+`tests.browser.POLL_RECORDER` logs its polls. The demo's jQuery page shows
+`$.updates` working over the same client.
 """
 
 from __future__ import annotations

@@ -413,6 +413,17 @@ EXAMPLES: dict[Check, dict[str, Any]] = {
     rules.STREAM_MAX_CHANNELS: {
         "PUSH_SERVER": {"locations": [{"type": "subscriber", "stream_max_channels": 5000}]}
     },
+    rules.STANDBY_SHAPE: {"PUSH_SERVER": {"standby": "tcp://10.0.0.11:5560"}},
+    rules.STANDBY_ENDPOINT: {"PUSH_SERVER": {"standby": {"ingress": "10.0.0.11:5560"}}},
+    rules.STANDBY_PEER: {"PUSH_SERVER": {"standby": {"peer": ["tcp://127.0.0.1:5563"]}}},
+    rules.FAILOVER_TIMEOUT: {"PUSH_SERVER": {"standby": {"failover_timeout": 0}}},
+    rules.STANDBY_ENDPOINTS_SHARED: {
+        "PUSH_SERVER": {"standby": {"ingress": "tcp://127.0.0.1:5560"}}
+    },
+    rules.STANDBY_HISTORY_FILE: {"PUSH_SERVER": {"standby": {"history_file": 5}}},
+    rules.FAILOVER_TOO_QUICK: {
+        "PUSH_SERVER": {"heartbeat_interval": 1.0, "standby": {"failover_timeout": 2.0}}
+    },
     rules.UNKNOWN_KEY: {"PUSH_SERVER": {"long_poll_timeuot": 5}},
     rules.SHORT_SIGNING_SECRET: {"PUSH_SERVER": {"signed_url_secrets": [LONG_SECRET, "short"]}},
     rules.ANY_ORIGIN_WITH_CREDENTIALS: {

@@ -4,6 +4,8 @@
 * cluster: a broker and an edge with `--workers` on the cores the load
   generator leaves free;
 * cluster-curve: the same with CURVE on every ZeroMQ link;
+* cluster-pair: the same with a standby pair of brokers, every message
+  acknowledged once the backup holds it too;
 * nchan: nginx with the Nchan module (Debian's libnginx-mod-nchan), one
   worker, the same buffer length and message timeout.
 
@@ -225,7 +227,7 @@ class PushServerTarget(Target):
                 return sum(heard.values())
         return None
 
-    def use_for_sending(self, ingress: str) -> None:
+    def use_for_sending(self, ingress: str, standby: dict[str, Any] | None = None) -> None:
         # Imported here, once Django is configured; kept, as a site's module would.
         from django.conf import settings
 
@@ -234,6 +236,8 @@ class PushServerTarget(Target):
 
         curve = self.push_server().get("curve")
         settings.PUSH_SERVER = {"broker": {"ingress": ingress}}
+        if standby is not None:
+            settings.PUSH_SERVER["standby"] = standby
         if curve is not None:
             settings.PUSH_SERVER["curve"] = curve
         sender.close()
@@ -322,6 +326,41 @@ class CurveCluster(Cluster):
         if not keys.exists():
             create_key_files(keys)
         return {**super().push_server(), "curve": KeyLayout(keys).setting()}
+
+
+class PairCluster(Cluster):
+    """The cluster with a standby pair of brokers: what replicating every message to the
+    backup before it is acknowledged costs."""
+
+    def start(self) -> None:
+        self.launcher = Launcher(self.folder)
+        ports: set[int] = set()
+        while len(ports) < 8:
+            ports.add(free_port())
+        addresses = [f"tcp://127.0.0.1:{port}" for port in sorted(ports)]
+        names = ("ingress", "events", "control")
+        endpoints = dict(zip(names, addresses[:3], strict=True))
+        standby = {**dict(zip(names, addresses[3:6], strict=True)), "peer": addresses[6:]}
+        settings = {**self.push_server(), "broker": endpoints, "standby": standby}
+        primary = self.launcher.start("primary", settings, "--role=broker")
+        primary.wait_for("Broker listening", timeout=60)
+        backup = self.launcher.start("backup", settings, "--role=broker", "--standby")
+        backup.wait_for("copied the active broker's state", timeout=60)
+        edge = self.launcher.start(
+            "edge", settings, "--role=edge", f"{self.host}:{self.port}", f"--workers={self.workers}"
+        )
+        edge.wait_for(EDGE_LINE, timeout=60)
+        self.processes = [primary, backup, edge]
+        self.edge_processes = self.workers
+        self.use_for_sending(endpoints["ingress"], standby)
+
+    def parts(self) -> dict[str, list[int]]:
+        primary, backup, edge = (process.popen.pid for process in self.processes)
+        return {
+            "broker": descendants(primary),
+            "backup": descendants(backup),
+            "edge": descendants(edge),
+        }
 
 
 class Nchan(Target):
@@ -433,5 +472,6 @@ TARGETS: dict[str, type[Target]] = {
     "embedded": Embedded,
     "cluster": Cluster,
     "cluster-curve": CurveCluster,
+    "cluster-pair": PairCluster,
     "nchan": Nchan,
 }

@@ -51,6 +51,12 @@ class Command(BaseCommand):
             help="Run only the broker or only an edge; without it, both in one process.",
         )
         parser.add_argument(
+            "--standby",
+            action="store_true",
+            help="With --role=broker, start the backup of the standby pair "
+            "(PUSH_SERVER['standby']) rather than the primary.",
+        )
+        parser.add_argument(
             "--allrequests",
             action="store_true",
             help="Also serve the Django site for paths no push location matches "
@@ -77,6 +83,9 @@ class Command(BaseCommand):
                 "the address:port argument, --ipv6 and --allrequests are for edges; "
                 "the broker binds the endpoints in PUSH_SERVER['broker']"
             )
+        backup = options["standby"]
+        if backup and role != BROKER:
+            raise CommandError("--standby is for --role=broker: it starts the pair's backup")
         workers = options["workers"]
         if workers < 1:
             raise CommandError(f"--workers must be at least 1, got {workers}")
@@ -98,7 +107,23 @@ class Command(BaseCommand):
         if missing:
             raise CommandError("; ".join(f"{message.id}: {message.msg}" for message in missing))
 
-        broker_config = conf.broker_config() if role != EDGE else None
+        if backup and conf.standby_section() is None:
+            raise CommandError(
+                "--standby starts the backup of a standby pair: PUSH_SERVER['standby'] is not set"
+            )
+        if role != BROKER and conf.standby_section() is not None and role != EDGE:
+            raise CommandError(
+                "a standby pair's brokers run alone: start them with --role=broker "
+                "(and --standby for the backup), the edges with --role=edge"
+            )
+        broker_config = conf.broker_config(backup) if role != EDGE else None
+        self._pair_role = (
+            None
+            if broker_config is None or not broker_config.paired
+            else "backup"
+            if backup
+            else "primary"
+        )
         edge_config = None
         wsgi_app = None
         if role != BROKER:
@@ -158,6 +183,10 @@ class Command(BaseCommand):
             )
             if endpoints.metrics is not None:
                 lines.append(f"Broker metrics on {endpoints.metrics}")
+            if self._pair_role is not None:
+                lines.append(
+                    f"Broker role: {self._pair_role} of a standby pair, peer link {endpoints.peer}"
+                )
         lines += [f"Edge listening on {url}" for url in listening.edge_urls or ()]
         quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
         lines.append(f"Quit the server with {quit_command}.")
