@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ Fault = tuple[float, str, Callable[[], Any]]
 @dataclass
 class StreamResult:
     sent: dict[str, list[bytes]]
-    subscribers: list[Subscriber] | list[Follower]
+    subscribers: Sequence[Subscriber | Follower]
     faults: list[str] = field(default_factory=list)
 
     @property

@@ -23,6 +23,7 @@ import zmq
 from broker.curve import ClientFiles, apply_client, create_key_files, load_client_keys
 from ops.cluster import Cluster
 from tests.client import fresh
+from tests.followers import StreamSubscriber
 from tests.pollers import Subscriber
 from tests.processes import Launcher, Process
 from tests.stream import Fault, StreamResult, publish_stream
@@ -127,10 +128,12 @@ def run(
     ours, theirs = names[:5], names[5:]
     for name in names:
         assert httpx.put(f"{cluster.edge_urls[0]}/send-update/{name}").status_code == 200
-    subscribers = [
-        Subscriber([cluster.url], name, tolerate_errors=True, received=TimedList())
+    # Per channel 15 long-polls and 15 EventSource streams.
+    subscribers: list[Subscriber | StreamSubscriber] = [
+        kind([cluster.url], name, tolerate_errors=True, received=TimedList())
         for name in names
-        for _ in range(30)
+        for kind in (Subscriber, StreamSubscriber)
+        for _ in range(15)
     ]
     fault_times: list[float] = []
     labels: list[str] = []
