@@ -25,16 +25,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from edge.protocol import ETAG
+from edge.eventstream import LAST_EVENT_ID_PARAMETER
+from edge.protocol import ETAG, LAST_EVENT_ID
 from tests.browser import CHROMIUM, chromium_available
 from tests.client import fresh, path, wait_for_subscribers
 from tests.cross_origin import (
     COOKIE,
     RequestRecorder,
     RestartableEdge,
+    SeenRequest,
     chromium,
     edge_for_page,
     npm_file,
@@ -201,33 +204,50 @@ def test_nchan_subscriber_across_origins_with_credentials_gets_100_messages_once
     assert asked and all(seen.headers.get("cookie") == COOKIE for seen in asked)
 
 
+def resumed_from(mode: str, seen: SeenRequest) -> str | None:
+    """The cursor a request of NchanSubscriber in `mode` resumes from, as it sends it."""
+    if mode == "websocket":
+        given = parse_qs(urlsplit(seen.path).query).get(LAST_EVENT_ID_PARAMETER)
+        return given[0] if given else None
+    if mode == "eventsource":
+        return seen.headers.get(LAST_EVENT_ID.lower())
+    return seen.headers.get(ETAG.lower())
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_nchan_subscriber_whose_edge_stops_and_starts_again_reconnects_by_itself_and_gets_every_message_once_in_order(  # noqa: E501
     mode: str, page: Any, restartable_edge: RestartableEdge
 ) -> None:
     start, stop, followed, publishing = restartable_edge
     channel = fresh(f"nchan-restart-{mode}")
+    channel_path = path("updates", channel)
     expected = [f"message {number}" for number in range(60)]
     publish_all(publishing, channel, expected[:10])
-    page.evaluate(START_SUBSCRIBER, [followed + path("updates", channel), mode])
-    wait_received(page, 10)
-    publish_all(publishing, channel, expected[10:20])
-    wait_received(page, 20)
+    # The recorder outlives the edge behind it: while the edge is down, it
+    # closes each connection it accepts, and records only what reached an edge.
+    with recording(upstream(followed)) as recorder:
+        page.evaluate(START_SUBSCRIBER, [recorder.url + channel_path, mode])
+        wait_received(page, 10)
+        publish_all(publishing, channel, expected[10:20])
+        wait_received(page, 20)
+        last_before = received(page)[-1][1]
 
-    stop()
-    eventually(
-        lambda: page.evaluate("window.nchan.disconnects") >= 1, 10, "the page losing its edge"
-    )
-    publish_all(publishing, channel, expected[20:40])  # while the followed edge is down
-    start()
-    publish_all(publishing, channel, expected[40:])
-    wait_received(page, len(expected), timeout=30)
-    time.sleep(REPEAT_WINDOW)
+        stop()
+        eventually(
+            lambda: page.evaluate("window.nchan.disconnects") >= 1, 10, "the page losing its edge"
+        )
+        publish_all(publishing, channel, expected[20:40])  # while the followed edge is down
+        start()
+        publish_all(publishing, channel, expected[40:])
+        wait_received(page, len(expected), timeout=30)
+        time.sleep(REPEAT_WINDOW)
+        asked = [seen for seen in recorder.requests("GET") if seen.path.startswith(channel_path)]
 
     messages = received(page)
     assert [body for body, _, _ in messages] == expected
     ids = [message_id(nchan_id) for _, nchan_id, _ in messages]
     assert ids == sorted(set(ids))
-    # It reconnected by itself: nothing on the page started it again.
+    # It reconnected by itself, from the last message it had, the mode's own way.
     assert page.evaluate("window.nchan.connects") >= 2
     assert page.evaluate("window.subscriber.running") is True
+    assert last_before in [resumed_from(mode, seen) for seen in asked]
