@@ -7,9 +7,17 @@ the browser and the edge stands `RequestRecorder`, a TCP relay that passes
 bytes through untouched and writes down each request head, preflights
 included, which no browser API reports.
 
+`restartable_edge` is the fixture for a page whose edge goes away under it:
+a broker, the edge the page follows on a port that stays the same across a
+stop and a start, and a second edge of the same broker that publishes
+while the first is down. A module that uses it defines `page_origin` and
+imports the fixture by name.
+
 The trap in the recorder: it finds requests by the blank line that ends a
 head, so it understands only requests without a body, which is all a
-browser sends to a subscriber location (GET polls and OPTIONS preflights).
+browser sends to a subscriber location (GET polls, OPTIONS preflights and
+WebSocket handshakes; after a handshake, the browser's frames are masked
+and short, and do not hold a blank line).
 """
 
 from __future__ import annotations
@@ -18,16 +26,17 @@ import contextlib
 import http.server
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import pytest
 
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.client import path
-from tests.processes import ROOT, Launcher
+from tests.processes import EDGE_LINE, ROOT, Launcher, Process, free_port
 
 # `make test` installs the pinned npm packages here (the Makefile's npm-deps).
 NPM_MODULES = ROOT / "tests" / "npm" / "node_modules"
@@ -197,6 +206,45 @@ def edge_for_page(launcher: Launcher, origin: str, **push_server: Any) -> str:
         **push_server,
     )
     return base
+
+
+class RestartableEdge(NamedTuple):
+    start: Callable[[], None]  # the followed edge, again on its port
+    stop: Callable[[], None]  # the followed edge, by SIGTERM
+    followed: str  # the base URL of the edge the page follows
+    publishing: str  # the base URL of the edge that publishes throughout
+
+
+@pytest.fixture
+def restartable_edge(launcher: Launcher, page_origin: str) -> Iterator[RestartableEdge]:
+    """A broker, an edge the page follows on a port of its own (stop and start it with the
+    two callables), and a second edge that publishes throughout."""
+    cross_origin = {"allow_origin": [page_origin], "allow_credentials": True}
+    settings = {
+        "store": {"type": "memory", "max_messages": 1000, "message_timeout": 600},
+        "long_poll_timeout": 2,
+        "locations": (
+            {"type": "subscriber", "url": r"/updates/([^/]+)", **cross_origin},
+            {"type": "publisher", "url": r"/send-update/([^/]+)"},
+        ),
+    }
+    _, endpoints = launcher.broker(**settings)
+    _, publishing = launcher.edge(endpoints, **settings)
+    port = free_port()
+    followed: list[Process] = []
+
+    def start() -> None:
+        process = launcher.start(
+            "edge", {"broker": dict(endpoints), **settings}, "--role=edge", f"127.0.0.1:{port}"
+        )
+        process.wait_for(EDGE_LINE)
+        followed.append(process)
+
+    def stop() -> None:
+        followed.pop().stop()
+
+    start()
+    yield RestartableEdge(start, stop, f"http://127.0.0.1:{port}", publishing)
 
 
 def publish_all(base: str, channel_id: str, bodies: list[str]) -> None:

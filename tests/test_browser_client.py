@@ -38,7 +38,8 @@ from tests.cross_origin import (
     recording,
     upstream,
 )
-from tests.processes import EDGE_LINE, ROOT, Launcher, Process, eventually, free_port
+from tests.cross_origin import restartable_edge as restartable_edge  # a fixture
+from tests.processes import ROOT, Launcher, eventually
 from tests.raw_http import figures
 
 assert chromium_available(), f"no Chromium at {CHROMIUM}: run `make test`, which installs it"
@@ -316,40 +317,6 @@ def test_a_page_with_eight_channels_follows_them_on_one_stream(
     for name in channels:
         assert [n for seen, n in page.evaluate("window.seen") if seen == name] == [0, 1, 2]
     assert len(stream_gets(recorder)[before:]) == 1
-
-
-@pytest.fixture
-def restartable_edge(
-    launcher: Launcher, page_origin: str
-) -> Iterator[tuple[Callable[[], None], Callable[[], None], str, str]]:
-    """A broker, an edge the page follows on a port of its own (stop and start it with the
-    two callables), and a second edge that publishes throughout."""
-    cross_origin = {"allow_origin": [page_origin], "allow_credentials": True}
-    settings = {
-        "store": {"type": "memory", "max_messages": 1000, "message_timeout": 600},
-        "long_poll_timeout": 2,
-        "locations": (
-            {"type": "subscriber", "url": r"/updates/([^/]+)", **cross_origin},
-            {"type": "publisher", "url": r"/send-update/([^/]+)"},
-        ),
-    }
-    _, endpoints = launcher.broker(**settings)
-    _, publishing = launcher.edge(endpoints, **settings)
-    port = free_port()
-    followed: list[Process] = []
-
-    def start() -> None:
-        process = launcher.start(
-            "edge", {"broker": dict(endpoints), **settings}, "--role=edge", f"127.0.0.1:{port}"
-        )
-        process.wait_for(EDGE_LINE)
-        followed.append(process)
-
-    def stop() -> None:
-        followed.pop().stop()
-
-    start()
-    yield start, stop, f"http://127.0.0.1:{port}", publishing
 
 
 def test_a_stream_whose_edge_stops_and_starts_again_catches_up_with_nothing_repeated(

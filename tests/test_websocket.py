@@ -1,17 +1,17 @@
 """WebSockets on the subscriber locations of real edges: handshake, frames, resume, health.
 
 The clients are wsproto's client side on raw sockets (`tests.websocket_client`),
-NchanSubscriber in headless Chromium, and the edges real processes behind a
-real broker. What the frames hold byte for byte is judged without sockets in
-tests/test_websocket_protocol.py; here, that the edges send them to whom and
-when they should.
+and the edges real processes behind a real broker. NchanSubscriber's
+websocket mode, in headless Chromium, is in tests/test_nchan_client.py
+beside its other two modes. What the frames hold byte for byte is judged
+without sockets in tests/test_websocket_protocol.py; here, that the edges
+send them to whom and when they should.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
@@ -29,14 +29,6 @@ from edge.websocket import (
     TRY_AGAIN_LATER,
 )
 from tests.client import fresh, path, publish
-from tests.cross_origin import (
-    chromium,
-    edge_for_page,
-    npm_file,
-    page_server,
-    page_with_scripts,
-    publish_all,
-)
 from tests.processes import Launcher, Process, eventually, memory_kib
 from tests.raw_http import figures
 from tests.test_eventsource import session_cookie
@@ -594,55 +586,3 @@ def test_cookies_from_a_page_of_another_origin_do_not_speak_for_the_client(site:
     with Socket(site.base, path("updates", channel), own) as ws:
         assert ws.status == 101
         eventually(lambda: site.events(channel) == [("subscribe", "alice")], 10, "alice's")
-
-
-# -- NchanSubscriber (npm nchan) in Chromium ---------------------------------------------
-
-START_NCHAN = """
-(url) => {
-  window.nchan = { received: [], errors: [] };
-  const subscriber = new NchanSubscriber(url, { subscriber: 'websocket', reconnect: 'session' });
-  subscriber.on('message', (message, meta) =>
-    window.nchan.received.push([message, meta.id, meta['content-type'] || null]));
-  subscriber.on('error', (code) => window.nchan.errors.push(String(code)));
-  subscriber.start();
-  window.subscriber = subscriber;
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def nchan_page() -> Iterator[str]:
-    script = npm_file("nchan/NchanSubscriber.js").read_bytes()
-    files = {
-        "/": page_with_scripts("/NchanSubscriber.js"),
-        "/NchanSubscriber.js": ("text/javascript; charset=utf-8", script),
-    }
-    with page_server(files) as origin:
-        yield origin
-
-
-def test_nchan_subscriber_in_websocket_mode_gets_every_message_once_in_order(
-    module_launcher: Launcher, nchan_page: str
-) -> None:
-    edge = edge_for_page(module_launcher, nchan_page)
-    channel = fresh("nchan-ws")
-    expected = [f"message {number}" for number in range(100)]
-    publish_all(edge, channel, expected[:10])  # held: the socket starts with them
-    with chromium() as browser:
-        page = browser.new_page()
-        page.goto(nchan_page + "/")
-        page.evaluate(START_NCHAN, edge + path("updates", channel))
-        eventually(lambda: len(page.evaluate("window.nchan.received")) >= 10, 15, "held ones")
-        publish_all(edge, channel, expected[10:])
-        eventually(lambda: len(page.evaluate("window.nchan.received")) >= 100, 15, "all 100")
-        time.sleep(0.3)  # a repeat, if any, would arrive by now
-        received = page.evaluate("window.nchan.received")
-        assert socket_figures(edge)["open"] == 1  # one WebSocket carried them all
-        page.evaluate("window.subscriber.stop()")
-    assert [message for message, _, _ in received] == expected
-    assert {content_type for _, _, content_type in received} == {"text/plain"}
-    ids = [message_id for _, message_id, _ in received]
-    assert ids[0] == poll_id(edge, channel)
-    assert ids == sorted(ids, key=lambda text: tuple(map(int, text.split(":"))))
-    assert len(set(ids)) == 100
