@@ -49,6 +49,8 @@ CLIENT = "client"
 DELETED = "deleted"
 SLOW = "slow"
 STOPPING = "stopping"
+# Answered with a retry instead of opening (the broker or Django away: a poll's 503).
+UNAVAILABLE = "unavailable"
 # A stream's `retry:` lies within this factor either side of `stream_retry`.
 RETRY_JITTER = 0.5
 
@@ -60,6 +62,12 @@ class Streams:
     open: set[Stream] = field(default_factory=set)
     closed: Counter[str] = field(default_factory=Counter)
     random: random.Random = field(default_factory=random.Random)
+
+    def retry(self, milliseconds: int) -> bytes:
+        """A `retry:` field for one stream: `milliseconds` give or take RETRY_JITTER, so the
+        browsers of a dead edge do not all come back in the same millisecond."""
+        jittered = round(milliseconds * (1 + RETRY_JITTER * (2 * self.random.random() - 1)))
+        return retry_field(max(1, jittered))
 
 
 def shared_body(held: Held) -> bytes:
@@ -140,9 +148,7 @@ class Stream:
     ) -> None:
         """Write `head` (the 200's, ended by its blank line) and start following `buffers`."""
         shared = self.shared
-        retry = self.location.stream_retry
-        jittered = round(retry * (1 + RETRY_JITTER * (2 * shared.random.random() - 1)))
-        self.connection.send(head + retry_field(max(1, jittered)))
+        self.connection.send(head + shared.retry(self.location.stream_retry))
         shared.open.add(self)
         self.members = [
             Member(self, index, buffer, cursor)

@@ -75,7 +75,7 @@ from edge.protocol import (
 from edge.publisher import PublisherRequest, Publishers
 from edge.signing import query_problem
 from edge.socket_subscriber import WebSocket, WebSockets
-from edge.stream import CLIENT, Stream, Streams
+from edge.stream import CLIENT, UNAVAILABLE, Stream, Streams
 from edge.websocket import Accepted, Refused, handshake, wants_websocket
 
 log = logging.getLogger("pushserver.edge")
@@ -487,7 +487,10 @@ class SubscriberRequest:
                 await self._subscribe(request)
             self._open(buffers, cursor, stream_cursors, streaming)
         except Refusal as refused:
-            self._refuse(refused)
+            if refused.status_code == 503 and streaming and self.accepted is None:
+                self._stream_later(refused)
+            else:
+                self._refuse(refused)
         except Exception:
             # Never leave a poll unanswered: the client backs off and asks again.
             log.exception("subscriber request on %r failed", self.channel_ids)
@@ -552,6 +555,23 @@ class SubscriberRequest:
         shared.responses["200"] += 1
         self.stream = Stream(shared.streams, self.location, self.connection, self._finished)
         self.stream.open(head, buffers, cursors)
+
+    def _stream_later(self, refused: Refusal) -> None:
+        """A stream that cannot open for a passing reason (a poll's 503): a `200` whose body
+        is a `retry:`, the reason as a comment, and its end. An EventSource gives up for
+        good on any answer but a stream, and these reasons pass; this one it retries."""
+        if self.answered:
+            return
+        self._finished()
+        shared = self.shared
+        request = self.request
+        request.keep_alive = False
+        head = b"".join((STREAM_HEAD, self.cors, shared.date(), request.connection_line(), CRLF))
+        reason = b": " + refused.why.encode() + b"\n"
+        self.connection.send(head + shared.streams.retry(self.location.stream_retry) + reason)
+        self.connection.finish()
+        shared.responses["200"] += 1
+        shared.streams.closed[UNAVAILABLE] += 1
 
     def _websocket(
         self, buffers: list[ChannelBuffer], cursors: list[MessageId | None], accepted: Accepted

@@ -500,3 +500,22 @@ def test_authorize_refuses_a_stream_with_403_before_it_opens(site: Site) -> None
     with EventStream(site.base, path("private", channel), alice) as admitted:
         assert admitted.status == 200
         assert [event.data for event in admitted.events_of(1)] == ["secret plans"]
+
+
+def test_a_stream_the_edge_cannot_open_while_the_broker_is_away_is_told_to_retry_not_refused(
+    launcher: Launcher,
+) -> None:
+    broker, endpoints = launcher.broker()
+    _, base = launcher.edge(endpoints, broker_timeout=0.5)
+    broker.stop()
+    channel = fresh("away")
+    # A poll is refused for now; a browser's EventSource would take a refusal as final.
+    assert httpx.get(base + path("updates", channel), timeout=10).status_code == 503
+    with EventStream(base, path("updates", channel)) as stream:
+        assert stream.status == 200
+        assert stream.headers["content-type"] == EVENT_STREAM
+        stream.until_closed()
+        assert stream.parser.retry is not None and 1500 <= stream.parser.retry <= 4500
+        assert stream.parser.comments == 1
+        assert stream.events == []
+    assert stream_figures(base)["unavailable"] == 1
