@@ -32,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 
 import tornado.httpclient
+import tornado.httputil
 import tornado.simple_httpclient
 
 from edge.access import FORWARDING as REPORTS
@@ -89,6 +91,23 @@ FORWARDED_PREFIX = "x-forwarded-"
 Key = tuple[bytes, str, str]
 
 
+# RFC 3986's host (an IP literal, or a name of unreserved, %-encoded and sub-delims
+# characters) with an optional port, but no comma: two Host fields read as one are
+# joined by one, and the proxies before Django may have read either.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]*)(:[0-9]*)?")
+
+
+def host_problem(host: str | None, version: str) -> str | None:
+    """Why a request's Host cannot be passed on to Django (HTTP's 400 cases), or None."""
+    if host is None:
+        return None if version == "HTTP/1.0" else "Missing Host header"
+    if "," in host:
+        return f"Multiple host headers not allowed: {host!r}"
+    if _HOST.fullmatch(host) is None:
+        return f"Invalid Host header: {host!r}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """The browser's request as the passthrough reads it: its headers and address.
@@ -107,7 +126,12 @@ class Caller:
 
         Names are written in one case (`X-Forwarded-For`), so the edge's own
         forwarding headers replace a browser's whatever case it sent them in.
+        Raises `tornado.httputil.HTTPInputError` (which the connection answers
+        400) for a Host Django must not be handed (`host_problem`).
         """
+        problem = host_problem(request.header(b"host"), request.version)
+        if problem is not None:
+            raise tornado.httputil.HTTPInputError(problem)
         headers = []
         for raw_name, raw_value in request.raw_headers:
             name = raw_name.decode("latin-1")
