@@ -127,6 +127,11 @@ class Target(ABC):
         location itself, which streams when the request's Accept asks for it."""
         return f"/updates/{channel_id}"
 
+    def websocket_path(self, channel_id: str) -> str:
+        """Where a WebSocket of the channel is opened: the subscriber location again,
+        which answers the upgrade."""
+        return f"/updates/{channel_id}"
+
     def interval_path(self, channel_id: str) -> str:
         """An interval-poll location: 304 at once when nothing is held, never a wait."""
         return f"/poll/{channel_id}"
@@ -381,6 +386,9 @@ class Nchan(Target):
     def stream_path(self, channel_id: str) -> str:
         # A location of its own: Nchan picks a subscriber type per location.
         return f"/stream/{channel_id}"
+
+    def websocket_path(self, channel_id: str) -> str:
+        return f"/ws/{channel_id}"
 
     def followed_channels(self) -> int | None:
         found = NCHAN_CHANNELS.search(self.get(NCHAN_STATUS_PATH)[1])
