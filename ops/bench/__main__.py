@@ -198,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     # able to get every message, however far behind the server lets it fall.
     limits = Limits(
         max_messages=max(
-            100, sizes.w2_messages, sizes.w3_rounds, sizes.w3h_rounds, sizes.w6_messages,
+            100,
+            sizes.w2_messages,
+            sizes.w3_rounds,
+            sizes.w3h_rounds,
+            sizes.w6_messages,
             sizes.w7_messages,
         ),
         message_timeout=3600,

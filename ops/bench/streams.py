@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -131,7 +132,7 @@ async def _reopen(stream: Stream, host: str, port: int) -> None:
         return
     loop = asyncio.get_running_loop()
     try:
-        await loop.create_connection(lambda: stream.kind(stream, host, port), host, port)
+        await loop.create_connection(_factory(stream, host, port), host, port)
     except OSError:
         stream.errors += 1
         loop.call_later(RETRY_AFTER, lambda: loop.create_task(_reopen(stream, host, port)))
@@ -144,15 +145,12 @@ async def open_all(host: str, port: int, streams: list[Stream]) -> None:
         for stream in batch:
             stream.done = loop.create_future()
         await asyncio.gather(
-            *(
-                loop.create_connection(
-                    lambda stream=stream: stream.kind(stream, host, port),  # type: ignore[misc]
-                    host,
-                    port,
-                )
-                for stream in batch
-            )
+            *(loop.create_connection(_factory(stream, host, port), host, port) for stream in batch)
         )
+
+
+def _factory(stream: Stream, host: str, port: int) -> Callable[[], StreamConnection]:
+    return lambda: stream.kind(stream, host, port)
 
 
 async def wait_until(ready: list[Stream], test: str, timeout: float) -> None:

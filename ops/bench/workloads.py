@@ -322,8 +322,11 @@ def w5_publish(target: Target, sizes: Sizes) -> Result:
 
 
 def streams_for(
-    kind: type[streams.StreamConnection], path_of: Callable[[str], str], channel_id: str,
-    count: int, expected: int,
+    kind: type[streams.StreamConnection],
+    path_of: Callable[[str], str],
+    channel_id: str,
+    count: int,
+    expected: int,
 ) -> list[streams.Stream]:
     catalog = Catalog()
     path = path_of(channel_id)
