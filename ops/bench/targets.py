@@ -91,6 +91,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def write_calls(pids: list[int]) -> int:
+    """The write system calls the processes made (`syscw`: write and writev, which the
+    servers' sockets are written with), to tell a server that batches from one that
+    writes each delivery on its own."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("syscw:"):
+                    total += int(line.split()[1])
+    return total
+
+
 @dataclass
 class Target(ABC):
     name: str

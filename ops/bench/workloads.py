@@ -19,7 +19,7 @@ from ops.bench.eventsource import EventSourceProtocol
 from ops.bench.ledger import Catalog, Faults, StreamLedger, message_body, percentile
 from ops.bench.loadgen import PollProtocol, Subscriber, close_all, connect_all, wait_all
 from ops.bench.publishers import publish_over_http
-from ops.bench.targets import Target, cpu_seconds, rss_bytes
+from ops.bench.targets import Target, cpu_seconds, rss_bytes, write_calls
 from ops.bench.wsclient import WebSocketProtocol
 from ops.launch import eventually
 
@@ -370,6 +370,7 @@ async def flood_then_idle(target: Target, run: StreamRun) -> Result:
     await streams.wait_until(flood, "received", 60)
     cpu_before = cpu_seconds(target.pids())
     client_before = client_cpu()
+    writes_before = write_calls(target.pids())
     started = time.time()
 
     def publish() -> None:
@@ -380,6 +381,7 @@ async def flood_then_idle(target: Target, run: StreamRun) -> Result:
     finished = await streams.wait_all(flood, 900)
     flood_cpu = cpu_seconds(target.pids()) - cpu_before
     flood_client_cpu = client_cpu() - client_before
+    flood_writes = write_calls(target.pids()) - writes_before
     thread.join()
     streams.close_all(flood)
     deliveries = run.streams * (run.messages - 1)
@@ -403,6 +405,8 @@ async def flood_then_idle(target: Target, run: StreamRun) -> Result:
         "deliveries/s": deliveries / (finished - started),
         # Publishing included: the broker's work on this project, the POSTs' on Nchan.
         "server CPU µs per delivery": flood_cpu / deliveries * 1e6,
+        # Below 1 when a server writes several deliveries to a socket at once.
+        "server writes per delivery": flood_writes / deliveries,
         # The load generator's, publishing included: near a core, it set the pace.
         "load generator CPU µs per delivery": flood_client_cpu / deliveries * 1e6,
         f"KiB per idle {run.noun}": (held - before) / len(idle) / 1024,
