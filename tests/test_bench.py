@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import struct
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+from wsproto.connection import SERVER, Connection
+from wsproto.events import Pong
+
+from edge.config import SubscriberLocation
+from edge.websocket import Accepted, handshake, message_frame, meta_header, notice_frame
+from ops.bench import streams
 from ops.bench.eventstream import ChunkedDecoder, EventStreamParser, ServerEvent
 from ops.bench.ledger import (
     Catalog,
@@ -18,14 +28,25 @@ from ops.bench.ledger import (
     message_body,
     parse_event_id,
 )
-from ops.bench.loadgen import ResponseReader
+from ops.bench.loadgen import ResponseReader, run
 from ops.bench.publishers import round_robin
+from ops.bench.streams import NotAStream, Stream
 from ops.bench.targets import Embedded, Limits
+from ops.bench.wsclient import NOTICE, WebSocketProtocol
+from ops.bench.wsmeta import MetaMessage, read_meta
 from tests.processes import ROOT
 
-# W3h, W6 and W8 at sizes that only prove they run and account for everything:
+# W3h, W6, W7 and W8 at sizes that only prove they run and account for everything:
 # W8's wait for forgetting is cut to 2 s, so its memory figures mean nothing here.
 TINY_NEW_WORKLOADS = [
+    "--w7-sockets",
+    "20",
+    "--w7-messages",
+    "200",
+    "--w7-idle-sockets",
+    "100",
+    "--w7-hold",
+    "0.5",
     "--w6-streams",
     "20",
     "--w6-messages",
@@ -233,6 +254,153 @@ def test_event_ids_order_as_pairs_not_as_text() -> None:
     assert parse_event_id(b"9") is None
 
 
+# -- W7: ws+meta.nchan messages, and the WebSocket client on a real socket ------------
+
+
+def test_a_meta_message_gives_its_id_content_type_and_data() -> None:
+    assert read_meta(b"id: 17:0\ncontent-type: text/plain\n\nhello") == MetaMessage(
+        b"17:0", b"text/plain", b"hello"
+    )
+    assert read_meta(b"id: 17:1\n\n") == MetaMessage(b"17:1", None, b"")
+
+
+def test_only_the_first_blank_line_ends_a_meta_header() -> None:
+    data = b"id: 9:9\n\nmore\n\n"
+    assert read_meta(b"id: 1:0\n\n" + data) == MetaMessage(b"1:0", None, data)
+
+
+def test_a_meta_header_that_never_ends_or_is_not_fields_is_no_message() -> None:
+    assert read_meta(b"id: 1:0\n{}") is None
+    assert read_meta(b"{} plain bytes\n\n") is None
+    # An empty header, and a field another server adds: no id, and not data either.
+    assert read_meta(b"\n{}") == MetaMessage(None, None, b"{}")
+    assert read_meta(b"id: 1:0\nx-other: 1\n\n{}") == MetaMessage(b"1:0", None, b"{}")
+
+
+def test_the_edges_meta_frames_are_read_back_as_they_were_made() -> None:
+    body = message_body(3, 0.0)
+    payload = message_frame(body, "application/json", "5:3")[2:]  # past the 2-byte header
+    assert read_meta(payload) == MetaMessage(b"5:3", b"application/json", body)
+
+
+Handler = Callable[[int, bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def upgrade(request: bytes, subprotocol: bool = True) -> bytes:
+    """The edge's own answer to the client's handshake (edge.websocket.handshake)."""
+    headers = [
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition(b":") for line in request.split(b"\r\n")[1:])
+        if name and (subprotocol or name.strip().lower() != b"sec-websocket-protocol")
+    ]
+    accepted = handshake("GET", "HTTP/1.1", headers, SubscriberLocation())
+    assert isinstance(accepted, Accepted), accepted
+    lines = "".join(f"{name}: {value}\r\n" for name, value in accepted.headers)
+    return f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n".encode()
+
+
+def data_frame(opcode: int, payload: bytes, final: bool = True) -> bytes:
+    return struct.pack("!BB", (0x80 if final else 0) | opcode, len(payload)) + payload
+
+
+async def websocket_exchange(handler: Handler, expected: int) -> Stream:
+    """One W7 socket against an in-process server that `handler` plays, per connection."""
+    served: list[asyncio.Task[None]] = []
+
+    async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        try:
+            await handler(len(served), request, reader, writer)
+        finally:
+            writer.close()
+
+    def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(asyncio.get_running_loop().create_task(play(reader, writer)))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = Stream(
+        "c", "/updates/c", StreamLedger(Catalog(), expected), expected, WebSocketProtocol
+    )
+    try:
+        await streams.open_all("127.0.0.1", port, [stream])
+        assert stream.done is not None
+        await asyncio.wait_for(stream.done, 10)
+    finally:
+        streams.close_all([stream])
+        # Each connection's part played to its end (it reads until the client closes).
+        await asyncio.wait_for(asyncio.gather(*served), 10)
+        server.close()
+        await server.wait_closed()
+    return stream
+
+
+def test_a_websocket_checks_each_message_id_through_fragments_pings_and_notices() -> None:
+    pongs: list[Pong] = []
+
+    async def handler(
+        _: int, request: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        assert b"Sec-WebSocket-Protocol: ws+meta.nchan" in request
+        second = meta_header("5:1", None) + message_body(1, 0.0)
+        for piece in (
+            upgrade(request),
+            message_frame(message_body(0, 0.0), None, "5:0"),
+            b"\x89\x00",  # a ping, which the client must answer
+            notice_frame("pushserver-missed", "c", "5:0"),
+            data_frame(0x1, second[:20], final=False),
+            data_frame(0x0, second[20:]),
+        ):
+            writer.write(piece)
+            await writer.drain()
+        peer = Connection(SERVER)
+        while not pongs:
+            data = await reader.read(100)
+            if not data:
+                break
+            peer.receive_data(data)
+            pongs.extend(event for event in peer.events() if isinstance(event, Pong))
+
+    stream = run(lambda: websocket_exchange(handler, 2))
+    assert stream.ledger.faults() == Faults()
+    assert (stream.last_event_id, stream.named[NOTICE], stream.opened) == (b"5:1", 1, 1)
+    assert len(pongs) == 1
+
+
+def test_a_websocket_closed_by_the_server_opens_again_from_its_last_id() -> None:
+    targets: list[bytes] = []
+
+    async def handler(
+        connection: int, request: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        targets.append(request.split(b" ")[1])
+        writer.write(upgrade(request))
+        seq = connection - 1
+        writer.write(message_frame(message_body(seq, 0.0), None, f"5:{seq}"))
+        if connection == 1:
+            writer.write(b"\x88\x02" + struct.pack("!H", 1013))  # a slow reader's close
+            await reader.read(100)  # the client's answer to the close
+        await writer.drain()
+        await reader.read()
+
+    stream = run(lambda: websocket_exchange(handler, 2))
+    assert stream.ledger.faults() == Faults()
+    assert targets == [b"/updates/c", b"/updates/c?last_event_id=5%3A0"]
+    assert (stream.reopened, stream.opened) == (1, 2)
+
+
+def test_a_websocket_accepted_without_the_meta_subprotocol_fails_the_workload() -> None:
+    async def handler(
+        _: int, request: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(upgrade(request, subprotocol=False))
+        await writer.drain()
+        await reader.read()
+
+    with pytest.raises(NotAStream, match="not ws\\+meta.nchan"):
+        run(lambda: websocket_exchange(handler, 1))
+
+
 def test_each_channel_is_published_in_order_over_one_connection() -> None:
     paths = [f"/send-update/{n}" for n in range(5)]
     plans = [list(round_robin(paths, 3, 2, connection)) for connection in range(2)]
@@ -281,6 +449,7 @@ def test_a_quick_benchmark_of_this_project_delivers_everything(tmp_path: Path) -
         "W4 idle and burst",
         "W5 publish cost",
         "W6 EventSource",
+        "W7 WebSocket",
         "W8 distinct channels",
     }
     for result in results:
@@ -294,6 +463,9 @@ def test_a_quick_benchmark_of_this_project_delivers_everything(tmp_path: Path) -
     # Every stream had every event with its own id, and none was ended by the edge.
     assert by_workload["W6 EventSource"]["deliveries/s"] > 0
     assert by_workload["W6 EventSource"]["streams reopened"] == 0
+    # The same over WebSockets: every frame's id read through ws+meta.nchan, none closed.
+    assert by_workload["W7 WebSocket"]["deliveries/s"] > 0
+    assert by_workload["W7 WebSocket"]["sockets reopened"] == 0
     w8 = by_workload["W8 distinct channels"]
     # The process was measured, and the edge's channel gauge read: the wait for forgetting needs it.
     assert w8["server MiB before"] > 0

@@ -1,18 +1,20 @@
-"""W6's load generator: EventSource streams, one per connection, on asyncio protocols.
+"""Long-lived subscriptions, one per connection: what W6's EventSource streams and W7's
+WebSockets share.
 
-Each stream asks as a browser's EventSource does (`Accept:
-text/event-stream`, and `Last-Event-ID` when it opens again), reads the
-body through `ops.bench.eventstream` (chunked or not, as the server
-frames it) and checks every event as it arrives (`StreamLedger`): its
-body's sequence number, and its id against the stream's last and against
-what the channel's other streams saw. A stream the server closes opens
-again at once from its last event id, as EventSource would after `retry`;
-each time is counted. Written against the bare protocol like `loadgen.py`,
-so the client is not what limits a run.
+A `Stream` is one subscriber that the server keeps sending to: its ledger
+(`StreamLedger`, every message checked on arrival), its last id, and how
+often it was opened. A transport's protocol (`ops.bench.eventsource`,
+`ops.bench.wsclient`) subclasses `StreamConnection`: it writes its request
+and reads its framing, and hands each message to `deliver`; opening,
+reopening and closing are here. A stream the server ends is opened again
+at once from its last id, as EventSource after `retry` and NchanSubscriber
+after a close do; each time is counted (`reopened`). Written against the
+bare protocol like `loadgen.py`, so the client is not what limits a run.
 
-The trap: a server that answers the stream's request as a long-poll (a
-`200` with a message and no `text/event-stream`) would look like a stream
-that got one event; such an answer fails the workload instead.
+The trap: a server that answers a stream's request with something else
+(a long-poll's `200`, a WebSocket without the subprotocol that carries
+ids) would look like a stream that got one message, or messages without
+ids; such an answer fails the workload instead (`NotAStream`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from ops.bench.eventstream import ChunkedDecoder, EventStreamParser
 from ops.bench.ledger import StreamLedger
 from ops.bench.loadgen import CONNECT_BATCH, RETRY_AFTER
-
-EVENT_STREAM = b"text/event-stream"
-MESSAGE = b"message"
 
 
 class NotAStream(Exception):
@@ -42,15 +40,18 @@ class Stream:
     target_path: str
     ledger: StreamLedger
     expected: int
-    # Heads of 200 event streams received: 1, plus one per reopening.
+    # The protocol each of its connections speaks.
+    kind: type[StreamConnection]
+    # Streams accepted by the server: 1, plus one per reopening.
     opened: int = 0
     reopened: int = 0
     errors: int = 0
-    # Events of types other than `message` (the server's own), by type.
+    # The server's own events or frames (EventSource event types other than
+    # `message`; a WebSocket's notices, by content type), not messages.
     named: Counter[bytes] = field(default_factory=Counter)
     last_event_id: bytes = b""
     done: asyncio.Future[None] | None = None
-    protocol: StreamProtocol | None = None
+    protocol: StreamConnection | None = None
     closing: bool = False
 
     @property
@@ -65,87 +66,50 @@ class Stream:
                 self.done.set_exception(failure)
 
 
-class StreamProtocol(asyncio.Protocol):
+class StreamConnection(asyncio.Protocol):
+    """One connection of a stream; a transport says what it sends (`request`) and reads."""
+
     def __init__(self, stream: Stream, host: str, port: int) -> None:
         self.stream = stream
         self.host = host
         self.port = port
-        self.head = bytearray()
-        self.in_body = False
-        self.chunked: ChunkedDecoder | None = None
-        self.parser = EventStreamParser()
+        # Set once the server accepted the stream: a reopening after that is at once.
+        self.accepted = False
         self.transport: asyncio.Transport | None = None
+
+    def request(self) -> bytes:
+        raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
-        stream = self.stream
-        stream.protocol = self
-        resume = b""
-        if stream.last_event_id:
-            resume = b"Last-Event-ID: " + stream.last_event_id + b"\r\n"
-        self.transport.write(
-            b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-            b"Cache-Control: no-cache\r\n%s\r\n"
-            % (stream.target_path.encode(), self.host.encode(), self.port, resume)
-        )
+        self.stream.protocol = self
+        self.transport.write(self.request())
 
-    def data_received(self, data: bytes) -> None:
-        if not self.in_body:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            data = bytes(self.head[end + 4 :])
-            if not self._accept(bytes(self.head[:end])):
-                return
-            self.in_body = True
-        if self.chunked is not None:
-            data = self.chunked.feed(data)
-        if not data:
-            return
+    def accept(self) -> None:
+        self.accepted = True
+        self.stream.opened += 1
+
+    def refused(self) -> None:
+        """Refused for now (a 503 while the broker is away, say): open again shortly."""
+        self.stream.errors += 1
+        self.close()
+
+    def not_a_stream(self, why: str) -> None:
+        self.stream.finish(NotAStream(why))
+        self.close()
+
+    def deliver(self, event_id: bytes | None, data: bytes) -> None:
+        """One message, with its own id (None when it came without one)."""
         stream = self.stream
-        parser = self.parser
         ledger = stream.ledger
-        for event in parser.feed(data):
-            if event.type != MESSAGE:
-                stream.named[event.type] += 1
-                continue
-            seq = ledger.record(event.last_event_id if event.own_id else None, event.data)
-            if seq == stream.expected - 1 or ledger.received >= stream.expected:
-                stream.finish()
-        stream.last_event_id = parser.last_event_id
+        seq = ledger.record(event_id, data)
+        if event_id is not None:
+            stream.last_event_id = event_id
+        if seq == stream.expected - 1 or ledger.received >= stream.expected:
+            stream.finish()
 
-    def _accept(self, head: bytes) -> bool:
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        content_type = b""
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            lowered = name.strip().lower()
-            if lowered == b"content-type":
-                content_type = value.strip().lower()
-            elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
-                self.chunked = ChunkedDecoder()
-        stream = self.stream
-        if status != 200:
-            # Refused for now (a 503 while the broker is away, say): open again shortly.
-            stream.errors += 1
-            self._close()
-            return False
-        if not content_type.startswith(EVENT_STREAM):
-            stream.finish(
-                NotAStream(
-                    f"GET {stream.target_path} with Accept: text/event-stream was answered "
-                    f"with Content-Type {content_type.decode('latin-1')!r}"
-                )
-            )
-            self._close()
-            return False
-        stream.opened += 1
-        return True
-
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
@@ -156,23 +120,22 @@ class StreamProtocol(asyncio.Protocol):
             stream.protocol = None
         if stream.closing or (stream.done is not None and stream.done.done()):
             return
-        # The server ended the stream: open it again from the last event id.
+        # The server ended the stream: open it again from the last id.
         stream.reopened += 1
         loop = asyncio.get_running_loop()
-        delay = 0.0 if self.in_body else RETRY_AFTER
+        delay = 0.0 if self.accepted else RETRY_AFTER
         loop.call_later(delay, lambda: loop.create_task(_reopen(stream, self.host, self.port)))
 
 
 async def _reopen(stream: Stream, host: str, port: int) -> None:
     if stream.closing:
         return
+    loop = asyncio.get_running_loop()
     try:
-        await asyncio.get_running_loop().create_connection(_factory(stream, host, port), host, port)
+        await loop.create_connection(_factory(stream, host, port), host, port)
     except OSError:
         stream.errors += 1
-        asyncio.get_running_loop().call_later(
-            RETRY_AFTER, lambda: asyncio.get_running_loop().create_task(_reopen(stream, host, port))
-        )
+        loop.call_later(RETRY_AFTER, lambda: loop.create_task(_reopen(stream, host, port)))
 
 
 async def open_all(host: str, port: int, streams: list[Stream]) -> None:
@@ -186,12 +149,12 @@ async def open_all(host: str, port: int, streams: list[Stream]) -> None:
         )
 
 
-def _factory(stream: Stream, host: str, port: int) -> Callable[[], StreamProtocol]:
-    return lambda: StreamProtocol(stream, host, port)
+def _factory(stream: Stream, host: str, port: int) -> Callable[[], StreamConnection]:
+    return lambda: stream.kind(stream, host, port)
 
 
 async def wait_until(ready: list[Stream], test: str, timeout: float) -> None:
-    """Wait until every stream is `opened` or has `received` an event; a failed stream
+    """Wait until every stream is `opened` or has `received` a message; a failed stream
     (not a stream at all) fails the wait at once."""
     deadline = time.monotonic() + timeout
     while True:
@@ -219,4 +182,4 @@ def close_all(streams: list[Stream]) -> None:
     for stream in streams:
         stream.closing = True
         if stream.protocol is not None:
-            stream.protocol._close()
+            stream.protocol.close()

@@ -93,6 +93,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def write_calls(pids: list[int]) -> int:
+    """The write system calls the processes made (`syscw`: write and writev, which the
+    servers' sockets are written with), to tell a server that batches from one that
+    writes each delivery on its own."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("syscw:"):
+                    total += int(line.split()[1])
+    return total
+
+
 @dataclass
 class Target(ABC):
     name: str
@@ -127,6 +140,11 @@ class Target(ABC):
     def stream_path(self, channel_id: str) -> str:
         """Where an EventSource stream of the channel is opened: this project's subscriber
         location itself, which streams when the request's Accept asks for it."""
+        return f"/updates/{channel_id}"
+
+    def websocket_path(self, channel_id: str) -> str:
+        """Where a WebSocket of the channel is opened: the subscriber location again,
+        which answers the upgrade."""
         return f"/updates/{channel_id}"
 
     def interval_path(self, channel_id: str) -> str:
@@ -420,6 +438,9 @@ class Nchan(Target):
     def stream_path(self, channel_id: str) -> str:
         # A location of its own: Nchan picks a subscriber type per location.
         return f"/stream/{channel_id}"
+
+    def websocket_path(self, channel_id: str) -> str:
+        return f"/ws/{channel_id}"
 
     def followed_channels(self) -> int | None:
         found = NCHAN_CHANNELS.search(self.get(NCHAN_STATUS_PATH)[1])

@@ -1,4 +1,4 @@
-"""The workloads W1–W6 and W3h, each run against one started target (W8: forgetting.py).
+"""The workloads W1–W7 and W3h, each run against one started target (W8: forgetting.py).
 
 Every workload checks every delivery (ops/bench/ledger.py) and reports
 the server's and the load generator's CPU seconds beside its figures.
@@ -15,10 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ops.bench import streams
+from ops.bench.eventsource import EventSourceProtocol
 from ops.bench.ledger import Catalog, Faults, StreamLedger, message_body, percentile
 from ops.bench.loadgen import PollProtocol, Subscriber, close_all, connect_all, wait_all
 from ops.bench.publishers import publish_over_http
-from ops.bench.targets import Target, cpu_seconds, rss_bytes
+from ops.bench.targets import Target, cpu_seconds, rss_bytes, write_calls
+from ops.bench.wsclient import WebSocketProtocol
 from ops.launch import eventually
 
 
@@ -41,6 +43,10 @@ class Sizes:
     w6_messages: int = 20_000
     w6_idle_streams: int = 5000
     w6_hold: float = 10.0
+    w7_sockets: int = 500
+    w7_messages: int = 20_000
+    w7_idle_sockets: int = 5000
+    w7_hold: float = 10.0
     w8_channels: int = 1_000_000
     w8_connections: int = 50
     # Channels published at a time; the publisher stays at most two batches ahead of the polls.
@@ -67,6 +73,10 @@ QUICK = Sizes(
     w6_messages=2000,
     w6_idle_streams=500,
     w6_hold=2.0,
+    w7_sockets=50,
+    w7_messages=2000,
+    w7_idle_sockets=500,
+    w7_hold=2.0,
     w8_channels=20_000,
     w8_message_timeout=5,
     w8_linger=2,
@@ -311,11 +321,17 @@ def w5_publish(target: Target, sizes: Sizes) -> Result:
     return meter.finish(Result("W5 publish cost", target.name, figures))
 
 
-def streams_for(target: Target, channel_id: str, count: int, expected: int) -> list[streams.Stream]:
+def streams_for(
+    kind: type[streams.StreamConnection],
+    path_of: Callable[[str], str],
+    channel_id: str,
+    count: int,
+    expected: int,
+) -> list[streams.Stream]:
     catalog = Catalog()
-    path = target.stream_path(channel_id)
+    path = path_of(channel_id)
     return [
-        streams.Stream(channel_id, path, StreamLedger(catalog, expected), expected)
+        streams.Stream(channel_id, path, StreamLedger(catalog, expected), expected, kind)
         for _ in range(count)
     ]
 
@@ -327,38 +343,58 @@ def stream_faults(opened: list[streams.Stream]) -> Faults:
     return total
 
 
-async def w6_eventsource(target: Target, sizes: Sizes) -> Result:
-    """EventSource streams: W2's flood over streams, then W4's idle crowd and burst."""
+@dataclass(frozen=True)
+class StreamRun:
+    """W6's shape, for one kind of stream."""
+
+    workload: str
+    # What the figures call one stream: "stream", "socket".
+    noun: str
+    kind: type[streams.StreamConnection]
+    path_of: Callable[[str], str]
+    streams: int
+    messages: int
+    idle: int
+    hold: float
+
+
+async def flood_then_idle(target: Target, run: StreamRun) -> Result:
+    """W2's flood over streams, then W4's idle crowd and burst."""
     meter = Meter(target)
+    prefix = run.workload.split()[0].lower()
     # The flood: every stream starts at message 0, then the rest as fast as published.
-    channel_id = channel("w6")
-    flood = streams_for(target, channel_id, sizes.w6_streams, sizes.w6_messages)
+    channel_id = channel(prefix)
+    flood = streams_for(run.kind, run.path_of, channel_id, run.streams, run.messages)
     target.publish(channel_id, message_body(0, time.time()))
     await streams.open_all(target.host, target.port, flood)
     await streams.wait_until(flood, "received", 60)
     cpu_before = cpu_seconds(target.pids())
+    client_before = client_cpu()
+    writes_before = write_calls(target.pids())
     started = time.time()
 
     def publish() -> None:
-        for seq in range(1, sizes.w6_messages):
+        for seq in range(1, run.messages):
             target.publish(channel_id, message_body(seq, time.time()))
 
     thread = publish_in_thread(publish)
     finished = await streams.wait_all(flood, 900)
     flood_cpu = cpu_seconds(target.pids()) - cpu_before
+    flood_client_cpu = client_cpu() - client_before
+    flood_writes = write_calls(target.pids()) - writes_before
     thread.join()
     streams.close_all(flood)
-    deliveries = sizes.w6_streams * (sizes.w6_messages - 1)
+    deliveries = run.streams * (run.messages - 1)
     # The idle crowd: memory per open stream, then one message to all of them.
-    idle_channel = channel("w6i")
-    idle = streams_for(target, idle_channel, sizes.w6_idle_streams, 1)
+    idle_channel = channel(f"{prefix}i")
+    idle = streams_for(run.kind, run.path_of, idle_channel, run.idle, 1)
     target.publish(f"{idle_channel}-warm", message_body(0, time.time()))
     await asyncio.sleep(0.5)  # the flood's connections closed and freed
     before = rss_bytes(target.pids())
     await streams.open_all(target.host, target.port, idle)
     await streams.wait_until(idle, "opened", 60)
     await asyncio.to_thread(wait_held, target, idle_channel, len(idle))
-    await asyncio.sleep(sizes.w6_hold)
+    await asyncio.sleep(run.hold)
     held = rss_bytes(target.pids())
     published = time.time()
     target.publish(idle_channel, message_body(0, published))
@@ -369,8 +405,42 @@ async def w6_eventsource(target: Target, sizes: Sizes) -> Result:
         "deliveries/s": deliveries / (finished - started),
         # Publishing included: the broker's work on this project, the POSTs' on Nchan.
         "server CPU µs per delivery": flood_cpu / deliveries * 1e6,
-        "KiB per idle stream": (held - before) / len(idle) / 1024,
+        # Below 1 when a server writes several deliveries to a socket at once.
+        "server writes per delivery": flood_writes / deliveries,
+        # The load generator's, publishing included: near a core, it set the pace.
+        "load generator CPU µs per delivery": flood_client_cpu / deliveries * 1e6,
+        f"KiB per idle {run.noun}": (held - before) / len(idle) / 1024,
         "burst to last ms": (last - published) * 1000,
-        "streams reopened": float(sum(s.reopened for s in everyone)),
+        f"{run.noun}s reopened": float(sum(s.reopened for s in everyone)),
     }
-    return meter.finish(Result("W6 EventSource", target.name, figures, stream_faults(everyone)))
+    return meter.finish(Result(run.workload, target.name, figures, stream_faults(everyone)))
+
+
+async def w6_eventsource(target: Target, sizes: Sizes) -> Result:
+    """EventSource streams: W2's flood over streams, then W4's idle crowd and burst."""
+    shape = StreamRun(
+        "W6 EventSource",
+        "stream",
+        EventSourceProtocol,
+        target.stream_path,
+        sizes.w6_streams,
+        sizes.w6_messages,
+        sizes.w6_idle_streams,
+        sizes.w6_hold,
+    )
+    return await flood_then_idle(target, shape)
+
+
+async def w7_websocket(target: Target, sizes: Sizes) -> Result:
+    """W6's two workloads over WebSockets with the ws+meta.nchan subprotocol."""
+    shape = StreamRun(
+        "W7 WebSocket",
+        "socket",
+        WebSocketProtocol,
+        target.websocket_path,
+        sizes.w7_sockets,
+        sizes.w7_messages,
+        sizes.w7_idle_sockets,
+        sizes.w7_hold,
+    )
+    return await flood_then_idle(target, shape)
