@@ -69,9 +69,17 @@ class Proxies:
 
     def __init__(self, trusted: Iterable[str]) -> None:
         self.networks = networks(trusted)
+        # Parsing an address costs tens of microseconds, asked twice per request.
+        self._trusted: dict[str, bool] = {}
 
     def trusts(self, peer: str) -> bool:
-        return within(peer, self.networks)
+        trusted = self._trusted.get(peer)
+        if trusted is None:
+            trusted = within(peer, self.networks)
+            if len(self._trusted) >= CACHE_LIMIT:
+                self._trusted.clear()
+            self._trusted[peer] = trusted
+        return trusted
 
     def client(
         self,

@@ -33,6 +33,7 @@ import itertools
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
@@ -94,6 +95,9 @@ class Feed:
         self._flushed_at = 0.0
         self._last_heartbeat = 0.0
         self.broker_away = False
+        # Told after each event of a channel the edge follows: the publisher
+        # location's answers that wait for their message (`edge.publisher.CatchUp`).
+        self.on_event: Callable[[ChannelBuffer], None] | None = None
         keys = None if config.curve is None else curve.load_client_keys(config.curve)
         links = [(config.events, config.control)]
         if config.standby_events is not None and config.standby_control is not None:
@@ -377,6 +381,8 @@ class Feed:
         elif isinstance(event, wire.Deleted):
             buffer.delete()
             self.touch(buffer)
+        if self.on_event is not None:
+            self.on_event(buffer)
 
     def _on_pair_heartbeat(self, index: int, heartbeat: wire.Heartbeat) -> None:
         choice = self.choice

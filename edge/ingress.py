@@ -214,7 +214,9 @@ class Ingress:
         self._reading = True
         sock = self._socket
         try:
-            while True:
+            # Asking the socket's events costs a microsecond; the zmq.Again that
+            # ends a read loop costs several, and most reads take one answer.
+            while readable(sock):
                 try:
                     frame = backend_recv(sock, _NOBLOCK)
                 except zmq.Again:

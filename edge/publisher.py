@@ -43,6 +43,7 @@ import tornado.httputil
 from broker import wire
 from edge.access import Proxies, TrustedCallers
 from edge.bridge import CONTINUE
+from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig, PublisherLocation
 from edge.connection import CRLF, Connection, Request, header_lines, render_head
 from edge.feed import BrokerUnavailable, Feed
@@ -87,23 +88,30 @@ def host_problem(host: str | None, version: str) -> str | None:
 
 # Seconds a POST's answer waits at most for the edge's copy of the channel.
 CATCH_UP_LIMIT = 0.5
+# How often waiting answers are looked at besides the feed's events: a buffer
+# that was forgotten or lost its subscription meanwhile hears no event.
+CATCH_UP_SWEEP = 0.01
+
+Waiting = tuple[float, wire.MessageId, Callable[[], None]]
 
 
 class CatchUp:
     """Answers held until the edge's buffer of a channel holds a message the broker
     sequenced.
 
-    Looked at on every turn of the loop while any waits: the message left the
-    broker before its answer did, so it is there within a turn or two. A
-    buffer that is not synchronised yet, refilling, or gone answers at once
-    (it catches up its own way); a copy that never arrives, by `limit`.
+    Looked at when the feed applies an event to the channel (`Feed.on_event`),
+    not on every turn of the loop: a look per turn keeps the loop from ever
+    sleeping while an answer waits, and the wait is the time the message takes
+    over the other socket. A buffer that is not synchronised yet, refilling,
+    or gone answers at once (it catches up its own way); a copy that never
+    arrives, by `limit`.
     """
 
     def __init__(self, feed: Feed, limit: float) -> None:
         self.feed = feed
         self.limit = limit
-        self._waiting: list[tuple[float, str, wire.MessageId, Callable[[], None]]] = []
-        self._scheduled = False
+        self._waiting: dict[str, list[Waiting]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def then(
         self, channel_id: str, last: wire.MessageId | None, answer: Callable[[], None]
@@ -113,10 +121,10 @@ class CatchUp:
             answer()
             return
         loop = asyncio.get_running_loop()
-        self._waiting.append((loop.time() + self.limit, channel_id, last, answer))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._look)
+        self._waiting.setdefault(channel_id, []).append((loop.time() + self.limit, last, answer))
+        self.feed.on_event = self._on_event
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(CATCH_UP_SWEEP, self._sweep)
 
     def _holds(self, channel_id: str, last: wire.MessageId) -> bool:
         buffer = self.feed.buffers.get(channel_id)
@@ -127,20 +135,34 @@ class CatchUp:
             or (buffer.last is not None and buffer.last >= last)
         )
 
-    def _look(self) -> None:
-        self._scheduled = False
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        waiting, self._waiting = self._waiting, []
-        for entry in waiting:
-            deadline, channel_id, last, answer = entry
+    def _on_event(self, buffer: ChannelBuffer) -> None:
+        if buffer.channel_id in self._waiting:
+            self._look(buffer.channel_id, asyncio.get_running_loop().time())
+
+    def _look(self, channel_id: str, now: float) -> None:
+        entries = self._waiting.pop(channel_id)
+        left = []
+        for entry in entries:
+            deadline, last, answer = entry
             if now >= deadline or self._holds(channel_id, last):
                 answer()
             else:
-                self._waiting.append(entry)
+                left.append(entry)
+        if left:
+            # An answer may have let the connection publish again on this channel.
+            self._waiting[channel_id] = left + self._waiting.get(channel_id, [])
+        if not self._waiting:
+            self.feed.on_event = None
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for channel_id in list(self._waiting):
+            if channel_id in self._waiting:
+                self._look(channel_id, now)
         if self._waiting:
-            self._scheduled = True
-            loop.call_soon(self._look)
+            self._sweeper = loop.call_later(CATCH_UP_SWEEP, self._sweep)
 
 
 @dataclass(frozen=True, slots=True)
