@@ -6,7 +6,9 @@ held message after its cursors, then each live message as its buffer
 offers it, and a comment every `stream_keepalive` seconds of silence. The
 format is `edge.eventstream`'s. On a one-channel stream the event bytes,
 `id:` included, are rendered once per message and kept on its `Held`, so
-a thousand streams of a channel cost one rendering and a thousand writes.
+a thousand streams of a channel cost one rendering; live events wait in
+the stream's cork (`edge.outbox`) until the feed's batch has been handed
+out, so a flood costs one write per stream and batch, not per event.
 
 The trap is a reader that takes less than the channel sends. Queued
 without bound, one stalled browser would hold every message in the
@@ -43,6 +45,7 @@ from edge.eventstream import (
     notice,
     retry_field,
 )
+from edge.outbox import Cork, Outbox
 
 # Why streams end (pushserver_edge_streams_closed_total{reason}).
 CLIENT = "client"
@@ -60,6 +63,8 @@ class Streams:
     open: set[Stream] = field(default_factory=set)
     closed: Counter[str] = field(default_factory=Counter)
     random: random.Random = field(default_factory=random.Random)
+    # Live events wait here until the turn of the loop that brought them ends.
+    outbox: Outbox = field(default_factory=Outbox)
 
 
 def shared_body(held: Held) -> bytes:
@@ -107,6 +112,7 @@ class Stream:
         "shared",
         "location",
         "connection",
+        "cork",
         "members",
         "on_end",
         "ended",
@@ -125,6 +131,7 @@ class Stream:
         self.shared = shared
         self.location = location
         self.connection = connection
+        self.cork = Cork(connection, shared.outbox)
         self.members: list[Member] = []
         # Called once when the stream ends, however it ends.
         self.on_end = on_end
@@ -160,10 +167,12 @@ class Stream:
             return False
         if self.draining:
             return True  # catching up: the buffer keeps the message until it is written
-        if self.connection.unsent() > self.location.stream_buffer:
+        cork = self.cork
+        if cork.untaken() > self.location.stream_buffer:
             self.end(SLOW)
             return False
-        self._write(member, held, missed)
+        cork.write(self._event(member, held, missed))
+        self.wrote = True
         if member.buffer.last != held.id:
             self._catch_up()  # several arrived at once (a refill)
         return not self.ended
@@ -171,7 +180,7 @@ class Stream:
     def deleted(self, member: Member) -> None:
         if self.ended:
             return
-        self.connection.send(notice(DELETED_EVENT, member.buffer.channel_id))
+        self.cork.send(notice(DELETED_EVENT, member.buffer.channel_id))
         self.end(DELETED)
 
     def end(self, reason: str) -> None:
@@ -190,24 +199,29 @@ class Stream:
         shared.closed[reason] += 1
         self.on_end()
         if reason == SLOW:
+            self.cork.discard()
             self.connection.drop()
-        elif reason != CLIENT:
+        elif reason == CLIENT:
+            self.cork.discard()
+        else:
+            self.cork.flush()
             self.connection.finish(keep_alive=False)
 
     # -- writing ---------------------------------------------------------------------
 
-    def _write(self, member: Member, held: Held, missed: bool) -> None:
-        connection = self.connection
-        if missed:
-            connection.send(notice(MISSED_EVENT, member.buffer.channel_id))
+    def _event(self, member: Member, held: Held, missed: bool) -> bytes:
+        """`held` as this stream's event (after the missed notice, if any); moves the
+        member's cursor to it."""
         member.cursor = held.id
         members = self.members
         if len(members) == 1:
-            connection.send(shared_event(held))
+            event = held.event or shared_event(held)
         else:
             cursors = [other.cursor for other in members]
-            connection.send(id_line(format_cursors(cursors, member.index)) + shared_body(held))
-        self.wrote = True
+            event = id_line(format_cursors(cursors, member.index)) + shared_body(held)
+        if missed:
+            return notice(MISSED_EVENT, member.buffer.channel_id) + event
+        return event
 
     def _next(self) -> tuple[Member, Held, bool] | None:
         """The oldest message any channel holds after the stream's cursor for it."""
@@ -222,6 +236,7 @@ class Stream:
         """Write what the buffers hold after the cursors while the client takes it."""
         self.draining = False
         connection = self.connection
+        self.cork.flush()  # what the live path queued goes first
         while not self.ended:
             found = self._next()
             if found is None:
@@ -231,7 +246,8 @@ class Stream:
                 self.draining = True
                 connection.drained().add_done_callback(self._drained)
                 return
-            self._write(*found)
+            connection.send(self._event(*found))
+            self.wrote = True
 
     def _drained(self, _: asyncio.Future[None]) -> None:
         if not self.ended and self.draining:
@@ -249,7 +265,7 @@ class Stream:
             return
         # Only on a silent connection with nothing untaken: a reader that takes nothing
         # is then noticed by the connection's stall deadline, which a comment would renew.
-        if not self.wrote and not self.connection.unsent():
-            self.connection.send(KEEPALIVE)
+        if not self.wrote and not self.cork.untaken():
+            self.cork.send(KEEPALIVE)
         self.wrote = False
         self._schedule()
