@@ -100,7 +100,20 @@ class Member:
         self.cursor = cursor
 
     def offer(self, held: Held, missed: bool) -> bool:
-        return self.socket.offered(self, held, missed)
+        # The socket's side of it, here rather than a call away: this runs per delivery.
+        socket = self.socket
+        if socket.ended:
+            return False
+        if socket.draining:
+            return True  # catching up: the buffer keeps the message until it is written
+        cork = socket.cork
+        if cork.untaken() > socket.location.stream_buffer:
+            socket.close(TRY_AGAIN_LATER, SLOW)
+            return False
+        cork.write(socket.frames(self, held, missed))
+        if self.buffer.last != held.id:
+            socket.catch_up()  # several arrived at once (a refill)
+        return not socket.ended
 
     def deleted(self) -> None:
         self.socket.deleted(self)
@@ -163,23 +176,9 @@ class WebSocket:
             member.buffer.wait(member)
         self._schedule()
         connection.take_over(self.received)
-        self._catch_up()
+        self.catch_up()
 
     # -- what buffers and the connection call -----------------------------------------
-
-    def offered(self, member: Member, held: Held, missed: bool) -> bool:
-        if self.ended:
-            return False
-        if self.draining:
-            return True  # catching up: the buffer keeps the message until it is written
-        cork = self.cork
-        if cork.untaken() > self.location.stream_buffer:
-            self.close(TRY_AGAIN_LATER, SLOW)
-            return False
-        cork.write(self._frames(member, held, missed))
-        if member.buffer.last != held.id:
-            self._catch_up()  # several arrived at once (a refill)
-        return not self.ended
 
     def deleted(self, member: Member) -> None:
         if self.ended:
@@ -256,7 +255,7 @@ class WebSocket:
         else:
             self.end(CLIENT)
 
-    def _frames(self, member: Member, held: Held, missed: bool) -> bytes:
+    def frames(self, member: Member, held: Held, missed: bool) -> bytes:
         """`held` as this socket's frame (after the missed notice, if any); moves the
         member's cursor to it."""
         members = self.members
@@ -287,7 +286,7 @@ class WebSocket:
                 best = (member, held, missed)
         return best
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
         """Write what the buffers hold after the cursors while the client takes it."""
         self.draining = False
         connection = self.connection
@@ -301,11 +300,11 @@ class WebSocket:
                 self.draining = True
                 connection.drained().add_done_callback(self._drained)
                 return
-            connection.send(self._frames(*found))
+            connection.send(self.frames(*found))
 
     def _drained(self, _: asyncio.Future[None]) -> None:
         if not self.ended and self.draining:
-            self._catch_up()
+            self.catch_up()
 
     # -- health ------------------------------------------------------------------------
 

@@ -98,7 +98,21 @@ class Member:
         self.cursor = cursor
 
     def offer(self, held: Held, missed: bool) -> bool:
-        return self.stream.offered(self, held, missed)
+        # The stream's side of it, here rather than a call away: this runs per delivery.
+        stream = self.stream
+        if stream.ended:
+            return False
+        if stream.draining:
+            return True  # catching up: the buffer keeps the message until it is written
+        cork = stream.cork
+        if cork.untaken() > stream.location.stream_buffer:
+            stream.end(SLOW)
+            return False
+        cork.write(stream.event(self, held, missed))
+        stream.wrote = True
+        if self.buffer.last != held.id:
+            stream.catch_up()  # several arrived at once (a refill)
+        return not stream.ended
 
     def deleted(self) -> None:
         self.stream.deleted(self)
@@ -158,24 +172,9 @@ class Stream:
         for member in self.members:
             member.buffer.wait(member)
         self._schedule()
-        self._catch_up()
+        self.catch_up()
 
     # -- what buffers and the connection call -----------------------------------------
-
-    def offered(self, member: Member, held: Held, missed: bool) -> bool:
-        if self.ended:
-            return False
-        if self.draining:
-            return True  # catching up: the buffer keeps the message until it is written
-        cork = self.cork
-        if cork.untaken() > self.location.stream_buffer:
-            self.end(SLOW)
-            return False
-        cork.write(self._event(member, held, missed))
-        self.wrote = True
-        if member.buffer.last != held.id:
-            self._catch_up()  # several arrived at once (a refill)
-        return not self.ended
 
     def deleted(self, member: Member) -> None:
         if self.ended:
@@ -209,7 +208,7 @@ class Stream:
 
     # -- writing ---------------------------------------------------------------------
 
-    def _event(self, member: Member, held: Held, missed: bool) -> bytes:
+    def event(self, member: Member, held: Held, missed: bool) -> bytes:
         """`held` as this stream's event (after the missed notice, if any); moves the
         member's cursor to it."""
         member.cursor = held.id
@@ -232,7 +231,7 @@ class Stream:
                 best = (member, held, missed)
         return best
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
         """Write what the buffers hold after the cursors while the client takes it."""
         self.draining = False
         connection = self.connection
@@ -246,12 +245,12 @@ class Stream:
                 self.draining = True
                 connection.drained().add_done_callback(self._drained)
                 return
-            connection.send(self._event(*found))
+            connection.send(self.event(*found))
             self.wrote = True
 
     def _drained(self, _: asyncio.Future[None]) -> None:
         if not self.ended and self.draining:
-            self._catch_up()
+            self.catch_up()
 
     # -- keep-alive --------------------------------------------------------------------
 
