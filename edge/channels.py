@@ -258,20 +258,17 @@ class ChannelBuffer:
         if not self.waiters or not self.held:
             return
         # Subscribers at one cursor (most of them, on a busy channel) share one look-up,
-        # and so one Held and what was rendered of it.
+        # and so one Held and what was rendered of it. One pass over a copy: an offer may
+        # end other subscribers, or this one, and so change who waits.
         answers: dict[MessageId | None, tuple[Held | None, bool]] = {}
-        woken: list[tuple[Subscriber, Held, bool]] = []
-        for waiter in self.waiters:
+        left = False
+        for waiter in list(self.waiters):
             cursor = waiter.cursor
             answer = answers.get(cursor)
             if answer is None:
                 answer = answers[cursor] = self.find(cursor)
-            held, missed = answer
-            if held is not None:
-                woken.append((waiter, held, missed))
-        left = False
-        for waiter, held, missed in woken:
-            if waiter in self.waiters and not waiter.offer(held, missed):
+            held = answer[0]
+            if held is not None and waiter in self.waiters and not waiter.offer(held, answer[1]):
                 self.waiters.discard(waiter)
                 left = True
         if left:

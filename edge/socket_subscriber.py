@@ -9,7 +9,7 @@ the EventSource stream's twin (`edge.stream`): the same buffers, the same
 cursors, the same flow control, only the framing and the health differ.
 On a one-channel socket a message's frame is built once and kept on its
 `Held` (`frame`, `meta_frame`), so every socket of the channel writes the
-same bytes.
+same bytes, and live frames are corked (`edge.outbox`) as a stream's events are.
 
 The trap is, again, a reader that takes less than the channel sends. The
 catch-up after opening writes while the connection is under its
@@ -33,6 +33,7 @@ from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId
 from edge.channels import ChannelBuffer, Held
 from edge.config import SubscriberLocation
 from edge.connection import Connection
+from edge.outbox import Cork, Outbox
 from edge.websocket import (
     CHANNEL_DELETED,
     GOING_AWAY,
@@ -65,6 +66,8 @@ class WebSockets:
     open: set[WebSocket] = field(default_factory=set)
     closed: Counter[str] = field(default_factory=Counter)
     ignored: int = 0
+    # Live frames wait here until the turn of the loop that brought them ends.
+    outbox: Outbox = field(default_factory=Outbox)
 
 
 def shared_frame(held: Held, meta: bool) -> bytes:
@@ -97,7 +100,20 @@ class Member:
         self.cursor = cursor
 
     def offer(self, held: Held, missed: bool) -> bool:
-        return self.socket.offered(self, held, missed)
+        # The socket's side of it, here rather than a call away: this runs per delivery.
+        socket = self.socket
+        if socket.ended:
+            return False
+        if socket.draining:
+            return True  # catching up: the buffer keeps the message until it is written
+        cork = socket.cork
+        if cork.untaken() > socket.location.stream_buffer:
+            socket.close(TRY_AGAIN_LATER, SLOW)
+            return False
+        cork.write(socket.frames(self, held, missed))
+        if self.buffer.last != held.id:
+            socket.catch_up()  # several arrived at once (a refill)
+        return not socket.ended
 
     def deleted(self) -> None:
         self.socket.deleted(self)
@@ -111,6 +127,7 @@ class WebSocket:
         "shared",
         "location",
         "connection",
+        "cork",
         "meta",
         "session",
         "members",
@@ -131,6 +148,7 @@ class WebSocket:
         self.shared = shared
         self.location = location
         self.connection = connection
+        self.cork = Cork(connection, shared.outbox)
         # Frames in ws+meta.nchan (ids, content types, notices), else the bytes alone.
         self.meta = meta
         self.session = Session()
@@ -158,29 +176,16 @@ class WebSocket:
             member.buffer.wait(member)
         self._schedule()
         connection.take_over(self.received)
-        self._catch_up()
+        self.catch_up()
 
     # -- what buffers and the connection call -----------------------------------------
-
-    def offered(self, member: Member, held: Held, missed: bool) -> bool:
-        if self.ended:
-            return False
-        if self.draining:
-            return True  # catching up: the buffer keeps the message until it is written
-        if self.connection.unsent() > self.location.stream_buffer:
-            self.close(TRY_AGAIN_LATER, SLOW)
-            return False
-        self._write(member, held, missed)
-        if member.buffer.last != held.id:
-            self._catch_up()  # several arrived at once (a refill)
-        return not self.ended
 
     def deleted(self, member: Member) -> None:
         if self.ended:
             return
         if self.meta and self.session.open:
             cursors = [other.cursor for other in self.members]
-            self.connection.send(
+            self.cork.send(
                 notice_frame(
                     DELETED_EVENT, member.buffer.channel_id, cursor_id(cursors, member.index)
                 )
@@ -206,7 +211,7 @@ class WebSocket:
         """Send a close with `code` after what was sent, and end the socket (as `reason`)."""
         if self.ended:
             return
-        self.connection.send(self.session.close(code))
+        self.cork.send(self.session.close(code))
         self.end(reason)
 
     def end(self, reason: str, drop: bool = False) -> None:
@@ -225,15 +230,19 @@ class WebSocket:
         shared.closed[reason] += 1
         self.on_end()
         if drop:
+            self.cork.discard()
             self.connection.drop()
         elif reason != CLIENT or self.session.ended:
+            self.cork.flush()
             self.connection.finish(keep_alive=False)
+        else:
+            self.cork.discard()
 
     # -- writing ---------------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
         if reply.send:
-            self.connection.send(reply.send)
+            self.cork.send(reply.send)
         if not reply.end:
             return
         code = reply.code
@@ -246,26 +255,27 @@ class WebSocket:
         else:
             self.end(CLIENT)
 
-    def _write(self, member: Member, held: Held, missed: bool) -> None:
-        connection = self.connection
+    def frames(self, member: Member, held: Held, missed: bool) -> bytes:
+        """`held` as this socket's frame (after the missed notice, if any); moves the
+        member's cursor to it."""
         members = self.members
         meta = self.meta
+        missed_notice = b""
         if missed and meta:
             cursors = [other.cursor for other in members]
-            connection.send(
-                notice_frame(
-                    MISSED_EVENT, member.buffer.channel_id, cursor_id(cursors, member.index)
-                )
+            missed_notice = notice_frame(
+                MISSED_EVENT, member.buffer.channel_id, cursor_id(cursors, member.index)
             )
         member.cursor = held.id
         if len(members) == 1:
-            connection.send(shared_frame(held, meta))
+            frame = shared_frame(held, meta)
         else:
             message = held.message
             cursors = [other.cursor for other in members]
-            connection.send(
-                message_frame(message.body, message.content_type, cursor_id(cursors, member.index))
+            frame = message_frame(
+                message.body, message.content_type, cursor_id(cursors, member.index)
             )
+        return missed_notice + frame if missed_notice else frame
 
     def _next(self) -> tuple[Member, Held, bool] | None:
         """The oldest message any channel holds after the socket's cursor for it."""
@@ -276,10 +286,11 @@ class WebSocket:
                 best = (member, held, missed)
         return best
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
         """Write what the buffers hold after the cursors while the client takes it."""
         self.draining = False
         connection = self.connection
+        self.cork.flush()  # what the live path queued goes first
         while not self.ended:
             found = self._next()
             if found is None:
@@ -289,11 +300,11 @@ class WebSocket:
                 self.draining = True
                 connection.drained().add_done_callback(self._drained)
                 return
-            self._write(*found)
+            connection.send(self.frames(*found))
 
     def _drained(self, _: asyncio.Future[None]) -> None:
         if not self.ended and self.draining:
-            self._catch_up()
+            self.catch_up()
 
     # -- health ------------------------------------------------------------------------
 
@@ -305,7 +316,7 @@ class WebSocket:
         self.timer = None
         if self.ended:
             return
-        if self.connection.unsent():
+        if self.cork.untaken():
             self.session.skip()
         else:
             self._reply(self.session.tick())

@@ -6,7 +6,9 @@ held message after its cursors, then each live message as its buffer
 offers it, and a comment every `stream_keepalive` seconds of silence. The
 format is `edge.eventstream`'s. On a one-channel stream the event bytes,
 `id:` included, are rendered once per message and kept on its `Held`, so
-a thousand streams of a channel cost one rendering and a thousand writes.
+a thousand streams of a channel cost one rendering; live events wait in
+the stream's cork (`edge.outbox`) until the feed's batch has been handed
+out, so a flood costs one write per stream and batch, not per event.
 
 The trap is a reader that takes less than the channel sends. Queued
 without bound, one stalled browser would hold every message in the
@@ -43,6 +45,7 @@ from edge.eventstream import (
     notice,
     retry_field,
 )
+from edge.outbox import Cork, Outbox
 
 # Why streams end (pushserver_edge_streams_closed_total{reason}).
 CLIENT = "client"
@@ -62,6 +65,8 @@ class Streams:
     open: set[Stream] = field(default_factory=set)
     closed: Counter[str] = field(default_factory=Counter)
     random: random.Random = field(default_factory=random.Random)
+    # Live events wait here until the turn of the loop that brought them ends.
+    outbox: Outbox = field(default_factory=Outbox)
 
     def retry(self, milliseconds: int) -> bytes:
         """A `retry:` field for one stream: `milliseconds` give or take RETRY_JITTER, so the
@@ -101,7 +106,21 @@ class Member:
         self.cursor = cursor
 
     def offer(self, held: Held, missed: bool) -> bool:
-        return self.stream.offered(self, held, missed)
+        # The stream's side of it, here rather than a call away: this runs per delivery.
+        stream = self.stream
+        if stream.ended:
+            return False
+        if stream.draining:
+            return True  # catching up: the buffer keeps the message until it is written
+        cork = stream.cork
+        if cork.untaken() > stream.location.stream_buffer:
+            stream.end(SLOW)
+            return False
+        cork.write(stream.event(self, held, missed))
+        stream.wrote = True
+        if self.buffer.last != held.id:
+            stream.catch_up()  # several arrived at once (a refill)
+        return not stream.ended
 
     def deleted(self) -> None:
         self.stream.deleted(self)
@@ -115,6 +134,7 @@ class Stream:
         "shared",
         "location",
         "connection",
+        "cork",
         "members",
         "on_end",
         "ended",
@@ -133,6 +153,7 @@ class Stream:
         self.shared = shared
         self.location = location
         self.connection = connection
+        self.cork = Cork(connection, shared.outbox)
         self.members: list[Member] = []
         # Called once when the stream ends, however it ends.
         self.on_end = on_end
@@ -157,27 +178,14 @@ class Stream:
         for member in self.members:
             member.buffer.wait(member)
         self._schedule()
-        self._catch_up()
+        self.catch_up()
 
     # -- what buffers and the connection call -----------------------------------------
-
-    def offered(self, member: Member, held: Held, missed: bool) -> bool:
-        if self.ended:
-            return False
-        if self.draining:
-            return True  # catching up: the buffer keeps the message until it is written
-        if self.connection.unsent() > self.location.stream_buffer:
-            self.end(SLOW)
-            return False
-        self._write(member, held, missed)
-        if member.buffer.last != held.id:
-            self._catch_up()  # several arrived at once (a refill)
-        return not self.ended
 
     def deleted(self, member: Member) -> None:
         if self.ended:
             return
-        self.connection.send(notice(DELETED_EVENT, member.buffer.channel_id))
+        self.cork.send(notice(DELETED_EVENT, member.buffer.channel_id))
         self.end(DELETED)
 
     def end(self, reason: str) -> None:
@@ -196,24 +204,29 @@ class Stream:
         shared.closed[reason] += 1
         self.on_end()
         if reason == SLOW:
+            self.cork.discard()
             self.connection.drop()
-        elif reason != CLIENT:
+        elif reason == CLIENT:
+            self.cork.discard()
+        else:
+            self.cork.flush()
             self.connection.finish(keep_alive=False)
 
     # -- writing ---------------------------------------------------------------------
 
-    def _write(self, member: Member, held: Held, missed: bool) -> None:
-        connection = self.connection
-        if missed:
-            connection.send(notice(MISSED_EVENT, member.buffer.channel_id))
+    def event(self, member: Member, held: Held, missed: bool) -> bytes:
+        """`held` as this stream's event (after the missed notice, if any); moves the
+        member's cursor to it."""
         member.cursor = held.id
         members = self.members
         if len(members) == 1:
-            connection.send(shared_event(held))
+            event = held.event or shared_event(held)
         else:
             cursors = [other.cursor for other in members]
-            connection.send(id_line(format_cursors(cursors, member.index)) + shared_body(held))
-        self.wrote = True
+            event = id_line(format_cursors(cursors, member.index)) + shared_body(held)
+        if missed:
+            return notice(MISSED_EVENT, member.buffer.channel_id) + event
+        return event
 
     def _next(self) -> tuple[Member, Held, bool] | None:
         """The oldest message any channel holds after the stream's cursor for it."""
@@ -224,10 +237,11 @@ class Stream:
                 best = (member, held, missed)
         return best
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
         """Write what the buffers hold after the cursors while the client takes it."""
         self.draining = False
         connection = self.connection
+        self.cork.flush()  # what the live path queued goes first
         while not self.ended:
             found = self._next()
             if found is None:
@@ -237,11 +251,12 @@ class Stream:
                 self.draining = True
                 connection.drained().add_done_callback(self._drained)
                 return
-            self._write(*found)
+            connection.send(self.event(*found))
+            self.wrote = True
 
     def _drained(self, _: asyncio.Future[None]) -> None:
         if not self.ended and self.draining:
-            self._catch_up()
+            self.catch_up()
 
     # -- keep-alive --------------------------------------------------------------------
 
@@ -255,7 +270,7 @@ class Stream:
             return
         # Only on a silent connection with nothing untaken: a reader that takes nothing
         # is then noticed by the connection's stall deadline, which a comment would renew.
-        if not self.wrote and not self.connection.unsent():
-            self.connection.send(KEEPALIVE)
+        if not self.wrote and not self.cork.untaken():
+            self.cork.send(KEEPALIVE)
         self.wrote = False
         self._schedule()
