@@ -9,7 +9,7 @@ the EventSource stream's twin (`edge.stream`): the same buffers, the same
 cursors, the same flow control, only the framing and the health differ.
 On a one-channel socket a message's frame is built once and kept on its
 `Held` (`frame`, `meta_frame`), so every socket of the channel writes the
-same bytes, and live frames are corked (`edge.outbox`) as a stream's events are.
+same bytes, and live frames are corked (`edge.corks`) as a stream's events are.
 
 The trap is, again, a reader that takes less than the channel sends. The
 catch-up after opening writes while the connection is under its
@@ -33,7 +33,7 @@ from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId
 from edge.channels import ChannelBuffer, Held
 from edge.config import SubscriberLocation
 from edge.connection import Connection
-from edge.outbox import Cork, Outbox
+from edge.corks import Cork, Outbox
 from edge.websocket import (
     CHANNEL_DELETED,
     GOING_AWAY,

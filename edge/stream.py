@@ -7,7 +7,7 @@ offers it, and a comment every `stream_keepalive` seconds of silence. The
 format is `edge.eventstream`'s. On a one-channel stream the event bytes,
 `id:` included, are rendered once per message and kept on its `Held`, so
 a thousand streams of a channel cost one rendering; live events wait in
-the stream's cork (`edge.outbox`) until the feed's batch has been handed
+the stream's cork (`edge.corks`) until the feed's batch has been handed
 out, so a flood costs one write per stream and batch, not per event.
 
 The trap is a reader that takes less than the channel sends. Queued
@@ -37,6 +37,7 @@ from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId
 from edge.channels import ChannelBuffer, Held
 from edge.config import SubscriberLocation
 from edge.connection import Connection
+from edge.corks import Cork, Outbox
 from edge.eventstream import (
     KEEPALIVE,
     event_body,
@@ -45,7 +46,6 @@ from edge.eventstream import (
     notice,
     retry_field,
 )
-from edge.outbox import Cork, Outbox
 
 # Why streams end (pushserver_edge_streams_closed_total{reason}).
 CLIENT = "client"
