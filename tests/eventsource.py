@@ -133,13 +133,9 @@ class EventStream(RawClient):
         """Read what arrives within `timeout`; False once the edge closed the stream."""
         if self.ended:
             return False
-        self.sock.settimeout(timeout)
-        try:
-            chunk = self.sock.recv(65536)
-        except TimeoutError:
+        chunk = self.receive(timeout)
+        if chunk is None:
             return True
-        except ConnectionResetError:
-            chunk = b""
         if not chunk:
             self.ended = True
             return False

@@ -43,6 +43,17 @@ class RawClient:
 
     sock: socket.socket
 
+    def receive(self, timeout: float) -> bytes | None:
+        """What arrives within `timeout` seconds: None if nothing did, b"" once the edge
+        closed (or reset) the connection."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            return b""
+
     def close(self) -> None:
         self.sock.close()
 

@@ -105,13 +105,9 @@ class Socket(RawClient):
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
+        data = self.receive(left)
+        if data is None:
             return False
-        except ConnectionResetError:
-            data = b""
         if not data:
             self.ended = True
             self.ws.receive_data(None)
