@@ -23,17 +23,15 @@ deadline, which is why a tick does not ping a socket whose output waits.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId
 from edge.channels import ChannelBuffer, Held
 from edge.config import SubscriberLocation
 from edge.connection import Connection
-from edge.corks import Cork, Outbox
+from edge.following import CLIENT, DELETED, SLOW, STOPPING, Follower, Followers, Member
 from edge.websocket import (
     CHANNEL_DELETED,
     GOING_AWAY,
@@ -48,26 +46,20 @@ from edge.websocket import (
 
 log = logging.getLogger("pushserver.edge")
 
-# Why sockets end (pushserver_edge_websockets_closed_total{reason}).
-CLIENT = "client"  # the client closed, or the connection was lost
-DELETED = "deleted"  # 4410
-SLOW = "slow"  # 1013
-STOPPING = "stopping"  # 1001
+# Why sockets end (pushserver_edge_websockets_closed_total{reason}): `edge.following`'s
+# CLIENT (the client closed, or the connection was lost), DELETED (4410), SLOW (1013)
+# and STOPPING (1001), and
 SILENT = "silent"  # no answer to a ping: dropped
 TOO_BIG = "too_big"  # 1009
 PROTOCOL = "protocol"  # the client broke RFC 6455 (1002, 1007)
 
 
 @dataclass
-class WebSockets:
+class WebSockets(Followers):
     """What every WebSocket of an edge shares: the ones open, why the others ended, and
     how many data messages clients sent that were ignored."""
 
-    open: set[WebSocket] = field(default_factory=set)
-    closed: Counter[str] = field(default_factory=Counter)
     ignored: int = 0
-    # Live frames wait here until the turn of the loop that brought them ends.
-    outbox: Outbox = field(default_factory=Outbox)
 
 
 def shared_frame(held: Held, meta: bool) -> bytes:
@@ -86,56 +78,9 @@ def shared_frame(held: Held, meta: bool) -> bytes:
     return framed
 
 
-class Member:
-    """A socket's subscription to one of its channels: what the channel's buffer offers to."""
-
-    __slots__ = ("socket", "index", "buffer", "cursor")
-
-    def __init__(
-        self, socket: WebSocket, index: int, buffer: ChannelBuffer, cursor: MessageId | None
-    ) -> None:
-        self.socket = socket
-        self.index = index
-        self.buffer = buffer
-        self.cursor = cursor
-
-    def offer(self, held: Held, missed: bool) -> bool:
-        # The socket's side of it, here rather than a call away: this runs per delivery.
-        socket = self.socket
-        if socket.ended:
-            return False
-        if socket.draining:
-            return True  # catching up: the buffer keeps the message until it is written
-        cork = socket.cork
-        if cork.untaken() > socket.location.stream_buffer:
-            socket.close(TRY_AGAIN_LATER, SLOW)
-            return False
-        cork.write(socket.frames(self, held, missed))
-        if self.buffer.last != held.id:
-            socket.catch_up()  # several arrived at once (a refill)
-        return not socket.ended
-
-    def deleted(self) -> None:
-        self.socket.deleted(self)
-
-    def release(self) -> None:
-        self.socket.close(GOING_AWAY, STOPPING)
-
-
-class WebSocket:
-    __slots__ = (
-        "shared",
-        "location",
-        "connection",
-        "cork",
-        "meta",
-        "session",
-        "members",
-        "on_end",
-        "ended",
-        "draining",
-        "timer",
-    )
+class WebSocket(Follower):
+    __slots__ = ("meta", "session")
+    shared: WebSockets
 
     def __init__(
         self,
@@ -145,20 +90,10 @@ class WebSocket:
         meta: bool,
         on_end: Callable[[], None],
     ) -> None:
-        self.shared = shared
-        self.location = location
-        self.connection = connection
-        self.cork = Cork(connection, shared.outbox)
+        super().__init__(shared, location, connection, on_end)
         # Frames in ws+meta.nchan (ids, content types, notices), else the bytes alone.
         self.meta = meta
         self.session = Session()
-        self.members: list[Member] = []
-        # Called once when the socket ends, however it ends.
-        self.on_end = on_end
-        self.ended = False
-        # Catching up, waiting for the client to take what was written.
-        self.draining = False
-        self.timer: asyncio.TimerHandle | None = None
 
     def open(
         self, head: bytes, buffers: Sequence[ChannelBuffer], cursors: Sequence[MessageId | None]
@@ -167,30 +102,11 @@ class WebSocket:
         start following `buffers`."""
         connection = self.connection
         connection.send(head)
-        self.shared.open.add(self)
-        self.members = [
-            Member(self, index, buffer, cursor)
-            for index, (buffer, cursor) in enumerate(zip(buffers, cursors, strict=True))
-        ]
-        for member in self.members:
-            member.buffer.wait(member)
-        self._schedule()
+        self.follow(buffers, cursors)
         connection.take_over(self.received)
         self.catch_up()
 
-    # -- what buffers and the connection call -----------------------------------------
-
-    def deleted(self, member: Member) -> None:
-        if self.ended:
-            return
-        if self.meta and self.session.open:
-            cursors = [other.cursor for other in self.members]
-            self.cork.send(
-                notice_frame(
-                    DELETED_EVENT, member.buffer.channel_id, cursor_id(cursors, member.index)
-                )
-            )
-        self.close(CHANNEL_DELETED, DELETED)
+    # -- what the connection calls -----------------------------------------------------
 
     def received(self, data: bytes) -> None:
         """Bytes from the client: answered as the session says."""
@@ -217,18 +133,8 @@ class WebSocket:
     def end(self, reason: str, drop: bool = False) -> None:
         """Stop following the channels, count why, and close the connection (unless the
         client already did): at once with `drop`, else once what was written went out."""
-        if self.ended:
+        if not self.unfollow(reason):
             return
-        self.ended = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        for member in self.members:
-            member.buffer.forget(member)
-        shared = self.shared
-        shared.open.discard(self)
-        shared.closed[reason] += 1
-        self.on_end()
         if drop:
             self.cork.discard()
             self.connection.drop()
@@ -237,8 +143,6 @@ class WebSocket:
             self.connection.finish(keep_alive=False)
         else:
             self.cork.discard()
-
-    # -- writing ---------------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
         if reply.send:
@@ -255,9 +159,9 @@ class WebSocket:
         else:
             self.end(CLIENT)
 
-    def frames(self, member: Member, held: Held, missed: bool) -> bytes:
-        """`held` as this socket's frame (after the missed notice, if any); moves the
-        member's cursor to it."""
+    # -- the transport's part of `edge.following` ---------------------------------------
+
+    def render(self, member: Member, held: Held, missed: bool) -> bytes:
         members = self.members
         meta = self.meta
         missed_notice = b""
@@ -277,49 +181,28 @@ class WebSocket:
             )
         return missed_notice + frame if missed_notice else frame
 
-    def _next(self) -> tuple[Member, Held, bool] | None:
-        """The oldest message any channel holds after the socket's cursor for it."""
-        best: tuple[Member, Held, bool] | None = None
-        for member in self.members:
-            held, missed = member.buffer.find(member.cursor)
-            if held is not None and (best is None or held.id < best[1].id):
-                best = (member, held, missed)
-        return best
+    def slow(self) -> None:
+        self.close(TRY_AGAIN_LATER, SLOW)
 
-    def catch_up(self) -> None:
-        """Write what the buffers hold after the cursors while the client takes it."""
-        self.draining = False
-        connection = self.connection
-        self.cork.flush()  # what the live path queued goes first
-        while not self.ended:
-            found = self._next()
-            if found is None:
-                return
-            if not connection.writable:
-                # Above the connection's high-water mark: go on once it drained.
-                self.draining = True
-                connection.drained().add_done_callback(self._drained)
-                return
-            connection.send(self.frames(*found))
-
-    def _drained(self, _: asyncio.Future[None]) -> None:
-        if not self.ended and self.draining:
-            self.catch_up()
-
-    # -- health ------------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.location.stream_keepalive, self._tick)
-
-    def _tick(self) -> None:
-        self.timer = None
+    def deleted(self, member: Member) -> None:
         if self.ended:
             return
+        if self.meta and self.session.open:
+            cursors = [other.cursor for other in self.members]
+            self.cork.send(
+                notice_frame(
+                    DELETED_EVENT, member.buffer.channel_id, cursor_id(cursors, member.index)
+                )
+            )
+        self.close(CHANNEL_DELETED, DELETED)
+
+    def release(self) -> None:
+        self.close(GOING_AWAY, STOPPING)
+
+    def keep_alive(self) -> None:
+        # A socket whose output waits is not pinged: a reader that takes none of it is
+        # dropped by the connection's stall deadline.
         if self.cork.untaken():
             self.session.skip()
         else:
             self._reply(self.session.tick())
-            if self.ended:
-                return
-        self._schedule()

@@ -27,17 +27,12 @@ SIGTERM, or when the reader is too slow, and the client by leaving.
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from broker.wire import DELETED_EVENT, MISSED_EVENT, MessageId
 from edge.channels import ChannelBuffer, Held
-from edge.config import SubscriberLocation
-from edge.connection import Connection
-from edge.corks import Cork, Outbox
 from edge.eventstream import (
     KEEPALIVE,
     event_body,
@@ -46,27 +41,23 @@ from edge.eventstream import (
     notice,
     retry_field,
 )
+from edge.following import CLIENT, DELETED, SLOW, STOPPING, Follower, Followers, Member
 
-# Why streams end (pushserver_edge_streams_closed_total{reason}).
-CLIENT = "client"
-DELETED = "deleted"
-SLOW = "slow"
-STOPPING = "stopping"
-# Answered with a retry instead of opening (the broker or Django away: a poll's 503).
+# Why streams end (pushserver_edge_streams_closed_total{reason}): `edge.following`'s
+# CLIENT, DELETED, SLOW and STOPPING, and
+# answered with a retry instead of opening (the broker or Django away: a poll's 503).
 UNAVAILABLE = "unavailable"
 # A stream's `retry:` lies within this factor either side of `stream_retry`.
 RETRY_JITTER = 0.5
 
+__all__ = ["CLIENT", "UNAVAILABLE", "Stream", "Streams", "shared_body", "shared_event"]
+
 
 @dataclass
-class Streams:
+class Streams(Followers):
     """What every stream of an edge shares: the ones open, and why the others ended."""
 
-    open: set[Stream] = field(default_factory=set)
-    closed: Counter[str] = field(default_factory=Counter)
     random: random.Random = field(default_factory=random.Random)
-    # Live events wait here until the turn of the loop that brought them ends.
-    outbox: Outbox = field(default_factory=Outbox)
 
     def retry(self, milliseconds: int) -> bytes:
         """A `retry:` field for one stream: `milliseconds` give or take RETRY_JITTER, so the
@@ -92,117 +83,23 @@ def shared_event(held: Held) -> bytes:
     return event
 
 
-class Member:
-    """A stream's subscription to one of its channels: what the channel's buffer offers to."""
-
-    __slots__ = ("stream", "index", "buffer", "cursor")
-
-    def __init__(
-        self, stream: Stream, index: int, buffer: ChannelBuffer, cursor: MessageId | None
-    ) -> None:
-        self.stream = stream
-        self.index = index
-        self.buffer = buffer
-        self.cursor = cursor
-
-    def offer(self, held: Held, missed: bool) -> bool:
-        # The stream's side of it, here rather than a call away: this runs per delivery.
-        stream = self.stream
-        if stream.ended:
-            return False
-        if stream.draining:
-            return True  # catching up: the buffer keeps the message until it is written
-        cork = stream.cork
-        if cork.untaken() > stream.location.stream_buffer:
-            stream.end(SLOW)
-            return False
-        cork.write(stream.event(self, held, missed))
-        stream.wrote = True
-        if self.buffer.last != held.id:
-            stream.catch_up()  # several arrived at once (a refill)
-        return not stream.ended
-
-    def deleted(self) -> None:
-        self.stream.deleted(self)
-
-    def release(self) -> None:
-        self.stream.end(STOPPING)
-
-
-class Stream:
-    __slots__ = (
-        "shared",
-        "location",
-        "connection",
-        "cork",
-        "members",
-        "on_end",
-        "ended",
-        "draining",
-        "wrote",
-        "timer",
-    )
-
-    def __init__(
-        self,
-        shared: Streams,
-        location: SubscriberLocation,
-        connection: Connection,
-        on_end: Callable[[], None],
-    ) -> None:
-        self.shared = shared
-        self.location = location
-        self.connection = connection
-        self.cork = Cork(connection, shared.outbox)
-        self.members: list[Member] = []
-        # Called once when the stream ends, however it ends.
-        self.on_end = on_end
-        self.ended = False
-        # Catching up, waiting for the client to take what was written.
-        self.draining = False
-        # Something was written since the last keep-alive tick.
-        self.wrote = False
-        self.timer: asyncio.TimerHandle | None = None
+class Stream(Follower):
+    __slots__ = ()
+    shared: Streams
 
     def open(
         self, head: bytes, buffers: Sequence[ChannelBuffer], cursors: Sequence[MessageId | None]
     ) -> None:
         """Write `head` (the 200's, ended by its blank line) and start following `buffers`."""
-        shared = self.shared
-        self.connection.send(head + shared.retry(self.location.stream_retry))
-        shared.open.add(self)
-        self.members = [
-            Member(self, index, buffer, cursor)
-            for index, (buffer, cursor) in enumerate(zip(buffers, cursors, strict=True))
-        ]
-        for member in self.members:
-            member.buffer.wait(member)
-        self._schedule()
+        self.connection.send(head + self.shared.retry(self.location.stream_retry))
+        self.follow(buffers, cursors)
         self.catch_up()
-
-    # -- what buffers and the connection call -----------------------------------------
-
-    def deleted(self, member: Member) -> None:
-        if self.ended:
-            return
-        self.cork.send(notice(DELETED_EVENT, member.buffer.channel_id))
-        self.end(DELETED)
 
     def end(self, reason: str) -> None:
         """Stop following the channels, count why, and close the connection (unless the
         client already did)."""
-        if self.ended:
+        if not self.unfollow(reason):
             return
-        self.ended = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        for member in self.members:
-            member.buffer.forget(member)
-        shared = self.shared
-        shared.open.discard(self)
-        shared.closed[reason] += 1
-        self.on_end()
         if reason == SLOW:
             self.cork.discard()
             self.connection.drop()
@@ -212,11 +109,9 @@ class Stream:
             self.cork.flush()
             self.connection.finish(keep_alive=False)
 
-    # -- writing ---------------------------------------------------------------------
+    # -- the transport's part of `edge.following` ---------------------------------------
 
-    def event(self, member: Member, held: Held, missed: bool) -> bytes:
-        """`held` as this stream's event (after the missed notice, if any); moves the
-        member's cursor to it."""
+    def render(self, member: Member, held: Held, missed: bool) -> bytes:
         member.cursor = held.id
         members = self.members
         if len(members) == 1:
@@ -228,49 +123,21 @@ class Stream:
             return notice(MISSED_EVENT, member.buffer.channel_id) + event
         return event
 
-    def _next(self) -> tuple[Member, Held, bool] | None:
-        """The oldest message any channel holds after the stream's cursor for it."""
-        best: tuple[Member, Held, bool] | None = None
-        for member in self.members:
-            held, missed = member.buffer.find(member.cursor)
-            if held is not None and (best is None or held.id < best[1].id):
-                best = (member, held, missed)
-        return best
+    def slow(self) -> None:
+        self.end(SLOW)
 
-    def catch_up(self) -> None:
-        """Write what the buffers hold after the cursors while the client takes it."""
-        self.draining = False
-        connection = self.connection
-        self.cork.flush()  # what the live path queued goes first
-        while not self.ended:
-            found = self._next()
-            if found is None:
-                return
-            if not connection.writable:
-                # Above the connection's high-water mark: go on once it drained.
-                self.draining = True
-                connection.drained().add_done_callback(self._drained)
-                return
-            connection.send(self.event(*found))
-            self.wrote = True
-
-    def _drained(self, _: asyncio.Future[None]) -> None:
-        if not self.ended and self.draining:
-            self.catch_up()
-
-    # -- keep-alive --------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.location.stream_keepalive, self._tick)
-
-    def _tick(self) -> None:
-        self.timer = None
+    def deleted(self, member: Member) -> None:
         if self.ended:
             return
+        self.cork.send(notice(DELETED_EVENT, member.buffer.channel_id))
+        self.end(DELETED)
+
+    def release(self) -> None:
+        self.end(STOPPING)
+
+    def keep_alive(self) -> None:
         # Only on a silent connection with nothing untaken: a reader that takes nothing
         # is then noticed by the connection's stall deadline, which a comment would renew.
         if not self.wrote and not self.cork.untaken():
             self.cork.send(KEEPALIVE)
         self.wrote = False
-        self._schedule()

@@ -255,38 +255,163 @@
   // closed; the core may close it from within any report, and copes with
   // reports made from within open().
 
-  function openStream(members, ctx) {
+  // What openStream and openWebSocket share: a location's channels on one
+  // connection (`transport` names it in warnings, `what` in the open timeout),
+  // its health and its back-off. dial() opens the connection; hangUp() drops
+  // its handlers and closes it. The transport says when it was answered
+  // (answered), when it works (opened), what arrived (deliver) and why it
+  // failed (fail, retry); failures in a row reset once it has been open a while.
+  function openLink(members, ctx, transport, what, dial, hangUp) {
     const { env, option } = ctx;
-    const conn = { members, closed: false, close, listen };
     const names = members.map((sub) => sub.name).join(', ');
-    const listened = new Set();
-    let source = null;
     let timer = null;
     let healthy = null;
-    let failures = 0;
     let streak = 0;
-    let openedAt = null;
-    let delivered = false;
-    connect();
-    return conn;
-
-    function streamUrl() {
-      const url = members[0].parts.location + members.map((sub) => sub.parts.segment).join(',') + members[0].parts.query;
-      const cursors = members.map((sub) => sub.cursor);
-      return cursors.some(Boolean) ? withParameter(url, 'last_event_id=' + formatStreamCursor(cursors)) : url;
-    }
+    const link = {
+      conn: { members, closed: false, close },
+      names,
+      failures: 0,
+      openedAt: null,
+      delivered: false,
+      connect,
+      answered,
+      opened,
+      deliver,
+      atOnce,
+      fail,
+      retry,
+      stop,
+    };
+    return link;
 
     function connect() {
       timer = null;
-      openedAt = null;
-      delivered = false;
+      link.openedAt = null;
+      link.delivered = false;
+      if (!dial()) {
+        return;
+      }
+      const wait = option('openTimeout');
+      timer = env.setTimeout(() => fail(`no ${what} within ${wait} ms`, true), wait);
+      if (link.failures === 0) {
+        ctx.status(members, 'connecting', {});
+      }
+    }
+
+    function answered() {
+      env.clearTimeout(timer);
+      timer = null;
+    }
+
+    function opened() {
+      link.openedAt = env.now();
+      // Open for a while: what fails next is news, not the same failure again.
+      healthy = env.setTimeout(() => {
+        healthy = null;
+        link.failures = 0;
+        streak = 0;
+      }, option('openTimeout'));
+      ctx.opened();
+      if (!link.conn.closed) {
+        ctx.status(members, 'live', {});
+      }
+    }
+
+    // `idText` is the id in the stream's form; `kind` what is skipped without one.
+    function deliver(idText, data, kind) {
+      const id = parseStreamId(idText, members.length);
+      if (!id) {
+        ctx.warn(`${names}: ${kind} skipped: id ${JSON.stringify(idText)} is not one of ${members.length} cursor(s)`);
+        return;
+      }
+      link.delivered = true;
+      link.failures = 0;
+      streak = 0;
+      ctx.deliver(members[id.own], id.cursor, parseUpdate(data), false);
+    }
+
+    // Ended soon after opening, having delivered nothing: as if it never opened.
+    function atOnce() {
+      return !link.delivered && env.now() - link.openedAt < option('openTimeout');
+    }
+
+    function fail(reason, hostile) {
+      stop();
+      link.failures += 1;
+      if (hostile) {
+        streak += 1;
+      }
+      ctx.failed(streak);
+      if (link.conn.closed) {
+        return;
+      }
+      const delay = backoffDelay(link.failures, option('backoff'), env.random);
+      ctx.status(members, 'retrying', { reason, failures: link.failures, delay });
+      ctx.warn(`${names}: ${transport}: ${reason}; connecting again in ${Math.round(delay)} ms`);
+      timer = env.setTimeout(connect, delay);
+    }
+
+    // Connect again in `delay` ms, without counting a failure.
+    function retry(reason, delay) {
+      stop();
+      ctx.status(members, 'retrying', { reason, failures: link.failures, delay });
+      timer = env.setTimeout(connect, delay);
+    }
+
+    function stop() {
+      env.clearTimeout(timer);
+      env.clearTimeout(healthy);
+      timer = null;
+      healthy = null;
+      hangUp();
+    }
+
+    function close() {
+      link.conn.closed = true;
+      stop();
+    }
+  }
+
+  // The URL of `members`' channels, their cursors in `last_event_id`.
+  function channelsUrl(members) {
+    const url = members[0].parts.location + members.map((sub) => sub.parts.segment).join(',') + members[0].parts.query;
+    const cursors = members.map((sub) => sub.cursor);
+    return cursors.some(Boolean) ? withParameter(url, 'last_event_id=' + formatStreamCursor(cursors)) : url;
+  }
+
+  // The member a notice's JSON names by its channel_id, with the notice's
+  // event; undefined for what is not such a notice.
+  function noticeMember(members, data) {
+    let parsed;
+    let channelId;
+    try {
+      parsed = JSON.parse(data);
+      channelId = parsed.channel_id;
+    } catch (error) {
+      return undefined;
+    }
+    const sub = members.find((member) => member.parts.channelId === channelId);
+    return sub ? { sub, event: parsed.event } : undefined;
+  }
+
+  function openStream(members, ctx) {
+    const { env, option } = ctx;
+    const listened = new Set();
+    let source = null;
+    const link = openLink(members, ctx, 'EventSource', 'stream', dial, hangUp);
+    const conn = link.conn;
+    conn.listen = listen;
+    link.connect();
+    return conn;
+
+    function dial() {
       listened.clear();
       try {
-        source = new env.EventSource(streamUrl(), { withCredentials: Boolean(option('withCredentials')) });
+        source = new env.EventSource(channelsUrl(members), { withCredentials: Boolean(option('withCredentials')) });
       } catch (error) {
         source = null;
-        fail('EventSource refused the URL: ' + error.message, true);
-        return;
+        link.fail('EventSource refused the URL: ' + error.message, true);
+        return false;
       }
       source.onopen = onOpen;
       source.onerror = onError;
@@ -296,11 +421,7 @@
       for (const type of ctx.eventTypes()) {
         listen(type);
       }
-      const wait = option('openTimeout');
-      timer = env.setTimeout(() => fail(`no stream within ${wait} ms`, true), wait);
-      if (failures === 0) {
-        ctx.status(members, 'connecting', {});
-      }
+      return true;
     }
 
     // Events named by their publisher reach only listeners for that name.
@@ -315,49 +436,24 @@
       if (conn.closed) {
         return;
       }
-      env.clearTimeout(timer);
-      timer = null;
-      openedAt = env.now();
-      // Open for a while: what fails next is news, not the same failure again.
-      healthy = env.setTimeout(() => {
-        healthy = null;
-        failures = 0;
-        streak = 0;
-      }, option('openTimeout'));
-      ctx.opened();
-      if (!conn.closed) {
-        ctx.status(members, 'live', {});
-      }
+      link.answered();
+      link.opened();
     }
 
     function onMessage(event) {
       if (conn.closed) {
         return;
       }
-      const id = parseStreamId(event.lastEventId, members.length);
-      if (!id) {
-        ctx.warn(`${names}: event skipped: id ${JSON.stringify(event.lastEventId)} is not one of ${members.length} cursor(s)`);
-        return;
-      }
-      delivered = true;
-      failures = 0;
-      streak = 0;
-      ctx.deliver(members[id.own], id.cursor, parseUpdate(event.data), false);
+      link.deliver(event.lastEventId, event.data, 'event');
     }
 
     function forMember(event, report) {
       if (conn.closed) {
         return;
       }
-      let channelId;
-      try {
-        channelId = JSON.parse(event.data).channel_id;
-      } catch (error) {
-        return;
-      }
-      const sub = members.find((member) => member.parts.channelId === channelId);
-      if (sub) {
-        report(sub);
+      const found = noticeMember(members, event.data);
+      if (found) {
+        report(found.sub);
       }
     }
 
@@ -365,49 +461,23 @@
       if (conn.closed) {
         return;
       }
-      if (openedAt === null) {
+      if (link.openedAt === null) {
         // CLOSED: answered, but not with a stream (an HTTP error, or a server
         // or proxy that does not stream). CONNECTING: no answer at all.
         const answered = source.readyState === EVENTSOURCE_CLOSED;
-        fail(answered ? 'answered without a stream' : 'could not connect', answered);
+        link.fail(answered ? 'answered without a stream' : 'could not connect', answered);
       } else {
-        const atOnce = !delivered && env.now() - openedAt < option('openTimeout');
-        fail('stream ended', atOnce);
+        link.fail('stream ended', link.atOnce());
       }
     }
 
-    function fail(reason, hostile) {
-      stop();
-      failures += 1;
-      if (hostile) {
-        streak += 1;
-      }
-      ctx.failed(streak);
-      if (conn.closed) {
-        return;
-      }
-      const delay = backoffDelay(failures, option('backoff'), env.random);
-      ctx.status(members, 'retrying', { reason, failures, delay });
-      ctx.warn(`${names}: EventSource: ${reason}; connecting again in ${Math.round(delay)} ms`);
-      timer = env.setTimeout(connect, delay);
-    }
-
-    function stop() {
-      env.clearTimeout(timer);
-      env.clearTimeout(healthy);
-      timer = null;
-      healthy = null;
+    function hangUp() {
       if (source) {
         source.onopen = null;
         source.onerror = null;
         source.close();
         source = null;
       }
-    }
-
-    function close() {
-      conn.closed = true;
-      stop();
     }
   }
 
@@ -418,68 +488,38 @@
   // could advance: it counts as a failure that says "not here".
   function openWebSocket(members, ctx) {
     const { env, option } = ctx;
-    const conn = { members, closed: false, close };
-    const names = members.map((sub) => sub.name).join(', ');
     let socket = null;
-    let timer = null;
-    let healthy = null;
-    let failures = 0;
-    let streak = 0;
-    let openedAt = null;
-    let delivered = false;
-    connect();
+    const link = openLink(members, ctx, 'WebSocket', 'WebSocket', dial, hangUp);
+    const conn = link.conn;
+    link.connect();
     return conn;
 
-    function socketUrl() {
-      const url = members[0].parts.location + members.map((sub) => sub.parts.segment).join(',') + members[0].parts.query;
-      const cursors = members.map((sub) => sub.cursor);
-      const withCursor = cursors.some(Boolean) ? withParameter(url, 'last_event_id=' + formatStreamCursor(cursors)) : url;
-      return withCursor.replace(/^http(s?):/i, 'ws$1:');
-    }
-
-    function connect() {
-      timer = null;
-      openedAt = null;
-      delivered = false;
+    function dial() {
       try {
-        socket = new env.WebSocket(socketUrl(), [WS_SUBPROTOCOL]);
+        socket = new env.WebSocket(channelsUrl(members).replace(/^http(s?):/i, 'ws$1:'), [WS_SUBPROTOCOL]);
       } catch (error) {
         socket = null;
-        fail('WebSocket refused the URL: ' + error.message, true);
-        return;
+        link.fail('WebSocket refused the URL: ' + error.message, true);
+        return false;
       }
       // Read at once, as text: a Blob would need a reader and could reorder frames.
       socket.binaryType = 'arraybuffer';
       socket.onopen = onOpen;
       socket.onmessage = onMessage;
       socket.onclose = onClose;
-      const wait = option('openTimeout');
-      timer = env.setTimeout(() => fail(`no WebSocket within ${wait} ms`, true), wait);
-      if (failures === 0) {
-        ctx.status(members, 'connecting', {});
-      }
+      return true;
     }
 
     function onOpen() {
       if (conn.closed) {
         return;
       }
-      env.clearTimeout(timer);
-      timer = null;
+      link.answered();
       if (socket.protocol !== WS_SUBPROTOCOL) {
-        fail(`the edge spoke no ${WS_SUBPROTOCOL}, so frames carry no id`, true);
+        link.fail(`the edge spoke no ${WS_SUBPROTOCOL}, so frames carry no id`, true);
         return;
       }
-      openedAt = env.now();
-      healthy = env.setTimeout(() => {
-        healthy = null;
-        failures = 0;
-        streak = 0;
-      }, option('openTimeout'));
-      ctx.opened();
-      if (!conn.closed) {
-        ctx.status(members, 'live', {});
-      }
+      link.opened();
     }
 
     function onMessage(event) {
@@ -489,7 +529,7 @@
       const text = typeof event.data === 'string' ? event.data : decodeUtf8(event.data);
       const meta = WS_META.exec(text);
       if (!meta) {
-        ctx.warn(`${names}: frame skipped: no ${WS_SUBPROTOCOL} header`);
+        ctx.warn(`${link.names}: frame skipped: no ${WS_SUBPROTOCOL} header`);
         return;
       }
       const data = text.slice(meta[0].length);
@@ -497,32 +537,18 @@
         notice(data);
         return;
       }
-      const id = parseStreamId(meta[1], members.length);
-      if (!id) {
-        ctx.warn(`${names}: frame skipped: id ${JSON.stringify(meta[1])} is not one of ${members.length} cursor(s)`);
-        return;
-      }
-      delivered = true;
-      failures = 0;
-      streak = 0;
-      ctx.deliver(members[id.own], id.cursor, parseUpdate(data), false);
+      link.deliver(meta[1], data, 'frame');
     }
 
     function notice(data) {
-      let parsed;
-      try {
-        parsed = JSON.parse(data);
-      } catch (error) {
+      const found = noticeMember(members, data);
+      if (!found) {
         return;
       }
-      const sub = members.find((member) => member.parts.channelId === parsed.channel_id);
-      if (!sub) {
-        return;
-      }
-      if (parsed.event === MISSED_STREAM_EVENT) {
-        ctx.missed(sub);
-      } else if (parsed.event === DELETED_STREAM_EVENT) {
-        ctx.deleted(sub);
+      if (found.event === MISSED_STREAM_EVENT) {
+        ctx.missed(found.sub);
+      } else if (found.event === DELETED_STREAM_EVENT) {
+        ctx.deleted(found.sub);
       }
     }
 
@@ -532,49 +558,25 @@
       }
       const code = event.code;
       if (code === WS_CHANNEL_DELETED && members.length === 1) {
-        stop();
+        link.stop();
         ctx.deleted(members[0]);
         return;
       }
-      if (openedAt === null) {
-        fail('could not connect', true);
-      } else if (code === WS_GOING_AWAY && (delivered || env.now() - openedAt >= option('openTimeout'))) {
+      if (link.openedAt === null) {
+        link.fail('could not connect', true);
+      } else if (code === WS_GOING_AWAY && !link.atOnce()) {
         // The edge is stopping: another answers at once through the balancer.
         // Not a failure (unless it came at once, which would loop); spread over
         // up to backoff.base so its sockets do not all come back in one millisecond.
-        stop();
-        const delay = option('backoff').base * env.random();
-        ctx.status(members, 'retrying', { reason: 'edge stopping', failures, delay });
-        timer = env.setTimeout(connect, delay);
+        link.retry('edge stopping', option('backoff').base * env.random());
       } else if (code === WS_TRY_AGAIN_LATER) {
-        fail('closed as a slow reader', false);
+        link.fail('closed as a slow reader', false);
       } else {
-        const atOnce = !delivered && env.now() - openedAt < option('openTimeout');
-        fail(`WebSocket closed (${code})`, atOnce);
+        link.fail(`WebSocket closed (${code})`, link.atOnce());
       }
     }
 
-    function fail(reason, hostile) {
-      stop();
-      failures += 1;
-      if (hostile) {
-        streak += 1;
-      }
-      ctx.failed(streak);
-      if (conn.closed) {
-        return;
-      }
-      const delay = backoffDelay(failures, option('backoff'), env.random);
-      ctx.status(members, 'retrying', { reason, failures, delay });
-      ctx.warn(`${names}: WebSocket: ${reason}; connecting again in ${Math.round(delay)} ms`);
-      timer = env.setTimeout(connect, delay);
-    }
-
-    function stop() {
-      env.clearTimeout(timer);
-      env.clearTimeout(healthy);
-      timer = null;
-      healthy = null;
+    function hangUp() {
       if (socket) {
         socket.onopen = null;
         socket.onmessage = null;
@@ -582,11 +584,6 @@
         socket.close();
         socket = null;
       }
-    }
-
-    function close() {
-      conn.closed = true;
-      stop();
     }
   }
 

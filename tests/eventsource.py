@@ -9,13 +9,11 @@ would, and nothing the edge writes can pass by being read too kindly.
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
-from urllib.parse import urlsplit
 
 from edge.eventstream import EVENT_STREAM
+from tests.raw_http import RawClient, open_socket
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ class EventSourceParser:
         self._type = ""
 
 
-class EventStream:
+class EventStream(RawClient):
     """One stream opened with a raw GET, read as it arrives; a context manager."""
 
     def __init__(
@@ -98,13 +96,7 @@ class EventStream:
         timeout: float = 10,
         receive_buffer: int | None = None,
     ) -> None:
-        address = urlsplit(base)
-        self.sock = socket.socket()
-        self.sock.settimeout(timeout)
-        if receive_buffer is not None:
-            # Before connecting, so the window the edge is offered is this small from the start.
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.connect((address.hostname, address.port))
+        self.sock = open_socket(base, timeout, receive_buffer)
         lines = [f"GET {target} HTTP/1.1", "Host: edge", f"Accept: {EVENT_STREAM}", *headers]
         self.sock.sendall(("\r\n".join([*lines, "", ""])).encode())
         received = b""
@@ -133,20 +125,6 @@ class EventStream:
                     break
                 self.body += chunk
 
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
     @property
     def events(self) -> list[Event]:
         return self.parser.events
@@ -155,13 +133,9 @@ class EventStream:
         """Read what arrives within `timeout`; False once the edge closed the stream."""
         if self.ended:
             return False
-        self.sock.settimeout(timeout)
-        try:
-            chunk = self.sock.recv(65536)
-        except TimeoutError:
+        chunk = self.receive(timeout)
+        if chunk is None:
             return True
-        except ConnectionResetError:
-            chunk = b""
         if not chunk:
             self.ended = True
             return False

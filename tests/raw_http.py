@@ -7,7 +7,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import BinaryIO, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,6 +22,51 @@ def connect(base: str) -> tuple[socket.socket, BinaryIO]:
     address = urlsplit(base)
     sock = socket.create_connection((address.hostname, address.port), timeout=10)
     return sock, sock.makefile("rb")
+
+
+def open_socket(base: str, timeout: float = 10, receive_buffer: int | None = None) -> socket.socket:
+    """A TCP socket connected to the edge at `base`, its receive buffer `receive_buffer`
+    bytes if given."""
+    address = urlsplit(base)
+    assert address.hostname is not None and address.port is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    if receive_buffer is not None:
+        # Before connecting, so the window the edge is offered is this small from the start.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((address.hostname, address.port))
+    return sock
+
+
+class RawClient:
+    """A test client on one raw socket, `sock`, closed when its `with` block ends."""
+
+    sock: socket.socket
+
+    def receive(self, timeout: float) -> bytes | None:
+        """What arrives within `timeout` seconds: None if nothing did, b"" once the edge
+        closed (or reset) the connection."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            return b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @contextmanager

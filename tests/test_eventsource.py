@@ -23,6 +23,17 @@ from edge.protocol import ETAG, LAST_EVENT_ID, LAST_MODIFIED
 from edge.signing import TOKEN_INVALID, sign
 from tests.client import fresh, path, publish
 from tests.eventsource import EventStream
+from tests.following import (
+    SLOW_HELD,
+    big_bodies,
+    follower_figures,
+    memory_bound,
+    poll_id,
+    publish_until,
+    report_stalled,
+    several,
+    stalled_edge,
+)
 from tests.processes import ANY_PORT, Launcher, Process, eventually, free_port, memory_kib
 from tests.raw_http import figures
 from tests.test_passthrough import SECRET as PASSTHROUGH_SECRET
@@ -67,27 +78,10 @@ def base(edge: tuple[Process, str]) -> str:
     return edge[1]
 
 
-def several(location: str, *channel_ids: str) -> str:
-    """The stream URL of several channels: each id encoded, joined by a literal comma."""
-    return f"/{location}/" + ",".join(quote(channel_id, safe="") for channel_id in channel_ids)
-
-
-def poll_id(base: str, channel_id: str, **params: str) -> str:
-    """The id a poll gives the channel's first message after `params`' cursor, as time:tag."""
-    response = httpx.get(base + path("updates", channel_id), params=params, timeout=10)
-    assert response.status_code == 200, response.text
-    seconds = int(email.utils.parsedate_to_datetime(response.headers[LAST_MODIFIED]).timestamp())
-    return f"{seconds}:{response.headers[ETAG]}"
-
-
 def stream_figures(base: str) -> dict[str, float]:
-    found = figures(base)
-    closed = {
-        dict(labels)["reason"]: value
-        for (name, labels), value in found.items()
-        if name == "pushserver_edge_streams_closed_total"
-    }
-    return {"open": found[("pushserver_edge_streams", ())], **closed}
+    return follower_figures(
+        figures(base), "pushserver_edge_streams", "pushserver_edge_streams_closed_total"
+    )
 
 
 def test_a_stream_sends_held_messages_then_live_ones_each_with_the_id_a_poll_gives(
@@ -381,51 +375,27 @@ def test_sigterm_ends_every_stream_at_once_before_the_edge_closes_the_rest(
     print(f"\nSIGTERM: {len(streams)} streams ended within {took * 1000:.0f} ms")
 
 
-SIZE = 64 * 1024
-BOUND = 256 * 1024
-SLOW_HELD = 200
-
-
 def test_a_stalled_reader_is_closed_at_stream_buffer_and_resumes_with_everything(
     launcher: Launcher,
 ) -> None:
-    _, endpoints = launcher.broker(
-        store={"type": "memory", "max_messages": SLOW_HELD, "message_timeout": 300}
-    )
-    edge_process, url = launcher.edge(
-        endpoints,
-        locations=(
-            {"type": "subscriber", "url": r"/updates/([^/]+)", "stream_buffer": BOUND},
-            {"type": "publisher", "url": r"/send-update/([^/]+)"},
-        ),
-    )
+    pid, url = stalled_edge(launcher)
     channel = fresh("stalled")
-    bodies = [f"{n:04d}{'x' * (SIZE - 4)}".encode() for n in range(SLOW_HELD)]
-    pid = edge_process.popen.pid
-    published = 0
+    bodies = big_bodies()
     with EventStream(url, path("updates", channel), receive_buffer=16 * 1024) as stalled:
         assert stalled.status == 200
         before = memory_kib(pid, "VmRSS")
         # Reads nothing while the channel goes on: the edge must close the stream.
-        while stream_figures(url).get("slow", 0) < 1:
-            assert published < SLOW_HELD, "the stalled stream was never closed"
-            publish(url, channel, bodies[published])
-            published += 1
+        published = publish_until(
+            url, channel, bodies, lambda: stream_figures(url).get("slow", 0) >= 1, "stream"
+        )
         grown = (memory_kib(pid, "VmHWM") - before) * 1024
         # What the kernel had taken before the edge closed it is still read, then the end.
         stalled.until_closed(30)
         received = [event.data.encode() for event in stalled.events]
         last = stalled.parser.last_event_id
-    print(
-        f"\nstalled reader: closed after {published} messages of {SIZE // 1024} KiB "
-        f"({len(received)} reached it whole); edge peak RSS grew {grown / 2**20:.1f} MiB "
-        f"(the channel holds {published * SIZE / 2**20:.1f} MiB; stream_buffer "
-        f"{BOUND // 1024} KiB)"
-    )
+    report_stalled("reader: closed", published, len(received), grown)
     assert received == bodies[: len(received)]
-    # The channel's messages once (its buffer), the untaken output at most the bound and
-    # one message, and room for the interpreter's own.
-    assert grown < published * SIZE + BOUND + SIZE + 24 * 2**20
+    assert grown < memory_bound(published)
     with EventStream(url, path("updates", channel), f"{LAST_EVENT_ID}: {last}") as resumed:
         resumed.events_of(published - len(received), 30)
         # A reader that keeps up, live: each message is read before the next is sent.

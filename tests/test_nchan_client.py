@@ -48,9 +48,9 @@ from tests.cross_origin import (
     upstream,
 )
 from tests.cross_origin import restartable_edge as restartable_edge  # a fixture
+from tests.following import poll_id
 from tests.processes import Launcher, eventually
 from tests.raw_http import figures
-from tests.test_websocket import poll_id
 
 assert chromium_available(), f"no Chromium at {CHROMIUM}: run `make test`, which installs it"
 

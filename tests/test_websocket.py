@@ -29,6 +29,17 @@ from edge.websocket import (
     TRY_AGAIN_LATER,
 )
 from tests.client import fresh, path, publish
+from tests.following import (
+    SLOW_HELD,
+    big_bodies,
+    follower_figures,
+    memory_bound,
+    poll_id,
+    publish_until,
+    report_stalled,
+    several,
+    stalled_edge,
+)
 from tests.processes import Launcher, Process, eventually, memory_kib
 from tests.raw_http import figures
 from tests.test_eventsource import session_cookie
@@ -67,21 +78,13 @@ def base(edge: tuple[Process, str]) -> str:
     return edge[1]
 
 
-def several(location: str, *channel_ids: str) -> str:
-    return f"/{location}/" + ",".join(quote(channel_id, safe="") for channel_id in channel_ids)
-
-
 def socket_figures(base: str) -> dict[str, float]:
     found = figures(base)
-    closed = {
-        dict(labels)["reason"]: value
-        for (name, labels), value in found.items()
-        if name == "pushserver_edge_websockets_closed_total"
-    }
     return {
-        "open": found[("pushserver_edge_websockets", ())],
+        **follower_figures(
+            found, "pushserver_edge_websockets", "pushserver_edge_websockets_closed_total"
+        ),
         "ignored": found[("pushserver_edge_websocket_messages_ignored_total", ())],
-        **closed,
     }
 
 
@@ -207,17 +210,6 @@ def test_a_socket_gets_held_messages_then_live_ones_text_and_binary_byte_for_byt
         (b"", True),
         (b"x" * 70_000, True),
     ]
-
-
-def poll_id(base: str, channel_id: str, **params: str) -> str:
-    import email.utils
-
-    from edge.protocol import ETAG, LAST_MODIFIED
-
-    response = httpx.get(base + path("updates", channel_id), params=params, timeout=10)
-    assert response.status_code == 200, response.text
-    seconds = int(email.utils.parsedate_to_datetime(response.headers[LAST_MODIFIED]).timestamp())
-    return f"{seconds}:{response.headers[ETAG]}"
 
 
 def test_ws_meta_nchan_frames_carry_the_id_a_poll_gives_and_the_content_type(base: str) -> None:
@@ -486,49 +478,27 @@ def test_a_client_message_over_the_incoming_limit_is_closed_1009(base: str) -> N
     eventually(lambda: socket_figures(base).get("too_big", 0) == before + 1, 5, "counted")
 
 
-SIZE = 64 * 1024
-BOUND = 256 * 1024
-SLOW_HELD = 200
-
-
 def test_a_stalled_reader_is_closed_1013_with_edge_memory_bounded_then_resumes_with_everything(
     launcher: Launcher,
 ) -> None:
-    _, endpoints = launcher.broker(
-        store={"type": "memory", "max_messages": SLOW_HELD, "message_timeout": 300}
-    )
-    edge_process, url = launcher.edge(
-        endpoints,
-        locations=(
-            {"type": "subscriber", "url": r"/updates/([^/]+)", "stream_buffer": BOUND},
-            {"type": "publisher", "url": r"/send-update/([^/]+)"},
-        ),
-    )
+    pid, url = stalled_edge(launcher)
     channel = fresh("stalled")
-    sent = [f"{n:04d}{'x' * (SIZE - 4)}".encode() for n in range(SLOW_HELD)]
-    pid = edge_process.popen.pid
-    published = 0
+    sent = big_bodies()
     with Socket(url, path("updates", channel), receive_buffer=16 * 1024) as stalled:
         assert stalled.status == 101
         before = memory_kib(pid, "VmRSS")
         # Reads nothing while the channel goes on: the edge must close the socket.
-        while socket_figures(url).get("slow", 0) < 1:
-            assert published < SLOW_HELD, "the stalled socket was never closed"
-            publish(url, channel, sent[published])
-            published += 1
+        published = publish_until(
+            url, channel, sent, lambda: socket_figures(url).get("slow", 0) >= 1, "socket"
+        )
         grown = (memory_kib(pid, "VmHWM") - before) * 1024
         # What the edge had written is still read, then the close.
         assert stalled.until_closed(30) == TRY_AGAIN_LATER
         received = bodies(stalled.messages)
         last = stalled.messages[-1].id
-    print(
-        f"\nstalled socket: closed 1013 after {published} messages of {SIZE // 1024} KiB "
-        f"({len(received)} reached it whole); edge peak RSS grew {grown / 2**20:.1f} MiB "
-        f"(the channel holds {published * SIZE / 2**20:.1f} MiB; stream_buffer "
-        f"{BOUND // 1024} KiB)"
-    )
+    report_stalled("socket: closed 1013", published, len(received), grown)
     assert received == sent[: len(received)]
-    assert grown < published * SIZE + BOUND + SIZE + 24 * 2**20
+    assert grown < memory_bound(published)
     with Socket(url, path("updates", channel) + f"?last_event_id={quote(last)}") as resumed:
         resumed.messages_of(published - len(received), 30)
         for n in range(published, SLOW_HELD):

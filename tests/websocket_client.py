@@ -8,10 +8,8 @@ and body. Reading stops at a deadline, so a test waits for nothing forever.
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from urllib.parse import urlsplit
 
 from wsproto import ConnectionType, WSConnection
@@ -31,6 +29,7 @@ from wsproto.events import (
 )
 
 from edge.websocket import SUBPROTOCOL
+from tests.raw_http import RawClient, open_socket
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Received:
 
 
 @dataclass
-class Socket:
+class Socket(RawClient):
     base: str
     target: str
     headers: list[tuple[str, str]] = field(default_factory=list)
@@ -71,12 +70,7 @@ class Socket:
 
     def __post_init__(self) -> None:
         address = urlsplit(self.base)
-        assert address.hostname is not None and address.port is not None
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if self.receive_buffer is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
-        self.sock.settimeout(10)
-        self.sock.connect((address.hostname, address.port))
+        self.sock = open_socket(self.base, 10, self.receive_buffer)
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.messages: list[Received] = []
         self.pings = 0
@@ -111,13 +105,9 @@ class Socket:
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
+        data = self.receive(left)
+        if data is None:
             return False
-        except ConnectionResetError:
-            data = b""
         if not data:
             self.ended = True
             self.ws.receive_data(None)
@@ -194,17 +184,3 @@ class Socket:
             pass
         assert self.ended, f"the connection was still open after {timeout} s"
         return self.close_code
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Socket:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
