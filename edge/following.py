@@ -23,6 +23,7 @@ once per delivery and follower, so it stays a handful of attribute reads.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ class Member:
         self.follower.release()
 
 
-class Follower:
+class Follower(ABC):
     """The bookkeeping of one connection following its channels; subclasses say how the
     transport renders, tells and closes."""
 
@@ -128,26 +129,26 @@ class Follower:
 
     # -- the transport's part --------------------------------------------------------
 
+    @abstractmethod
     def render(self, member: Member, held: Held, missed: bool) -> bytes:
         """`held` as this follower writes it (after the missed notice, if any); moves the
         member's cursor to it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def slow(self) -> None:
         """A live message found more than `stream_buffer` untaken."""
-        raise NotImplementedError
 
+    @abstractmethod
     def deleted(self, member: Member) -> None:
         """`member`'s channel was deleted."""
-        raise NotImplementedError
 
+    @abstractmethod
     def release(self) -> None:
         """The edge is stopping (SIGTERM)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def keep_alive(self) -> None:
         """A keep-alive tick, on a follower that has not ended."""
-        raise NotImplementedError
 
     # -- following -------------------------------------------------------------------
 
