@@ -43,6 +43,9 @@ class ThreadBroker:
         self.broker: Broker | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
+        # Until the first start, no client knows the endpoints, so a port taken
+        # meanwhile (another socket's ephemeral port) is traded for fresh ones.
+        self.started_once = False
 
     @property
     def ingress(self) -> str:
@@ -59,16 +62,16 @@ class ThreadBroker:
         failures: list[BaseException] = []
 
         async def serve() -> None:
-            config = BrokerConfig(
-                ingress=self.endpoints["ingress"],
-                events=self.endpoints["events"],
-                control=self.endpoints["control"],
-                max_messages=MAX_MESSAGES,
-                message_timeout=MESSAGE_TIMEOUT,
-                history_file=self.history_file,
-            )
             deadline = time.monotonic() + 10
             while True:
+                config = BrokerConfig(
+                    ingress=self.endpoints["ingress"],
+                    events=self.endpoints["events"],
+                    control=self.endpoints["control"],
+                    max_messages=MAX_MESSAGES,
+                    message_timeout=MESSAGE_TIMEOUT,
+                    history_file=self.history_file,
+                )
                 broker = Broker(config)
                 try:
                     broker.bind()
@@ -79,7 +82,10 @@ class ThreadBroker:
                         failures.append(exc)
                         ready.set()
                         return
+                    if not self.started_once:
+                        self.endpoints = fixed_endpoints()
                     await asyncio.sleep(0.02)
+            self.started_once = True
             self.broker, self.loop = broker, asyncio.get_running_loop()
             ready.set()
             await broker.run()
