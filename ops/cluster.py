@@ -129,15 +129,7 @@ class Cluster:
         if standby:
             self.backup_metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
             self.push_server.setdefault("history_file", str(folder / "primary.history"))
-            # Ports free now may be handed out twice: the pair's must all differ.
-            taken = {endpoint.rsplit(":", 1)[1] for endpoint in self.endpoints.values()}
-            ports: list[str] = []
-            while len(ports) < 5:
-                port = str(free_port())
-                if port not in taken:
-                    taken.add(port)
-                    ports.append(port)
-            addresses = [f"tcp://127.0.0.1:{port}" for port in ports]
+            addresses = [f"tcp://127.0.0.1:{free_port()}" for _ in range(5)]
             self.push_server["standby"] = {
                 **dict(zip(self.endpoints, addresses[:3], strict=True)),
                 "metrics": self.backup_metrics_url.split("/")[2],

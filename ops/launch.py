@@ -53,12 +53,25 @@ def eventually(check: Callable[[], T | None], timeout: float = 10.0, what: str =
         time.sleep(0.02)
 
 
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port free right now, for a server that must restart on the same port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port free right now, for a server that must restart on the same port.
+
+    The kernel may offer a port it offered before while nobody has bound it
+    yet, so a cluster picking its ports one by one could give two parts the
+    same one: a port is never handed out twice by one process.
+    """
+    with _handing_out:
+        while True:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port: int = probe.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 @dataclass

@@ -13,7 +13,7 @@ import httpx
 
 from tests.client import fresh, path, publish, wait_for_subscribers, walk
 from tests.pollers import Subscriber
-from tests.processes import ROOT, Launcher, LossyLink, eventually
+from tests.processes import ROOT, Launcher, LossyLink, eventually, free_port
 
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 120}
 
@@ -119,3 +119,10 @@ def test_send_update_from_django_reaches_subscribers_on_every_edge(
         assert walk(base, channel, 5) == expected
         response = httpx.get(base + path("updates", channel))
         assert response.headers["Content-Type"] == "application/json"
+
+
+def test_a_cluster_never_gives_two_of_its_parts_one_port() -> None:
+    # The kernel offers ports it offered before while nobody has bound them
+    # yet; a cluster picks a dozen before starting anything.
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
