@@ -55,6 +55,17 @@ def eventually(check: Callable[[], T | None], timeout: float = 10.0, what: str =
 
 _handed_out: set[int] = set()
 _handing_out = threading.Lock()
+# (share, shares): this process hands out only the ports of its share.
+_share = (0, 1)
+
+
+def share_ports(share: int, shares: int) -> None:
+    """Let this process hand out one of `shares` disjoint sets of ports, so that
+    processes picking ports side by side (parallel test workers) never pick the same."""
+    global _share
+    if not 0 <= share < shares:
+        raise ValueError(f"share {share} is not one of {shares}")
+    _share = (share, shares)
 
 
 def free_port() -> int:
@@ -62,14 +73,17 @@ def free_port() -> int:
 
     The kernel may offer a port it offered before while nobody has bound it
     yet, so a cluster picking its ports one by one could give two parts the
-    same one: a port is never handed out twice by one process.
+    same one: a port is never handed out twice by one process, nor one of
+    another process's share (`share_ports`).
     """
+    share, shares = _share
     with _handing_out:
         while True:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
                 port: int = probe.getsockname()[1]
-            if port not in _handed_out:
+            # Halved first: the kernel offers bind(0) mostly ports of one parity.
+            if port not in _handed_out and (port // 2) % shares == share:
                 _handed_out.add(port)
                 return port
 

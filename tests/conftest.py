@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from broker.curve import create_key_files
+from ops import launch
 from tests.brokers import ThreadBroker
 from tests.clock import Clock
 from tests.processes import Launcher, Process
@@ -19,6 +20,12 @@ from tests.processes import Launcher, Process
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_settings")
     django.setup()
+    # Parallel workers (pytest-xdist) pick ports side by side: each from its own share.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is not None:
+        launch.share_ports(
+            int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        )
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from ops import launch
 from tests.client import fresh, path, publish, wait_for_subscribers, walk
 from tests.pollers import Subscriber
 from tests.processes import ROOT, Launcher, LossyLink, eventually, free_port
@@ -126,3 +127,16 @@ def test_a_cluster_never_gives_two_of_its_parts_one_port() -> None:
     # yet; a cluster picks a dozen before starting anything.
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_processes_picking_ports_side_by_side_never_pick_the_same_from_their_shares() -> None:
+    before = launch._share
+    try:
+        picked = []
+        for share in range(3):
+            launch.share_ports(share, 3)
+            picked.append({free_port() for _ in range(300)})
+    finally:
+        launch.share_ports(*before)
+    assert all(len(ports) == 300 for ports in picked)
+    assert not picked[0] & picked[1] and not picked[1] & picked[2] and not picked[0] & picked[2]
