@@ -97,6 +97,44 @@ def publish_stream(
     return sent
 
 
+class Schedule:
+    """Faults run at their second from the schedule's start, in a thread beside the stream;
+    what ran is kept (when, and a line saying what), so a run can tell that each did."""
+
+    def __init__(self, faults: list[Fault]) -> None:
+        self.faults = faults
+        self.started = time.monotonic()
+        self.times: list[float] = []
+        self.labels: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        for at, label, action in self.faults:
+            time.sleep(max(0.0, self.started + at - time.monotonic()))
+            self.times.append(time.monotonic())
+            action()
+            self.labels.append(f"{time.monotonic() - self.started:5.1f} s  {label}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def join(self) -> None:
+        await asyncio.to_thread(self._thread.join)
+
+    def check(self) -> None:
+        # A fault that failed ended the thread early: the stream did not suffer what it says.
+        assert len(self.labels) == len(self.faults), self.labels
+
+
+async def finish(walks: list[asyncio.Task[Any]], settle: float) -> None:
+    """Give the subscribers' walks `settle` seconds to end; one that failed fails the run."""
+    done, pending = await asyncio.wait(walks, timeout=settle)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        task.result()
+
+
 def run_stream(
     cluster: Cluster,
     *,
@@ -117,30 +155,17 @@ def run_stream(
         for name in names
         for _ in range(per_channel)
     ]
-    done_faults: list[str] = []
-    started = time.monotonic()
-
-    def run_faults() -> None:
-        for at, label, action in faults or []:
-            time.sleep(max(0.0, started + at - time.monotonic()))
-            action()
-            done_faults.append(f"{time.monotonic() - started:5.1f} s  {label}")
+    schedule = Schedule(faults or [])
 
     async def main() -> dict[str, list[bytes]]:
         expected = int(rate * duration) // channels
         walks = [asyncio.create_task(s.walk(expected)) for s in subscribers]
-        fault_thread = threading.Thread(target=run_faults, daemon=True)
-        fault_thread.start()
+        schedule.start()
         sent = await asyncio.to_thread(publish_stream, cluster, names, rate, duration)
-        await asyncio.to_thread(fault_thread.join)
-        done, pending = await asyncio.wait(walks, timeout=settle)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            task.result()
+        await schedule.join()
+        await finish(walks, settle)
         return sent
 
     sent = asyncio.run(main())
-    # A fault that failed ended its thread early: the stream did not suffer what it says.
-    assert len(done_faults) == len(faults or []), done_faults
-    return StreamResult(sent, subscribers, done_faults)
+    schedule.check()
+    return StreamResult(sent, subscribers, schedule.labels)

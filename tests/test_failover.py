@@ -11,7 +11,6 @@ import asyncio
 import re
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from tests.client import fresh
 from tests.followers import StreamSubscriber
 from tests.pollers import Subscriber
 from tests.processes import Launcher, Process
-from tests.stream import Fault, StreamResult, publish_stream
+from tests.stream import Fault, Schedule, StreamResult, finish, publish_stream
 
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 300}
 FAILOVER_TIMEOUT = 2.0
@@ -135,24 +134,14 @@ def run(
         for kind in (Subscriber, StreamSubscriber)
         for _ in range(15)
     ]
-    fault_times: list[float] = []
-    labels: list[str] = []
-    started = time.monotonic()
-
-    def run_faults() -> None:
-        for at, label, action in faults:
-            time.sleep(max(0.0, started + at - time.monotonic()))
-            fault_times.append(time.monotonic())
-            action()
-            labels.append(f"{time.monotonic() - started:5.1f} s  {label}")
+    schedule = Schedule(faults)
 
     async def main() -> dict[str, list[bytes]]:
         walks = [asyncio.create_task(s.walk(int(20 * duration) // 5)) for s in subscribers]
         publisher = start_publisher(cluster, cluster.launcher, theirs, 20, duration)
-        thread = threading.Thread(target=run_faults, daemon=True)
-        thread.start()
+        schedule.start()
         sent = await asyncio.to_thread(publish_stream, cluster, ours, 20, duration)
-        await asyncio.to_thread(thread.join)
+        await schedule.join()
         await asyncio.to_thread(publisher.popen.wait, duration + 30)
         lines = list(publisher.lines)
         assert "DONE" in lines and not any(line.startswith("RAISED") for line in lines), (
@@ -164,17 +153,13 @@ def run(
                 sent.setdefault(body.split('"channel":"')[1].split('"')[0], []).append(
                     body.encode()
                 )
-        done, pending = await asyncio.wait(walks, timeout=settle)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            task.result()
+        await finish(walks, settle)
         return sent
 
     sent = asyncio.run(main())
-    assert len(labels) == len(faults), labels
+    schedule.check()
     times = sorted(t for s in subscribers for t in getattr(s.received, "times", []))
-    return StreamResult(sent, subscribers, labels), fault_times, times
+    return StreamResult(sent, subscribers, schedule.labels), schedule.times, times
 
 
 def pause_after(fault_time: float, deliveries: list[float]) -> float:
