@@ -657,7 +657,7 @@ class Broker:
                 published, self._recently_published = self._recently_published, set()
                 self._emit_syncs(published)
                 # Trimmed once the forgotten channels are garbage, not while listed.
-                self._trimmer.forgot(self._forget_idle())
+                self._trimmer.forgot(self._forget_idle(), len(self.sequencer))
                 if standby is not None:
                     standby.close_batch()
             await asyncio.sleep(min(period, self.config.failover_timeout / 6))
