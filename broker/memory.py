@@ -9,19 +9,25 @@ were forgotten: when the forgetting pauses, or at most once per interval
 while it goes on. Elsewhere (musl, macOS) there is no such call and
 nothing is done.
 
-Before a trim, while the process holds few channels, a full garbage
-collection runs too: it empties CPython's free lists (tuples, floats,
-dicts, lists kept for reuse) and frees cyclic garbage old enough to have
-left the young generations, whose blocks are spread over the pages the
-forgotten channels freed and would keep those pages. It costs about half
-a microsecond per object the interpreter tracks (65 ms at 100,000 held
-channels here), hence the bound.
+A page is kept whole by one live object in it, and a running server
+leaves such objects spread over the pages a crowd freed. Two kinds are
+let go before each trim. CPython's cache of type attribute look-ups keeps
+up to 4,096 attribute names alive, many of them strings made at run time
+(pyzmq's socket options, the email module's date fields), each one a
+block wherever it was made: the cache is emptied, which costs a few
+microseconds and slows the next look-ups of each name once. While the
+process holds few channels, a full garbage collection also runs: it
+empties CPython's free lists (tuples, floats, dicts, lists kept for
+reuse) and frees cyclic garbage old enough to have left the young
+generations. It costs about half a microsecond per object the interpreter
+tracks (65 ms at 100,000 held channels here), hence the bound.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import sys
 import time
 from collections.abc import Callable
 
@@ -40,6 +46,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+def _clear_type_cache() -> None:
+    # Named _clear_internal_caches from Python 3.13 on, which also empties the JIT's.
+    clear = getattr(sys, "_clear_internal_caches", None) or sys._clear_type_cache
+    clear()
+
+
 def can_trim() -> bool:
     """Whether this C library has `malloc_trim` (glibc does)."""
     return _malloc_trim() is not None
@@ -53,6 +65,7 @@ class Trimmer:
         clock: Callable[[], float] = time.monotonic,
         collect_below: int = COLLECT_BELOW,
         collect: Callable[[], object] = gc.collect,
+        clear_caches: Callable[[], None] = _clear_type_cache,
     ) -> None:
         self._trim = _malloc_trim()
         self._after = after
@@ -60,6 +73,7 @@ class Trimmer:
         self._clock = clock
         self._collect_below = collect_below
         self._collect = collect
+        self._clear_caches = clear_caches
         self._forgotten = 0
         self._trimmed_at = -interval
 
@@ -75,6 +89,7 @@ class Trimmer:
             return False
         self._forgotten = 0
         self._trimmed_at = now
+        self._clear_caches()
         if held < self._collect_below:
             self._collect()
         if self._trim is not None:
