@@ -73,6 +73,8 @@ class Sequencer:
         self._empty: deque[Channel] = deque()
         # The dict's size when last rebuilt: a dict never shrinks its table.
         self._peak = 0
+        # How many times the table was rebuilt smaller.
+        self.rebuilds = 0
 
     def __len__(self) -> int:
         return len(self._channels)
@@ -242,6 +244,7 @@ class Sequencer:
         if len(self._channels) * 4 < self._peak:
             self._channels = dict(self._channels)
             self._peak = len(self._channels)
+            self.rebuilds += 1
 
     def delete(self, channel_id: str) -> Channel | None:
         """Forget the channel; returns it as it was. Its ids go on where it stopped."""

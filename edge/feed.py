@@ -344,7 +344,8 @@ class Feed:
                     self._subscribe(channel_id)
             if len(self.buffers) * 4 < self._peak:
                 self._shrink()
-            self._trimmer.forgot(dropped, len(self.buffers))
+            if self._trimmer.forgot(dropped, len(self.buffers)):
+                self.counters["memory_trims"] += 1
 
     def _shrink(self) -> None:
         """Copy the tables that fell to a quarter of their peak into tables of their size."""
@@ -352,6 +353,7 @@ class Feed:
         self._subscribed_at = dict(self._subscribed_at)
         self._synced = dict(self._synced)
         self._peak = len(self.buffers)
+        self.counters["tables_rebuilt"] += 1
 
     # -- receiving ---------------------------------------------------------------
 
