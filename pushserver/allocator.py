@@ -8,8 +8,10 @@ entry of a free list) are spread over every arena the crowd took, and keep
 each of them. glibc's malloc, with `malloc_trim` (`broker.memory`), returns
 every whole free page of 4 KiB instead. So `runpushserver` starts itself
 again, once, with ``PYTHONMALLOC=malloc``, before it does anything else.
-The cost is a slower allocation of small objects, a few per cent of a
-server's CPU (ops/bench/README.md).
+The cost is a slower allocation of small objects: in the benchmarks, a
+fifth to a quarter more server CPU where the most objects are made per
+message (W3, the broker's intake in W5), about 5 % in W2
+(ops/bench/README.md, "W8").
 
 The traps: the allocator is chosen when the interpreter starts, so this
 must be an `exec` of the same command line, not a setting; an operator's
