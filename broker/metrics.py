@@ -2,7 +2,8 @@
 
 It shows what outsiders did to the broker's ports, which its log tells of
 only a few times a minute (`broker.throttled_log`): connections CURVE
-refused and malformed frames dropped, by port. The trap: the endpoint
+refused and malformed frames dropped, by port; and how often the memory of
+forgotten channels was handed back (`broker.memory`). The trap: the endpoint
 serves from prometheus_client's own thread while the broker's loop counts,
 so a scrape copies the counters (one C-level dict copy, atomic under the
 GIL) instead of iterating them as they change.
@@ -23,6 +24,7 @@ from broker.curve import PEER, PORTS
 
 REFUSED = "_refused"
 MALFORMED = "_malformed"
+MEMORY_TRIMS = "memory_trims"
 
 
 # A standby pair's figures (`broker.standby`): name to (help, value), replaced whole
@@ -60,6 +62,12 @@ class BrokerCollector(Collector):
             malformed.add_metric([port], counts.get(port + MALFORMED, 0))
         yield refused
         yield malformed
+        yield CounterMetricFamily(
+            "pushserver_broker_memory_trims",
+            "Times free memory was handed back to the operating system after many channels "
+            "were forgotten.",
+            value=counts.get(MEMORY_TRIMS, 0),
+        )
 
 
 class MetricsServer:

@@ -35,6 +35,8 @@ class Presence:
         self._requested: dict[str, tuple[float, float]] = {}
         # The size of `_requested` when last rebuilt: a dict never shrinks its table.
         self._peak = 0
+        # How many times it was rebuilt smaller.
+        self.rebuilds = 0
 
     def subscribers(self, channel_id: str) -> int:
         """Subscribers held on every edge together."""
@@ -108,6 +110,7 @@ class Presence:
             # Deleting keys never shrinks a dict's table: rebuild it at a quarter of its peak.
             self._requested = dict(self._requested)
             self._peak = len(self._requested)
+            self.rebuilds += 1
 
     def forget_silent_edges(self, timeout: float) -> list[bytes]:
         """Forget the edges that reported nothing for `timeout` seconds; returns them."""

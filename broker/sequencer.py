@@ -36,7 +36,9 @@ FORGET_BATCH = 20_000
 @dataclass(slots=True)
 class Channel:
     channel_id: str
-    messages: deque[Message] = field(default_factory=deque)
+    # A list, not a deque: an empty deque is 760 bytes, most of a channel that
+    # holds one message, and trimming drops from the front in one slice.
+    messages: list[Message] = field(default_factory=list)
     # The newest id ever issued here, which the next message names as `prev`.
     last: MessageId | None = None
     # The newest id dropped from `messages` by the limits.
@@ -48,6 +50,8 @@ class Channel:
     touched: float = 0.0
     # Waiting in the queue of channels that may be forgotten.
     queued: bool = False
+    # When it was queued there: found holding nothing.
+    empty_since: float = 0.0
 
 
 class Sequencer:
@@ -58,14 +62,19 @@ class Sequencer:
         self._channels: dict[str, Channel] = {}
         # The newest id of every channel deleted or forgotten.
         self.watermark: MessageId | None = None
-        # (expiry time, channel id) in publish order: expiry is O(expired)
-        # rather than a scan of every channel.
-        self._expiries: deque[tuple[float, str]] = deque()
-        # (time it was found empty, channel) for channels that held nothing
-        # then, oldest first; each channel at most once (`Channel.queued`).
-        self._empty: deque[tuple[float, Channel]] = deque()
+        # Each message's id and channel id in publish order, until it expires:
+        # expiry is O(expired) rather than a scan of every channel. Two deques of
+        # objects the channel already holds, not a tuple and a float per message;
+        # not the message itself, whose body the limits may already have dropped.
+        self._expiry_ids: deque[MessageId] = deque()
+        self._expiry_channels: deque[str] = deque()
+        # Channels that held nothing when looked at, oldest `empty_since` first;
+        # each at most once (`Channel.queued`).
+        self._empty: deque[Channel] = deque()
         # The dict's size when last rebuilt: a dict never shrinks its table.
         self._peak = 0
+        # How many times the table was rebuilt smaller.
+        self.rebuilds = 0
 
     def __len__(self) -> int:
         return len(self._channels)
@@ -117,9 +126,9 @@ class Sequencer:
         channel.last = message.id
         channel.messages.append(message)
         self._trim(channel, now)
-        timeout = self.limits.message_timeout
-        if timeout > 0:
-            self._expiries.append((message.id.time + timeout, channel_id))
+        if self.limits.message_timeout > 0:
+            self._expiry_ids.append(message.id)
+            self._expiry_channels.append(channel.channel_id)
         floor = channel.floor
         if floor is None:
             return message
@@ -136,9 +145,8 @@ class Sequencer:
             channel.last = message.id
         self._trim(channel, self._clock())
         if self.limits.message_timeout > 0:
-            self._expiries.append(
-                (message.id.time + self.limits.message_timeout, channel.channel_id)
-            )
+            self._expiry_ids.append(message.id)
+            self._expiry_channels.append(channel.channel_id)
 
     def restore_channel(
         self, channel_id: str, last: MessageId | None, floor: MessageId | None
@@ -161,27 +169,31 @@ class Sequencer:
         if not messages:
             return
         limits = self.limits
-        while len(messages) > limits.max_messages:
-            channel.floor = messages.popleft().id
+        drop = max(0, len(messages) - limits.max_messages)
         if limits.message_timeout > 0:
             deadline = now - limits.message_timeout
-            while len(messages) > limits.min_messages and messages[0].id.time <= deadline:
-                channel.floor = messages.popleft().id
+            while len(messages) - drop > limits.min_messages and messages[drop].id.time <= deadline:
+                drop += 1
+        if drop:
+            channel.floor = messages[drop - 1].id
+            del messages[:drop]
         if not messages:
             self._queue_if_empty(channel, now)
 
     def _queue_if_empty(self, channel: Channel, now: float) -> None:
         if not channel.queued and not channel.messages:
             channel.queued = True
-            self._empty.append((now, channel))
+            channel.empty_since = now
+            self._empty.append(channel)
 
     def expire(self) -> None:
         """Drop messages older than `message_timeout` (call about once a second)."""
         now = self._clock()
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, channel_id = expiries.popleft()
-            channel = self._channels.get(channel_id)
+        ids, channel_ids = self._expiry_ids, self._expiry_channels
+        deadline = now - self.limits.message_timeout
+        while ids and ids[0].time <= deadline:
+            ids.popleft()
+            channel = self._channels.get(channel_ids.popleft())
             if channel is not None:
                 self._trim(channel, now)
 
@@ -197,7 +209,8 @@ class Sequencer:
         empty = self._empty
         forgotten: list[Channel] = []
         for _ in range(min(batch, len(empty))):
-            since, channel = empty[0]
+            channel = empty[0]
+            since = channel.empty_since
             if since <= now and now - since < linger:
                 break
             empty.popleft()
@@ -231,6 +244,7 @@ class Sequencer:
         if len(self._channels) * 4 < self._peak:
             self._channels = dict(self._channels)
             self._peak = len(self._channels)
+            self.rebuilds += 1
 
     def delete(self, channel_id: str) -> Channel | None:
         """Forget the channel; returns it as it was. Its ids go on where it stopped."""

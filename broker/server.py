@@ -36,7 +36,7 @@ from broker.history import History
 from broker.idempotency import Keys
 from broker.inflight import InFlight
 from broker.memory import Trimmer
-from broker.metrics import MetricsServer
+from broker.metrics import MEMORY_TRIMS, MetricsServer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.replication import apply_frames, take_over
@@ -657,7 +657,8 @@ class Broker:
                 published, self._recently_published = self._recently_published, set()
                 self._emit_syncs(published)
                 # Trimmed once the forgotten channels are garbage, not while listed.
-                self._trimmer.forgot(self._forget_idle())
+                if self._trimmer.forgot(self._forget_idle(), len(self.sequencer)):
+                    self.counters[MEMORY_TRIMS] += 1
                 if standby is not None:
                     standby.close_batch()
             await asyncio.sleep(min(period, self.config.failover_timeout / 6))

@@ -33,6 +33,7 @@ browser. The trap: a frame from the network is untrusted, so every
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import reprlib
@@ -840,11 +841,18 @@ def _decode_snapshot(value: Any, bodies: Sequence[bytes]) -> Snapshot:
             bool(value["exists"]),
             _optional_id(value["last"]),
             floor,
-            Limits(int(max_messages), int(min_messages), float(message_timeout)),
+            _limits(int(max_messages), int(min_messages), float(message_timeout)),
             messages,
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise WireError(f"bad snapshot: {exc}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _limits(max_messages: int, min_messages: int, message_timeout: float) -> Limits:
+    # Every snapshot carries the same few limits: an edge keeps one object of each,
+    # not one per channel it follows.
+    return Limits(max_messages, min_messages, message_timeout)
 
 
 def decode_reply(frames: Sequence[bytes]) -> Reply:

@@ -116,9 +116,11 @@ class ChannelBuffer:
     ready: bool = False
     # A snapshot is on its way: live messages wait in `pending` meanwhile.
     refilling: bool = False
-    pending: list[Message] = field(default_factory=list)
-    # Who waits on the channel: held polls, open streams.
-    waiters: set[Subscriber] = field(default_factory=set)
+    # None while nothing waits, as for most channels most of the time.
+    pending: list[Message] | None = None
+    # Who waits on the channel: held polls, open streams. A dict as an ordered set:
+    # an empty one is a quarter of an empty set, and most channels have no waiter.
+    waiters: dict[Subscriber, None] = field(default_factory=dict)
     requested: float = 0.0
     idle_since: float = field(default_factory=time.monotonic)
     # Told whenever who waits here, or when the channel was last asked for, changed.
@@ -173,6 +175,8 @@ class ChannelBuffer:
     def apply(self, message: Message) -> bool:
         """Append a live message; False when it reveals a gap to refill."""
         if self.refilling or not self.ready:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(message)
             return True
         last = self.last
@@ -208,18 +212,20 @@ class ChannelBuffer:
             self._trim()
         self.ready = True
         self.refilling = False
-        pending, self.pending = self.pending, []
-        complete = all(self.apply(message) for message in sorted(pending, key=lambda m: m.id))
+        pending, self.pending = self.pending, None
+        complete = pending is None or all(
+            self.apply(message) for message in sorted(pending, key=lambda m: m.id)
+        )
         self.wake()
         return complete
 
     def delete(self) -> None:
         """The channel was deleted: every subscriber is told so."""
         self.held.clear()
-        self.pending.clear()
+        self.pending = None
         self.last = self.floor = None
         self.exists = False
-        waiters, self.waiters = self.waiters, set()
+        waiters, self.waiters = self.waiters, {}
         for waiter in waiters:
             waiter.deleted()
         self.idle_since = time.monotonic()
@@ -243,13 +249,13 @@ class ChannelBuffer:
         self.presence(self)
 
     def wait(self, waiter: Subscriber) -> None:
-        self.waiters.add(waiter)
+        self.waiters[waiter] = None
         self.presence(self)
 
     def forget(self, waiter: Subscriber) -> None:
         if waiter not in self.waiters:
             return
-        self.waiters.discard(waiter)
+        del self.waiters[waiter]
         if not self.waiters:
             self.idle_since = time.monotonic()
         self.presence(self)
@@ -269,7 +275,7 @@ class ChannelBuffer:
                 answer = answers[cursor] = self.find(cursor)
             held = answer[0]
             if held is not None and waiter in self.waiters and not waiter.offer(held, answer[1]):
-                self.waiters.discard(waiter)
+                self.waiters.pop(waiter, None)
                 left = True
         if left:
             if not self.waiters:

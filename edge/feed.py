@@ -90,6 +90,8 @@ class Feed:
         # never shrinks its table when keys are deleted.
         self._peak = 0
         self._trimmer = Trimmer()
+        # One bound method for every buffer, rather than one made per buffer.
+        self._touch = self.touch
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._flushed_at = 0.0
@@ -173,7 +175,7 @@ class Feed:
         """
         buffer = self.buffers.get(channel_id)
         if buffer is None:
-            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id, presence=self.touch)
+            buffer = self.buffers[channel_id] = ChannelBuffer(channel_id, presence=self._touch)
             self._peak = max(self._peak, len(self.buffers))
             self._subscribe(channel_id)
         if not buffer.ready:
@@ -342,7 +344,8 @@ class Feed:
                     self._subscribe(channel_id)
             if len(self.buffers) * 4 < self._peak:
                 self._shrink()
-            self._trimmer.forgot(dropped)
+            if self._trimmer.forgot(dropped, len(self.buffers)):
+                self.counters["memory_trims"] += 1
 
     def _shrink(self) -> None:
         """Copy the tables that fell to a quarter of their peak into tables of their size."""
@@ -350,6 +353,7 @@ class Feed:
         self._subscribed_at = dict(self._subscribed_at)
         self._synced = dict(self._synced)
         self._peak = len(self.buffers)
+        self.counters["tables_rebuilt"] += 1
 
     # -- receiving ---------------------------------------------------------------
 

@@ -136,6 +136,23 @@ def test_a_forgotten_channel_has_no_subscribers_and_was_never_requested(
     assert presence.subscribers("c") == 1
 
 
+def test_the_request_table_is_rebuilt_smaller_once_most_of_its_channels_were_forgotten(
+    presence: Presence, clock: Clock
+) -> None:
+    crowd = {f"crowd-{n}": f"crowd-{n}" for n in range(1_000)}
+    presence.report(b"edge-1", dict.fromkeys(crowd, (0, clock.now)), False, crowd.get)
+    for channel_id in list(crowd)[:500]:
+        presence.forget_channel(channel_id)
+    assert presence.rebuilds == 0
+    for channel_id in list(crowd)[500:]:
+        presence.forget_channel(channel_id)
+    assert presence.rebuilds >= 1
+    assert presence.requested("crowd-0") is None
+    presence.report(b"edge-1", {"crowd-1": (1, clock.now)}, False, crowd.get)
+    assert presence.requested("crowd-1") == clock.now
+    assert presence.subscribers("crowd-1") == 1
+
+
 def test_a_channel_is_in_use_while_held_or_within_the_linger_of_a_request_heard(
     presence: Presence, clock: Clock
 ) -> None:

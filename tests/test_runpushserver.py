@@ -6,11 +6,13 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from pushserver import rules
+from pushserver.allocator import environment_for_malloc
 from tests.client import Cursor, fresh, in_background, poll, publish, wait_for_subscribers
 from tests.processes import ANY_PORT, EDGE_LINE, Launcher, eventually
 
@@ -131,3 +133,46 @@ def test_workers_are_refused_without_the_edge_role(launcher: Launcher) -> None:
     process = launcher.start("workers", {"broker": dict(ANY_PORT)}, "--workers=2")
     assert process.popen.wait(30) != 0
     assert "--workers is for --role=edge" in process.output
+
+
+def allocator_of(pid: int) -> str | None:
+    for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        name, _, value = variable.partition(b"=")
+        if name == b"PYTHONMALLOC":
+            return value.decode()
+    return None
+
+
+def test_the_server_runs_on_malloc_unless_pythonmalloc_names_another_allocator(
+    launcher: Launcher,
+) -> None:
+    module = launcher.settings({"broker": dict(ANY_PORT)})
+    command = [sys.executable, "-m", "django", "runpushserver", "127.0.0.1:0"]
+    chosen = launcher.spawn("default", command, launcher.environment(module))
+    kept = launcher.spawn(
+        "kept", command, {**launcher.environment(module), "PYTHONMALLOC": "pymalloc"}
+    )
+    for process in (chosen, kept):
+        process.wait_for(EDGE_LINE)
+    assert allocator_of(chosen.popen.pid) == "malloc"
+    assert allocator_of(kept.popen.pid) == "pymalloc"
+    # Started again before it wrote a line: the checks and the banner appear once.
+    assert chosen.output.count("Performing system checks") == 1
+
+
+def test_the_command_is_run_again_on_malloc_only_where_it_can_be_trimmed_and_is_not_chosen() -> (
+    None
+):
+    environ = {"DJANGO_SETTINGS_MODULE": "site.settings"}
+    assert environment_for_malloc(environ, trims=True, ignores_environment=False) == {
+        **environ,
+        "PYTHONMALLOC": "malloc",
+    }
+    # The operator's choice, and the second start, which finds its own choice there.
+    for allocator in ("pymalloc", "malloc", "malloc_debug"):
+        chosen = {**environ, "PYTHONMALLOC": allocator}
+        assert environment_for_malloc(chosen, trims=True, ignores_environment=False) is None
+    # No malloc_trim (musl, macOS): nothing would give the pages back.
+    assert environment_for_malloc(environ, trims=False, ignores_environment=False) is None
+    # Under -E or -I the variable would be ignored, and the command started in vain.
+    assert environment_for_malloc(environ, trims=True, ignores_environment=True) is None

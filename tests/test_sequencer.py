@@ -87,6 +87,22 @@ def test_max_messages_drops_the_oldest_and_raises_the_floor(clock: Clock) -> Non
     assert snapshot.last == ids[3]
 
 
+def test_one_trim_drops_what_the_count_and_the_timeout_exceed_and_raises_the_floor(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock, max_messages=3, min_messages=1, timeout=10)
+    clock.now = 5_000.0
+    old = [seq.publish("c", None, bytes([n])).id for n in range(3)]
+    clock.now = 5_008.0
+    kept = seq.publish("c", None, b"new").id
+    # The count drops the first; at 5,011 the timeout drops the other two, not the newest.
+    clock.now = 5_011.0
+    seq.expire()
+    snapshot = seq.snapshot("c", create=False)
+    assert [m.id for m in snapshot.messages] == [kept]
+    assert snapshot.floor == old[2]
+
+
 def test_live_messages_carry_the_floor_once_something_was_dropped(clock: Clock) -> None:
     seq = sequencer(clock, max_messages=1)
     first = seq.publish("c", None, b"a")
@@ -350,3 +366,20 @@ def test_a_forgotten_channel_stays_forgotten_across_a_restart_and_its_ids_still_
         assert second.publish("gone", None, b"again").id > last.id
         if compacted:
             assert b"gone" not in (tmp_path / "history").read_bytes()
+
+
+def test_the_channel_table_is_rebuilt_smaller_once_a_crowd_was_forgotten_not_for_a_few(
+    clock: Clock,
+) -> None:
+    seq = sequencer(clock)
+    for n in range(1_000):
+        seq.create(f"crowd-{n}")
+    clock.now += 2 * LINGER
+    assert len(forget_all(seq, lambda channel_id: not channel_id.endswith("7"))) == 100
+    assert seq.rebuilds == 0  # 900 of 1,000 held: a quarter of the peak is far
+    clock.now += 2 * LINGER
+    assert len(forget_all(seq)) == 900
+    assert seq.rebuilds >= 1
+    assert len(seq) == 0
+    seq.create("after")
+    assert "after" in seq

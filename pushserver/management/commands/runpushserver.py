@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.commands.runserver import naiveip_re
 
 from broker.curve import KeyFileError
-from pushserver import checks, conf, runner
+from pushserver import allocator, checks, conf, runner
 from pushserver.schema import ALL_REQUESTS_PORT
 
 BROKER = "broker"
@@ -74,6 +74,11 @@ class Command(BaseCommand):
             dest="use_static_handler",
             help="With --allrequests, do not serve static files even when DEBUG is on.",
         )
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        # From the command line only: call_command runs in a process not to replace.
+        allocator.run_on_malloc()
+        super().run_from_argv(argv)
 
     def handle(self, *args: Any, **options: Any) -> None:
         role = options["role"]
