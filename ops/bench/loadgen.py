@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -43,7 +44,7 @@ class Subscriber:
         return len(self.ledger.seqs)
 
 
-class ResponseReader(asyncio.Protocol):
+class ResponseReader(asyncio.Protocol, ABC):
     """Splits what a server sends into HTTP/1.1 responses and hands each to `answered`.
 
     Framed by Content-Length or chunked; of the headers only the validators
@@ -89,10 +90,10 @@ class ResponseReader(asyncio.Protocol):
             del buffer[:consumed]
             self.answered(int(head[0].split()[1]), body, last_modified, etag)
 
+    @abstractmethod
     def answered(
         self, status: int, body: bytes, last_modified: bytes | None, etag: bytes | None
-    ) -> None:
-        raise NotImplementedError
+    ) -> None: ...
 
 
 def dechunk(buffer: bytearray, start: int) -> tuple[bytes, int] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class Stream:
                 self.done.set_exception(failure)
 
 
-class StreamConnection(asyncio.Protocol):
+class StreamConnection(asyncio.Protocol, ABC):
     """One connection of a stream; a transport says what it sends (`request`) and reads."""
 
     def __init__(self, stream: Stream, host: str, port: int) -> None:
@@ -77,8 +78,8 @@ class StreamConnection(asyncio.Protocol):
         self.accepted = False
         self.transport: asyncio.Transport | None = None
 
-    def request(self) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def request(self) -> bytes: ...
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
