@@ -126,3 +126,58 @@ async def drain(
             except zmq.Again:
                 break
             handle(frames)
+
+
+class Reader:
+    """Whole messages of a plain socket, handed on from a reader callback of the loop.
+
+    The way to read a socket that carries one message per publish: a
+    zmq.asyncio socket costs a future, a poll and pyzmq's flag enums per
+    wake-up, several times the recv itself. The trap is the edge-triggered
+    descriptor: anything done on the socket (a send, a subscription) may
+    take the signal of messages waiting, so it must be followed by `poke`.
+    A batch is at most `batch` messages, then the loop gets a turn.
+    """
+
+    def __init__(
+        self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None], batch: int = 250
+    ) -> None:
+        self._socket: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self._handle = handle
+        self._batch = batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(cast(int, self._socket.get(zmq.FD)), self.read)
+        self.poke()  # whatever arrived before the reader was added
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(cast(int, self._socket.get(zmq.FD)))
+            self._loop = None
+
+    def poke(self) -> None:
+        """After an operation on the socket: read, on the next turn, what its signal
+        may have announced to nobody."""
+        if self._loop is not None and not self._scheduled and readable(self._socket):
+            self._scheduled = True
+            self._loop.call_soon(self.read)
+
+    def read(self) -> None:
+        self._scheduled = False
+        sock, handle = self._socket, self._handle
+        for _ in range(self._batch):
+            if self._loop is None or not readable(sock):
+                return
+            try:
+                frame = backend_recv(sock, _NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            frames = [frame.bytes]
+            while frame.more:
+                frame = backend_recv(sock, _NOBLOCK, copy=False)
+                frames.append(frame.bytes)
+            handle(frames)
+        self.poke()

@@ -100,6 +100,9 @@ MAX_CONTENT_TYPE_CHARS = 1024
 NOTICE_TYPE = "application/vnd.pushserver.notice+json"
 
 
+# Checked at every hop of every message (publisher, broker, edge, response), and a
+# site uses a handful of types: remembered, where the check costs a regex each time.
+@functools.lru_cache(maxsize=256)
 def content_type_problem(content_type: str) -> str | None:
     """Why `content_type` cannot go out in a Content-Type header, or None when it can."""
     if len(content_type) > MAX_CONTENT_TYPE_CHARS:

@@ -43,6 +43,7 @@ from broker.choice import Choice
 from broker.memory import Trimmer
 from broker.sockets import (
     FRAME_SLACK,
+    Reader,
     configure_heartbeats,
     drain,
     limit_frames,
@@ -50,7 +51,6 @@ from broker.sockets import (
     max_reply_frame_size,
     run_until,
     send_now,
-    wake_readers,
 )
 from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig
@@ -110,11 +110,16 @@ class Feed:
         # The active broker's epoch as last heard (a pair's; 0 without one).
         self._active_epoch = 0
         self._events_sockets = [self._events_socket(keys) for _ in links]
+        # Events come one per publish: read from a plain reader callback (`Reader`).
+        self._readers = [
+            Reader(events, functools.partial(self._on_event, index))
+            for index, events in enumerate(self._events_sockets)
+        ]
         self._control_sockets = [self._control_socket(keys) for _ in links]
 
-    def _events_socket(self, keys: curve.ClientKeys | None) -> zmq.asyncio.Socket:
+    def _events_socket(self, keys: curve.ClientKeys | None) -> zmq.Socket[bytes]:
         config = self.config
-        events = self._context.socket(zmq.SUB)
+        events: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.SUB)
         configure_heartbeats(events)
         # Subscriptions obey SNDHWM: with the default only 1,000 topics
         # reach the broker (libzmq #4064).
@@ -155,11 +160,15 @@ class Feed:
             events, control = self._events_sockets[index], self._control_sockets[index]
             events.connect(events_endpoint)
             control.connect(control_endpoint)
-            readers.append(drain(events, functools.partial(self._on_event, index), self._stopping))
+            self._readers[index].start()
             readers.append(drain(control, functools.partial(self._on_reply, index), self._stopping))
         try:
             await run_until(self._stopping, *readers, self._sweep())
         finally:
+            for reader, events in zip(self._readers, self._events_sockets, strict=True):
+                reader.stop()
+                # Made outside the context's own list: `destroy` would not close it.
+                events.close(linger=0)
             for future in self._replies.values():
                 if not future.done():
                     future.set_exception(BrokerUnavailable("edge stopping"))
@@ -291,20 +300,20 @@ class Feed:
     def _subscribe(self, channel_id: str) -> None:
         topic = wire.topic(channel_id)
         resubscribing = channel_id in self._subscribed_at
-        for events in self._events_sockets:
+        for events, reader in zip(self._events_sockets, self._readers, strict=True):
             if resubscribing:
                 # Repeating a subscription makes the broker send a sync marker again;
                 # unsubscribing first keeps the SUB socket's own count at one.
                 events.unsubscribe(topic)
             events.subscribe(topic)
-            wake_readers(events)
+            reader.poke()
         self._subscribed_at[channel_id] = time.monotonic()
 
     def _unsubscribe(self, channel_id: str) -> None:
         if self._subscribed_at.pop(channel_id, None) is not None:
-            for events in self._events_sockets:
+            for events, reader in zip(self._events_sockets, self._readers, strict=True):
                 events.unsubscribe(wire.topic(channel_id))
-                wake_readers(events)
+                reader.poke()
 
     async def _sweep(self) -> None:
         """Once a second: report presence, resubscribe unanswered topics, drop idle ones."""

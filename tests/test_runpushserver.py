@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from pushserver import rules
 from pushserver.allocator import environment_for_malloc
+from pushserver.runner import COLLECTOR_THRESHOLDS, settle_collector
 from tests.client import Cursor, fresh, in_background, poll, publish, wait_for_subscribers
 from tests.processes import ANY_PORT, EDGE_LINE, Launcher, eventually
 
@@ -176,3 +178,17 @@ def test_the_command_is_run_again_on_malloc_only_where_it_can_be_trimmed_and_is_
     assert environment_for_malloc(environ, trims=False, ignores_environment=False) is None
     # Under -E or -I the variable would be ignored, and the command started in vain.
     assert environment_for_malloc(environ, trims=True, ignores_environment=True) is None
+
+
+def test_serving_leaves_what_startup_made_out_of_collections_and_collects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        held = [{"made": "at start-up"} for _ in range(1000)]
+        settle_collector()
+        assert gc.get_threshold() == COLLECTOR_THRESHOLDS
+        assert COLLECTOR_THRESHOLDS[0] > before[0]
+        # Frozen: no later collection walks what start-up made and kept.
+        assert gc.get_freeze_count() >= len(held)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
