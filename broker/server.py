@@ -35,6 +35,8 @@ from broker.config import BrokerConfig
 from broker.history import History
 from broker.idempotency import Keys
 from broker.inflight import InFlight
+from broker.local import ROUTE as LOCAL_ROUTE
+from broker.local import LocalLink
 from broker.memory import Trimmer
 from broker.metrics import MEMORY_TRIMS, MetricsServer
 from broker.presence import Presence
@@ -134,6 +136,19 @@ class Broker:
         self._metrics: MetricsServer | None = None
         # A broker of a standby pair; None alone, which changes nothing of the above.
         self.standby = Standby(self, config) if config.paired else None
+        # The edge in this process, when there is one (`broker.local`).
+        self._local: LocalLink | None = None
+
+    def local_link(self) -> LocalLink | None:
+        """The link for an edge in this process; None for a pair's broker, whose
+        edges must each follow whichever of the two is active."""
+        if self.standby is not None:
+            return None
+        if self._local is None:
+            link = self._local = LocalLink()
+            link.to_broker = self._read_local
+            link.to_broker_subscription = self._on_subscription
+        return self._local
 
     def bind(self) -> Endpoints:
         try:
@@ -228,6 +243,9 @@ class Broker:
             except zmq.Again:
                 break
             self._on_publish(frames)
+        if self._local is not None:
+            for frame in self._local.queued_publishes():
+                self._on_publish([LOCAL_ROUTE, frame])
         self._send_acks()
 
     async def run(self) -> None:
@@ -289,6 +307,8 @@ class Broker:
             self._send_event(events_now, frames)
 
     def _send_event(self, events: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        if self._local is not None:
+            self._local.event(frames)
         body = frames[-1]
         large = len(body) >= LARGE_BODY
         if large and not self._in_flight.admits(len(body)):
@@ -410,6 +430,20 @@ class Broker:
         if readable(shadow):
             asyncio.get_running_loop().call_soon(self._read_ingress)
 
+    def _read_local(self, publishes: list[bytes]) -> None:
+        """The local edge's publishes, one batch as from the ingress socket."""
+        if self._events is None or self._stopping.is_set():
+            # As unread frames on the socket: the edge's outbox keeps them.
+            return
+        self._events_now = self._events_shadow
+        try:
+            for frame in publishes:
+                self._on_publish([LOCAL_ROUTE, frame])
+        finally:
+            self._events_now = None
+            wake_readers(self._events)
+        self._send_acks()
+
     def _on_publish(self, frames: list[bytes]) -> None:
         try:
             if len(frames) < 2:
@@ -503,6 +537,12 @@ class Broker:
     def _send_ingress(self, messages: list[tuple[bytes, list[bytes]]]) -> None:
         ingress, shadow = self._ingress, self._ingress_now
         assert ingress is not None
+        local = self._local
+        if local is not None and any(route == LOCAL_ROUTE for route, _ in messages):
+            for route, (frame,) in messages:
+                if route == LOCAL_ROUTE:
+                    local.answer(frame)
+            messages = [message for message in messages if message[0] != LOCAL_ROUTE]
         if shadow is None:
             for route, frames in messages:
                 send_now(ingress, [route, *frames])

@@ -14,6 +14,9 @@ linger is dropped; once many were, the feed's tables are rebuilt and the
 freed memory handed back (`broker.memory`), since neither Python's dicts
 nor glibc's heap give it back on their own.
 
+In the process of its broker (`runpushserver` with no role), the events
+come through `broker.local` instead of a SUB socket, as the same frames.
+
 With a standby pair the feed holds a SUB and a DEALER to each broker and
 subscribes every topic on both, but applies only what the broker it chose
 sends (`broker.choice`): the one whose heartbeat says active in the newest
@@ -34,12 +37,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 import zmq
 import zmq.asyncio
 
 from broker import curve, wire
 from broker.choice import Choice
+from broker.local import LocalLink
 from broker.memory import Trimmer
 from broker.sockets import (
     FRAME_SLACK,
@@ -70,12 +75,54 @@ PRESENCE_BYTES = FRAME_SLACK // 2
 PRESENCE_ENTRY_BYTES = 24
 
 
+class Events(Protocol):
+    """Where a broker's events come from: a SUB socket, or the broker in this process."""
+
+    def connect(self, endpoint: str) -> None: ...
+
+    def subscribe(self, topic: bytes, again: bool) -> None: ...
+
+    def unsubscribe(self, topic: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SocketEvents:
+    """A broker's events over a SUB socket, read from a reader callback of the loop
+    (`broker.sockets.Reader`): they come one per publish."""
+
+    def __init__(self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None]) -> None:
+        self._socket = sock
+        self._reader = Reader(sock, handle)
+
+    def connect(self, endpoint: str) -> None:
+        self._socket.connect(endpoint)
+        self._reader.start()
+
+    def subscribe(self, topic: bytes, again: bool) -> None:
+        if again:
+            # Repeating a subscription makes the broker send a sync marker again;
+            # unsubscribing first keeps the SUB socket's own count at one.
+            self._socket.unsubscribe(topic)
+        self._socket.subscribe(topic)
+        self._reader.poke()
+
+    def unsubscribe(self, topic: bytes) -> None:
+        self._socket.unsubscribe(topic)
+        self._reader.poke()
+
+    def close(self) -> None:
+        self._reader.stop()
+        # Made outside the context's own list of sockets: its `destroy` would not close it.
+        self._socket.close(linger=0)
+
+
 class BrokerUnavailable(Exception):
     """The broker did not answer in time."""
 
 
 class Feed:
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, local: LocalLink | None = None) -> None:
         self.config = config
         self.counters: Counter[str] = Counter()
         self.buffers: dict[str, ChannelBuffer] = {}
@@ -109,12 +156,15 @@ class Feed:
         self.choice = Choice(len(links), config.failover_timeout)
         # The active broker's epoch as last heard (a pair's; 0 without one).
         self._active_epoch = 0
-        self._events_sockets = [self._events_socket(keys) for _ in links]
-        # Events come one per publish: read from a plain reader callback (`Reader`).
-        self._readers = [
-            Reader(events, functools.partial(self._on_event, index))
-            for index, events in enumerate(self._events_sockets)
-        ]
+        self._events: list[Events]
+        if local is not None:
+            local.to_feed = functools.partial(self._on_event, 0)
+            self._events = [local]
+        else:
+            self._events = [
+                SocketEvents(self._events_socket(keys), functools.partial(self._on_event, index))
+                for index in range(len(links))
+            ]
         self._control_sockets = [self._control_socket(keys) for _ in links]
 
     def _events_socket(self, keys: curve.ClientKeys | None) -> zmq.Socket[bytes]:
@@ -157,18 +207,15 @@ class Feed:
     async def run(self) -> None:
         readers = []
         for index, (events_endpoint, control_endpoint) in enumerate(self._links):
-            events, control = self._events_sockets[index], self._control_sockets[index]
-            events.connect(events_endpoint)
+            self._events[index].connect(events_endpoint)
+            control = self._control_sockets[index]
             control.connect(control_endpoint)
-            self._readers[index].start()
             readers.append(drain(control, functools.partial(self._on_reply, index), self._stopping))
         try:
             await run_until(self._stopping, *readers, self._sweep())
         finally:
-            for reader, events in zip(self._readers, self._events_sockets, strict=True):
-                reader.stop()
-                # Made outside the context's own list: `destroy` would not close it.
-                events.close(linger=0)
+            for events in self._events:
+                events.close()
             for future in self._replies.values():
                 if not future.done():
                     future.set_exception(BrokerUnavailable("edge stopping"))
@@ -300,20 +347,14 @@ class Feed:
     def _subscribe(self, channel_id: str) -> None:
         topic = wire.topic(channel_id)
         resubscribing = channel_id in self._subscribed_at
-        for events, reader in zip(self._events_sockets, self._readers, strict=True):
-            if resubscribing:
-                # Repeating a subscription makes the broker send a sync marker again;
-                # unsubscribing first keeps the SUB socket's own count at one.
-                events.unsubscribe(topic)
-            events.subscribe(topic)
-            reader.poke()
+        for events in self._events:
+            events.subscribe(topic, resubscribing)
         self._subscribed_at[channel_id] = time.monotonic()
 
     def _unsubscribe(self, channel_id: str) -> None:
         if self._subscribed_at.pop(channel_id, None) is not None:
-            for events, reader in zip(self._events_sockets, self._readers, strict=True):
+            for events in self._events:
                 events.unsubscribe(wire.topic(channel_id))
-                reader.poke()
 
     async def _sweep(self) -> None:
         """Once a second: report presence, resubscribe unanswered topics, drop idle ones."""

@@ -14,6 +14,9 @@ that read it, with no future or task per publish, and one timer serves
 every deadline (publishes wait in the order they arrived, and all wait
 the same `broker_timeout`).
 
+In the process of its broker, the frames go through `broker.local`
+instead of the socket; numbering, acks and deadlines are the same.
+
 The traps:
 
 * a ZeroMQ socket's descriptor signals edges, and a send may take the
@@ -40,6 +43,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from broker import curve, wire
 from broker.choice import Choice
+from broker.local import LocalLink
 from broker.outbox import Outbox
 from broker.sockets import (
     backend_recv,
@@ -68,9 +72,26 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 
 class Ingress:
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, local: LocalLink | None = None) -> None:
         self.config = config
         self.outbox = Outbox()
+        # What each publish waiting for its answer is told, by its number.
+        self._waiting: dict[int, Answer] = {}
+        # (deadline, number) in the order publishes arrived, which is deadline order.
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._resender: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._closed = False
+        self._local = local
+        self._endpoints = [config.ingress]
+        if local is not None:
+            # The broker of this process: no socket, no connection to wait for.
+            self.connected = True
+            self._send: Callable[[bytes], bool] = local.publish
+            self._choice = Choice(1, config.failover_timeout / 3)
+            return
         self.connected = False
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = self._context.socket(zmq.DEALER)
@@ -87,24 +108,17 @@ class Ingress:
         self._socket = sock
         # A standby pair's two ingress endpoints: the socket follows the active broker,
         # moving on a passive one's refusal or after a silence (`broker.choice`).
-        self._endpoints = [config.ingress]
         if config.standby_ingress is not None:
             self._endpoints.append(config.standby_ingress)
         self._choice = Choice(len(self._endpoints), config.failover_timeout / 3)
         self._send = functools.partial(send_plain, sock)
         self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
-        # What each publish waiting for its answer is told, by its number.
-        self._waiting: dict[int, Answer] = {}
-        # (deadline, number) in the order publishes arrived, which is deadline order.
-        self._deadlines: deque[tuple[float, int]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._resender: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._reading = False
-        self._closed = False
 
     def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        if self._local is not None:
+            self._local.to_ingress = self._on_answers
+            return
         self._socket.connect(self._endpoints[0])
         loop.add_reader(cast(int, self._socket.get(zmq.FD)), self._read)
         loop.add_reader(cast(int, self._monitor.get(zmq.FD)), self._watch)
@@ -126,12 +140,14 @@ class Ingress:
         for handle in (self._timer, self._resender):
             if handle is not None:
                 handle.cancel()
-        if self._loop is not None:
-            self._loop.remove_reader(cast(int, self._socket.get(zmq.FD)))
-            self._loop.remove_reader(cast(int, self._monitor.get(zmq.FD)))
         waiting, self._waiting = self._waiting, {}
         for answer in waiting.values():
             self._tell(answer, None)
+        if self._local is not None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(cast(int, self._socket.get(zmq.FD)))
+            self._loop.remove_reader(cast(int, self._monitor.get(zmq.FD)))
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)
@@ -182,7 +198,7 @@ class Ingress:
         if self._closed or self._loop is None:
             return
         self._watch()
-        if self.outbox.unacked and self._choice.silent():
+        if self.outbox.unacked and self._choice.silent() and self._local is None:
             self._follow()
         self._write_due()
         self._read_waiting()
@@ -205,8 +221,16 @@ class Ingress:
 
     def _read_waiting(self) -> None:
         """After a send: read what arrived, whose signal the send may have taken."""
-        if not self._reading and readable(self._socket):
+        if self._local is None and not self._reading and readable(self._socket):
             self._read()
+
+    def _on_answers(self, frames: list[bytes]) -> None:
+        """Answers handed over by the broker of this process (`broker.local`)."""
+        if self._closed:
+            return
+        for frame in frames:
+            self._on_answer(frame)
+        self._write_due()
 
     def _read(self) -> None:
         if self._reading or self._closed:
@@ -274,6 +298,8 @@ class Ingress:
             self._deadlines = deque((at, seq - shift) for at, seq in self._deadlines)
 
     def _watch(self) -> None:
+        if self._local is not None:
+            return
         monitor = self._monitor
         while readable(monitor):
             try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import tornado.netutil
 
+from broker.local import LocalLink
 from edge.app import build_router
 from edge.config import EdgeConfig
 from edge.connection import HTTPServer
@@ -45,10 +46,13 @@ def raise_fd_limit(wanted: int) -> int:
 
 
 class Edge:
-    def __init__(self, config: EdgeConfig, wsgi_app: Any | None = None) -> None:
+    def __init__(
+        self, config: EdgeConfig, wsgi_app: Any | None = None, local: LocalLink | None = None
+    ) -> None:
+        """`local`: the broker of this process, whose publishes and events need no socket."""
         self.config = config
-        self.feed = Feed(config)
-        self.ingress = Ingress(config)
+        self.feed = Feed(config, local)
+        self.ingress = Ingress(config, local)
         self.passthrough = Passthrough(config)
         # Deadlines missed, connections refused, malformed requests: counted by the
         # HTTP server, shown by the metrics.

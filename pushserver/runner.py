@@ -101,7 +101,10 @@ async def _serve(
                 control=endpoints.control,
                 ingress=endpoints.ingress,
             )
-        edge = Edge(edge_config, wsgi_app=wsgi_app)
+        # The edge follows this broker without sockets, unless it must follow a pair.
+        alone = edge_config.standby_events is None and edge_config.standby_ingress is None
+        local = broker.local_link() if broker_config is not None and alone else None
+        edge = Edge(edge_config, wsgi_app=wsgi_app, local=local)
         urls = edge.listen()
         parts.append(edge)
 

@@ -8,6 +8,8 @@ or a slow joiner would.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -150,3 +152,20 @@ def memory_kib(pid: int, field: str) -> int:
         if name == field:
             return int(value.split()[0])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def tcp_peer_ports(pid: int) -> list[int]:
+    """The remote ports of the established TCP connections process `pid` holds (IPv4)."""
+    inodes = set()
+    for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(descriptor)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        # fields: slot, local address, remote address, state (01: established), …, inode
+        if fields[3] == "01" and fields[9] in inodes:
+            ports.append(int(fields[2].rpartition(":")[2], 16))
+    return ports

@@ -14,7 +14,15 @@ import httpx
 from ops import launch
 from tests.client import fresh, path, publish, wait_for_subscribers, walk
 from tests.pollers import Subscriber
-from tests.processes import ROOT, Launcher, LossyLink, eventually, free_port
+from tests.processes import (
+    BROKER_LINE,
+    ROOT,
+    Launcher,
+    LossyLink,
+    eventually,
+    free_port,
+    tcp_peer_ports,
+)
 
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 120}
 
@@ -140,3 +148,36 @@ def test_processes_picking_ports_side_by_side_never_pick_the_same_from_their_sha
         launch.share_ports(*before)
     assert all(len(ports) == 300 for ports in picked)
     assert not picked[0] & picked[1] and not picked[1] & picked[2] and not picked[0] & picked[2]
+
+
+def test_an_embedded_server_and_an_edge_on_its_broker_serve_one_cursor_without_own_sockets(
+    launcher: Launcher,
+) -> None:
+    embedded, local_url = launcher.embedded(store=STORE)
+    endpoints = embedded.wait_for(BROKER_LINE).groupdict()
+    _, remote_url = launcher.edge(endpoints, store=STORE)
+    edges = [local_url, remote_url]
+    channel = fresh("local")
+    bodies = [f"message {n:03d}".encode() for n in range(60)]
+
+    async def run() -> list[list[bytes]]:
+        httpx.put(local_url + path("send-update", channel))
+        subscribers = [
+            asyncio.create_task(Subscriber(edges, channel, offset=n).walk(len(bodies)))
+            for n in range(10)
+        ]
+        await asyncio.to_thread(wait_for_subscribers, local_url, channel, 5)
+        # Published through both publisher locations, in turn: the embedded edge's
+        # goes to its broker without a socket, the other edge's over ZeroMQ.
+        async with httpx.AsyncClient(timeout=10) as client:
+            for n, body in enumerate(bodies):
+                response = await client.post(
+                    edges[n % 2] + path("send-update", channel), content=body
+                )
+                assert response.status_code in (201, 202), response.text
+        return await asyncio.wait_for(asyncio.gather(*subscribers), 60)
+
+    # Every subscriber moved between the two edges on every poll, with one cursor.
+    assert all(received == bodies for received in asyncio.run(run()))
+    own = {int(endpoints[name].rpartition(":")[2]) for name in ("ingress", "events")}
+    assert not own & set(tcp_peer_ports(embedded.popen.pid))

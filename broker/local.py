@@ -1,0 +1,121 @@
+"""The link between a broker and the edge that runs in the same process.
+
+`runpushserver` with no role runs both on one loop. Over ZeroMQ, each
+HTTP publish would cross three sockets inside the process (the edge's
+publish to the ingress, its answer back, the broker's event to the feed),
+each a send, a hop through libzmq's I/O thread and a wake-up of the loop:
+together more than the broker and the edge spend on the publish itself.
+This link hands the very frames those sockets would carry from one side
+to the other, so the broker's admission, numbering and acks, and the
+feed's checks of every event's `prev`, are the same code whichever way a
+frame came. What stays on ZeroMQ: the control socket (snapshots, presence),
+and every other publisher and edge.
+
+The trap: neither side may be called from inside the other's own call
+(a publish answered while its connection is still writing it, an event
+applied while the feed is subscribing to its topic), so each direction
+queues what it hands over, and one callback on the loop's next turn
+delivers it all: events first, so that an answer finds its message
+already in the edge's buffer, then answers, then publishes and
+subscriptions for the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from broker import wire
+
+# The route of the local edge's publishes among the ingress ROUTER's: libzmq's
+# identities are never empty.
+ROUTE = b""
+# What a subscription looks like on an XPUB socket.
+SUBSCRIBE = b"\x01"
+
+Take = Callable[[list[bytes]], None]
+
+
+def _nobody(frames: list[bytes]) -> None:
+    """What a side not attached yet is handed: nothing reaches it before it starts."""
+
+
+class LocalLink:
+    def __init__(self) -> None:
+        # Topics the edge follows; the heartbeat's from the start, as its SUB socket's.
+        self.topics: set[bytes] = {wire.HEARTBEAT_TOPIC}
+        self._publishes: list[bytes] = []
+        self._subscriptions: list[bytes] = []
+        self._answers: list[bytes] = []
+        self._events: list[list[bytes]] = []
+        # Set by each side as it starts.
+        self.to_broker: Take = _nobody
+        self.to_broker_subscription: Take = _nobody
+        self.to_ingress: Take = _nobody
+        self.to_feed: Take = _nobody
+        self._scheduled = False
+
+    # -- the edge's side -------------------------------------------------------
+
+    def publish(self, frame: bytes) -> bool:
+        """The ingress link's send: always taken, as a connected DEALER takes it."""
+        self._publishes.append(frame)
+        self._schedule()
+        return True
+
+    def connect(self, endpoint: str) -> None:
+        """The feed starts: the broker hears of the heartbeat topic, as from a SUB socket."""
+        self._subscriptions.append(SUBSCRIBE + wire.HEARTBEAT_TOPIC)
+        self._schedule()
+
+    def subscribe(self, topic: bytes, again: bool) -> None:
+        """Follow a topic; the broker answers each subscription, repeated or not, with a sync."""
+        self.topics.add(topic)
+        self._subscriptions.append(SUBSCRIBE + topic)
+        self._schedule()
+
+    def unsubscribe(self, topic: bytes) -> None:
+        self.topics.discard(topic)
+
+    def close(self) -> None:
+        self.to_feed = _nobody
+        self.topics = set()
+
+    def queued_publishes(self) -> list[bytes]:
+        """What the edge handed over and the broker has not taken yet: at the broker's stop."""
+        publishes, self._publishes = self._publishes, []
+        return publishes
+
+    # -- the broker's side -----------------------------------------------------
+
+    def event(self, frames: list[bytes]) -> None:
+        """An event the broker sends its edges; the local one gets it if it follows the topic."""
+        if frames[0] in self.topics:
+            self._events.append(frames)
+            self._schedule()
+
+    def answer(self, frame: bytes) -> None:
+        self._answers.append(frame)
+        self._schedule()
+
+    # -- delivery ----------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        self._scheduled = False
+        events, self._events = self._events, []
+        for frames in events:
+            self.to_feed(frames)
+        answers, self._answers = self._answers, []
+        if answers:
+            self.to_ingress(answers)
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            self.to_broker_subscription([subscription])
+        publishes, self._publishes = self._publishes, []
+        if publishes:
+            self.to_broker(publishes)

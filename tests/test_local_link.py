@@ -1,0 +1,129 @@
+"""What the link between a broker and the edge of the same process hands over, and when:
+decided without sockets (the processes that use it are tested in test_cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from broker import wire
+from broker.local import SUBSCRIBE, LocalLink
+
+
+class Sides:
+    """What each side of a link was handed, in the order it was handed."""
+
+    def __init__(self, link: LocalLink) -> None:
+        self.seen: list[tuple[str, list[bytes]]] = []
+        link.to_broker = lambda frames: self.seen.append(("broker", frames))
+        link.to_broker_subscription = lambda frames: self.seen.append(("subscription", frames))
+        link.to_ingress = lambda frames: self.seen.append(("ingress", frames))
+        link.to_feed = lambda frames: self.seen.append(("feed", frames))
+
+
+def message_frames(channel_id: str, body: bytes) -> list[bytes]:
+    return [wire.topic(channel_id), b"header", body]
+
+
+async def next_turn() -> None:
+    await asyncio.sleep(0)
+
+
+def on_a_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """The test run on a loop of its own: the link delivers on the loop's next turn."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+@on_a_loop
+async def test_nothing_is_handed_over_inside_the_call_that_hands_it() -> None:
+    link = LocalLink()
+    sides = Sides(link)
+    link.connect("inproc://unused")
+    link.subscribe(wire.topic("news"), again=False)
+    assert link.publish(b"publish")
+    link.event(message_frames("news", b"1"))
+    link.answer(b"answer")
+    assert sides.seen == []
+    await next_turn()
+    assert sides.seen != []
+
+
+@on_a_loop
+async def test_events_come_before_answers_and_publishes_after_both() -> None:
+    link = LocalLink()
+    sides = Sides(link)
+    link.subscribe(wire.topic("news"), again=False)
+    await next_turn()
+    sides.seen.clear()
+    link.publish(b"second publish")
+    link.answer(b"answer to the first")
+    link.event(message_frames("news", b"first"))
+    await next_turn()
+    assert [side for side, _ in sides.seen] == ["feed", "ingress", "broker"]
+    assert sides.seen[2] == ("broker", [b"second publish"])
+
+
+@on_a_loop
+async def test_only_events_of_followed_topics_reach_the_edge_and_the_heartbeat_always() -> None:
+    link = LocalLink()
+    sides = Sides(link)
+    link.subscribe(wire.topic("news"), again=False)
+    for channel_id in ("news", "sport", "news-2"):
+        link.event(message_frames(channel_id, channel_id.encode()))
+    link.event([wire.HEARTBEAT_TOPIC, b"beat"])
+    await next_turn()
+    fed = [frames for side, frames in sides.seen if side == "feed"]
+    assert fed == [message_frames("news", b"news"), [wire.HEARTBEAT_TOPIC, b"beat"]]
+    link.unsubscribe(wire.topic("news"))
+    link.event(message_frames("news", b"after"))
+    await next_turn()
+    assert [frames for side, frames in sides.seen if side == "feed"] == fed
+
+
+@on_a_loop
+async def test_every_subscription_repeated_or_not_reaches_the_broker_which_answers_each() -> None:
+    link = LocalLink()
+    sides = Sides(link)
+    link.connect("inproc://unused")
+    link.subscribe(wire.topic("news"), again=False)
+    link.subscribe(wire.topic("news"), again=True)
+    await next_turn()
+    assert sides.seen == [
+        ("subscription", [SUBSCRIBE + wire.HEARTBEAT_TOPIC]),
+        ("subscription", [SUBSCRIBE + wire.topic("news")]),
+        ("subscription", [SUBSCRIBE + wire.topic("news")]),
+    ]
+
+
+@on_a_loop
+async def test_publishes_are_handed_in_order_in_one_batch_and_kept_for_a_stopping_broker() -> None:
+    link = LocalLink()
+    sides = Sides(link)
+    for n in range(5):
+        link.publish(b"%d" % n)
+    await next_turn()
+    assert sides.seen == [("broker", [b"0", b"1", b"2", b"3", b"4"])]
+    link.publish(b"5")
+    # The broker stops before the next turn: it takes what is queued itself.
+    assert link.queued_publishes() == [b"5"]
+    await next_turn()
+    assert sides.seen == [("broker", [b"0", b"1", b"2", b"3", b"4"])]
+
+
+@on_a_loop
+async def test_a_closed_edge_is_handed_no_more_events() -> None:
+    link = LocalLink()
+    sides = Sides(link)
+    link.subscribe(wire.topic("news"), again=False)
+    link.close()
+    link.event(message_frames("news", b"late"))
+    link.event([wire.HEARTBEAT_TOPIC, b"beat"])
+    await next_turn()
+    assert [side for side, _ in sides.seen] == ["subscription"]
