@@ -57,6 +57,7 @@ times a minute per event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -120,10 +121,14 @@ def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
     return b"".join(lines)
 
 
+@functools.lru_cache(maxsize=64)
+def status_line(status: int) -> bytes:
+    return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode("latin-1")
+
+
 def render_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
     """A response's status line and header lines, without the blank line that ends them."""
-    status_line = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode("latin-1")
-    return status_line + header_lines(headers)
+    return status_line(status) + header_lines(headers)
 
 
 @dataclass(slots=True)

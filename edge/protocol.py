@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import email.utils
+import functools
 import re
 from dataclasses import dataclass
 
@@ -51,7 +52,9 @@ class Cursor:
     has_tag: bool = False
 
 
+@functools.lru_cache(maxsize=64)
 def http_date(seconds: int) -> str:
+    """An HTTP date; remembered, since the messages of a second share their Last-Modified."""
     return email.utils.formatdate(seconds, usegmt=True)
 
 
