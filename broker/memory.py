@@ -30,6 +30,10 @@ import gc
 import sys
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # Forgotten channels after which a trim is worth its walk of the heap.
 TRIM_AFTER = 1_000
@@ -50,6 +54,24 @@ def _clear_type_cache() -> None:
     # Named _clear_internal_caches from Python 3.13 on, which also empties the JIT's.
     clear = getattr(sys, "_clear_internal_caches", None) or sys._clear_type_cache
     clear()
+
+
+def fitted(table: dict[K, V], peak: int) -> tuple[dict[K, V], int]:
+    """`table` and its new peak size: a copy sized for what it holds once it fell to a
+    quarter of `peak`, since a dict never shrinks its own table as keys are deleted.
+
+    >>> crowd = dict.fromkeys(range(1000))
+    >>> for key in range(990): del crowd[key]
+    >>> table, peak = fitted(crowd, 1000)
+    >>> table is crowd, peak, sys.getsizeof(table) < sys.getsizeof(crowd)
+    (False, 10, True)
+    >>> fitted(table, peak)[0] is table
+    True
+    """
+    size = len(table)
+    if size * 4 < peak:
+        return dict(table), size
+    return table, max(peak, size)
 
 
 def can_trim() -> bool:

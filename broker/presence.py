@@ -22,6 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from broker.memory import fitted
+
 
 class Presence:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -33,9 +35,12 @@ class Presence:
         # (the edge's clock) and when it was heard of (this clock).
         self._subscribers: dict[str, int] = {}
         self._requested: dict[str, tuple[float, float]] = {}
-        # The size of `_requested` when last rebuilt: a dict never shrinks its table.
-        self._peak = 0
-        # How many times it was rebuilt smaller.
+        # Each table's largest size since it was last rebuilt (`broker.memory.fitted`):
+        # a crowd of held polls that left must not keep its tables' memory.
+        self._requested_peak = 0
+        self._subscribers_peak = 0
+        self._held_peaks: dict[bytes, int] = {}
+        # How many times a table was rebuilt smaller.
         self.rebuilds = 0
 
     def subscribers(self, channel_id: str) -> int:
@@ -86,8 +91,9 @@ class Presence:
             latest = self._requested.get(channel_id)
             if requested and (latest is None or requested > latest[0]):
                 self._requested[channel_id] = (requested, now)
-                self._peak = max(self._peak, len(self._requested))
+                self._requested_peak = max(self._requested_peak, len(self._requested))
             self._set(held, channel_id, max(subscribers, 0))
+        self._fit(edge)
 
     def _set(self, held: dict[str, int], channel_id: str, count: int) -> None:
         before = held.pop(channel_id, 0)
@@ -104,13 +110,18 @@ class Presence:
         for held in self._held.values():
             held.pop(channel_id, None)
         self._subscribers.pop(channel_id, None)
-        if self._requested.pop(channel_id, None) is not None and (
-            len(self._requested) * 4 < self._peak
-        ):
-            # Deleting keys never shrinks a dict's table: rebuild it at a quarter of its peak.
-            self._requested = dict(self._requested)
-            self._peak = len(self._requested)
-            self.rebuilds += 1
+        if self._requested.pop(channel_id, None) is not None:
+            table = self._requested
+            self._requested, self._requested_peak = fitted(table, self._requested_peak)
+            self.rebuilds += self._requested is not table
+
+    def _fit(self, edge: bytes) -> None:
+        """After a report: rebuild the edge's table and the sums, if they fell to a quarter."""
+        held = self._held[edge]
+        self._held[edge], self._held_peaks[edge] = fitted(held, self._held_peaks.get(edge, 0))
+        sums = self._subscribers
+        self._subscribers, self._subscribers_peak = fitted(sums, self._subscribers_peak)
+        self.rebuilds += (self._held[edge] is not held) + (self._subscribers is not sums)
 
     def forget_silent_edges(self, timeout: float) -> list[bytes]:
         """Forget the edges that reported nothing for `timeout` seconds; returns them."""
@@ -121,4 +132,9 @@ class Presence:
             for channel_id in list(held):
                 self._set(held, channel_id, 0)
             del self._seen[edge]
+            self._held_peaks.pop(edge, None)
+        if gone:
+            sums = self._subscribers
+            self._subscribers, self._subscribers_peak = fitted(sums, self._subscribers_peak)
+            self.rebuilds += self._subscribers is not sums
         return gone

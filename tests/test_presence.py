@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import tracemalloc
 
 import pytest
 import zmq
@@ -151,6 +152,31 @@ def test_the_request_table_is_rebuilt_smaller_once_most_of_its_channels_were_for
     presence.report(b"edge-1", {"crowd-1": (1, clock.now)}, False, crowd.get)
     assert presence.requested("crowd-1") == clock.now
     assert presence.subscribers("crowd-1") == 1
+
+
+def test_a_crowd_of_held_polls_that_left_gives_back_the_memory_of_its_counts(
+    presence: Presence, clock: Clock
+) -> None:
+    crowd = {f"crowd-{n}": f"crowd-{n}" for n in range(20_000)}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for edge in (b"edge-1", b"edge-2"):
+            presence.report(edge, dict.fromkeys(crowd, (1, 0.0)), True, crowd.get)
+        assert presence.subscribers("crowd-7") == 2
+        held = tracemalloc.get_traced_memory()[0] - before
+        # Every poll ends on one edge; the other edge goes silent and is forgotten.
+        presence.report(b"edge-1", {}, True, crowd.get)
+        clock.now += 60
+        presence.report(b"edge-1", {"crowd-7": (1, 0.0)}, False, crowd.get)
+        assert presence.forget_silent_edges(30) == [b"edge-2"]
+        left = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert presence.subscribers("crowd-7") == 1 and presence.subscribers("crowd-8") == 0
+    # The tables of the edge's counts and of the sums were rebuilt at their size.
+    assert presence.rebuilds >= 2
+    assert left < held / 20, (held, left)
 
 
 def test_a_channel_is_in_use_while_held_or_within_the_linger_of_a_request_heard(
