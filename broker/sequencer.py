@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from broker.memory import fitted
 from broker.wire import Limits, Message, MessageId, Snapshot
 
 # Channels looked at per `forget_idle` call, so a million channels falling
@@ -239,12 +240,9 @@ class Sequencer:
         del self._channels[channel.channel_id]
         self._raise_watermark(channel.last)
         self._raise_watermark(channel.after)
-        # Deleting keys never shrinks a dict's table: one that fell to a
-        # quarter of its peak is copied into a table of its present size.
-        if len(self._channels) * 4 < self._peak:
-            self._channels = dict(self._channels)
-            self._peak = len(self._channels)
-            self.rebuilds += 1
+        channels = self._channels
+        self._channels, self._peak = fitted(channels, self._peak)
+        self.rebuilds += self._channels is not channels
 
     def delete(self, channel_id: str) -> Channel | None:
         """Forget the channel; returns it as it was. Its ids go on where it stopped."""
