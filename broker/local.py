@@ -48,7 +48,8 @@ class LocalLink:
         self._subscriptions: list[bytes] = []
         self._answers: list[bytes] = []
         self._events: list[list[bytes]] = []
-        # Set by each side as it starts.
+        # Set by each side: the broker's when it makes the link, the feed's when it is
+        # made, the ingress link's when it starts.
         self.to_broker: Take = _nobody
         self.to_broker_subscription: Take = _nobody
         self.to_ingress: Take = _nobody
@@ -85,6 +86,17 @@ class LocalLink:
         """What the edge handed over and the broker has not taken yet: at the broker's stop."""
         publishes, self._publishes = self._publishes, []
         return publishes
+
+    def keep(self, publishes: list[bytes]) -> None:
+        """Publishes the stopping broker was handed and did not take, back in front of the
+        queue for its last drain (`queued_publishes`), not handed over again before it."""
+        self._publishes[:0] = publishes
+
+    def detach_broker(self) -> None:
+        """The broker took its last publishes: what comes later is dropped, and the edge's
+        outbox, which keeps everything unacknowledged, gives it up at its own stop."""
+        self.to_broker = _nobody
+        self.to_broker_subscription = _nobody
 
     # -- the broker's side -----------------------------------------------------
 

@@ -44,13 +44,13 @@ from broker.publishers import Publishers, Verdict
 from broker.replication import apply_frames, take_over
 from broker.sequencer import Channel, Sequencer
 from broker.sockets import (
-    backend_recv,
     backend_send,
     configure_heartbeats,
     drain,
     limit_frames,
     max_frame_size,
     readable,
+    receive,
     run_until,
     send_now,
     wake_readers,
@@ -246,6 +246,8 @@ class Broker:
         if self._local is not None:
             for frame in self._local.queued_publishes():
                 self._on_publish([LOCAL_ROUTE, frame])
+            # Later publishes are the edge's to give up, as once the socket is closed.
+            self._local.detach_broker()
         self._send_acks()
 
     async def run(self) -> None:
@@ -404,20 +406,9 @@ class Broker:
         self._events_now = self._events_shadow
         try:
             for _ in range(INGRESS_BATCH):
-                # Asked first: the zmq.Again that would end the batch costs more
-                # than the question, and with HTTP publishers a batch is a few.
-                if not readable(shadow):
+                frames = receive(shadow)
+                if frames is None:
                     break
-                # Frames rather than bytes: a frame says whether more follow,
-                # where asking the socket (RCVMORE) costs a microsecond.
-                try:
-                    frame = backend_recv(shadow, _NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                frames = [frame.bytes]
-                while frame.more:
-                    frame = backend_recv(shadow, _NOBLOCK, copy=False)
-                    frames.append(frame.bytes)
                 self._on_publish(frames)
         finally:
             self._events_now = None
@@ -432,8 +423,11 @@ class Broker:
 
     def _read_local(self, publishes: list[bytes]) -> None:
         """The local edge's publishes, one batch as from the ingress socket."""
-        if self._events is None or self._stopping.is_set():
-            # As unread frames on the socket: the edge's outbox keeps them.
+        if self._local is None or self._events is None:
+            return
+        if self._stopping.is_set():
+            # As frames left unread on the socket: for the last drain to sequence.
+            self._local.keep(publishes)
             return
         self._events_now = self._events_shadow
         try:

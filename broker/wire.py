@@ -100,13 +100,18 @@ MAX_CONTENT_TYPE_CHARS = 1024
 NOTICE_TYPE = "application/vnd.pushserver.notice+json"
 
 
-# Checked at every hop of every message (publisher, broker, edge, response), and a
-# site uses a handful of types: remembered, where the check costs a regex each time.
-@functools.lru_cache(maxsize=256)
 def content_type_problem(content_type: str) -> str | None:
     """Why `content_type` cannot go out in a Content-Type header, or None when it can."""
     if len(content_type) > MAX_CONTENT_TYPE_CHARS:
+        # Before the cache, so a hostile publisher's long ones are never kept there.
         return f"content type is longer than {MAX_CONTENT_TYPE_CHARS} characters"
+    return _content_type_problem(content_type)
+
+
+# Checked at every hop of every message (publisher, broker, edge, response), and a
+# site uses a handful of types: remembered, where the check costs a regex each time.
+@functools.lru_cache(maxsize=256)
+def _content_type_problem(content_type: str) -> str | None:
     if _HEADER_VALUE.fullmatch(content_type) is None:
         return f"content type {_shown.repr(content_type)} is not a header value"
     # Media types are case-insensitive, and parameters would not make it another one.

@@ -127,3 +127,23 @@ async def test_a_closed_edge_is_handed_no_more_events() -> None:
     link.event([wire.HEARTBEAT_TOPIC, b"beat"])
     await next_turn()
     assert [side for side, _ in sides.seen] == ["subscription"]
+
+
+@on_a_loop
+async def test_a_stopping_broker_keeps_what_it_was_handed_for_its_last_drain_then_takes_none() -> (
+    None
+):
+    link = LocalLink()
+    sides = Sides(link)
+    link.publish(b"0")
+    link.publish(b"1")
+    # The broker stopped before the next turn: it hands the batch back, in order.
+    link.to_broker = link.keep
+    await next_turn()
+    link.publish(b"2")
+    assert link.queued_publishes() == [b"0", b"1", b"2"]
+    link.detach_broker()
+    link.publish(b"3")
+    await next_turn()
+    assert link.queued_publishes() == []
+    assert sides.seen == []
