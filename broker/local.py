@@ -5,11 +5,14 @@ HTTP publish would cross three sockets inside the process (the edge's
 publish to the ingress, its answer back, the broker's event to the feed),
 each a send, a hop through libzmq's I/O thread and a wake-up of the loop:
 together more than the broker and the edge spend on the publish itself.
-This link hands the very frames those sockets would carry from one side
-to the other, so the broker's admission, numbering and acks, and the
-feed's checks of every event's `prev`, are the same code whichever way a
-frame came. What stays on ZeroMQ: the control socket (snapshots, presence),
-and every other publisher and edge.
+This link hands the edge's publish frames to the broker, and the broker's
+events and answers to the edge as the values their frames would have
+been decoded to (values of `broker.wire`, all immutable, so both sides
+may hold them), so the broker's admission, numbering and acks, and the
+feed's checks of every event's `prev`, are the same code whichever way
+they came, without encoding for one side what the other decodes at once.
+What stays on ZeroMQ: the control socket (snapshots, presence), and every
+other publisher and edge.
 
 The trap: neither side may be called from inside the other's own call
 (a publish answered while its connection is still writing it, an event
@@ -36,7 +39,7 @@ SUBSCRIBE = b"\x01"
 Take = Callable[[list[bytes]], None]
 
 
-def _nobody(frames: list[bytes]) -> None:
+def _nobody(handed: object) -> None:
     """What a side not attached yet is handed: nothing reaches it before it starts."""
 
 
@@ -46,14 +49,14 @@ class LocalLink:
         self.topics: set[bytes] = {wire.HEARTBEAT_TOPIC}
         self._publishes: list[bytes] = []
         self._subscriptions: list[bytes] = []
-        self._answers: list[bytes] = []
-        self._events: list[list[bytes]] = []
+        self._answers: list[wire.Answer] = []
+        self._events: list[wire.Event] = []
         # Set by each side: the broker's when it makes the link, the feed's when it is
         # made, the ingress link's when it starts.
         self.to_broker: Take = _nobody
         self.to_broker_subscription: Take = _nobody
-        self.to_ingress: Take = _nobody
-        self.to_feed: Take = _nobody
+        self.to_ingress: Callable[[list[wire.Answer]], None] = _nobody
+        self.to_feed: Callable[[wire.Event], None] = _nobody
         self._scheduled = False
 
     # -- the edge's side -------------------------------------------------------
@@ -100,14 +103,15 @@ class LocalLink:
 
     # -- the broker's side -----------------------------------------------------
 
-    def event(self, frames: list[bytes]) -> None:
-        """An event the broker sends its edges; the local one gets it if it follows the topic."""
-        if frames[0] in self.topics:
-            self._events.append(frames)
+    def event(self, topic: bytes, event: wire.Event) -> None:
+        """An event the broker sends its edges on `topic`; the local one gets it if it
+        follows the topic."""
+        if topic in self.topics:
+            self._events.append(event)
             self._schedule()
 
-    def answer(self, frame: bytes) -> None:
-        self._answers.append(frame)
+    def answer(self, answer: wire.Answer) -> None:
+        self._answers.append(answer)
         self._schedule()
 
     # -- delivery ----------------------------------------------------------------
@@ -120,8 +124,8 @@ class LocalLink:
     def _deliver(self) -> None:
         self._scheduled = False
         events, self._events = self._events, []
-        for frames in events:
-            self.to_feed(frames)
+        for event in events:
+            self.to_feed(event)
         answers, self._answers = self._answers, []
         if answers:
             self.to_ingress(answers)

@@ -295,10 +295,13 @@ class Broker:
 
     # -- sending -------------------------------------------------------------
 
-    def _emit(self, frames: list[bytes]) -> None:
+    def _emit(self, frames: list[bytes], event: wire.Event) -> None:
+        """Send an event (`frames` encode `event`) to every edge."""
         standby = self.standby
         if standby is not None and standby.hold(("e", frames)):
             return  # to edges once the standby holds what it tells of
+        if self._local is not None:
+            self._local.event(frames[0], event)
         events_now = self._events_now
         if events_now is None:
             # Outside a batch: sent the same way, then the readers woken.
@@ -309,8 +312,6 @@ class Broker:
             self._send_event(events_now, frames)
 
     def _send_event(self, events: zmq.Socket[bytes], frames: list[bytes]) -> None:
-        if self._local is not None:
-            self._local.event(frames)
         body = frames[-1]
         large = len(body) >= LARGE_BODY
         if large and not self._in_flight.admits(len(body)):
@@ -344,7 +345,7 @@ class Broker:
         if self.history is not None or self.standby is not None:
             # On disk (and on its way to the standby) before any edge can serve it.
             self._record(records.message_record(message, sent_by, key))
-        self._emit(wire.encode_message(message))
+        self._emit(wire.encode_message(message), message)
         self._recently_published.add(channel_id)
         self.counters["published"] += 1
         return message
@@ -364,7 +365,7 @@ class Broker:
     def _emit_sync(self, channel_id: str) -> None:
         channel = self.sequencer.get(channel_id)
         sync = wire.Sync(channel_id, channel is not None, None if channel is None else channel.last)
-        self._emit(wire.encode_sync(sync))
+        self._emit(wire.encode_sync(sync), sync)
 
     def _drop(self, where: str, frames: list[bytes], error: Exception) -> None:
         self.counters[f"{where}_malformed"] += 1
@@ -509,7 +510,7 @@ class Broker:
         self._acks_scheduled = False
         answers, self._answers = self._answers, []
         acks, self._acks = self._acks, {}
-        frames = [(route, wire.encode_published(published)) for route, published in answers]
+        told: list[tuple[bytes, wire.Answer]] = list(answers)
         # An answer acknowledges its number too: a route whose last answer is at its
         # publisher's newest number needs no ack of its own.
         answered = {(route, published.publisher): published.seq for route, published in answers}
@@ -521,7 +522,16 @@ class Broker:
                 seq = wire.UNKNOWN
             elif not gap and answered.get((route, publisher)) == seq:
                 continue
-            frames.append((route, wire.encode_ack(wire.Ack(publisher, seq, gap, self._pair_epoch))))
+            told.append((route, wire.Ack(publisher, seq, gap, self._pair_epoch)))
+        local = self._local
+        if local is not None:
+            # The local edge's, as they are: it would decode them at once.
+            for route, answer in told:
+                if route == LOCAL_ROUTE:
+                    local.answer(answer)
+        frames = [
+            (route, wire.encode_answer(answer)) for route, answer in told if route != LOCAL_ROUTE
+        ]
         standby = self.standby
         if frames and (standby is None or not standby.hold(("i", frames))):
             self._send_ingress(frames)
@@ -531,12 +541,6 @@ class Broker:
     def _send_ingress(self, messages: list[tuple[bytes, list[bytes]]]) -> None:
         ingress, shadow = self._ingress, self._ingress_now
         assert ingress is not None
-        local = self._local
-        if local is not None and any(route == LOCAL_ROUTE for route, _ in messages):
-            for route, (frame,) in messages:
-                if route == LOCAL_ROUTE:
-                    local.answer(frame)
-            messages = [message for message in messages if message[0] != LOCAL_ROUTE]
         if shadow is None:
             for route, frames in messages:
                 send_now(ingress, [route, *frames])
@@ -639,7 +643,7 @@ class Broker:
                 self.presence.forget_channel(channel_id)
                 if self.history is not None or self.standby is not None:
                     self._record(records.deleted_record(channel_id))
-                self._emit(wire.encode_deleted(channel_id))
+                self._emit(wire.encode_deleted(channel_id), wire.Deleted(channel_id))
                 self._recently_published.add(channel_id)
             return wire.Reply(request.request_id, deleted is not None, info)
         found = self._info(sequencer.get(channel_id))
@@ -662,7 +666,7 @@ class Broker:
         )
         frames = wire.encode_heartbeat(heartbeat)
         if standby is None:
-            self._emit(frames)
+            self._emit(frames, heartbeat)
         else:
             # Never held back: clients must hear a paired broker's state at once.
             assert self._events_shadow is not None and self._events is not None

@@ -418,7 +418,19 @@ def encode_published(published: Published) -> list[bytes]:
     return [_packer().pack(fields)]
 
 
-def decode_answer(frames: Sequence[bytes]) -> Ack | Published | NotActive:
+# What the ingress answers a publisher with.
+Answer = Ack | Published | NotActive
+
+
+def encode_answer(answer: Answer) -> list[bytes]:
+    if isinstance(answer, Published):
+        return encode_published(answer)
+    if isinstance(answer, Ack):
+        return encode_ack(answer)
+    return encode_not_active(answer)
+
+
+def decode_answer(frames: Sequence[bytes]) -> Answer:
     """What the broker's ingress sends a publisher: an ack (a map) or a publish's answer
     (an array)."""
     if len(frames) != 1:

@@ -15,7 +15,7 @@ freed memory handed back (`broker.memory`), since neither Python's dicts
 nor glibc's heap give it back on their own.
 
 In the process of its broker (`runpushserver` with no role), the events
-come through `broker.local` instead of a SUB socket, as the same frames.
+come through `broker.local` instead of a SUB socket, already decoded.
 
 With a standby pair the feed holds a SUB and a DEALER to each broker and
 subscribes every topic on both, but applies only what the broker it chose
@@ -158,7 +158,7 @@ class Feed:
         self._active_epoch = 0
         self._events: list[Events]
         if local is not None:
-            local.to_feed = functools.partial(self._on_event, 0)
+            local.to_feed = functools.partial(self._take, 0)
             self._events = [local]
         else:
             self._events = [
@@ -414,6 +414,10 @@ class Feed:
             self.counters["events_malformed"] += 1
             log.warning("dropped a malformed event: %s", error)
             return
+        self._take(index, event)
+
+    def _take(self, index: int, event: wire.Event) -> None:
+        """An event from link `index`, decoded (the local link hands it so)."""
         if isinstance(event, wire.Heartbeat):
             self._on_pair_heartbeat(index, event)
             return

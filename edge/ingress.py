@@ -14,8 +14,9 @@ that read it, with no future or task per publish, and one timer serves
 every deadline (publishes wait in the order they arrived, and all wait
 the same `broker_timeout`).
 
-In the process of its broker, the frames go through `broker.local`
-instead of the socket; numbering, acks and deadlines are the same.
+In the process of its broker, the publish frames go through
+`broker.local` instead of the socket, and the answers come back as the
+values they would decode to; numbering, acks and deadlines are the same.
 
 The traps:
 
@@ -224,12 +225,12 @@ class Ingress:
         if self._local is None and not self._reading and readable(self._socket):
             self._read()
 
-    def _on_answers(self, frames: list[bytes]) -> None:
+    def _on_answers(self, answers: list[wire.Answer]) -> None:
         """Answers handed over by the broker of this process (`broker.local`)."""
         if self._closed:
             return
-        for frame in frames:
-            self._on_answer(frame)
+        for answer in answers:
+            self._take(answer)
         self._write_due()
 
     def _read(self) -> None:
@@ -264,6 +265,9 @@ class Ingress:
         except wire.WireError as error:
             log.warning("ignored a malformed answer from %s: %s", self.config.ingress, error)
             return
+        self._take(answer)
+
+    def _take(self, answer: wire.Answer) -> None:
         outbox = self.outbox
         if isinstance(answer, wire.NotActive):
             # A standby pair's passive broker: the publishes go to the other.

@@ -16,15 +16,24 @@ class Sides:
     """What each side of a link was handed, in the order it was handed."""
 
     def __init__(self, link: LocalLink) -> None:
-        self.seen: list[tuple[str, list[bytes]]] = []
+        self.seen: list[tuple[str, object]] = []
         link.to_broker = lambda frames: self.seen.append(("broker", frames))
         link.to_broker_subscription = lambda frames: self.seen.append(("subscription", frames))
         link.to_ingress = lambda frames: self.seen.append(("ingress", frames))
         link.to_feed = lambda frames: self.seen.append(("feed", frames))
 
 
-def message_frames(channel_id: str, body: bytes) -> list[bytes]:
-    return [wire.topic(channel_id), b"header", body]
+def message(channel_id: str, body: bytes) -> wire.Message:
+    return wire.Message(channel_id, wire.MessageId(1, 0), None, None, None, body)
+
+
+def hand_message(link: LocalLink, channel_id: str, body: bytes) -> None:
+    """The broker sends a message on the channel's topic."""
+    link.event(wire.topic(channel_id), message(channel_id, body))
+
+
+BEAT = wire.Heartbeat("epoch", 1.0, True, 0)
+ANSWER = wire.Ack(b"publisher", 1)
 
 
 async def next_turn() -> None:
@@ -48,8 +57,8 @@ async def test_nothing_is_handed_over_inside_the_call_that_hands_it() -> None:
     link.connect("inproc://unused")
     link.subscribe(wire.topic("news"), again=False)
     assert link.publish(b"publish")
-    link.event(message_frames("news", b"1"))
-    link.answer(b"answer")
+    hand_message(link, "news", b"1")
+    link.answer(ANSWER)
     assert sides.seen == []
     await next_turn()
     assert sides.seen != []
@@ -63,8 +72,8 @@ async def test_events_come_before_answers_and_publishes_after_both() -> None:
     await next_turn()
     sides.seen.clear()
     link.publish(b"second publish")
-    link.answer(b"answer to the first")
-    link.event(message_frames("news", b"first"))
+    link.answer(ANSWER)
+    hand_message(link, "news", b"first")
     await next_turn()
     assert [side for side, _ in sides.seen] == ["feed", "ingress", "broker"]
     assert sides.seen[2] == ("broker", [b"second publish"])
@@ -76,15 +85,15 @@ async def test_only_events_of_followed_topics_reach_the_edge_and_the_heartbeat_a
     sides = Sides(link)
     link.subscribe(wire.topic("news"), again=False)
     for channel_id in ("news", "sport", "news-2"):
-        link.event(message_frames(channel_id, channel_id.encode()))
-    link.event([wire.HEARTBEAT_TOPIC, b"beat"])
+        hand_message(link, channel_id, channel_id.encode())
+    link.event(wire.HEARTBEAT_TOPIC, BEAT)
     await next_turn()
-    fed = [frames for side, frames in sides.seen if side == "feed"]
-    assert fed == [message_frames("news", b"news"), [wire.HEARTBEAT_TOPIC, b"beat"]]
+    fed = [event for side, event in sides.seen if side == "feed"]
+    assert fed == [message("news", b"news"), BEAT]
     link.unsubscribe(wire.topic("news"))
-    link.event(message_frames("news", b"after"))
+    hand_message(link, "news", b"after")
     await next_turn()
-    assert [frames for side, frames in sides.seen if side == "feed"] == fed
+    assert [event for side, event in sides.seen if side == "feed"] == fed
 
 
 @on_a_loop
@@ -123,8 +132,8 @@ async def test_a_closed_edge_is_handed_no_more_events() -> None:
     sides = Sides(link)
     link.subscribe(wire.topic("news"), again=False)
     link.close()
-    link.event(message_frames("news", b"late"))
-    link.event([wire.HEARTBEAT_TOPIC, b"beat"])
+    hand_message(link, "news", b"late")
+    link.event(wire.HEARTBEAT_TOPIC, BEAT)
     await next_turn()
     assert [side for side, _ in sides.seen] == ["subscription"]
 

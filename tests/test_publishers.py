@@ -236,6 +236,21 @@ def test_a_publish_answer_round_trips_with_the_channel_info() -> None:
 
 
 @pytest.mark.parametrize(
+    "answer",
+    [
+        wire.Published(A, 9, wire.ChannelInfo(3, None, 0, None)),
+        wire.Ack(A, 9, True, 2),
+        wire.NotActive(4),
+    ],
+)
+def test_every_kind_of_ingress_answer_encodes_to_what_decodes_back_to_it(
+    answer: wire.Answer,
+) -> None:
+    # The local edge is handed these values without their frames: the same values.
+    assert wire.decode_answer(wire.encode_answer(answer)) == answer
+
+
+@pytest.mark.parametrize(
     "frames",
     [
         [fields(wire.VERSION, A, 1, 0, None, 0)],
