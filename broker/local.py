@@ -11,16 +11,18 @@ been decoded to (values of `broker.wire`, all immutable, so both sides
 may hold them), so the broker's admission, numbering and acks, and the
 feed's checks of every event's `prev`, are the same code whichever way
 they came, without encoding for one side what the other decodes at once.
-What stays on ZeroMQ: the control socket (snapshots, presence), and every
-other publisher and edge.
+The edge's presence reports go over it too, as values: over ZeroMQ each
+would be validated entry by entry, every channel it holds a poll on. What
+stays on ZeroMQ: the control socket's requests and replies (snapshots,
+channel info), and every other publisher and edge.
 
 The trap: neither side may be called from inside the other's own call
 (a publish answered while its connection is still writing it, an event
 applied while the feed is subscribing to its topic), so each direction
 queues what it hands over, and one callback on the loop's next turn
 delivers it all: events first, so that an answer finds its message
-already in the edge's buffer, then answers, then publishes and
-subscriptions for the broker.
+already in the edge's buffer, then answers, then subscriptions, presence
+and publishes for the broker.
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ class LocalLink:
         self.topics: set[bytes] = {wire.HEARTBEAT_TOPIC}
         self._publishes: list[bytes] = []
         self._subscriptions: list[bytes] = []
+        self._presence: list[wire.Presence] = []
         self._answers: list[wire.Answer] = []
         self._events: list[wire.Event] = []
         # Set by each side: the broker's when it makes the link, the feed's when it is
         # made, the ingress link's when it starts.
         self.to_broker: Take = _nobody
         self.to_broker_subscription: Take = _nobody
+        self.to_broker_presence: Callable[[wire.Presence], None] = _nobody
         self.to_ingress: Callable[[list[wire.Answer]], None] = _nobody
         self.to_feed: Callable[[wire.Event], None] = _nobody
         self._scheduled = False
@@ -81,6 +85,11 @@ class LocalLink:
     def unsubscribe(self, topic: bytes) -> None:
         self.topics.discard(topic)
 
+    def report(self, presence: wire.Presence) -> None:
+        """The feed's presence report, as it would send it on the control socket."""
+        self._presence.append(presence)
+        self._schedule()
+
     def close(self) -> None:
         self.to_feed = _nobody
         self.topics = set()
@@ -100,6 +109,7 @@ class LocalLink:
         outbox, which keeps everything unacknowledged, gives it up at its own stop."""
         self.to_broker = _nobody
         self.to_broker_subscription = _nobody
+        self.to_broker_presence = _nobody
 
     # -- the broker's side -----------------------------------------------------
 
@@ -132,6 +142,9 @@ class LocalLink:
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             self.to_broker_subscription([subscription])
+        reports, self._presence = self._presence, []
+        for presence in reports:
+            self.to_broker_presence(presence)
         publishes, self._publishes = self._publishes, []
         if publishes:
             self.to_broker(publishes)

@@ -148,6 +148,7 @@ class Broker:
             link = self._local = LocalLink()
             link.to_broker = self._read_local
             link.to_broker_subscription = self._on_subscription
+            link.to_broker_presence = self._on_local_presence
         return self._local
 
     def bind(self) -> Endpoints:
@@ -595,6 +596,10 @@ class Broker:
             standby.close_batch()
             return
         self._send_control(frames)
+
+    def _on_local_presence(self, presence: wire.Presence) -> None:
+        """The local edge's report: a pair's broker has no local edge, so it is taken."""
+        self.presence.report(LOCAL_ROUTE, presence.counts, presence.full, self.sequencer.held_id)
 
     def _send_control(self, frames: list[bytes]) -> None:
         assert self._control is not None

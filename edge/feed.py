@@ -15,7 +15,8 @@ freed memory handed back (`broker.memory`), since neither Python's dicts
 nor glibc's heap give it back on their own.
 
 In the process of its broker (`runpushserver` with no role), the events
-come through `broker.local` instead of a SUB socket, already decoded.
+come through `broker.local` instead of a SUB socket, already decoded, and
+presence reports go back through it.
 
 With a standby pair the feed holds a SUB and a DEALER to each broker and
 subscribes every topic on both, but applies only what the broker it chose
@@ -157,6 +158,7 @@ class Feed:
         # The active broker's epoch as last heard (a pair's; 0 without one).
         self._active_epoch = 0
         self._events: list[Events]
+        self._local = local
         if local is not None:
             local.to_feed = functools.partial(self._take, 0)
             self._events = [local]
@@ -335,12 +337,18 @@ class Feed:
             length = len(channel_id) if channel_id.isascii() else len(channel_id.encode())
             cost = length + PRESENCE_ENTRY_BYTES
             if chunk and size + cost > PRESENCE_BYTES:
-                send_now(self._control, wire.encode_presence(wire.Presence(chunk, full)))
+                self._report(wire.Presence(chunk, full))
                 chunk, size, full = {}, 0, False
             chunk[channel_id] = figures
             size += cost
         if chunk or full:
-            send_now(self._control, wire.encode_presence(wire.Presence(chunk, full)))
+            self._report(wire.Presence(chunk, full))
+
+    def _report(self, presence: wire.Presence) -> None:
+        if self._local is not None:
+            self._local.report(presence)
+        else:
+            send_now(self._control, wire.encode_presence(presence))
 
     # -- topics ----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ class Sides:
         self.seen: list[tuple[str, object]] = []
         link.to_broker = lambda frames: self.seen.append(("broker", frames))
         link.to_broker_subscription = lambda frames: self.seen.append(("subscription", frames))
+        link.to_broker_presence = lambda report: self.seen.append(("presence", report))
         link.to_ingress = lambda frames: self.seen.append(("ingress", frames))
         link.to_feed = lambda frames: self.seen.append(("feed", frames))
 
@@ -65,18 +66,22 @@ async def test_nothing_is_handed_over_inside_the_call_that_hands_it() -> None:
 
 
 @on_a_loop
-async def test_events_come_before_answers_and_publishes_after_both() -> None:
+async def test_events_come_before_answers_and_publishes_after_presence() -> None:
     link = LocalLink()
     sides = Sides(link)
     link.subscribe(wire.topic("news"), again=False)
     await next_turn()
     sides.seen.clear()
     link.publish(b"second publish")
+    # A poll arrived before the publish: the broker counts it when it sequences the publish.
+    held = wire.Presence({"news": (1, 1.0)}, full=False)
+    link.report(held)
     link.answer(ANSWER)
     hand_message(link, "news", b"first")
     await next_turn()
-    assert [side for side, _ in sides.seen] == ["feed", "ingress", "broker"]
-    assert sides.seen[2] == ("broker", [b"second publish"])
+    assert [side for side, _ in sides.seen] == ["feed", "ingress", "presence", "broker"]
+    assert sides.seen[2] == ("presence", held)
+    assert sides.seen[3] == ("broker", [b"second publish"])
 
 
 @on_a_loop
