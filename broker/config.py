@@ -40,9 +40,10 @@ class BrokerConfig:
     # Seconds a message is kept; 0 keeps it until `max_messages` pushes it out.
     message_timeout: float = 10.0
     heartbeat_interval: float = 1.0
-    # How often the broker repeats the newest id of channels published to
-    # since the last time, so an edge that lost the last message of a burst
-    # notices without waiting for the next message.
+    # How often the broker looks for channels that went quiet since they were
+    # published to and repeats their newest id (`broker.trailing`), so an edge
+    # that lost the last message of a burst notices without waiting for the
+    # next message.
     sync_interval: float = 0.5
     # An edge that has not reported its subscribers for this long is gone.
     presence_timeout: float = 5.0

@@ -57,6 +57,7 @@ from broker.sockets import (
 )
 from broker.standby import Action, Standby
 from broker.throttled_log import ThrottledLog
+from broker.trailing import TrailingSyncs
 
 log = logging.getLogger("pushserver.broker")
 
@@ -115,7 +116,7 @@ class Broker:
         )
         self._context = zmq.asyncio.Context()
         self._stopping = asyncio.Event()
-        self._recently_published: set[str] = set()
+        self._trailing = TrailingSyncs()
         self.publishers = Publishers()
         self._acks: dict[bytes, tuple[bytes, bool]] = {}
         # Answers to publishes that asked for one, by route, sent before the acks.
@@ -347,7 +348,7 @@ class Broker:
             # On disk (and on its way to the standby) before any edge can serve it.
             self._record(records.message_record(message, sent_by, key))
         self._emit(wire.encode_message(message), message)
-        self._recently_published.add(channel_id)
+        self._trailing.published(channel_id)
         self.counters["published"] += 1
         return message
 
@@ -649,7 +650,7 @@ class Broker:
                 if self.history is not None or self.standby is not None:
                     self._record(records.deleted_record(channel_id))
                 self._emit(wire.encode_deleted(channel_id), wire.Deleted(channel_id))
-                self._recently_published.add(channel_id)
+                self._trailing.published(channel_id)
             return wire.Reply(request.request_id, deleted is not None, info)
         found = self._info(sequencer.get(channel_id))
         return wire.Reply(request.request_id, found is not None, found)
@@ -697,8 +698,7 @@ class Broker:
             if standby is not None:
                 standby.tick()
             if standby is None or standby.active:
-                published, self._recently_published = self._recently_published, set()
-                self._emit_syncs(published)
+                self._emit_syncs(self._trailing.tick())
                 # Trimmed once the forgotten channels are garbage, not while listed.
                 if self._trimmer.forgot(self._forget_idle(), len(self.sequencer)):
                     self.counters[MEMORY_TRIMS] += 1
@@ -708,8 +708,7 @@ class Broker:
 
     def _emit_syncs(self, channel_ids: set[str]) -> None:
         """Sync markers for many channels, through the plain shadow as a batch of publishes
-        is sent: about one per publish, each send on the asyncio socket cost as much as
-        the publish."""
+        is sent: on the asyncio socket each send cost as much as a publish."""
         self._events_now = self._events_shadow
         try:
             for channel_id in channel_ids:
