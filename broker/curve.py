@@ -23,8 +23,11 @@ one allow-list per domain. The traps:
   from a socket monitor, and their identity is "anonymous";
 * pyzmq's authenticator tells nobody whom it refused; the hook here is its
   `_authenticate_curve`, which tests/test_curve.py pins;
-* the handler reads the allow-list directories when the broker starts: a
-  key added or removed later counts from the next start.
+* the handler reads the allow-list directories when the broker starts and
+  again on `Gatekeeper.reload` (the broker's SIGHUP): a key added or
+  removed counts from the next handshake after it, and a connection a
+  removed key already made stays open until it closes (ZeroMQ cannot close
+  one peer of a socket), so a leaked key is cut off by a restart.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -150,15 +153,20 @@ def allow_list(directory: Path) -> frozenset[bytes]:
 
 def load_server_keys(files: ServerFiles) -> ServerKeys:
     public, secret = key_pair(files.secret_key)
+    return ServerKeys(files, public, secret, allowed_keys(files, public))
+
+
+def allowed_keys(files: ServerFiles, public: bytes) -> dict[str, frozenset[bytes]]:
+    """The keys each port admits, read from the allow-lists; the peer port admits the
+    broker's own key (`public`), which both brokers of a pair hold."""
     publishers = allow_list(files.publisher_keys)
     edges = allow_list(files.edge_keys)
-    allowed = {
+    return {
         INGRESS: publishers | edges,
         EVENTS: edges,
         CONTROL: edges,
         PEER: frozenset({public}),
     }
-    return ServerKeys(files, public, secret, allowed)
 
 
 def load_client_keys(files: ClientFiles) -> ClientKeys:
@@ -202,6 +210,26 @@ class Gatekeeper(AsyncioAuthenticator):
 
     def start(self) -> None:
         super().start()
+        try:
+            self._configure()
+        except KeyFileError:
+            self.stop()
+            raise
+
+    def reload(self) -> ServerKeys:
+        """Read the allow-lists again, as `configure_curve` wants after keys were added or
+        removed; returns what they hold now. KeyFileError, and the lists stay as they were,
+        when one cannot serve."""
+        before, certs = self._keys, dict(self.certs)
+        self._keys = replace(before, allowed=allowed_keys(before.files, before.public))
+        try:
+            self._configure()
+        except KeyFileError:
+            self._keys, self.certs = before, certs
+            raise
+        return self._keys
+
+    def _configure(self) -> None:
         files = self._keys.files
         self.configure_curve(domain=INGRESS, location=files.publisher_keys)
         self.configure_curve(domain=EVENTS, location=files.edge_keys)
@@ -213,7 +241,6 @@ class Gatekeeper(AsyncioAuthenticator):
         loaded = {port: frozenset(self.certs.get(port, {})) for port in PORTS}
         self.certs[PEER] = {self._keys.public: True}
         if loaded != {port: self._keys.allowed[port] for port in PORTS}:
-            self.stop()
             raise KeyFileError(
                 f"the allow-lists in {files.publisher_keys} and {files.edge_keys} "
                 "changed while the broker read them"

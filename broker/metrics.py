@@ -25,6 +25,8 @@ from broker.curve import PEER, PORTS
 REFUSED = "_refused"
 MALFORMED = "_malformed"
 MEMORY_TRIMS = "memory_trims"
+CURVE_RELOADS = "curve_reloads"
+CURVE_RELOADS_KEPT = "curve_reloads_kept"
 
 
 # A standby pair's figures (`broker.standby`): name to (help, value), replaced whole
@@ -68,6 +70,15 @@ class BrokerCollector(Collector):
             "were forgotten.",
             value=counts.get(MEMORY_TRIMS, 0),
         )
+        reloads = CounterMetricFamily(
+            "pushserver_broker_curve_reloads",
+            "Times the CURVE allow-lists were read again (SIGHUP): read, or kept as they were "
+            "because one could not serve.",
+            labels=["result"],
+        )
+        reloads.add_metric(["read"], counts.get(CURVE_RELOADS, 0))
+        reloads.add_metric(["kept"], counts.get(CURVE_RELOADS_KEPT, 0))
+        yield reloads
 
 
 class MetricsServer:

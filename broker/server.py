@@ -38,7 +38,7 @@ from broker.inflight import InFlight
 from broker.local import ROUTE as LOCAL_ROUTE
 from broker.local import LocalLink
 from broker.memory import Trimmer
-from broker.metrics import MEMORY_TRIMS, MetricsServer
+from broker.metrics import CURVE_RELOADS, CURVE_RELOADS_KEPT, MEMORY_TRIMS, MetricsServer
 from broker.presence import Presence
 from broker.publishers import Publishers, Verdict
 from broker.replication import apply_frames, take_over
@@ -224,6 +224,27 @@ class Broker:
             self.counters[port + "_refused"],
             identity,
             why,
+        )
+
+    def reload(self) -> None:
+        """Read the CURVE allow-lists again (SIGHUP): a key added opens its ports from its
+        next handshake, a key removed is refused from its next one."""
+        gatekeeper = self._gatekeeper
+        if gatekeeper is None:
+            log.warning("asked to read the CURVE allow-lists again, but CURVE is off")
+            return
+        try:
+            keys = gatekeeper.reload()
+        except curve.KeyFileError as error:
+            self.counters[CURVE_RELOADS_KEPT] += 1
+            log.error("kept the CURVE allow-lists as they were: %s", error)
+            return
+        self.counters[CURVE_RELOADS] += 1
+        log.info(
+            "read the CURVE allow-lists again: %d keys open the ingress, %d the events and "
+            "control ports",
+            len(keys.allowed[curve.INGRESS]),
+            len(keys.allowed[curve.EVENTS]),
         )
 
     def stop(self) -> None:

@@ -1,4 +1,5 @@
-"""Runs the broker, an edge, or both in one asyncio loop until SIGINT or SIGTERM.
+"""Runs the broker, an edge, or both in one asyncio loop until SIGINT or SIGTERM
+(SIGHUP has a broker read its CURVE allow-lists again).
 
 `runpushserver` turns settings and arguments into configurations; this
 module only wires the parts: bind everything first (so the banner names
@@ -85,6 +86,7 @@ async def _serve(
 ) -> None:
     parts: list[_Part] = []
     endpoints = None
+    broker = None
     if broker_config is not None:
         broker = Broker(broker_config)
         endpoints = broker.bind()
@@ -103,7 +105,7 @@ async def _serve(
             )
         # The edge follows this broker without sockets, unless it must follow a pair.
         alone = edge_config.standby_events is None and edge_config.standby_ingress is None
-        local = broker.local_link() if broker_config is not None and alone else None
+        local = broker.local_link() if broker is not None and alone else None
         edge = Edge(edge_config, wsgi_app=wsgi_app, local=local)
         urls = edge.listen()
         parts.append(edge)
@@ -119,6 +121,9 @@ async def _serve(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
+    if broker is not None:
+        # `systemctl reload`: the allow-lists again, without dropping a connection.
+        loop.add_signal_handler(signal.SIGHUP, broker.reload)
     try:
         tasks = [asyncio.create_task(part.run()) for part in parts]
         on_ready(Listening(endpoints, urls))
@@ -137,7 +142,7 @@ async def _serve(
         if not by_signal:
             raise RuntimeError("a push server part stopped on its own")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 

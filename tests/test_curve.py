@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import zmq
 from django.core.management import call_command
@@ -224,6 +226,66 @@ def test_a_key_in_no_allow_list_is_refused_on_every_port(
         assert any(
             f"{port} port" in line and identity in line for line in fresh_secured.broker.lines
         )
+
+
+def reloads(secured: Secured, result: str) -> int:
+    """How many times the broker read its allow-lists again with this result, as its
+    metrics say."""
+    text = httpx.get(secured.metrics, timeout=10).text
+    found = re.search(
+        rf'^pushserver_broker_curve_reloads_total{{result="{result}"}} (\S+)$', text, re.M
+    )
+    assert found is not None, "no reload counter on the broker's metrics"
+    return int(float(found.group(1)))
+
+
+def reload_allow_lists(secured: Secured, result: str) -> None:
+    before = reloads(secured, result)
+    secured.broker.popen.send_signal(signal.SIGHUP)
+    eventually(lambda: reloads(secured, result) > before, 10, f"a reload counted {result}")
+
+
+def answers_control(secured: Secured, connect: Connect, keys: curve.ClientKeys) -> bool:
+    """Whether a control socket with `keys` gets a reply to a snapshot request."""
+    control = connect(zmq.DEALER, secured.endpoints["control"], keys)
+    control.send_multipart(snapshot_request(fresh("reload")))
+    answered = bool(control.poll(round(3 * QUIET * 1000)))
+    control.close(linger=0)
+    return answered
+
+
+def test_sighup_reads_the_allow_lists_again_and_keeps_them_when_one_is_broken(
+    fresh_secured: Secured, connect: Connect, tmp_path: Path
+) -> None:
+    folder = Path(fresh_secured.curve["edge_keys"]).parent
+    layout, _ = curve.create_key_files(folder, publishers=[], edges=["edge-2"])
+    added = curve.load_client_keys(
+        curve.ClientFiles(layout.broker_public_key, layout.secret_key("edge-2"))
+    )
+    # Written after the broker started: refused until it reads the lists again.
+    assert not answers_control(fresh_secured, connect, added)
+    reload_allow_lists(fresh_secured, "read")
+    assert answers_control(fresh_secured, connect, added)
+    assert any("read the CURVE allow-lists again" in line for line in fresh_secured.broker.lines)
+
+    # The publisher's key removed: its next handshake on the ingress is refused.
+    publisher = publisher_keys(fresh_secured.curve)
+    removed = layout.publisher_keys / f"{curve.PUBLISHER_NAME}{curve.PUBLIC_SUFFIX}"
+    removed.rename(tmp_path / removed.name)
+    reload_allow_lists(fresh_secured, "read")
+    before = broker_figures(fresh_secured.metrics)["ingress_refused"]
+    ingress = connect(zmq.DEALER, fresh_secured.endpoints["ingress"], publisher)
+    ingress.send(PublishPacker()(fresh("revoked"), b"revoked", "text/plain", b"rev", 0, 0))
+    refused_more(fresh_secured, "ingress", before)
+    nothing_arrives(ingress)
+
+    # A file in an allow-list that is no key: the lists stay as they were read last.
+    (layout.edge_keys / "broken.key").write_text("not a key\n")
+    reload_allow_lists(fresh_secured, "kept")
+    assert answers_control(fresh_secured, connect, added)
+    assert any("kept the CURVE allow-lists" in line for line in fresh_secured.broker.lines)
+    channel = a_channel_with_one_message(fresh_secured, "after-reloads")
+    assert info(fresh_secured.edge, channel) is not None
 
 
 def test_refusals_are_counted_and_logged_a_few_times_a_minute_with_the_identity(

@@ -46,6 +46,7 @@ NGINX_CONF = OPS / "nginx" / "pushserver.conf"
 HAPROXY_CFG = OPS / "haproxy" / "haproxy.cfg"
 BROKER_UNIT = OPS / "systemd" / "pushserver-broker.service"
 EDGE_UNIT = OPS / "systemd" / "pushserver-edge@.service"
+STANDBY_UNIT = OPS / "systemd" / "pushserver-standby.service"
 # The edges' default long-poll timeout: the balancers must wait longer.
 LONG_POLL_TIMEOUT = EdgeConfig().long_poll_timeout
 # Seconds between a stream's keep-alive comments (issue 12): silence the balancers must outwait.
@@ -720,7 +721,7 @@ def stop_as_systemd(process: Process, file: Path) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("file", [BROKER_UNIT, EDGE_UNIT], ids=lambda file: file.name)
+@pytest.mark.parametrize("file", [BROKER_UNIT, STANDBY_UNIT, EDGE_UNIT], ids=lambda file: file.name)
 def test_the_units_declare_what_a_deployment_needs(file: Path) -> None:
     sections = unit(file)
     service = sections["Service"]
@@ -734,14 +735,29 @@ def test_the_units_declare_what_a_deployment_needs(file: Path) -> None:
     assert service["User"] and service["Group"]
     assert any(env.startswith("DJANGO_SETTINGS_MODULE=") for env in service["Environment"])
     assert sections["Install"]["WantedBy"] == ["multi-user.target"]
+    if "--role=broker" in service["ExecStart"][0]:
+        # SIGHUP reads the allow-lists again; any other signal would stop a broker.
+        assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
-def test_the_broker_unit_runs_the_broker_and_stops_on_its_kill_signal(
+def reload_as_systemd(process: Process, file: Path) -> None:
+    """Send what the unit's ExecReload sends (`kill -SIG $MAINPID`)."""
+    (exec_reload,) = unit(file)["Service"]["ExecReload"]
+    kill, option, target = shlex.split(exec_reload)
+    assert kill.endswith("/kill") and target == "$MAINPID", exec_reload
+    process.popen.send_signal(signal.Signals["SIG" + option.lstrip("-")])
+
+
+def test_the_broker_unit_runs_the_broker_reloads_and_stops_on_its_kill_signal(
     launcher: Launcher,
 ) -> None:
     process = run_service(launcher, BROKER_UNIT, "", {"broker": dict(ANY_PORT)})
     endpoints = process.wait_for(BROKER_LINE).groupdict()
     assert all(endpoint.startswith("tcp://127.0.0.1:") for endpoint in endpoints.values())
+    # Without CURVE there is nothing to read again: said, and the broker serves on.
+    reload_as_systemd(process, BROKER_UNIT)
+    process.wait_for("CURVE is off")
+    assert process.popen.poll() is None
     assert stop_as_systemd(process, BROKER_UNIT) < 10
 
 
