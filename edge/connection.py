@@ -48,7 +48,11 @@ a timer per connection. A late head or body gets 408 (a connection that
 sent nothing is closed without one); bad requests are
 answered here, before any responder: a malformed message 400, a head over
 `MAX_HEAD_SIZE` 431, a body over the limit 413, each with a short reason
-and the connection closed. Connections beyond `max_connections` are closed
+and the connection closed. A connection closed after its answers is shut
+for writing and then read, and what arrives dropped, for `LINGER` seconds
+more: closing it with the client's bytes unread would have the kernel
+reset it and drop what it had not sent yet. Connections beyond
+`max_connections` are closed
 as they arrive rather than running the process out of descriptors. Each of
 these is counted by event (`HTTPServer.events`) and logged at most a few
 times a minute per event.
@@ -80,6 +84,9 @@ MAX_HEAD_SIZE = 64 * 1024
 # Requests parsed ahead of the one being answered, or bytes of their bodies,
 # beyond which the connection stops reading.
 PIPELINE_LIMIT = 16
+# Seconds a connection the edge closes after its answers keeps reading (and
+# dropping) what its client still sends, once the answers went out.
+LINGER = 2.0
 PIPELINE_BYTES = 1024 * 1024
 # Unsent output above which a connection takes no further request, and below
 # which it takes them again: one answer may pass the mark, never a queue of them.
@@ -265,6 +272,8 @@ class Connection(asyncio.Protocol):
         "_upgrade",
         "_after_head",
         "_tunnel",
+        "_lingering",
+        "_linger_from",
     )
 
     def __init__(self, server: HTTPServer) -> None:
@@ -297,6 +306,9 @@ class Connection(asyncio.Protocol):
         # A malformed request behind others still owed an answer: refused once
         # those are answered, since answers go out in the order asked.
         self._refusal: tuple[int, str] | None = None
+        # Closing after its answers, and since when nothing waited to go out.
+        self._lingering = False
+        self._linger_from = 0.0
         # Unsent output as the sweep last saw it, and since when it has not moved.
         self._unsent = 0
         self._unsent_since = 0.0
@@ -616,6 +628,12 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         unsent = transport.get_write_buffer_size()
+        if self._lingering:
+            if unsent:
+                self._linger_from = now
+            elif now - self._linger_from > LINGER:
+                transport.abort()  # the answers went out; the client did not close
+                return
         if unsent != self._unsent:
             self._unsent, self._unsent_since = unsent, now
         elif unsent and now - self._unsent_since > self.server.idle_timeout:
@@ -850,7 +868,27 @@ class Connection(asyncio.Protocol):
             self.waiting.clear()
             self.active.request.keep_alive = False
             return
-        self.abort()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close once what was written went out, reading and dropping what the client still
+        sends until it closes too or `LINGER` seconds passed. Closing a socket that holds
+        unread bytes makes the kernel reset the connection, and the reset drops what the
+        kernel had not sent yet: the end of a long answer, a WebSocket's close frame."""
+        self.closing = True
+        self.waiting.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        self._linger_from = time.monotonic()
+        transport.write_eof()  # once the buffer went out: the client sees the end
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
 
     def abort(self) -> None:
         """Close the connection; what was written still goes out first (asyncio flushes

@@ -556,3 +556,18 @@ def test_cookies_from_a_page_of_another_origin_do_not_speak_for_the_client(site:
     with Socket(site.base, path("updates", channel), own) as ws:
         assert ws.status == 101
         eventually(lambda: site.events(channel) == [("subscribe", "alice")], 10, "alice's")
+
+
+def test_a_stalled_reader_that_sent_a_frame_the_edge_never_read_still_gets_its_close_1013(
+    launcher: Launcher,
+) -> None:
+    pid, url = stalled_edge(launcher)
+    channel = fresh("stalled-ping")
+    sent = big_bodies()
+    with Socket(url, path("updates", channel), receive_buffer=16 * 1024) as stalled:
+        assert stalled.status == 101
+        publish_until(url, channel, sent, lambda: socket_figures(url).get("slow", 0) >= 1, "socket")
+        # The edge reads nothing while its output waits: this stays unread in its socket.
+        stalled.send(Ping(b"still here"))
+        time.sleep(0.5)
+        assert stalled.until_closed(30) == TRY_AGAIN_LATER
