@@ -220,7 +220,9 @@ class Gatekeeper(AsyncioAuthenticator):
         """Read the allow-lists again, as `configure_curve` wants after keys were added or
         removed; returns what they hold now. KeyFileError, and the lists stay as they were,
         when one cannot serve."""
-        before, certs = self._keys, dict(self.certs)
+        # Copied a list at a time: `_configure` adds to the ingress's list in place.
+        before = self._keys
+        certs = {domain: dict(keys) for domain, keys in self.certs.items()}
         self._keys = replace(before, allowed=allowed_keys(before.files, before.public))
         try:
             self._configure()

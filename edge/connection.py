@@ -52,10 +52,9 @@ and the connection closed. A connection closed after its answers is shut
 for writing and then read, and what arrives dropped, for `LINGER` seconds
 more: closing it with the client's bytes unread would have the kernel
 reset it and drop what it had not sent yet. Connections beyond
-`max_connections` are closed
-as they arrive rather than running the process out of descriptors. Each of
-these is counted by event (`HTTPServer.events`) and logged at most a few
-times a minute per event.
+`max_connections` are closed as they arrive rather than running the
+process out of descriptors. Each of these is counted by event
+(`HTTPServer.events`) and logged at most a few times a minute per event.
 """
 
 from __future__ import annotations
@@ -84,14 +83,14 @@ MAX_HEAD_SIZE = 64 * 1024
 # Requests parsed ahead of the one being answered, or bytes of their bodies,
 # beyond which the connection stops reading.
 PIPELINE_LIMIT = 16
-# Seconds a connection the edge closes after its answers keeps reading (and
-# dropping) what its client still sends, once the answers went out.
-LINGER = 2.0
 PIPELINE_BYTES = 1024 * 1024
 # Unsent output above which a connection takes no further request, and below
 # which it takes them again: one answer may pass the mark, never a queue of them.
 OUTPUT_HIGH = 64 * 1024
 OUTPUT_LOW = 16 * 1024
+# Seconds a connection the edge closes after its answers keeps reading (and
+# dropping) what its client still sends, once the answers went out.
+LINGER = 2.0
 # Lines logged per event and minute about what clients did wrong.
 LOG_LINES = 5
 LOG_INTERVAL = 60.0

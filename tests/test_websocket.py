@@ -561,7 +561,7 @@ def test_cookies_from_a_page_of_another_origin_do_not_speak_for_the_client(site:
 def test_a_stalled_reader_that_sent_a_frame_the_edge_never_read_still_gets_its_close_1013(
     launcher: Launcher,
 ) -> None:
-    pid, url = stalled_edge(launcher)
+    _, url = stalled_edge(launcher)
     channel = fresh("stalled-ping")
     sent = big_bodies()
     with Socket(url, path("updates", channel), receive_buffer=16 * 1024) as stalled:
