@@ -22,7 +22,10 @@ applied while the feed is subscribing to its topic), so each direction
 queues what it hands over, and one callback on the loop's next turn
 delivers it all: events first, so that an answer finds its message
 already in the edge's buffer, then answers, then subscriptions, presence
-and publishes for the broker.
+and publishes for the broker. What those make the other side hand back
+(a publish's event and answer) is delivered by the same callback, in a
+few more rounds, rather than a turn of the loop later: a turn is a
+system call and a look at every ready socket.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ from broker import wire
 ROUTE = b""
 # What a subscription looks like on an XPUB socket.
 SUBSCRIBE = b"\x01"
+
+# Rounds of delivery in one callback: a publish, then its event and answer; more
+# only when an answer let a pipelined request publish again. The loop's other
+# connections get a turn after that.
+ROUNDS = 3
 
 Take = Callable[[list[bytes]], None]
 
@@ -61,7 +69,9 @@ class LocalLink:
         self.to_broker_presence: Callable[[wire.Presence], None] = _nobody
         self.to_ingress: Callable[[list[wire.Answer]], None] = _nobody
         self.to_feed: Callable[[wire.Event], None] = _nobody
+        # Something waits to be delivered (and a delivery will come).
         self._scheduled = False
+        self._delivering = False
 
     # -- the edge's side -------------------------------------------------------
 
@@ -129,10 +139,24 @@ class LocalLink:
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._deliver)
+            if not self._delivering:
+                asyncio.get_running_loop().call_soon(self._deliver)
 
     def _deliver(self) -> None:
-        self._scheduled = False
+        self._delivering = True
+        try:
+            for _ in range(ROUNDS):
+                self._scheduled = False
+                self._deliver_round()
+                if not self._scheduled:
+                    break
+        finally:
+            self._delivering = False
+            # Also after a side failed: what waits must not wait for a call never made.
+            if self._scheduled:
+                asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver_round(self) -> None:
         events, self._events = self._events, []
         for event in events:
             self.to_feed(event)

@@ -653,7 +653,8 @@ class Connection(asyncio.Protocol):
                 self.active is None and self.waiting and not self.closing and not self._write_paused
             ):
                 incoming = self.waiting.popleft()
-                self.waiting_bytes -= sum(len(chunk) for chunk in incoming.chunks)
+                if incoming.chunks:
+                    self.waiting_bytes -= sum(len(chunk) for chunk in incoming.chunks)
                 self._start(incoming)
         finally:
             self._dispatching = False

@@ -3,7 +3,8 @@
 This is the edge's hot path, so it answers straight on the edge's own
 connection (`edge.connection`), not through Tornado: a poll of a channel
 already followed is answered from the channel buffer without a coroutine,
-and a held poll is two callbacks and one timer. Per request it reads three
+and a held poll is two callbacks and a place in the edge's one queue of
+poll timeouts (`edge.timeouts`). Per request it reads three
 headers, parses the validators (cached: clients send the same few), looks
 the cursor up (a bisect) and writes one buffer: the message's head
 rendered once when it arrived (`Held.head`), the few lines that depend on
@@ -29,6 +30,7 @@ handshake says they may not speak for the client, the passthrough (and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -76,6 +78,7 @@ from edge.publisher import PublisherRequest, Publishers
 from edge.signing import query_problem
 from edge.socket_subscriber import WebSocket, WebSockets
 from edge.stream import CLIENT, UNAVAILABLE, Stream, Streams
+from edge.timeouts import Timeout, Timeouts
 from edge.websocket import Accepted, Refused, handshake, wants_websocket
 
 log = logging.getLogger("pushserver.edge")
@@ -139,6 +142,8 @@ class Subscribers:
     websockets: WebSockets = field(default_factory=WebSockets)
     # Long-polls held now (pushserver_edge_held_polls).
     held_polls: int = 0
+    # When each held poll is answered 304: all after the same long_poll_timeout.
+    timeouts: Timeouts = field(init=False)
     locations: list[tuple[re.Pattern[str], SubscriberLocation]] = field(init=False)
     _cursors: dict[tuple[str | None, str | None], Cursor] = field(default_factory=dict)
     _not_modified: dict[tuple[Cursor, bool], bytes] = field(default_factory=dict)
@@ -146,6 +151,7 @@ class Subscribers:
     _date: tuple[int, bytes] = (0, b"")
 
     def __post_init__(self) -> None:
+        self.timeouts = Timeouts(self.config.long_poll_timeout)
         self.locations = []
         for location in self.config.subscribers:
             pattern = anchored(location.url)
@@ -274,7 +280,7 @@ class SubscriberRequest:
         self.answered = False
         self.buffer: ChannelBuffer | None = None
         self.waiter: Waiter | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Timeout | None = None
         # The request Django was told subscribed, and to which channels, so it hears
         # when the poll or stream ends.
         self.subscribed: Caller | None = None
@@ -599,19 +605,14 @@ class SubscriberRequest:
 
     def _hold(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
         self.buffer = buffer
+        release = functools.partial(self._woken, None, False, cursor, released=True)
         self.waiter = Waiter(
-            cursor.id,
-            lambda held, missed: self._woken(held, missed, cursor),
-            lambda: self._woken(None, False, cursor, released=True),
+            cursor.id, lambda held, missed: self._woken(held, missed, cursor), release
         )
         buffer.wait(self.waiter)
-        self.shared.held_polls += 1
-        # One timer per poll rather than asyncio.wait_for, which costs twice as
-        # much when thousands of polls wake at once.
-        self.timer = asyncio.get_running_loop().call_later(
-            self.shared.config.long_poll_timeout,
-            lambda: self._woken(None, False, cursor, released=True),
-        )
+        shared = self.shared
+        shared.held_polls += 1
+        self.timer = shared.timeouts.start(release)
 
     def _woken(
         self, held: Held | None, missed: bool, cursor: Cursor, released: bool = False
@@ -626,7 +627,7 @@ class SubscriberRequest:
 
     def _let_go(self) -> None:
         if self.timer is not None:
-            self.timer.cancel()
+            self.shared.timeouts.cancel(self.timer)
             self.timer = None
         buffer = self.buffer
         if buffer is not None and self.waiter is not None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from broker import wire
-from broker.local import SUBSCRIBE, LocalLink
+from broker.local import ROUNDS, SUBSCRIBE, LocalLink
 
 
 class Sides:
@@ -161,3 +161,65 @@ async def test_a_stopping_broker_keeps_what_it_was_handed_for_its_last_drain_the
     await next_turn()
     assert link.queued_publishes() == []
     assert sides.seen == []
+
+
+@on_a_loop
+async def test_a_publishs_event_and_answer_reach_the_edge_in_the_turn_it_reached_the_broker() -> (
+    None
+):
+    link = LocalLink()
+    sides = Sides(link)
+    link.subscribe(wire.topic("news"), again=False)
+    await next_turn()
+    sides.seen.clear()
+
+    def sequence(publishes: list[bytes]) -> None:
+        sides.seen.append(("broker", publishes))
+        hand_message(link, "news", b"published")
+        link.answer(ANSWER)
+
+    link.to_broker = sequence
+    link.publish(b"publish")
+    await next_turn()
+    assert [side for side, _ in sides.seen] == ["broker", "feed", "ingress"]
+
+
+@on_a_loop
+async def test_sides_that_keep_handing_back_get_a_few_rounds_per_turn_and_the_loop_turns() -> None:
+    link = LocalLink()
+    rounds = {"broker": 0, "ingress": 0}
+
+    def answer(publishes: list[bytes]) -> None:
+        rounds["broker"] += 1
+        link.answer(ANSWER)
+
+    def publish_again(answers: list[wire.Answer]) -> None:
+        rounds["ingress"] += 1
+        link.publish(b"again")  # a pipelined POST behind the one answered
+
+    link.to_broker, link.to_ingress = answer, publish_again
+    link.publish(b"first")
+    await next_turn()
+    first_turn = sum(rounds.values())
+    # Each round hands answers to the edge and then publishes to the broker.
+    assert 2 <= first_turn <= 2 * ROUNDS
+    for _ in range(10):
+        await next_turn()
+    assert sum(rounds.values()) >= first_turn + 10
+
+
+@on_a_loop
+async def test_what_a_failing_side_handed_back_before_failing_is_still_delivered() -> None:
+    link = LocalLink()
+    sides = Sides(link)
+
+    def fail(publishes: list[bytes]) -> None:
+        link.answer(ANSWER)
+        raise RuntimeError("broken broker")
+
+    link.to_broker = fail
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
+    link.publish(b"publish")
+    await next_turn()
+    await next_turn()
+    assert sides.seen == [("ingress", [ANSWER])]
