@@ -4,6 +4,7 @@ short delays; only the order and number of what fires is asserted, never a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import pytest
@@ -18,7 +19,7 @@ def test_timeouts_fire_once_each_in_the_order_they_started_and_a_cancelled_one_n
 
     async def main() -> None:
         timeouts = Timeouts(DELAY)
-        started = [timeouts.start(lambda n=n: fired.append(n)) for n in range(5)]
+        started = [timeouts.start(functools.partial(fired.append, n)) for n in range(5)]
         timeouts.cancel(started[0])
         timeouts.cancel(started[3])
         timeouts.cancel(started[3])  # twice is once
@@ -37,7 +38,12 @@ def test_a_timeout_started_after_the_others_fired_or_by_a_callback_still_fires()
 
     async def main() -> None:
         timeouts = Timeouts(DELAY)
-        timeouts.start(lambda: (fired.append("first"), timeouts.start(lambda: fired.append("x"))))
+
+        def first() -> None:
+            fired.append("first")
+            timeouts.start(lambda: fired.append("x"))
+
+        timeouts.start(first)
         await asyncio.sleep(DELAY * 4)
         assert fired == ["first", "x"]
         timeouts.start(lambda: fired.append("later"))
