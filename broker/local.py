@@ -5,8 +5,8 @@ HTTP publish would cross three sockets inside the process (the edge's
 publish to the ingress, its answer back, the broker's event to the feed),
 each a send, a hop through libzmq's I/O thread and a wake-up of the loop:
 together more than the broker and the edge spend on the publish itself.
-This link hands the edge's publish frames to the broker, and the broker's
-events and answers to the edge as the values their frames would have
+This link hands the edge's publishes to the broker, and the broker's
+events and answers to the edge, as the values their frames would have
 been decoded to (values of `broker.wire`, all immutable, so both sides
 may hold them), so the broker's admission, numbering and acks, and the
 feed's checks of every event's `prev`, are the same code whichever way
@@ -47,6 +47,7 @@ SUBSCRIBE = b"\x01"
 ROUNDS = 3
 
 Take = Callable[[list[bytes]], None]
+TakePublishes = Callable[[list[wire.Publish]], None]
 
 
 def _nobody(handed: object) -> None:
@@ -57,14 +58,14 @@ class LocalLink:
     def __init__(self) -> None:
         # Topics the edge follows; the heartbeat's from the start, as its SUB socket's.
         self.topics: set[bytes] = {wire.HEARTBEAT_TOPIC}
-        self._publishes: list[bytes] = []
+        self._publishes: list[wire.Publish] = []
         self._subscriptions: list[bytes] = []
         self._presence: list[wire.Presence] = []
         self._answers: list[wire.Answer] = []
         self._events: list[wire.Event] = []
         # Set by each side: the broker's when it makes the link, the feed's when it is
         # made, the ingress link's when it starts.
-        self.to_broker: Take = _nobody
+        self.to_broker: TakePublishes = _nobody
         self.to_broker_subscription: Take = _nobody
         self.to_broker_presence: Callable[[wire.Presence], None] = _nobody
         self.to_ingress: Callable[[list[wire.Answer]], None] = _nobody
@@ -75,9 +76,9 @@ class LocalLink:
 
     # -- the edge's side -------------------------------------------------------
 
-    def publish(self, frame: bytes) -> bool:
+    def publish(self, publish: wire.Publish) -> bool:
         """The ingress link's send: always taken, as a connected DEALER takes it."""
-        self._publishes.append(frame)
+        self._publishes.append(publish)
         self._schedule()
         return True
 
@@ -104,12 +105,12 @@ class LocalLink:
         self.to_feed = _nobody
         self.topics = set()
 
-    def queued_publishes(self) -> list[bytes]:
+    def queued_publishes(self) -> list[wire.Publish]:
         """What the edge handed over and the broker has not taken yet: at the broker's stop."""
         publishes, self._publishes = self._publishes, []
         return publishes
 
-    def keep(self, publishes: list[bytes]) -> None:
+    def keep(self, publishes: list[wire.Publish]) -> None:
         """Publishes the stopping broker was handed and did not take, back in front of the
         queue for its last drain (`queued_publishes`), not handed over again before it."""
         self._publishes[:0] = publishes

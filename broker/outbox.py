@@ -7,8 +7,10 @@ so it lives beside the wire format and imports nothing from Django.
 A message handed to a ZeroMQ socket is not yet the broker's: a connection
 that dies takes what it carried with it, and nothing says so. So each
 sending socket numbers its messages 0, 1, 2, … under an identity of its
-own (16 random bytes) and keeps each one's frame here until a cumulative
-ack from the broker covers it. The broker drops numbers it already holds
+own (16 random bytes) and keeps each one here until a cumulative ack from
+the broker covers it: as the `wire.Publish` the broker reads, encoded by
+the writer that puts it on a socket (an edge in its broker's process
+hands it over as it is, `broker.local`). The broker drops numbers it already holds
 and refuses one that skips a number (a gap ack), so writing the
 unacknowledged tail again is always safe. This module decides what is
 written again, and when:
@@ -31,10 +33,10 @@ cases is tested alone; the sockets, threads and process hooks are
 The traps:
 
 * not thread-safe: one per sending socket, used under that socket's lock;
-* a frame handed out, by `append` or by `due`, counts as written at once,
-  so the path of a message is one pack and one write: a writer that could
-  not write it must call `unwrite` and stop, or the frame waits for the
-  next reconnection or `RESEND_AFTER`;
+* a message handed out, by `append` or by `due`, counts as written at
+  once, so the path of a message is one pack and one write: a writer that
+  could not write it must call `unwrite` and stop, or the message waits
+  for the next reconnection or `RESEND_AFTER`;
 * `due` is a generator: nothing is decided until it is iterated;
 * a gap ack below what the broker once acknowledged (its history lost
   messages, say a machine crash before the file reached the disk) is a gap
@@ -69,11 +71,10 @@ class Renumbered(NamedTuple):
 class Outbox:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._pack = wire.PublishPacker()
         self.identity = os.urandom(16)
-        # Index i holds the frame of message `acked + 1 + i`: everything the
-        # broker has not acknowledged, oldest first.
-        self.unacked: deque[bytes] = deque()
+        # Index i holds message `acked + 1 + i`: everything the broker has not
+        # acknowledged, oldest first.
+        self.unacked: deque[wire.Publish] = deque()
         self.acked = -1
         self.next_seq = 0
         # The newest number handed out for writing on this connection; never
@@ -90,16 +91,16 @@ class Outbox:
         key: str | None = None,
         reply: bool = False,
         event: str | None = None,
-    ) -> bytes | None:
-        """Number and keep a message; returns its frame when it is the one to write now,
-        None when older ones wait to be written first (`due` hands it out after them).
+    ) -> wire.Publish | None:
+        """Number and keep a message; returns it when it is the one to write now, None
+        when older ones wait to be written first (`due` hands it out after them).
 
         Its number is `next_seq` as it was before the call."""
         seq = self.next_seq
-        frame = self._pack(
-            channel_id, body, content_type, self.identity, seq, self.acked + 1, key, reply, event
+        publish = wire.Publish(
+            channel_id, content_type, body, self.identity, seq, self.acked + 1, key, reply, event
         )
-        self.unacked.append(frame)
+        self.unacked.append(publish)
         self.next_seq = seq + 1
         written_upto = self.written_upto
         if written_upto != seq - 1:
@@ -107,14 +108,14 @@ class Outbox:
         if written_upto == self.acked:
             self.progress_at = self._clock()
         self.written_upto = seq
-        return frame
+        return publish
 
     def unwrite(self) -> None:
-        """The frame handed out last could not be written: it is due again."""
+        """The message handed out last could not be written: it is due again."""
         self.written_upto -= 1
 
-    def due(self) -> Iterator[bytes]:
-        """The frames to write now, oldest first."""
+    def due(self) -> Iterator[wire.Publish]:
+        """The messages to write now, oldest first."""
         if self.written_upto > self.acked and self._clock() - self.progress_at > RESEND_AFTER:
             self.written_upto = self.acked
         unacked = self.unacked
@@ -126,11 +127,11 @@ class Outbox:
             self.written_upto += 1
             yield unacked[index]
 
-    def write_due(self, write: Callable[[bytes], bool]) -> None:
-        """Hand `write` the frames due, oldest first, until it could not write one
+    def write_due(self, write: Callable[[wire.Publish], bool]) -> None:
+        """Hand `write` the messages due, oldest first, until it could not write one
         (it returns False), which is then due again."""
-        for frame in self.due():
-            if not write(frame):
+        for publish in self.due():
+            if not write(publish):
                 self.unwrite()
                 return
 
@@ -139,17 +140,7 @@ class Outbox:
         self.written_upto = self.acked
 
     def on_ack(self, ack: wire.Ack) -> Renumbered | None:
-        if ack.publisher != self.identity:
-            return None  # addressed to an identity this outbox gave up
-        seq = min(ack.seq, self.next_seq - 1)
-        if seq > self.acked:
-            unacked = self.unacked
-            for _ in range(seq - self.acked):
-                unacked.popleft()
-            self.acked = seq
-            self.progress_at = self._clock()
-            self.written_upto = max(self.written_upto, seq)
-        if not ack.gap:
+        if not self.acknowledged(ack.publisher, ack.seq) or not ack.gap:
             return None
         if ack.seq == wire.UNKNOWN:
             self.written_upto = self.acked
@@ -160,35 +151,34 @@ class Outbox:
             self.written_upto = min(self.written_upto, ack.seq)
         return None
 
+    def acknowledged(self, publisher: bytes, seq: int) -> bool:
+        """The broker holds every message up to `seq` (an ack, or the answer to a publish
+        that asked for one); False when addressed to an identity this outbox gave up."""
+        if publisher != self.identity:
+            return False
+        seq = min(seq, self.next_seq - 1)
+        if seq > self.acked:
+            unacked = self.unacked
+            for _ in range(seq - self.acked):
+                unacked.popleft()
+            self.acked = seq
+            self.progress_at = self._clock()
+            self.written_upto = max(self.written_upto, seq)
+        return True
+
     def _renumber(self, broker_holds: int) -> Renumbered:
         renumbered = Renumbered(broker_holds, self.acked, len(self.unacked))
-        self.identity = os.urandom(16)
-        publishes = [wire.decode_publish((frame,)) for frame in self.unacked]
+        self.identity = identity = os.urandom(16)
+        publishes = list(self.unacked)
         # In place: a caller may hold the deque.
         self.unacked.clear()
         self.unacked.extend(
-            self._pack(
-                p.channel_id, p.body, p.content_type, self.identity, seq, 0, p.key, p.reply, p.event
-            )
-            for seq, p in enumerate(publishes)
+            p._replace(publisher=identity, seq=seq, base=0) for seq, p in enumerate(publishes)
         )
         self.next_seq = len(publishes)
         self.acked = self.written_upto = -1
         self.progress_at = self._clock()
         return renumbered
 
-    def _marked_oldest(self, frame: bytes) -> bytes:
-        publish = wire.decode_publish((frame,))
-        if publish.base == publish.seq:
-            return frame
-        return self._pack(
-            publish.channel_id,
-            publish.body,
-            publish.content_type,
-            self.identity,
-            publish.seq,
-            publish.seq,
-            publish.key,
-            publish.reply,
-            publish.event,
-        )
+    def _marked_oldest(self, publish: wire.Publish) -> wire.Publish:
+        return publish if publish.base == publish.seq else publish._replace(base=publish.seq)

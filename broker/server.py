@@ -267,8 +267,8 @@ class Broker:
                 break
             self._on_publish(frames)
         if self._local is not None:
-            for frame in self._local.queued_publishes():
-                self._on_publish([LOCAL_ROUTE, frame])
+            for publish in self._local.queued_publishes():
+                self._take_publish(LOCAL_ROUTE, publish)
             # Later publishes are the edge's to give up, as once the socket is closed.
             self._local.detach_broker()
         self._send_acks()
@@ -445,8 +445,9 @@ class Broker:
         if readable(shadow):
             asyncio.get_running_loop().call_soon(self._read_ingress)
 
-    def _read_local(self, publishes: list[bytes]) -> None:
-        """The local edge's publishes, one batch as from the ingress socket."""
+    def _read_local(self, publishes: list[wire.Publish]) -> None:
+        """The local edge's publishes, one batch as from the ingress socket; checked by
+        the edge as they are read, so not again."""
         if self._local is None or self._events is None:
             return
         if self._stopping.is_set():
@@ -455,8 +456,8 @@ class Broker:
             return
         self._events_now = self._events_shadow
         try:
-            for frame in publishes:
-                self._on_publish([LOCAL_ROUTE, frame])
+            for publish in publishes:
+                self._take_publish(LOCAL_ROUTE, publish)
         finally:
             self._events_now = None
             wake_readers(self._events)
@@ -470,10 +471,13 @@ class Broker:
         except wire.WireError as error:
             self._drop("ingress", frames, error)
             return
+        self._take_publish(frames[0], publish)
+
+    def _take_publish(self, route: bytes, publish: wire.Publish) -> None:
         standby = self.standby
         if standby is not None and not standby.serves():
             # Not the active broker: the publisher goes to the other.
-            self._send_ingress([(frames[0], wire.encode_not_active(wire.NotActive(0)))])
+            self._send_ingress([(route, wire.encode_not_active(wire.NotActive(0)))])
             self.counters["ingress_not_active"] += 1
             return
         verdict = self.publishers.admit(publish.publisher, publish.seq, publish.base)
@@ -483,15 +487,15 @@ class Broker:
             info = self._sequence(publish)
             if publish.reply:
                 answer = wire.Published(publish.publisher, publish.seq, info)
-                self._answers.append((frames[0], answer))
+                self._answers.append((route, answer))
         else:
             self.counters["ingress_repeats"] += 1
             if publish.reply:
                 # Its first answer died with a connection: answered again, not published.
                 info = self._recorded_info(publish) or self._channel_info(publish.channel_id)
                 answer = wire.Published(publish.publisher, publish.seq, info)
-                self._answers.append((frames[0], answer))
-        self._acknowledge(frames[0], publish.publisher, verdict is Verdict.GAP)
+                self._answers.append((route, answer))
+        self._acknowledge(route, publish.publisher, verdict is Verdict.GAP)
 
     def _sequence(self, publish: wire.Publish) -> wire.ChannelInfo:
         """Publish a new message, unless its key names one published within the window."""

@@ -342,6 +342,20 @@ class PublishPacker:
         packed: bytes = self._pack(fields)
         return packed
 
+    def encode(self, publish: Publish) -> bytes:
+        """The frame of `publish` (what `decode_publish` reads back)."""
+        return self(
+            publish.channel_id,
+            publish.body,
+            publish.content_type,
+            publish.publisher,
+            publish.seq,
+            publish.base,
+            publish.key,
+            publish.reply,
+            publish.event,
+        )
+
 
 def _whole(value: Any) -> bool:
     return type(value) is int

@@ -14,9 +14,10 @@ that read it, with no future or task per publish, and one timer serves
 every deadline (publishes wait in the order they arrived, and all wait
 the same `broker_timeout`).
 
-In the process of its broker, the publish frames go through
-`broker.local` instead of the socket, and the answers come back as the
-values they would decode to; numbering, acks and deadlines are the same.
+In the process of its broker, the publishes go through `broker.local`
+instead of the socket, as values (`wire.Publish`, never packed), and the
+answers come back as the values they would decode to; numbering, acks and
+deadlines are the same.
 
 The traps:
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -90,7 +90,7 @@ class Ingress:
         if local is not None:
             # The broker of this process: no socket, no connection to wait for.
             self.connected = True
-            self._send: Callable[[bytes], bool] = local.publish
+            self._send: Callable[[wire.Publish], bool] = local.publish
             self._choice = Choice(1, config.failover_timeout / 3)
             return
         self.connected = False
@@ -112,7 +112,8 @@ class Ingress:
         if config.standby_ingress is not None:
             self._endpoints.append(config.standby_ingress)
         self._choice = Choice(len(self._endpoints), config.failover_timeout / 3)
-        self._send = functools.partial(send_plain, sock)
+        self._encode = wire.PublishPacker().encode
+        self._send = self._write
         self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
 
     def start(self) -> None:
@@ -175,21 +176,24 @@ class Ingress:
             # Nothing was awaited: a silence counts from here, not from the last answer.
             self._choice.heard(self._choice.current, False, 0)
         seq = outbox.next_seq
-        frame = outbox.append(channel_id, body, content_type, key, reply=True, event=event)
+        publish = outbox.append(channel_id, body, content_type, key, reply=True, event=event)
         self._waiting[seq] = answer
         self._deadlines.append((loop.time() + self.config.broker_timeout, seq))
         if self._timer is None:
             self._timer = loop.call_at(self._deadlines[0][0], self._expire)
         if self._resender is None:
             self._resender = loop.call_later(RESEND_INTERVAL, self._resend)
-        if frame is None:
+        if publish is None:
             self._write_due()
-        elif not self._send(frame):
+        elif not self._send(publish):
             outbox.unwrite()  # no connection (or a full one): the outbox keeps it due
         self._read_waiting()
         return True
 
     # -- writing ---------------------------------------------------------------
+
+    def _write(self, publish: wire.Publish) -> bool:
+        return send_plain(self._socket, self._encode(publish))
 
     def _write_due(self) -> None:
         self.outbox.write_due(self._send)
@@ -276,10 +280,9 @@ class Ingress:
             return
         self._choice.heard(self._choice.current, False, 0)
         if isinstance(answer, wire.Published):
-            if answer.publisher != outbox.identity:
-                return  # for an identity the outbox gave up
             # An answer acknowledges everything up to its number.
-            outbox.on_ack(wire.Ack(answer.publisher, answer.seq))
+            if not outbox.acknowledged(answer.publisher, answer.seq):
+                return  # for an identity the outbox gave up
             told = self._waiting.pop(answer.seq, None)
             if told is not None:
                 self._tell(told, answer.info)

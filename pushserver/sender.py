@@ -67,7 +67,6 @@ The traps:
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import threading
@@ -185,6 +184,8 @@ class _Publisher:
         self.retired = False
         self.closed = False
         self.outbox = Outbox()
+        # The outbox keeps messages as values; each is packed when written.
+        self._encode = wire.PublishPacker().encode
         # When `send` next looks at the monitor and the acks, or once the
         # queue is this long: the cheap path in between only writes.
         self.check_at = 0.0
@@ -298,7 +299,10 @@ class _Publisher:
     def write_due(self) -> None:
         """Write what the outbox says is due; stops when the socket cannot take more
         (no connection, or its queue is full)."""
-        self.outbox.write_due(functools.partial(send_plain, self.socket))
+        self.outbox.write_due(self._write)
+
+    def _write(self, publish: wire.Publish) -> bool:
+        return send_plain(self.socket, self._encode(publish))
 
     def flush(self) -> None:
         """Take acks and write what is due, without blocking."""
@@ -354,12 +358,12 @@ class _Publisher:
         unacked = outbox.unacked
         if fresh or not self.connected or now >= self.check_at or len(unacked) >= self.check_len:
             self._check(now, fresh)
-        frame = outbox.append(channel_id, body, content_type, event=event)
-        if frame is None:
+        publish = outbox.append(channel_id, body, content_type, event=event)
+        if publish is None:
             self.write_due()
         else:
             try:
-                backend_send(self.socket, frame, _NOBLOCK)
+                backend_send(self.socket, self._encode(publish), _NOBLOCK)
             except zmq.Again:
                 outbox.unwrite()
                 # No connection (or a full one): look at the monitor next time.

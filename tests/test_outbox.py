@@ -18,15 +18,14 @@ def outbox(clock: Clock) -> Outbox:
     return Outbox(clock)
 
 
-def queue(outbox: Outbox, *bodies: bytes) -> list[bytes | None]:
+def queue(outbox: Outbox, *bodies: bytes) -> list[wire.Publish | None]:
     """Append one message per body; what each `append` returned to be written at once."""
     return [outbox.append("news", body, "application/json") for body in bodies]
 
 
-def written(frames: Iterable[bytes | None]) -> list[tuple[int, int, bytes]]:
-    """(seq, base, body) of each frame, in order."""
-    publishes = [wire.decode_publish([frame]) for frame in frames if frame is not None]
-    return [(p.seq, p.base, p.body) for p in publishes]
+def written(publishes: Iterable[wire.Publish | None]) -> list[tuple[int, int, bytes]]:
+    """(seq, base, body) of each message handed out, in order."""
+    return [(p.seq, p.base, p.body) for p in publishes if p is not None]
 
 
 def ack(outbox: Outbox, seq: int, gap: bool = False) -> Renumbered | None:
@@ -39,8 +38,7 @@ def ack(outbox: Outbox, seq: int, gap: bool = False) -> Renumbered | None:
 def test_messages_are_numbered_from_zero_under_one_identity_of_sixteen_random_bytes(
     outbox: Outbox, clock: Clock
 ) -> None:
-    frames = queue(outbox, b"a", b"b", b"c")
-    publishes = [wire.decode_publish([frame]) for frame in frames if frame is not None]
+    publishes = queue(outbox, b"a", b"b", b"c")
     assert publishes == [
         wire.Publish("news", "application/json", body, outbox.identity, seq, 0)
         for seq, body in enumerate([b"a", b"b", b"c"])
@@ -73,7 +71,7 @@ def test_nothing_is_due_while_everything_written_waits_for_its_ack(outbox: Outbo
     assert len(outbox.unacked) == 2
 
 
-def test_a_frame_handed_back_stays_due_with_everything_behind_it(outbox: Outbox) -> None:
+def test_a_message_handed_back_stays_due_with_everything_behind_it(outbox: Outbox) -> None:
     queue(outbox, b"a")
     outbox.unwrite()
     queue(outbox, b"b", b"c")
@@ -133,7 +131,7 @@ def test_after_a_reconnection_everything_unacknowledged_is_written_again_oldest_
     queue(outbox, b"a", b"b", b"c")
     ack(outbox, 0)
     outbox.on_reconnect()
-    again = [wire.decode_publish([frame]) for frame in outbox.due()]
+    again = list(outbox.due())
     # The oldest now says it is the oldest, so a broker that does not know this
     # publisher starts it there; the publisher keeps its identity.
     assert [(p.publisher, p.seq, p.base, p.body) for p in again] == [
@@ -244,7 +242,7 @@ def test_a_gap_below_what_was_acknowledged_renumbers_the_queue_under_a_new_ident
     assert ack(outbox, 1, gap=True) == Renumbered(broker_holds=1, acknowledged=2, queued=2)
     new = outbox.identity
     assert new != old and len(new) == 16
-    again = [wire.decode_publish([frame]) for frame in outbox.due()]
+    again = list(outbox.due())
     assert [(p.publisher, p.seq, p.base, p.body) for p in again] == [
         (new, 0, 0, b"3"),
         (new, 1, 0, b"4"),
@@ -257,7 +255,7 @@ def test_a_gap_below_what_was_acknowledged_renumbers_the_queue_under_a_new_ident
     following = outbox.append("news", b"5", None)
     assert following is not None
     assert written([following]) == [(2, 2, b"5")]
-    assert wire.decode_publish([following]).publisher == new
+    assert following.publisher == new
 
 
 def test_a_message_keeps_its_key_and_its_wish_for_an_answer_whenever_it_is_repacked(
@@ -270,31 +268,31 @@ def test_a_message_keeps_its_key_and_its_wish_for_an_answer_whenever_it_is_repac
     outbox.append("news", b"3", None, "key-3", False)
     ack(outbox, 1)
     outbox.on_reconnect()
-    marked = [wire.decode_publish([frame]) for frame in outbox.due()]
+    marked = list(outbox.due())
     assert [(p.seq, p.base, p.key, p.reply) for p in marked] == [
         (2, 2, None, True),
         (3, 0, "key-3", False),
     ]
     assert ack(outbox, 0, gap=True) is not None
-    renumbered = [wire.decode_publish([frame]) for frame in outbox.due()]
+    renumbered = list(outbox.due())
     assert [(p.seq, p.body, p.key, p.reply) for p in renumbered] == [
         (0, b"2", None, True),
         (1, b"3", "key-3", False),
     ]
 
 
-def test_writing_what_is_due_stops_at_the_first_frame_the_socket_refuses(
+def test_writing_what_is_due_stops_at_the_first_message_the_socket_refuses(
     outbox: Outbox,
 ) -> None:
     for body in (b"a", b"b", b"c"):
         outbox.append("news", body, None)
     outbox.on_reconnect()
-    taken: list[bytes] = []
+    taken: list[wire.Publish] = []
 
-    def write(frame: bytes) -> bool:
+    def write(publish: wire.Publish) -> bool:
         if len(taken) == 1:
             return False
-        taken.append(frame)
+        taken.append(publish)
         return True
 
     outbox.write_due(write)
