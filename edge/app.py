@@ -18,7 +18,6 @@ import tornado.web
 from edge.access import Proxies, TrustedCallers
 from edge.bridge import request_log
 from edge.config import EdgeConfig
-from edge.connection import Connection, Request, Responder
 from edge.feed import Feed
 from edge.handlers import PushHandler
 from edge.ingress import Ingress
@@ -26,7 +25,7 @@ from edge.metrics import MetricsHandler, registry_for
 from edge.passthrough import Passthrough
 from edge.paths import outside_group_problem, path_problem
 from edge.publisher import Publishers
-from edge.subscriber import EdgeRouter, Subscribers
+from edge.subscriber import EdgeRouter, Route, Subscribers
 from edge.wsgi import WSGIApp, WSGIFallback
 
 
@@ -41,8 +40,7 @@ class CanonicalRouter(EdgeRouter):
     """Routes only requests whose path is in the one form the edge and a balancer read
     alike; the rest get 400 with the reason (counted as malformed, logged at a bounded rate)."""
 
-    def __call__(self, connection: Connection, request: Request) -> Responder:
-        path = request.path
+    def route(self, path: str) -> Route:
         problem = path_problem(path)
         if problem is None and "%" in path:
             found = self.subscribers.match(path) or self.publishers.match(path)
@@ -50,7 +48,7 @@ class CanonicalRouter(EdgeRouter):
                 problem = outside_group_problem(path, found[1])
         if problem is not None:
             raise tornado.httputil.HTTPInputError(problem)
-        return super().__call__(connection, request)
+        return super().route(path)
 
 
 def build_router(

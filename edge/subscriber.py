@@ -74,7 +74,7 @@ from edge.protocol import (
     http_date,
     parse_cursor,
 )
-from edge.publisher import PublisherRequest, Publishers
+from edge.publisher import Location, PublisherRequest, Publishers
 from edge.signing import query_problem
 from edge.socket_subscriber import WebSocket, WebSockets
 from edge.stream import CLIENT, UNAVAILABLE, Stream, Streams
@@ -148,6 +148,7 @@ class Subscribers:
     _cursors: dict[tuple[str | None, str | None], Cursor] = field(default_factory=dict)
     _not_modified: dict[tuple[Cursor, bool], bytes] = field(default_factory=dict)
     _cors: dict[tuple[int, str | None], bytes] = field(default_factory=dict)
+    _channels: dict[str, tuple[str]] = field(default_factory=dict)
     _date: tuple[int, bytes] = (0, b"")
 
     def __post_init__(self) -> None:
@@ -165,6 +166,17 @@ class Subscribers:
             if found is not None:
                 return location, found.group(1)
         return None
+
+    def one_channel(self, raw: str) -> tuple[str]:
+        """A path's channel id group naming one channel, decoded and checked (or a 400
+        Refusal)."""
+        channel_ids = self._channels.get(raw)
+        if channel_ids is None:
+            channel_ids = (checked_channel_id(urllib.parse.unquote_to_bytes(raw)),)
+            if len(self._channels) >= CACHE_LIMIT:
+                self._channels.clear()
+            self._channels[raw] = channel_ids
+        return channel_ids
 
     def cursor(self, if_modified_since: str | None, if_none_match: str | None) -> Cursor:
         key = (if_modified_since, if_none_match)
@@ -209,9 +221,18 @@ class Subscribers:
         return self._date[1]
 
 
+# How a path is routed: to a subscriber location or a publisher location, with the
+# path's channel id group; to Tornado when it is neither.
+Route = tuple[SubscriberLocation | None, Location | None, str]
+TO_TORNADO: Route = (None, None, "")
+
+
 class EdgeRouter:
     """Sends subscriber-location requests to `SubscriberRequest`, publisher-location ones to
-    `PublisherRequest`, everything else to Tornado."""
+    `PublisherRequest`, everything else to Tornado.
+
+    Routes are remembered by path: clients ask for the same few paths again and again.
+    """
 
     def __init__(
         self,
@@ -224,20 +245,34 @@ class EdgeRouter:
         self.publishers = publishers
         # Counted by status, by the locations and by the HTTP server for what it refuses itself.
         self.responses = subscribers.responses
+        self._routes: dict[str, Route] = {}
 
     def __call__(self, connection: Connection, request: Request) -> Responder:
         path = request.path
-        found = self.subscribers.match(path)
-        if found is not None:
-            location, raw_channel_id = found
+        route = self._routes.get(path)
+        if route is None:
+            route = self.route(path)
+            if len(self._routes) >= CACHE_LIMIT:
+                self._routes.clear()
+            self._routes[path] = route
+        location, publisher, raw_channel_id = route
+        if location is not None:
             return SubscriberRequest(
                 self.subscribers, location, raw_channel_id, connection, request
             )
-        publishing = self.publishers.match(path)
-        if publishing is not None:
-            publisher, raw_channel_id = publishing
+        if publisher is not None:
             return PublisherRequest(self.publishers, publisher, raw_channel_id, connection, request)
         return TornadoResponder(self.application, connection, request)
+
+    def route(self, path: str) -> Route:
+        """Where requests for `path` go; raises `HTTPInputError` for a path none may ask."""
+        found = self.subscribers.match(path)
+        if found is not None:
+            return found[0], None, found[1]
+        publishing = self.publishers.match(path)
+        if publishing is not None:
+            return None, publishing[0], publishing[1]
+        return TO_TORNADO
 
 
 class SubscriberRequest:
@@ -405,7 +440,7 @@ class SubscriberRequest:
     def _channel_ids(self, streaming: bool) -> tuple[str, ...]:
         raw = self.raw_channel_id
         if CHANNEL_SEPARATOR not in raw:
-            return (checked_channel_id(urllib.parse.unquote_to_bytes(raw)),)
+            return self.shared.one_channel(raw)
         if not streaming:
             raise Refusal(
                 400,
