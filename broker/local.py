@@ -124,10 +124,10 @@ class LocalLink:
 
     # -- the broker's side -----------------------------------------------------
 
-    def event(self, topic: bytes, event: wire.Event) -> None:
-        """An event the broker sends its edges on `topic`; the local one gets it if it
-        follows the topic."""
-        if topic in self.topics:
+    def event(self, event: wire.Event) -> None:
+        """An event the broker sends its edges; the local one gets it if it follows the
+        event's topic."""
+        if wire.event_topic(event) in self.topics:
             self._events.append(event)
             self._schedule()
 

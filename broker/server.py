@@ -139,6 +139,10 @@ class Broker:
         self.standby = Standby(self, config) if config.paired else None
         # The edge in this process, when there is one (`broker.local`).
         self._local: LocalLink | None = None
+        # An edge subscribed on the events socket. Until one did, a broker with a
+        # local edge encodes and sends it nothing: an edge's first subscription is
+        # answered by a sync, and the edge refills from there.
+        self._remote_edges = False
 
     def local_link(self) -> LocalLink | None:
         """The link for an edge in this process; None for a pair's broker, whose
@@ -289,7 +293,7 @@ class Broker:
         await asyncio.sleep(max(0.0, self.sequencer.first_time - time.time()))
         tasks = [
             self._drain_ingress(),
-            drain(self._events, self._on_subscription, self._stopping),
+            drain(self._events, self._on_remote_subscription, self._stopping),
             drain(self._control, self._on_request, self._stopping),
             self._tick(),
         ]
@@ -318,13 +322,17 @@ class Broker:
 
     # -- sending -------------------------------------------------------------
 
-    def _emit(self, frames: list[bytes], event: wire.Event) -> None:
-        """Send an event (`frames` encode `event`) to every edge."""
+    def _emit(self, event: wire.Event) -> None:
+        """Send an event to every edge: encoded for the events socket once an edge
+        subscribed there, as it is to the edge in this process."""
         standby = self.standby
-        if standby is not None and standby.hold(("e", frames)):
+        if standby is not None and standby.hold(("e", wire.encode_event(event))):
             return  # to edges once the standby holds what it tells of
         if self._local is not None:
-            self._local.event(frames[0], event)
+            self._local.event(event)
+            if not self._remote_edges:
+                return  # nobody to send it to over the socket
+        frames = wire.encode_event(event)
         events_now = self._events_now
         if events_now is None:
             # Outside a batch: sent the same way, then the readers woken.
@@ -368,7 +376,7 @@ class Broker:
         if self.history is not None or self.standby is not None:
             # On disk (and on its way to the standby) before any edge can serve it.
             self._record(records.message_record(message, sent_by, key))
-        self._emit(wire.encode_message(message), message)
+        self._emit(message)
         self._trailing.published(channel_id)
         self.counters["published"] += 1
         return message
@@ -388,7 +396,7 @@ class Broker:
     def _emit_sync(self, channel_id: str) -> None:
         channel = self.sequencer.get(channel_id)
         sync = wire.Sync(channel_id, channel is not None, None if channel is None else channel.last)
-        self._emit(wire.encode_sync(sync), sync)
+        self._emit(sync)
 
     def _drop(self, where: str, frames: list[bytes], error: Exception) -> None:
         self.counters[f"{where}_malformed"] += 1
@@ -460,7 +468,8 @@ class Broker:
                 self._take_publish(LOCAL_ROUTE, publish)
         finally:
             self._events_now = None
-            wake_readers(self._events)
+            if self._remote_edges:
+                wake_readers(self._events)
         self._send_acks()
 
     def _on_publish(self, frames: list[bytes]) -> None:
@@ -580,6 +589,11 @@ class Broker:
             # Outside a batch, the sends may have taken the signal of publishes waiting.
             asyncio.get_running_loop().call_soon(self._read_ingress)
 
+    def _on_remote_subscription(self, frames: list[bytes]) -> None:
+        """A subscription read from the events socket: from now on, events go there too."""
+        self._remote_edges = True
+        self._on_subscription(frames)
+
     def _on_subscription(self, frames: list[bytes]) -> None:
         frame = frames[0] if len(frames) == 1 else b""
         if frame[:1] != b"\x01":
@@ -674,7 +688,7 @@ class Broker:
                 self.presence.forget_channel(channel_id)
                 if self.history is not None or self.standby is not None:
                     self._record(records.deleted_record(channel_id))
-                self._emit(wire.encode_deleted(channel_id), wire.Deleted(channel_id))
+                self._emit(wire.Deleted(channel_id))
                 self._trailing.published(channel_id)
             return wire.Reply(request.request_id, deleted is not None, info)
         found = self._info(sequencer.get(channel_id))
@@ -695,13 +709,12 @@ class Broker:
             standby is None or standby.active,
             0 if standby is None else standby.pair.epoch,
         )
-        frames = wire.encode_heartbeat(heartbeat)
         if standby is None:
-            self._emit(frames, heartbeat)
+            self._emit(heartbeat)
         else:
             # Never held back: clients must hear a paired broker's state at once.
             assert self._events_shadow is not None and self._events is not None
-            self._send_event(self._events_shadow, frames)
+            self._send_event(self._events_shadow, wire.encode_heartbeat(heartbeat))
             wake_readers(self._events)
 
     async def _tick(self) -> None:

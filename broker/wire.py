@@ -573,6 +573,22 @@ def encode_heartbeat(heartbeat: Heartbeat) -> list[bytes]:
     return [HEARTBEAT_TOPIC, _pack(header)]
 
 
+def encode_event(event: Event) -> list[bytes]:
+    """The frames of any event, its topic first."""
+    if isinstance(event, Message):
+        return encode_message(event)
+    if isinstance(event, Sync):
+        return encode_sync(event)
+    if isinstance(event, Deleted):
+        return encode_deleted(event.channel_id)
+    return encode_heartbeat(event)
+
+
+def event_topic(event: Event) -> bytes:
+    """The topic an event is sent on (the first of its frames)."""
+    return HEARTBEAT_TOPIC if isinstance(event, Heartbeat) else topic(event.channel_id)
+
+
 def decode_event(frames: Sequence[bytes]) -> Event:
     if len(frames) < 2:
         raise WireError(f"event has {len(frames)} frames, expected at least 2")

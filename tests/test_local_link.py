@@ -30,7 +30,7 @@ def message(channel_id: str, body: bytes) -> wire.Message:
 
 def hand_message(link: LocalLink, channel_id: str, body: bytes) -> None:
     """The broker sends a message on the channel's topic."""
-    link.event(wire.topic(channel_id), message(channel_id, body))
+    link.event(message(channel_id, body))
 
 
 BEAT = wire.Heartbeat("epoch", 1.0, True, 0)
@@ -91,7 +91,7 @@ async def test_only_events_of_followed_topics_reach_the_edge_and_the_heartbeat_a
     link.subscribe(wire.topic("news"), again=False)
     for channel_id in ("news", "sport", "news-2"):
         hand_message(link, channel_id, channel_id.encode())
-    link.event(wire.HEARTBEAT_TOPIC, BEAT)
+    link.event(BEAT)
     await next_turn()
     fed = [event for side, event in sides.seen if side == "feed"]
     assert fed == [message("news", b"news"), BEAT]
@@ -138,7 +138,7 @@ async def test_a_closed_edge_is_handed_no_more_events() -> None:
     link.subscribe(wire.topic("news"), again=False)
     link.close()
     hand_message(link, "news", b"late")
-    link.event(wire.HEARTBEAT_TOPIC, BEAT)
+    link.event(BEAT)
     await next_turn()
     assert [side for side, _ in sides.seen] == ["subscription"]
 
