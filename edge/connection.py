@@ -118,13 +118,14 @@ def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
     Header values come from the edge and from applications; a CR or LF in one
     would let it forge headers, so it is refused.
     """
-    lines = []
-    for name, value in headers:
-        line = f"{name}: {value}\r\n"
-        if "\r" in line[:-2] or "\n" in line[:-2]:
-            raise ValueError(f"CR or LF in response header {name!r}")
-        lines.append(line.encode("latin-1"))
-    return b"".join(lines)
+    pairs = list(headers)
+    text = "".join([f"{name}: {value}\r\n" for name, value in pairs])
+    # One CR and one LF per line, its end, or a header carries its own.
+    if text.count("\r") != len(pairs) or text.count("\n") != len(pairs):
+        for name, value in pairs:
+            if "\r" in f"{name}{value}" or "\n" in f"{name}{value}":
+                raise ValueError(f"CR or LF in response header {name!r}")
+    return text.encode("latin-1")
 
 
 @functools.lru_cache(maxsize=64)

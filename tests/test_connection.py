@@ -10,7 +10,7 @@ from typing import BinaryIO
 import httpx
 import pytest
 
-from edge.connection import LOG_LINES, MALFORMED
+from edge.connection import LOG_LINES, MALFORMED, header_lines
 from edge.protocol import ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED
 from tests.client import fresh, info, path, publish, wait_for_subscribers
 from tests.conftest import PROTOCOL_SETTINGS
@@ -398,3 +398,24 @@ def test_what_is_logged_of_bad_requests_is_rate_limited_and_malformed_ones_are_c
     assert len(malformed) == LOG_LINES, malformed
     not_found = [line for line in process.lines if "404 GET /no-such-location" in line]
     assert len(not_found) == LOG_LINES, not_found
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-Note", "one\r\nSet-Cookie: forged")],
+        [("Etag", "1"), ("X-Note", "bare\rreturn")],
+        [("X-Note", "bare\nfeed"), ("Vary", "Accept")],
+        [("X-Forged\r\nSet-Cookie", "x")],
+    ],
+)
+def test_a_response_header_carrying_its_own_cr_or_lf_is_refused_never_written(
+    headers: list[tuple[str, str]],
+) -> None:
+    with pytest.raises(ValueError, match="CR or LF"):
+        header_lines(headers)
+
+
+def test_response_headers_are_written_one_line_each_in_order() -> None:
+    assert header_lines([]) == b""
+    assert header_lines([("Etag", "7"), ("Vary", "Accept")]) == b"Etag: 7\r\nVary: Accept\r\n"
