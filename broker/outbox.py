@@ -8,11 +8,11 @@ A message handed to a ZeroMQ socket is not yet the broker's: a connection
 that dies takes what it carried with it, and nothing says so. So each
 sending socket numbers its messages 0, 1, 2, … under an identity of its
 own (16 random bytes) and keeps each one here until a cumulative ack from
-the broker covers it: as the `wire.Publish` the broker reads, encoded by
+the broker covers it: as the `wire.Publish` the broker reads, packed by
 the writer that puts it on a socket (an edge in its broker's process
-hands it over as it is, `broker.local`). The broker drops numbers it already holds
-and refuses one that skips a number (a gap ack), so writing the
-unacknowledged tail again is always safe. This module decides what is
+hands it over as it is, `broker.local`). The broker drops numbers it
+already holds and refuses one that skips a number (a gap ack), so writing
+the unacknowledged tail again is always safe. This module decides what is
 written again, and when:
 
 * after a new connection, everything past the acks (`on_reconnect`);

@@ -326,13 +326,17 @@ class Broker:
         """Send an event to every edge: encoded for the events socket once an edge
         subscribed there, as it is to the edge in this process."""
         standby = self.standby
-        if standby is not None and standby.hold(("e", wire.encode_event(event))):
-            return  # to edges once the standby holds what it tells of
+        frames = None
+        if standby is not None:
+            frames = wire.encode_event(event)
+            if standby.hold(("e", frames)):
+                return  # to edges once the standby holds what it tells of
         if self._local is not None:
             self._local.event(event)
             if not self._remote_edges:
                 return  # nobody to send it to over the socket
-        frames = wire.encode_event(event)
+        if frames is None:
+            frames = wire.encode_event(event)
         events_now = self._events_now
         if events_now is None:
             # Outside a batch: sent the same way, then the readers woken.
