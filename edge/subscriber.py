@@ -30,7 +30,6 @@ handshake says they may not speak for the client, the passthrough (and
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
@@ -288,6 +287,7 @@ class SubscriberRequest:
         "answered",
         "buffer",
         "waiter",
+        "cursor",
         "timer",
         "subscribed",
         "channel_ids",
@@ -315,6 +315,8 @@ class SubscriberRequest:
         self.answered = False
         self.buffer: ChannelBuffer | None = None
         self.waiter: Waiter | None = None
+        # Where a held poll stands: its 304 sends the client back there.
+        self.cursor: Cursor | None = None
         self.timer: Timeout | None = None
         # The request Django was told subscribed, and to which channels, so it hears
         # when the poll or stream ends.
@@ -640,25 +642,27 @@ class SubscriberRequest:
 
     def _hold(self, buffer: ChannelBuffer, cursor: Cursor) -> None:
         self.buffer = buffer
-        release = functools.partial(self._woken, None, False, cursor, released=True)
-        self.waiter = Waiter(
-            cursor.id, lambda held, missed: self._woken(held, missed, cursor), release
-        )
+        self.cursor = cursor
+        # Bound methods, not closures over the cursor: a poll is held per message.
+        self.waiter = Waiter(cursor.id, self._delivered, self._released)
         buffer.wait(self.waiter)
         shared = self.shared
         shared.held_polls += 1
-        self.timer = shared.timeouts.start(release)
+        self.timer = shared.timeouts.start(self._released)
 
-    def _woken(
-        self, held: Held | None, missed: bool, cursor: Cursor, released: bool = False
-    ) -> None:
+    def _delivered(self, held: Held | None, missed: bool) -> None:
+        """The held poll's message arrived (None: the channel was deleted)."""
         self._let_go()
-        if released:
-            self._not_modified(cursor)
-        elif held is None:
+        if held is None:
             self._refuse(Refusal(410, "channel deleted"))
         else:
             self._answer(held, missed)
+
+    def _released(self) -> None:
+        """The held poll timed out, or the edge is stopping: 304, back where it stood."""
+        self._let_go()
+        assert self.cursor is not None
+        self._not_modified(self.cursor)
 
     def _let_go(self) -> None:
         if self.timer is not None:
