@@ -10,17 +10,20 @@ while it goes on. Elsewhere (musl, macOS) there is no such call and
 nothing is done.
 
 A page is kept whole by one live object in it, and a running server
-leaves such objects spread over the pages a crowd freed. Two kinds are
-let go before each trim. CPython's cache of type attribute look-ups keeps
-up to 4,096 attribute names alive, many of them strings made at run time
-(pyzmq's socket options, the email module's date fields), each one a
-block wherever it was made: the cache is emptied, which costs a few
-microseconds and slows the next look-ups of each name once. While the
-process holds few channels, a full garbage collection also runs: it
-empties CPython's free lists (tuples, floats, dicts, lists kept for
-reuse) and frees cyclic garbage old enough to have left the young
-generations. It costs about half a microsecond per object the interpreter
-tracks (65 ms at 100,000 held channels here), hence the bound.
+leaves such objects spread over the pages a crowd freed. Three kinds are
+let go before each trim. The process's own caches of what it parsed (an
+edge's routes, channel ids and cursors, by path or by header, up to 4,096
+entries each, all of them made while the crowd came) are emptied through
+`Trimmer.caches`, and the next requests fill them again. CPython's cache
+of type attribute look-ups keeps up to 4,096 attribute names alive, many
+of them strings made at run time (pyzmq's socket options, the email
+module's date fields), each one a block wherever it was made: the cache
+is emptied, which costs a few microseconds and slows the next look-ups of
+each name once. While the process holds few channels, a full garbage
+collection also runs: it empties CPython's free lists (tuples, floats,
+dicts, lists kept for reuse) and frees cyclic garbage old enough to have
+left the young generations. It costs about half a microsecond per object
+the interpreter tracks (65 ms at 100,000 held channels here), hence the bound.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ class Trimmer:
         self._collect_below = collect_below
         self._collect = collect
         self._clear_caches = clear_caches
+        # The process's own caches, each emptied by its callable before a trim.
+        self.caches: list[Callable[[], None]] = []
         self._forgotten = 0
         self._trimmed_at = -interval
 
@@ -111,6 +116,8 @@ class Trimmer:
             return False
         self._forgotten = 0
         self._trimmed_at = now
+        for drop in self.caches:
+            drop()
         self._clear_caches()
         if held < self._collect_below:
             self._collect()

@@ -79,4 +79,7 @@ def build_router(
         log_function=request_log(),
     )
     publishers = Publishers(config, feed, ingress, subscribers.date)
-    return CanonicalRouter(application, subscribers, publishers)
+    router = CanonicalRouter(application, subscribers, publishers)
+    # Entries made while a crowd of channels came would keep pages of its memory.
+    feed.trimmer.caches.append(router.drop_caches)
+    return router

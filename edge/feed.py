@@ -137,7 +137,7 @@ class Feed:
         # The most buffers held since the tables were last rebuilt: a dict
         # never shrinks its table when keys are deleted.
         self._peak = 0
-        self._trimmer = Trimmer()
+        self.trimmer = Trimmer()
         # One bound method for every buffer, rather than one made per buffer.
         self._touch = self.touch
         self._dirty: set[str] = set()
@@ -402,7 +402,7 @@ class Feed:
                     self._subscribe(channel_id)
             if len(self.buffers) * 4 < self._peak:
                 self._shrink()
-            if self._trimmer.forgot(dropped, len(self.buffers)):
+            if self.trimmer.forgot(dropped, len(self.buffers)):
                 self.counters["memory_trims"] += 1
 
     def _shrink(self) -> None:

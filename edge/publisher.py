@@ -216,6 +216,10 @@ class Publishers:
             self._channel_ids[raw] = channel_id
         return channel_id
 
+    def drop_caches(self) -> None:
+        """Empty the channel ids remembered by path, before a trim (`broker.memory`)."""
+        self._channel_ids.clear()
+
     def head(self, status: int, content_type: str) -> bytes:
         """An answer's status line and Content-Type line; there are only a few."""
         key = (status, content_type)

@@ -213,6 +213,13 @@ class Subscribers:
             self._cors[key] = lines
         return lines
 
+    def drop_caches(self) -> None:
+        """Empty what is remembered by path and by header, before a trim (`broker.memory`)."""
+        self._cursors.clear()
+        self._not_modified.clear()
+        self._cors.clear()
+        self._channels.clear()
+
     def date(self) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
@@ -245,6 +252,12 @@ class EdgeRouter:
         # Counted by status, by the locations and by the HTTP server for what it refuses itself.
         self.responses = subscribers.responses
         self._routes: dict[str, Route] = {}
+
+    def drop_caches(self) -> None:
+        """Empty the routes and the locations' caches, before a trim (`broker.memory`)."""
+        self._routes.clear()
+        self.subscribers.drop_caches()
+        self.publishers.drop_caches()
 
     def __call__(self, connection: Connection, request: Request) -> Responder:
         path = request.path

@@ -31,7 +31,11 @@ import zmq
 from django.test.utils import override_settings
 
 from broker import wire
-from broker.memory import Trimmer
+from broker.local import LocalLink
+from broker.memory import TRIM_AFTER, Trimmer
+from edge.config import EdgeConfig
+from edge.connection import Request
+from edge.server import Edge
 from pushserver import sender
 from pushserver.utils import updates
 from tests.clock import Clock
@@ -102,6 +106,39 @@ def test_a_trim_collects_garbage_while_few_channels_are_held_and_not_while_many_
     finally:
         if collecting:
             gc.enable()
+
+
+def test_a_trim_empties_the_caches_given_to_it_and_a_turn_that_does_not_trim_keeps_them() -> None:
+    trimmer = Trimmer(after=2, interval=0)
+    cache = {"path": "route"}
+    trimmer.caches.append(cache.clear)
+    assert not trimmer.forgot(1)
+    assert cache == {"path": "route"}
+    assert trimmer.forgot(1)
+    assert cache == {}
+
+
+def test_an_edge_that_trims_forgets_the_routes_channel_ids_and_cursors_it_remembered() -> None:
+    # Each entry made while a crowd came would keep a page of the crowd's memory.
+    edge = Edge(EdgeConfig(), local=LocalLink())  # in its broker's process: no sockets
+    router = edge.router
+
+    def parsed() -> list[object]:
+        request = Request("GET", "/updates/crowd-1", "HTTP/1.1", [], True, "127.0.0.1")
+        return [
+            router(None, request).raw_channel_id,  # type: ignore[arg-type, attr-defined]
+            router.subscribers.one_channel("crowd-2"),
+            router.subscribers.cursor("Thu, 01 Jan 2026 00:00:00 GMT", "3"),
+            router.publishers.channel_id("crowd-3"),
+        ]
+
+    first = parsed()
+    assert [again is kept for again, kept in zip(parsed(), first, strict=True)] == [True] * 4
+    assert edge.feed.trimmer.forgot(TRIM_AFTER)
+    assert [again is kept for again, kept in zip(parsed(), first, strict=True)] == [False] * 4
+    assert parsed() == first
+    edge.feed.stop()
+    asyncio.run(edge.feed.run())  # stopped at once: closes the feed's sockets
 
 
 # How many polls were answered with each status.
