@@ -23,7 +23,7 @@ from edge.handlers import PushHandler
 from edge.ingress import Ingress
 from edge.metrics import MetricsHandler, registry_for
 from edge.passthrough import Passthrough
-from edge.paths import outside_group_problem, path_problem
+from edge.paths import forget_judged, outside_group_problem, path_problem
 from edge.publisher import Publishers
 from edge.subscriber import EdgeRouter, Route, Subscribers
 from edge.wsgi import WSGIApp, WSGIFallback
@@ -49,6 +49,10 @@ class CanonicalRouter(EdgeRouter):
         if problem is not None:
             raise tornado.httputil.HTTPInputError(problem)
         return super().route(path)
+
+    def drop_caches(self) -> None:
+        super().drop_caches()
+        forget_judged()
 
 
 def build_router(

@@ -81,6 +81,16 @@ def outside_group_problem(path: str, group: str) -> str | None:
     return None
 
 
+def judged() -> int:
+    """How many paths' verdicts are remembered."""
+    return _judge.cache_info().currsize
+
+
+def forget_judged() -> None:
+    """Empty the verdicts remembered by path, before a trim (`broker.memory`)."""
+    _judge.cache_clear()
+
+
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _judge(path: str) -> str | None:
     if "\\" in path:

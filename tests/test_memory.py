@@ -33,6 +33,7 @@ from django.test.utils import override_settings
 from broker import wire
 from broker.local import LocalLink
 from broker.memory import TRIM_AFTER, Trimmer
+from edge import paths
 from edge.config import EdgeConfig
 from edge.connection import Request
 from edge.server import Edge
@@ -124,7 +125,7 @@ def test_an_edge_that_trims_forgets_the_routes_channel_ids_and_cursors_it_rememb
     router = edge.router
 
     def parsed() -> list[object]:
-        request = Request("GET", "/updates/crowd-1", "HTTP/1.1", [], True, "127.0.0.1")
+        request = Request("GET", "/updates/crowd%201", "HTTP/1.1", [], True, "127.0.0.1")
         return [
             router(None, request).raw_channel_id,  # type: ignore[arg-type, attr-defined]
             router.subscribers.one_channel("crowd-2"),
@@ -134,7 +135,9 @@ def test_an_edge_that_trims_forgets_the_routes_channel_ids_and_cursors_it_rememb
 
     first = parsed()
     assert [again is kept for again, kept in zip(parsed(), first, strict=True)] == [True] * 4
+    assert paths.judged() > 0
     assert edge.feed.trimmer.forgot(TRIM_AFTER)
+    assert paths.judged() == 0
     assert [again is kept for again, kept in zip(parsed(), first, strict=True)] == [False] * 4
     assert parsed() == first
     edge.feed.stop()
