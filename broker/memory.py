@@ -6,7 +6,8 @@ freed, so the process's resident size stays at its peak. glibc's
 `malloc_trim(0)` returns every whole free page. It walks the heap, which
 costs milliseconds on a large one, so it runs only once many channels
 were forgotten: when the forgetting pauses, or at most once per interval
-while it goes on. Elsewhere (musl, macOS) there is no such call and
+while it goes on, and once more an interval after the last trim, for what
+was freed after it. Elsewhere (musl, macOS) there is no such call and
 nothing is done.
 
 A page is kept whole by one live object in it, and a running server
@@ -103,6 +104,8 @@ class Trimmer:
         self.caches: list[Callable[[], None]] = []
         self._forgotten = 0
         self._trimmed_at = -interval
+        # When to trim once more after a crowd's last trim, None when not due.
+        self._again_at: float | None = None
 
     def forgot(self, count: int, held: int = 0) -> bool:
         """Count the channels forgotten in a turn (0 too), `held` being those still held;
@@ -113,8 +116,14 @@ class Trimmer:
         if self._forgotten < self._after or (
             not paused and now - self._trimmed_at < self._interval
         ):
-            return False
-        self._forgotten = 0
+            if not (paused and self._again_at is not None and now >= self._again_at):
+                return False
+            # The last of a crowd can be freed after its trim: ZeroMQ's I/O
+            # threads, for one, work through its unsubscriptions in their own time.
+            self._again_at = None
+        else:
+            self._forgotten = 0
+            self._again_at = now + self._interval
         self._trimmed_at = now
         for drop in self.caches:
             drop()

@@ -69,6 +69,17 @@ def test_freed_memory_is_trimmed_once_many_channels_were_forgotten_and_the_forge
     assert not trimmer.forgot(0)
 
 
+def test_a_crowd_is_trimmed_once_more_an_interval_after_its_last_trim_and_then_no_more() -> None:
+    clock = Clock(100.0)
+    trimmer = Trimmer(after=1_000, interval=5, clock=clock)
+    assert trimmer.forgot(1_000)
+    trims = []
+    for _ in range(12):
+        clock.now += 1
+        trims.append(trimmer.forgot(0))
+    assert trims == [False] * 4 + [True] + [False] * 7
+
+
 def test_a_long_forgetting_is_trimmed_at_most_once_an_interval() -> None:
     clock = Clock(100.0)
     trimmer = Trimmer(after=1_000, interval=5, clock=clock)
