@@ -132,7 +132,7 @@ def test_a_trim_empties_the_caches_given_to_it_and_a_turn_that_does_not_trim_kee
 
 def test_an_edge_that_trims_forgets_the_routes_channel_ids_and_cursors_it_remembered() -> None:
     # Each entry made while a crowd came would keep a page of the crowd's memory.
-    edge = Edge(EdgeConfig(), local=LocalLink())  # in its broker's process: no sockets
+    edge = Edge(EdgeConfig(), local=LocalLink())  # a local link: no ingress socket to close
     router = edge.router
 
     def parsed() -> list[object]:
