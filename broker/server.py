@@ -79,10 +79,6 @@ STOP_DRAIN = 10 * INGRESS_BATCH
 # history's own bytes (a queue shares them rather than doubling them), and
 # count against `events_queue_bytes` (`broker.inflight`).
 LARGE_BODY = 16 * 1024
-# What the log tells of each kind of outsiders' doing (a refused connection, a
-# malformed frame, per port): this many lines per interval (seconds).
-LOG_LINES = 5
-LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +98,7 @@ class Broker:
         self.epoch = uuid.uuid4().hex
         self.counters: Counter[str] = Counter()
         # What outsiders send is told a few times a minute; the metrics count it all.
-        self._outsiders = ThrottledLog(log, LOG_LINES, LOG_INTERVAL)
+        self._outsiders = ThrottledLog(log)
         self.sequencer = Sequencer(
             wire.Limits(config.max_messages, config.min_messages, config.message_timeout)
         )
@@ -402,7 +398,8 @@ class Broker:
         sync = wire.Sync(channel_id, channel is not None, None if channel is None else channel.last)
         self._emit(sync)
 
-    def _drop(self, where: str, frames: list[bytes], error: Exception) -> None:
+    def drop_malformed(self, where: str, error: Exception) -> None:
+        """Count a frame dropped on port `where` and tell of it, a few times a minute."""
         self.counters[f"{where}_malformed"] += 1
         self._outsiders.warning(
             f"{where}_malformed",
@@ -482,7 +479,7 @@ class Broker:
                 raise wire.WireError("no routing frame")
             publish = wire.decode_publish(frames[1:])
         except wire.WireError as error:
-            self._drop("ingress", frames, error)
+            self.drop_malformed("ingress", error)
             return
         self._take_publish(frames[0], publish)
 
@@ -609,7 +606,7 @@ class Broker:
         try:
             channel_id = wire.channel_of(topic)
         except wire.WireError as error:
-            self._drop("events", frames, error)
+            self.drop_malformed("events", error)
             return
         if self.standby is not None and not self.standby.active:
             return  # a passive broker says nothing of channels
@@ -617,13 +614,13 @@ class Broker:
 
     def _on_request(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
-            self._drop("control", frames, wire.WireError("no routing frame"))
+            self.drop_malformed("control", wire.WireError("no routing frame"))
             return
         edge, payload = frames[0], frames[1:]
         try:
             request = wire.decode_request(payload)
         except wire.WireError as error:
-            self._drop("control", frames, error)
+            self.drop_malformed("control", error)
             return
         standby = self.standby
         if isinstance(request, wire.Presence):

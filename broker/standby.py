@@ -234,14 +234,15 @@ class Standby:
     # -- what the peer says --------------------------------------------------
 
     def on_peer(self, frames: list[bytes]) -> None:
+        # The link's port is open to whoever reaches it (CURVE off): what it says
+        # wrong is told as any port's, a few times a minute.
         if len(frames) < 2:
-            self.broker.counters["peer_malformed"] += 1
+            self.broker.drop_malformed(curve.PEER, wire.WireError("no routing frame"))
             return
         try:
             message = wire.decode_peer(frames[1:])
         except wire.WireError as error:
-            self.broker.counters["peer_malformed"] += 1
-            log.warning("dropped a malformed frame from the peer broker: %s", error)
+            self.broker.drop_malformed(curve.PEER, error)
             return
         status = PeerStatus(Role(message.role), State(message.state), message.epoch, message.synced)
         transition = self.pair.on_peer(status)

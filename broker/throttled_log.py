@@ -9,7 +9,7 @@ trap: a burst followed by silence leaves its count untold until that kind
 comes again, so the full figures belong in the metrics, not here. Not
 thread-safe: each event loop keeps its own.
 
-    log = ThrottledLog(logging.getLogger("pushserver.edge"), lines=5, interval=60)
+    log = ThrottledLog(logging.getLogger("pushserver.edge"))
     log.warning("malformed", "refused a request from %s: %s", address, reason)
 """
 
@@ -19,6 +19,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# Lines told per kind and interval (seconds), wherever the project logs bad input.
+LOG_LINES = 5
+LOG_INTERVAL = 60.0
 
 
 @dataclass(slots=True)
@@ -32,8 +36,8 @@ class ThrottledLog:
     def __init__(
         self,
         logger: logging.Logger,
-        lines: int = 5,
-        interval: float = 60.0,
+        lines: int = LOG_LINES,
+        interval: float = LOG_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if lines < 1 or interval <= 0:

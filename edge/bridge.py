@@ -24,7 +24,7 @@ import tornado.log
 import tornado.web
 
 from broker.throttled_log import ThrottledLog
-from edge.connection import CRLF, LOG_INTERVAL, LOG_LINES, Connection, Request, render_head
+from edge.connection import CRLF, Connection, Request, render_head
 
 log = logging.getLogger("pushserver.edge")
 
@@ -196,7 +196,7 @@ class TornadoResponder:
 def request_log() -> Callable[[tornado.web.RequestHandler], None]:
     """Tornado's access log (its `log_function`), with answers to bad requests (4xx),
     which clients can ask for as fast as they like, logged a few a minute per status."""
-    throttled = ThrottledLog(tornado.log.access_log, LOG_LINES, LOG_INTERVAL)
+    throttled = ThrottledLog(tornado.log.access_log)
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
         status = handler.get_status()

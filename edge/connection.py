@@ -91,9 +91,6 @@ OUTPUT_LOW = 16 * 1024
 # Seconds a connection the edge closes after its answers keeps reading (and
 # dropping) what its client still sends, once the answers went out.
 LINGER = 2.0
-# Lines logged per event and minute about what clients did wrong.
-LOG_LINES = 5
-LOG_INTERVAL = 60.0
 
 # What is counted of connections (pushserver_edge_connection_events{event}).
 MALFORMED = "malformed"
@@ -922,7 +919,7 @@ class HTTPServer:
         self.idle_timeout = idle_timeout
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
-        self.log = ThrottledLog(log, LOG_LINES, LOG_INTERVAL)
+        self.log = ThrottledLog(log)
         self.connections: set[Connection] = set()
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None

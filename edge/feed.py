@@ -58,6 +58,7 @@ from broker.sockets import (
     run_until,
     send_now,
 )
+from broker.throttled_log import ThrottledLog
 from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig
 
@@ -126,6 +127,9 @@ class Feed:
     def __init__(self, config: EdgeConfig, local: LocalLink | None = None) -> None:
         self.config = config
         self.counters: Counter[str] = Counter()
+        # A broker of another version, or something else at its address, can send
+        # nothing but malformed frames: told a few times a minute, counted in full.
+        self._malformed = ThrottledLog(log)
         self.buffers: dict[str, ChannelBuffer] = {}
         self.broker_epoch: str | None = None
         self._context = zmq.asyncio.Context()
@@ -420,7 +424,7 @@ class Feed:
             event = wire.decode_event(frames)
         except wire.WireError as error:
             self.counters["events_malformed"] += 1
-            log.warning("dropped a malformed event: %s", error)
+            self._malformed.warning("events", "dropped a malformed event: %s", error)
             return
         self._take(index, event)
 
@@ -501,7 +505,7 @@ class Feed:
             reply = wire.decode_reply(frames)
         except wire.WireError as error:
             self.counters["control_malformed"] += 1
-            log.warning("dropped a malformed control reply: %s", error)
+            self._malformed.warning("control", "dropped a malformed control reply: %s", error)
             return
         future = self._replies.get(reply.request_id)
         if future is not None and not future.done():

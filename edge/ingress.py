@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import cast
 
@@ -54,6 +54,7 @@ from broker.sockets import (
     readable,
     send_plain,
 )
+from broker.throttled_log import ThrottledLog
 from edge.config import EdgeConfig
 
 log = logging.getLogger("pushserver.edge")
@@ -73,8 +74,16 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 
 class Ingress:
-    def __init__(self, config: EdgeConfig, local: LocalLink | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        local: LocalLink | None = None,
+        counters: Counter[str] | None = None,
+    ) -> None:
+        """`counters`: where malformed answers are counted (the feed's, in the metrics)."""
         self.config = config
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self._malformed = ThrottledLog(log)
         self.outbox = Outbox()
         # What each publish waiting for its answer is told, by its number.
         self._waiting: dict[int, Answer] = {}
@@ -267,7 +276,10 @@ class Ingress:
         try:
             answer = wire.decode_answer([frame])
         except wire.WireError as error:
-            log.warning("ignored a malformed answer from %s: %s", self.config.ingress, error)
+            self.counters["answers_malformed"] += 1
+            self._malformed.warning(
+                "answers", "ignored a malformed answer from %s: %s", self.config.ingress, error
+            )
             return
         self._take(answer)
 

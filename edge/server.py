@@ -52,7 +52,7 @@ class Edge:
         """`local`: the broker of this process, whose publishes and events need no socket."""
         self.config = config
         self.feed = Feed(config, local)
-        self.ingress = Ingress(config, local)
+        self.ingress = Ingress(config, local, self.feed.counters)
         self.passthrough = Passthrough(config)
         # Deadlines missed, connections refused, malformed requests: counted by the
         # HTTP server, shown by the metrics.

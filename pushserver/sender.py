@@ -83,6 +83,7 @@ from broker.choice import Choice
 from broker.curve import ClientKeys, apply_client, load_client_keys
 from broker.outbox import Outbox
 from broker.sockets import backend_send, limit_frames, max_frame_size, send_plain
+from broker.throttled_log import ThrottledLog
 from pushserver import PushServerError
 
 log = logging.getLogger("pushserver")
@@ -273,9 +274,7 @@ class _Publisher:
             try:
                 ack = wire.decode_answer(frames)
             except wire.WireError as error:
-                log.warning(
-                    "ignored a malformed ack from %s: %s", self.process.config.endpoint, error
-                )
+                self.process.tell_malformed(self.process.config.endpoint, error)
                 continue
             choice = self.choice
             if isinstance(ack, wire.NotActive):
@@ -436,6 +435,14 @@ class _Process:
         self.closed = False
         self.flusher: threading.Thread | None = None
         self.stopping = threading.Event()
+        # Told a few times a minute for all of the process's sockets: a broker of
+        # another version would otherwise have a line logged per ack.
+        self._malformed = ThrottledLog(log)
+        self._malformed_lock = threading.Lock()
+
+    def tell_malformed(self, endpoint: str, error: Exception) -> None:
+        with self._malformed_lock:
+            self._malformed.warning("acks", "ignored a malformed ack from %s: %s", endpoint, error)
 
     def add_publisher(self) -> _Publisher | None:
         """A new socket for the calling thread; None when this process's sender is closed."""

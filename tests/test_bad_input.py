@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import zmq
 
-from broker.wire import MAX_CHANNEL_ID_BYTES, PublishPacker
+from broker.throttled_log import LOG_LINES
+from broker.wire import (
+    MAX_CHANNEL_ID_BYTES,
+    ChannelInfo,
+    Published,
+    PublishPacker,
+    decode_publish,
+    encode_published,
+)
 from edge.protocol import IF_MODIFIED_SINCE, IF_NONE_MATCH, PUSH_SECRET
 from tests.brokers import broker_figures
 from tests.client import fresh, path, publish, walk
 from tests.processes import BROKER_LINE, Launcher, Process, eventually
+from tests.raw_http import figures
 
 
 def still_serving(base: str) -> None:
@@ -158,3 +168,35 @@ def test_malformed_frames_on_the_broker_ingress_are_dropped_and_counted(
     )
     assert "dropped a malformed frame on ingress (1 so far)" in process.output
     still_serving(base)
+
+
+def test_malformed_answers_on_the_edges_ingress_link_are_counted_and_told_a_few_times(
+    launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Something at the ingress address that is not this version's broker: the edge drops
+    what it cannot read, counts it, logs it a few times a minute, and still takes the
+    answer that follows."""
+    _, endpoints = launcher.broker()
+    stand_in = context.socket(zmq.ROUTER)
+    stand_in.setsockopt(zmq.LINGER, 0)
+    try:
+        ingress = f"tcp://127.0.0.1:{stand_in.bind_to_random_port('tcp://127.0.0.1')}"
+        edge, base = launcher.edge({**endpoints, "ingress": ingress})
+        bad = 4 * LOG_LINES
+        with ThreadPoolExecutor(1) as pool:
+            posted = pool.submit(publish, base, fresh("garbled-answers"), "answered at last")
+            assert stand_in.poll(10_000), "the publish never reached the stand-in"
+            route, *frames = stand_in.recv_multipart()
+            sent = decode_publish(frames)
+            for _ in range(bad):
+                stand_in.send_multipart([route, b"not an answer"])
+            info = ChannelInfo(messages=1, requested=None, subscribers=0, last=None)
+            answer = encode_published(Published(sent.publisher, sent.seq, info))
+            stand_in.send_multipart([route, *answer])
+            assert posted.result(timeout=10).status_code == 202
+    finally:
+        stand_in.close()
+    malformed = ("pushserver_edge_feed_events_total", (("event", "answers_malformed"),))
+    assert figures(base)[malformed] == bad
+    told = [line for line in edge.lines if "ignored a malformed answer" in line]
+    assert len(told) == LOG_LINES, told

@@ -10,7 +10,8 @@ from typing import BinaryIO
 import httpx
 import pytest
 
-from edge.connection import LOG_LINES, MALFORMED, header_lines
+from broker.throttled_log import LOG_LINES
+from edge.connection import MALFORMED, header_lines
 from edge.protocol import ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED
 from tests.client import fresh, info, path, publish, wait_for_subscribers
 from tests.conftest import PROTOCOL_SETTINGS

@@ -27,7 +27,7 @@ from django.core.management.base import CommandError
 from django.test.utils import override_settings
 
 from broker import curve, wire
-from broker.server import LOG_LINES
+from broker.throttled_log import LOG_LINES
 from broker.wire import PublishPacker
 from pushserver import checks, rules
 from tests.brokers import broker_figures

@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 from broker.curve import ClientFiles, apply_client, create_key_files, load_client_keys
+from broker.throttled_log import LOG_LINES
 from ops.cluster import Cluster
 from tests.client import fresh
 from tests.followers import StreamSubscriber
@@ -30,6 +31,7 @@ from tests.stream import Fault, Schedule, StreamResult, finish, publish_stream
 STORE = {"type": "memory", "min_messages": 0, "max_messages": 1000, "message_timeout": 300}
 FAILOVER_TIMEOUT = 2.0
 PEER_REFUSED = 'pushserver_broker_curve_refused_total{port="peer"}'
+PEER_MALFORMED = 'pushserver_broker_malformed_frames_total{port="peer"}'
 
 
 class TimedList(list[bytes]):
@@ -328,6 +330,45 @@ def test_a_stranger_without_the_brokers_key_is_refused_on_the_link(tmp_path: Pat
         finally:
             context.term()
         assert figure(cluster.metrics_url, "pushserver_broker_pair_active") == 1.0
+    finally:
+        cluster.stop()
+
+
+def test_malformed_frames_on_the_link_port_are_counted_and_told_only_a_few_times(
+    tmp_path: Path,
+) -> None:
+    """Without CURVE the link's port takes whoever reaches it; what they send wrong is
+    dropped, counted, and logged a few times a minute, and the pair goes on."""
+    cluster = Cluster(
+        tmp_path,
+        edges=1,
+        balancer=None,
+        launcher=Launcher(tmp_path),
+        standby=True,
+        failover_timeout=FAILOVER_TIMEOUT,
+        heartbeat_interval=0.5,
+    )
+    bad = 4 * LOG_LINES
+    try:
+        cluster.start()
+        wait_for(lambda: synced(cluster, cluster.backup_metrics_url), 20, "the backup's copy")
+        context = zmq.Context()
+        try:
+            stranger = context.socket(zmq.DEALER)
+            stranger.setsockopt(zmq.LINGER, 1000)
+            stranger.connect(cluster.push_server["standby"]["peer"][0])
+            for _ in range(bad):
+                stranger.send(b"not a peer message")
+            wait_for(lambda: figure(cluster.metrics_url, PEER_MALFORMED) >= bad, 10, "the count")
+            stranger.close()
+        finally:
+            context.term()
+        assert figure(cluster.metrics_url, PEER_MALFORMED) == bad
+        assert cluster.broker is not None
+        told = [line for line in cluster.broker.lines if "malformed frame on peer" in line]
+        assert len(told) == LOG_LINES, told
+        assert figure(cluster.metrics_url, "pushserver_broker_pair_active") == 1.0
+        assert synced(cluster, cluster.backup_metrics_url)
     finally:
         cluster.stop()
 

@@ -34,6 +34,7 @@ import pytest
 import zmq
 
 from broker import wire
+from broker.throttled_log import LOG_LINES
 from broker.wire import MessageId, PublishPacker
 from edge.protocol import IF_MODIFIED_SINCE, IF_NONE_MATCH, http_date
 from tests.brokers import broker_figures
@@ -272,6 +273,14 @@ def assert_no_traceback(*processes: Process) -> None:
         assert not found, f"{process.name}:\n" + "\n".join(lines[found[0] - 3 : found[0] + 30])
 
 
+def assert_told_a_few_times(process: Process, *kinds: str) -> None:
+    """Each kind of malformed frame is logged, but a few times a minute, not once per frame."""
+    for kind in kinds:
+        told = [line for line in process.lines if kind in line]
+        # Twice the lines: the run may straddle the end of one minute's window.
+        assert 1 <= len(told) <= 2 * LOG_LINES, f"{process.name}, {kind!r}: {len(told)} lines"
+
+
 def publish_by_dealer(context: zmq.Context[zmq.Socket[bytes]], ingress: str, channel: str) -> None:
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 1000)
@@ -372,6 +381,7 @@ def test_the_broker_drops_and_counts_fuzzed_frames_on_every_port_and_serves_on(
             sock.close()
     assert_still_serving(context, endpoints, base)
     assert_no_traceback(broker, edge)
+    assert_told_a_few_times(broker, *(f"malformed frame on {port}" for port in expected))
 
 
 # -- an edge fed fuzzed events and replies -----------------------------------------------
@@ -540,6 +550,7 @@ def test_an_edge_drops_and_counts_fuzzed_events_and_replies_and_serves_on(
         publish_by_dealer(context, endpoints["ingress"], channel)
         assert walk(base, channel, 2) == [b"by HTTP", b"by ingress"]
         assert_no_traceback(edge)
+        assert_told_a_few_times(edge, "dropped a malformed event", "dropped a malformed control")
         edge.stop()
 
 

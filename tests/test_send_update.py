@@ -38,6 +38,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.test.utils import override_settings
 
 from broker import wire
+from broker.throttled_log import LOG_LINES
 from pushserver import PushServerError
 from tests.brokers import (
     MAX_MESSAGES,
@@ -560,6 +561,24 @@ def test_a_broker_that_lost_acknowledged_messages_gets_the_queue_under_a_new_id_
     updates.send_update("lost", 5)
     following = stand_in.receive()
     assert (following.publisher, following.seq, following.body) == (renumbered, 2, b"5")
+
+
+def test_malformed_acks_are_ignored_and_told_only_a_few_times_a_minute(
+    stand_in: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pushserver import sender
+    from pushserver.utils import updates
+
+    updates.send_update("garbled", 0)
+    publish = stand_in.receive()
+    with caplog.at_level(logging.WARNING, logger="pushserver"):
+        for _ in range(4 * LOG_LINES):
+            stand_in.socket.send_multipart([stand_in.route, b"not an ack"])
+        stand_in.ack(publish.publisher, publish.seq)
+        # The good ack came behind every bad one on the socket: all were read.
+        eventually(lambda: sender.pending() == 0, what="the ack behind the malformed ones")
+    told = [r for r in caplog.records if "ignored a malformed ack" in r.getMessage()]
+    assert len(told) == LOG_LINES, [r.getMessage() for r in told]
 
 
 def swallow_acks(monkeypatch: pytest.MonkeyPatch, broker: ThreadBroker) -> None:
