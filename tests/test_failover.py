@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -293,18 +294,23 @@ def test_a_pair_with_curve_on_every_link_replicates_and_fails_over(tmp_path: Pat
         cluster.stop()
 
 
-def test_a_stranger_without_the_brokers_key_is_refused_on_the_link(tmp_path: Path) -> None:
-    layout, _ = create_key_files(tmp_path / "keys")
-    cluster = Cluster(
+def lone_pair(tmp_path: Path, **push_server: Any) -> Cluster:
+    """A standby pair with one edge and no balancer, for what strangers do on the link."""
+    return Cluster(
         tmp_path,
         edges=1,
         balancer=None,
         launcher=Launcher(tmp_path),
         standby=True,
         failover_timeout=FAILOVER_TIMEOUT,
-        curve=layout.setting(),
         heartbeat_interval=0.5,
+        **push_server,
     )
+
+
+def test_a_stranger_without_the_brokers_key_is_refused_on_the_link(tmp_path: Path) -> None:
+    layout, _ = create_key_files(tmp_path / "keys")
+    cluster = lone_pair(tmp_path, curve=layout.setting())
     try:
         cluster.start()
         wait_for(lambda: synced(cluster, cluster.backup_metrics_url), 20, "a copy over CURVE")
@@ -339,15 +345,7 @@ def test_malformed_frames_on_the_link_port_are_counted_and_told_only_a_few_times
 ) -> None:
     """Without CURVE the link's port takes whoever reaches it; what they send wrong is
     dropped, counted, and logged a few times a minute, and the pair goes on."""
-    cluster = Cluster(
-        tmp_path,
-        edges=1,
-        balancer=None,
-        launcher=Launcher(tmp_path),
-        standby=True,
-        failover_timeout=FAILOVER_TIMEOUT,
-        heartbeat_interval=0.5,
-    )
+    cluster = lone_pair(tmp_path)
     bad = 4 * LOG_LINES
     try:
         cluster.start()
