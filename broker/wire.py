@@ -335,26 +335,29 @@ class PublishPacker:
         reply: bool = False,
         event: str | None = None,
     ) -> bytes:
-        fields = [VERSION, publisher, seq, channel_id, content_type, body, base, key, reply]
+        return self.encode(
+            Publish(channel_id, content_type, body, publisher, seq, base, key, reply, event)
+        )
+
+    def encode(self, publish: Publish) -> bytes:
+        """The frame of `publish` (what `decode_publish` reads back)."""
+        fields = [
+            VERSION,
+            publish.publisher,
+            publish.seq,
+            publish.channel_id,
+            publish.content_type,
+            publish.body,
+            publish.base,
+            publish.key,
+            publish.reply,
+        ]
+        event = publish.event
         if event is not None:
             # Only then: a message without a name is the nine fields it always was.
             fields.append(event)
         packed: bytes = self._pack(fields)
         return packed
-
-    def encode(self, publish: Publish) -> bytes:
-        """The frame of `publish` (what `decode_publish` reads back)."""
-        return self(
-            publish.channel_id,
-            publish.body,
-            publish.content_type,
-            publish.publisher,
-            publish.seq,
-            publish.base,
-            publish.key,
-            publish.reply,
-            publish.event,
-        )
 
 
 def _whole(value: Any) -> bool:

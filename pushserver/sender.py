@@ -344,14 +344,6 @@ class _Publisher:
         written again from the oldest.
         """
         process = self.process
-        limit = process.config.max_message_size
-        if len(body) > limit:
-            # A frame over the broker's limit would cost the socket its connection at
-            # every resend; `send_update` says so before its signals fire.
-            raise ValueError(
-                f"message for channel {channel_id[:80]!r} is {len(body)} bytes, "
-                f"more than max_message_size ({limit})"
-            )
         now = time.monotonic()
         outbox = self.outbox
         unacked = outbox.unacked
@@ -621,13 +613,20 @@ def publish(
     channel_id: str, body: bytes, content_type: str | None, event: str | None = None
 ) -> None:
     """Queue one message for the broker, or raise `PushServerError`; blocks at most
-    ``send_timeout``. `send_update` is the public way in; `event` is checked there."""
+    ``send_timeout``. `send_update` is the public way in; `event` and the body's size
+    (`max_message_size`) are checked there, before its signals fire: a frame over the
+    broker's limit would cost the socket its connection at every resend."""
     _with_publisher(_Publisher.send, channel_id, body, content_type, event)
 
 
 def max_message_size() -> int:
     """The largest body `publish` takes (``max_message_size``), as this process read it."""
-    return _current_process().config.max_message_size
+    # Asked on every message: a forked child reads the same settings as its
+    # parent, so whose process this is need not be checked (`publish` does).
+    process = _process
+    if process is None:
+        process = _current_process()
+    return process.config.max_message_size
 
 
 def broker_connected(timeout: float = 0.0) -> bool:
