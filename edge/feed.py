@@ -61,6 +61,7 @@ from broker.sockets import (
 from broker.throttled_log import ThrottledLog
 from edge.channels import ChannelBuffer
 from edge.config import EdgeConfig
+from edge.idle import IdleQueue
 
 log = logging.getLogger("pushserver.edge")
 
@@ -75,6 +76,12 @@ PRESENCE_INTERVAL = 0.02
 PRESENCE_BYTES = FRAME_SLACK // 2
 # What a presence entry costs beyond its channel id: msgpack's headers, two numbers.
 PRESENCE_ENTRY_BYTES = 24
+# A channel found in use by a held poll or stream is looked at again after
+# this fraction of `topic_linger`: one whose last subscriber leaves just
+# after is forgotten at most that much later than the linger says.
+IN_USE_RECHECK = 0.25
+# Channels looked at per sweep at most (as the broker's `FORGET_BATCH`).
+FORGET_BATCH = 20_000
 
 
 class Events(Protocol):
@@ -138,6 +145,13 @@ class Feed:
         self._replies: dict[int, asyncio.Future[wire.Reply]] = {}
         self._synced: dict[str, asyncio.Future[None]] = {}
         self._subscribed_at: dict[str, float] = {}
+        # When to look at each buffer to see whether it is idle (`edge.idle`).
+        self._idle = IdleQueue()
+        # Buffers not loaded yet, whose subscription may need sending again; and
+        # those with subscribers, for the full presence report: both few, beside
+        # every buffer, which a sweep no longer walks.
+        self._unready: dict[str, None] = {}
+        self._present: dict[str, ChannelBuffer] = {}
         # The most buffers held since the tables were last rebuilt: a dict
         # never shrinks its table when keys are deleted.
         self._peak = 0
@@ -239,6 +253,8 @@ class Feed:
         if buffer is None:
             buffer = self.buffers[channel_id] = ChannelBuffer(channel_id, presence=self._touch)
             self._peak = max(self._peak, len(self.buffers))
+            self._idle.add(channel_id, buffer.idle_since + self.config.topic_linger)
+            self._unready[channel_id] = None
             self._subscribe(channel_id)
         if not buffer.ready:
             waiting = self._synced.get(channel_id)
@@ -299,7 +315,12 @@ class Feed:
         counts that change on every turn of the loop would otherwise cost a
         message to the broker per turn.
         """
-        self._dirty.add(buffer.channel_id)
+        channel_id = buffer.channel_id
+        self._dirty.add(channel_id)
+        if buffer.waiters:
+            self._present[channel_id] = buffer
+        else:
+            self._present.pop(channel_id, None)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop = asyncio.get_running_loop()
@@ -326,8 +347,7 @@ class Feed:
     def _report_all(self) -> None:
         counts = {
             channel_id: (buffer.subscribers, buffer.requested)
-            for channel_id, buffer in self.buffers.items()
-            if buffer.subscribers
+            for channel_id, buffer in self._present.items()
         }
         self._send_presence(counts, full=True)
 
@@ -385,35 +405,48 @@ class Feed:
                 # The vote: the requests of the resynchronisation go to the other broker.
                 self._resynchronise("the broker went silent")
             dropped = 0
-            for channel_id, buffer in list(self.buffers.items()):
-                # Idle: nothing held, nothing asked (interval polls hold nothing)
-                # and no first sync awaited, for longer than the linger.
-                linger = self.config.topic_linger
-                idle = (
-                    not buffer.subscribers
-                    and channel_id not in self._synced
-                    and now - buffer.idle_since > linger
-                    and wall_clock - buffer.requested > linger
-                )
-                if idle:
-                    del self.buffers[channel_id]
-                    self._unsubscribe(channel_id)
-                    dropped += 1
+            for channel_id in self._idle.take_due(now, FORGET_BATCH):
+                buffer = self.buffers.get(channel_id)
+                if buffer is None:
                     continue
-                if not buffer.ready and now - self._subscribed_at.get(channel_id, now) > (
-                    RESUBSCRIBE_AFTER
-                ):
+                due = self._next_look(buffer, now, wall_clock)
+                if due is not None:
+                    self._idle.add(channel_id, due)
+                    continue
+                del self.buffers[channel_id]
+                self._unready.pop(channel_id, None)
+                self._present.pop(channel_id, None)
+                self._unsubscribe(channel_id)
+                dropped += 1
+            for channel_id in list(self._unready):
+                buffer = self.buffers.get(channel_id)
+                if buffer is None or buffer.ready:
+                    del self._unready[channel_id]
+                elif now - self._subscribed_at.get(channel_id, now) > RESUBSCRIBE_AFTER:
                     self._subscribe(channel_id)
             if len(self.buffers) * 4 < self._peak:
                 self._shrink()
             if self.trimmer.forgot(dropped, len(self.buffers)):
                 self.counters["memory_trims"] += 1
 
+    def _next_look(self, buffer: ChannelBuffer, now: float, wall_clock: float) -> float | None:
+        """None when the buffer is idle (nothing held, nothing asked, since interval polls
+        hold nothing, and no first sync awaited, for the linger); else when to look again."""
+        linger = self.config.topic_linger
+        if buffer.waiters:
+            return now + linger * IN_USE_RECHECK
+        if buffer.channel_id in self._synced:
+            return now + SWEEP_INTERVAL
+        due = max(buffer.idle_since + linger, now + buffer.requested + linger - wall_clock)
+        return None if due <= now else due
+
     def _shrink(self) -> None:
         """Copy the tables that fell to a quarter of their peak into tables of their size."""
         self.buffers = dict(self.buffers)
         self._subscribed_at = dict(self._subscribed_at)
         self._synced = dict(self._synced)
+        self._unready = dict(self._unready)
+        self._present = dict(self._present)
         self._peak = len(self.buffers)
         self.counters["tables_rebuilt"] += 1
 

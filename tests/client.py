@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -139,3 +140,17 @@ def in_background(function, *args, **kwargs) -> Future:  # type: ignore[no-untyp
     future = executor.submit(function, *args, **kwargs)
     executor.shutdown(wait=False)
     return future
+
+
+def figures(url: str, pattern: str) -> dict[str, float]:
+    """The samples of a metrics page whose line matches `pattern` (its first group names one)."""
+    return {
+        found.group(1): float(found.group(2))
+        for found in re.finditer(pattern, httpx.get(url).text, re.MULTILINE)
+    }
+
+
+def edge_channels(url: str) -> int:
+    found = figures(f"{url}/pushserver/metrics", r"^pushserver_edge_(channels) (\S+)$")
+    assert found, "no pushserver_edge_channels gauge"
+    return int(found["channels"])

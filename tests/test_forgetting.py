@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import email.utils
 import re
+import time
 
 import httpx
 
 from edge.protocol import ETAG, LAST_MODIFIED
-from tests.client import Cursor, fresh, info, poll, publish
+from tests.client import Cursor, edge_channels, fresh, hold, info, poll, publish
 from tests.processes import Launcher, eventually
 
 SHORT_LIVED = {"type": "memory", "message_timeout": 1}
@@ -68,3 +69,26 @@ def test_channels_made_for_polls_count_no_refill_and_a_broker_forgetting_them_ne
     for channel in channels:
         assert poll(client, base, channel, location="poll").status_code == 304
     assert refills(base) == 0
+
+
+def test_an_edge_follows_a_channel_while_a_poll_waits_or_polls_keep_coming_and_forgets_it_after(
+    launcher: Launcher, client: httpx.Client
+) -> None:
+    # The edge looks at each channel when it could first be idle, not at every
+    # channel on every sweep: a channel in use when looked at must be kept, and
+    # looked at again.
+    linger = 1.0
+    _, endpoints = launcher.broker()
+    _, base = launcher.edge(endpoints, topic_linger=linger, locations=LOCATIONS)
+    held, polled = fresh("held"), fresh("polled")
+    waiting = hold(client, base, held, Cursor())
+    with httpx.Client(timeout=10) as poller:
+        until = time.monotonic() + 4 * linger
+        while time.monotonic() < until:
+            assert poll(poller, base, polled, location="poll").status_code == 304
+            time.sleep(linger / 4)
+        # Both outlived several lingers: one held throughout, one asked again and again.
+        assert edge_channels(base) == 2
+    publish(base, held, "released")
+    assert waiting.result(timeout=10).text == "released"
+    eventually(lambda: edge_channels(base) == 0, 10, "the edge forgetting both channels")

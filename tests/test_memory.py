@@ -19,14 +19,12 @@ import contextlib
 import gc
 import itertools
 import os
-import re
 import sys
 import time
 import weakref
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import httpx
 import zmq
 from django.test.utils import override_settings
 
@@ -39,6 +37,7 @@ from edge.connection import Request
 from edge.server import Edge
 from pushserver import sender
 from pushserver.utils import updates
+from tests.client import edge_channels, figures
 from tests.clock import Clock
 from tests.processes import Launcher, eventually, memory_kib
 
@@ -216,20 +215,6 @@ def broker_holds(control: zmq.Socket[bytes], channel_ids: list[str]) -> bool:
         if wire.decode_reply(control.recv_multipart()).found:
             return True
     return False
-
-
-def figures(url: str, pattern: str) -> dict[str, float]:
-    """The samples of a metrics page whose line matches `pattern` (its first group names one)."""
-    return {
-        found.group(1): float(found.group(2))
-        for found in re.finditer(pattern, httpx.get(url).text, re.MULTILINE)
-    }
-
-
-def edge_channels(url: str) -> int:
-    found = figures(f"{url}/pushserver/metrics", r"^pushserver_edge_(channels) (\S+)$")
-    assert found, "no pushserver_edge_channels gauge"
-    return int(found["channels"])
 
 
 def edge_memory_events(url: str) -> dict[str, float]:
