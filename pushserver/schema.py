@@ -647,7 +647,9 @@ TOP = Group(
             "topic_linger",
             "float (s)",
             rules.SECONDS,
-            "how long an edge stays subscribed to a channel after its last client left",
+            "how long an edge stays subscribed to a channel after its last client left or asked"
+            " (up to a quarter longer when a held poll or stream left just after the edge last"
+            " looked)",
             float,
         ),
         _field(
