@@ -46,6 +46,7 @@ from broker.sequencer import Channel, Sequencer
 from broker.sockets import (
     backend_send,
     configure_heartbeats,
+    configure_keepalive,
     drain,
     limit_frames,
     max_frame_size,
@@ -177,7 +178,10 @@ class Broker:
             (curve.EVENTS, events),
             (curve.CONTROL, control),
         ):
-            configure_heartbeats(sock)
+            if sock is events:
+                configure_keepalive(sock)
+            else:
+                configure_heartbeats(sock)
             sock.setsockopt(zmq.LINGER, 0)
             # A frame over the limit costs its sender the connection, not the broker memory.
             limit_frames(sock, frame_limit)

@@ -30,6 +30,15 @@ _POLLIN = int(zmq.POLLIN)
 # ZMTP heartbeats: a frozen peer is noticed in seconds instead of never.
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+# TCP keepalive where a link has no ZMTP heartbeats: probes after a second
+# of silence, a second apart, three unanswered mean the peer's host is gone.
+KEEPALIVE_IDLE_S = 1
+KEEPALIVE_INTERVAL_S = 1
+KEEPALIVE_COUNT = 3
+# How long data may wait unacknowledged on such a link (TCP_USER_TIMEOUT):
+# a lost host's connection is given up, and so is a peer that has read
+# nothing for that long; it connects again and refills.
+UNACKNOWLEDGED_MS = 30_000
 # How long a drain waits before checking whether it should stop.
 POLL_MS = 200
 
@@ -62,9 +71,42 @@ def limit_frames(sock: zmq.Socket[bytes] | zmq.asyncio.Socket, size: int) -> Non
 
 
 def configure_heartbeats(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
+    """ZMTP heartbeats, on a socket that never stops reading its connections.
+
+    libzmq 4.3 aborts the whole process (``Assertion failed: !_io_error``,
+    libzmq #4364, #4767) when a heartbeating connection fails while its
+    reading is paused by a full receive queue: the next heartbeat writes to
+    a connection already marked broken. A publisher killed in a burst the
+    broker was behind on took the broker down that way. So such a socket
+    has no receive high-water mark; what bounds its queue is its peers: a
+    publisher's window of unacknowledged messages (``send_queue_size``), an
+    edge's cap on control requests in flight. A link whose receiving end
+    must be able to pause (the events link, ``events_hwm``) has no ZMTP
+    heartbeats: see `configure_keepalive`.
+    """
+    sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+
+
+def configure_keepalive(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
+    """TCP keepalive instead of ZMTP heartbeats, for the broker-to-edge events link.
+
+    Its receiving end may stop reading at ``events_hwm``, which heartbeats
+    cannot survive (`configure_heartbeats`). The kernel answers keepalive
+    probes whether or not the process reads, so a slow edge stays connected
+    while a lost host is noticed in seconds; a broker that is alive but
+    frozen is noticed by the broker's own heartbeat events, which the edge
+    times (``broker_timeout``). Data a lost edge never acknowledges is given
+    up after `UNACKNOWLEDGED_MS`, which releases its share of the broker's
+    queue; until then that share is bounded by the high-water mark.
+    """
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_COUNT)
+    sock.setsockopt(zmq.TCP_MAXRT, UNACKNOWLEDGED_MS)
 
 
 def send_now(sock: zmq.asyncio.Socket, frames: list[bytes]) -> bool:

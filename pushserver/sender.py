@@ -82,15 +82,18 @@ from broker import wire
 from broker.choice import Choice
 from broker.curve import ClientKeys, apply_client, load_client_keys
 from broker.outbox import Outbox
-from broker.sockets import backend_send, limit_frames, max_frame_size, send_plain
+from broker.sockets import (
+    backend_send,
+    configure_heartbeats,
+    limit_frames,
+    max_frame_size,
+    send_plain,
+)
 from broker.throttled_log import ThrottledLog
 from pushserver import PushServerError
 
 log = logging.getLogger("pushserver")
 
-# ZMTP heartbeats, as the broker's sockets use: a frozen broker is noticed in seconds.
-HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 3000
 MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 # How often the flusher looks at sockets with unacknowledged messages.
 FLUSH_INTERVAL = 0.1
@@ -201,12 +204,9 @@ class _Publisher:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.SNDHWM, config.queue_size)
-        # Acks are small and cumulative; never let the broker drop one for want of room.
-        sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+        # A frozen broker shows up as a disconnect in seconds; acks are never refused room.
+        configure_heartbeats(sock)
         limit_frames(sock, max_frame_size(config.max_message_size))
         if config.curve_keys is not None:
             apply_client(sock, config.curve_keys)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,6 +43,7 @@ __all__ = [
     "eventually",
     "free_port",
     "memory_kib",
+    "starved_main_thread",
 ]
 
 # How long the relay waits for traffic before looking at its stop flag.
@@ -169,3 +173,30 @@ def tcp_peer_ports(pid: int) -> list[int]:
         if fields[3] == "01" and fields[9] in inodes:
             ports.append(int(fields[2].rpartition(":")[2], 16))
     return ports
+
+
+@contextlib.contextmanager
+def starved_main_thread(pid: int) -> Iterator[None]:
+    """Keep process `pid`'s main thread (its event loop) almost off the CPU, its other threads on.
+
+    The main thread is pinned to one CPU at `SCHED_IDLE` beside a busy loop
+    at normal priority, so it runs a fraction of a percent of the time while
+    libzmq's I/O threads go on reading, writing and heartbeating: a loop far
+    behind its sockets, as a busy process is, without changing its code.
+    """
+    cpu = min(os.sched_getaffinity(pid))
+    before = os.sched_getaffinity(pid)
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"],
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
+    try:
+        # Linux applies both to the one thread whose id is `pid`: the main thread.
+        os.sched_setaffinity(pid, {cpu})
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(pid, before)
