@@ -31,7 +31,8 @@ from ops.bench.ledger import (
 from ops.bench.loadgen import ResponseReader, run
 from ops.bench.publishers import round_robin
 from ops.bench.streams import NotAStream, Stream
-from ops.bench.targets import Embedded, Limits
+from ops.bench.targets import Embedded, Limits, Target, TargetExited, watched
+from ops.bench.workloads import Result
 from ops.bench.wsclient import NOTICE, WebSocketProtocol
 from ops.bench.wsmeta import MetaMessage, read_meta
 from tests.processes import ROOT
@@ -417,6 +418,55 @@ def test_the_targets_are_told_to_forget_idle_channels_when_a_workload_asks(
     settings = Embedded("embedded", tmp_path, Limits(10, 10, channel_linger=5)).push_server()
     assert settings["channel_linger"] == 5
     assert "channel_linger" not in Embedded("embedded", tmp_path, Limits(10, 10)).push_server()
+
+
+class Sleeper(Target):
+    """A target whose one process is `sleep`: what the watch sees is a real exit."""
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["sleep", "600"])
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def root_pids(self) -> list[int]:
+        return [self.process.pid]
+
+    def last_words(self) -> str:
+        return ""
+
+    def exited(self) -> list[str]:
+        status = self.process.poll()
+        return [] if status is None else [f"sleep (exit status {status})"]
+
+    def followed_channels(self) -> int | None:
+        return None
+
+    def publish(self, channel_id: str, body: bytes) -> None:
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        pass
+
+
+def test_a_workload_ends_as_soon_as_a_server_process_does_not_at_its_own_timeout(
+    tmp_path: Path,
+) -> None:
+    target = Sleeper("sleeper", tmp_path, Limits(10, 10))
+    target.start()
+
+    async def waits_long() -> Result:
+        await asyncio.sleep(0.2)
+        target.process.kill()
+        await asyncio.sleep(600)  # as W6 waits for its deliveries
+        raise AssertionError("the workload was not stopped")
+
+    try:
+        with pytest.raises(TargetExited, match=r"sleep \(exit status -9\) during the run"):
+            run(lambda: asyncio.wait_for(watched(target, waits_long()), 60))
+    finally:
+        target.stop()
 
 
 def test_a_quick_benchmark_of_this_project_delivers_everything(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ops.bench.forgetting import w8_distinct_channels, w8_limits
 from ops.bench.loadgen import run
-from ops.bench.targets import TARGETS, Limits, Target
+from ops.bench.targets import TARGETS, Limits, Target, watched
 from ops.bench.workloads import (
     QUICK,
     Result,
@@ -109,7 +109,7 @@ def started(target: Target) -> Iterator[None]:
 def run_target(target: Target, sizes: Sizes, chosen: list[str]) -> list[Result]:
     async def workloads() -> list[Result]:
         return [
-            await workload(target, sizes)
+            await watched(target, workload(target, sizes))
             for name, workload in ASYNC_WORKLOADS.items()
             if name in chosen
         ]
@@ -123,7 +123,7 @@ def run_target(target: Target, sizes: Sizes, chosen: list[str]) -> list[Result]:
 
 def run_w8(target: Target, sizes: Sizes) -> Result:
     with started(target):
-        return run(lambda: w8_distinct_channels(target, sizes))
+        return run(lambda: watched(target, w8_distinct_channels(target, sizes)))
 
 
 def cell(value: float) -> str:

@@ -16,6 +16,7 @@ by part where it has several), and how many channels it follows now.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -27,10 +28,10 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -42,6 +43,10 @@ NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Lines of each server process's output shown when a workload fails.
 LAST_LINES = 30
+# How often a running workload looks whether the target's processes still run (s).
+WATCH_INTERVAL = 0.5
+
+T = TypeVar("T")
 
 
 # Nchan's own default for how long an empty channel is kept (nchan_channel_timeout).
@@ -126,6 +131,10 @@ class Target(ABC):
     @abstractmethod
     def last_words(self) -> str:
         """What the server's processes said last, and how they ended: for a failed run."""
+
+    @abstractmethod
+    def exited(self) -> list[str]:
+        """The server's processes that have ended, with their exit status."""
 
     def pids(self) -> list[int]:
         return [pid for root in self.root_pids() for pid in descendants(root)]
@@ -288,6 +297,13 @@ class PushServerTarget(Target):
 
     def root_pids(self) -> list[int]:
         return [process.popen.pid for process in self.processes if process.popen.poll() is None]
+
+    def exited(self) -> list[str]:
+        return [
+            f"{process.name} (exit status {process.popen.poll()})"
+            for process in self.processes
+            if process.popen.poll() is not None
+        ]
 
     def last_words(self) -> str:
         return "\n".join(
@@ -469,11 +485,31 @@ class Nchan(Target):
     def root_pids(self) -> list[int]:
         return [] if self.process is None else [self.process.pid]
 
+    def exited(self) -> list[str]:
+        status = None if self.process is None else self.process.poll()
+        return [] if status is None else [f"nginx (exit status {status})"]
+
     def last_words(self) -> str:
         log = self.folder / "nchan" / "logs" / "error.log"
         lines = log.read_text().splitlines() if log.exists() else []
         status = None if self.process is None else self.process.poll()
         return f"nginx (exit status {status}):\n" + "\n".join(lines[-LAST_LINES:])
+
+
+class TargetExited(Exception):
+    """A server process ended while a workload ran."""
+
+
+async def watched(target: Target, work: Awaitable[T]) -> T:
+    """`work`, ended as soon as one of the target's processes does, not at its own timeout."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait({task}, timeout=WATCH_INTERVAL)
+        gone = target.exited()
+        if gone and not task.done():
+            task.cancel()
+            raise TargetExited(f"{', '.join(gone)} during the run")
+    return task.result()
 
 
 def ensure_nchan() -> None:
