@@ -786,18 +786,6 @@ def start_exiting_publisher(
     )
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        process.kill()
-        process.wait()
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                stream.close()
-
-
 def test_messages_unacknowledged_at_interpreter_exit_are_delivered(
     broker: ThreadBroker, events: Events, processes: list[subprocess.Popen[str]]
 ) -> None:

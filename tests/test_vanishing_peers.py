@@ -18,10 +18,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 import zmq
 from django.test.utils import override_settings
 
@@ -71,20 +69,8 @@ PEER = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def peers() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        process.kill()
-        process.wait()
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                stream.close()
-
-
 def burst_then_vanish(
-    peers: list[subprocess.Popen[str]], broker: Process, role: str, endpoint: str
+    processes: list[subprocess.Popen[str]], broker: Process, role: str, endpoint: str
 ) -> None:
     """A peer sends `BURST` messages to `endpoint` and is killed while the broker is behind."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "tests.django_settings"}
@@ -96,7 +82,7 @@ def burst_then_vanish(
             stdout=subprocess.PIPE,
             text=True,
         )
-        peers.append(peer)
+        processes.append(peer)
         assert peer.stdout is not None
         assert peer.stdout.readline() == "sent\n"
         peer.kill()
@@ -117,10 +103,12 @@ def still_sequences(endpoints: dict[str, str], context: zmq.Context[zmq.Socket[b
 
 
 def test_a_publisher_killed_in_a_burst_the_broker_is_behind_on_leaves_the_broker_serving(
-    launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]], peers: list[subprocess.Popen[str]]
+    launcher: Launcher,
+    context: zmq.Context[zmq.Socket[bytes]],
+    processes: list[subprocess.Popen[str]],
 ) -> None:
     broker, endpoints = launcher.broker()
-    burst_then_vanish(peers, broker, "publisher", endpoints["ingress"])
+    burst_then_vanish(processes, broker, "publisher", endpoints["ingress"])
     still_sequences(endpoints, context)
     # What the publisher's socket had delivered before it died is sequenced, in order.
     held = snapshot(context, endpoints["control"], "vanishing")
@@ -130,18 +118,22 @@ def test_a_publisher_killed_in_a_burst_the_broker_is_behind_on_leaves_the_broker
 
 
 def test_an_edge_killed_while_subscribing_to_many_channels_leaves_the_broker_serving(
-    launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]], peers: list[subprocess.Popen[str]]
+    launcher: Launcher,
+    context: zmq.Context[zmq.Socket[bytes]],
+    processes: list[subprocess.Popen[str]],
 ) -> None:
     broker, endpoints = launcher.broker()
-    burst_then_vanish(peers, broker, "subscriber", endpoints["events"])
+    burst_then_vanish(processes, broker, "subscriber", endpoints["events"])
     still_sequences(endpoints, context)
 
 
 def test_an_edge_killed_with_many_requests_unanswered_leaves_the_broker_serving(
-    launcher: Launcher, context: zmq.Context[zmq.Socket[bytes]], peers: list[subprocess.Popen[str]]
+    launcher: Launcher,
+    context: zmq.Context[zmq.Socket[bytes]],
+    processes: list[subprocess.Popen[str]],
 ) -> None:
     broker, endpoints = launcher.broker()
-    burst_then_vanish(peers, broker, "requester", endpoints["control"])
+    burst_then_vanish(processes, broker, "requester", endpoints["control"])
     still_sequences(endpoints, context)
 
 
