@@ -178,10 +178,11 @@ class Broker:
             (curve.EVENTS, events),
             (curve.CONTROL, control),
         ):
-            if sock is events:
-                configure_keepalive(sock)
-            else:
+            if sock is ingress:
                 configure_heartbeats(sock)
+            else:
+                # Links to edges, whose either end may wait at a high-water mark.
+                configure_keepalive(sock)
             sock.setsockopt(zmq.LINGER, 0)
             # A frame over the limit costs its sender the connection, not the broker memory.
             limit_frames(sock, frame_limit)

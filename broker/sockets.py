@@ -78,10 +78,11 @@ def configure_heartbeats(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
     reading is paused by a full receive queue: the next heartbeat writes to
     a connection already marked broken. A publisher killed in a burst the
     broker was behind on took the broker down that way. So such a socket
-    has no receive high-water mark; what bounds its queue is its peers: a
-    publisher's window of unacknowledged messages (``send_queue_size``), an
-    edge's cap on control requests in flight. A link whose receiving end
-    must be able to pause (the events link, ``events_hwm``) has no ZMTP
+    has no receive high-water mark, and is used only where the peers bound
+    what they send: publishers and the broker's ingress, each publisher
+    within its window of unacknowledged messages (``send_queue_size``), and
+    the standby pair's link. The links to edges, whose ends must be able to
+    pause (``events_hwm``, the control port's queue), have no ZMTP
     heartbeats: see `configure_keepalive`.
     """
     sock.setsockopt(zmq.RCVHWM, 0)
@@ -91,16 +92,19 @@ def configure_heartbeats(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
 
 
 def configure_keepalive(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
-    """TCP keepalive instead of ZMTP heartbeats, for the broker-to-edge events link.
+    """TCP keepalive instead of ZMTP heartbeats, for the links between the broker and edges.
 
-    Its receiving end may stop reading at ``events_hwm``, which heartbeats
-    cannot survive (`configure_heartbeats`). The kernel answers keepalive
-    probes whether or not the process reads, so a slow edge stays connected
-    while a lost host is noticed in seconds; a broker that is alive but
-    frozen is noticed by the broker's own heartbeat events, which the edge
-    times (``broker_timeout``). Data a lost edge never acknowledges is given
-    up after `UNACKNOWLEDGED_MS`, which releases its share of the broker's
-    queue; until then that share is bounded by the high-water mark.
+    Either end of the events and control links may stop reading at its
+    high-water mark (``events_hwm``; control requests and replies), which
+    heartbeats cannot survive (`configure_heartbeats`), and the bound is
+    what keeps a flood of requests or a slow edge from costing memory
+    without end. The kernel answers keepalive probes whether or not the
+    process reads, so a slow peer stays connected while a lost host is
+    noticed in seconds; a broker that is alive but frozen is noticed by its
+    own heartbeat events, which the edge times (``broker_timeout``), and by
+    control requests that time out. Data a lost peer never acknowledges is
+    given up after `UNACKNOWLEDGED_MS`, which releases its share of the
+    queues; until then that share is bounded by the high-water mark.
     """
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)

@@ -50,7 +50,6 @@ from broker.memory import Trimmer
 from broker.sockets import (
     FRAME_SLACK,
     Reader,
-    configure_heartbeats,
     configure_keepalive,
     drain,
     limit_frames,
@@ -83,11 +82,6 @@ PRESENCE_ENTRY_BYTES = 24
 IN_USE_RECHECK = 0.25
 # Channels looked at per sweep at most (as the broker's `FORGET_BATCH`).
 FORGET_BATCH = 20_000
-# Control requests awaiting the broker's reply at most; more wait for a slot.
-# The broker's control socket reads without a high-water mark (heartbeats
-# need it, `broker.sockets.configure_heartbeats`): this is what bounds its
-# queue for this edge.
-REQUESTS_IN_FLIGHT = 1_000
 # A refill whose request could not be sent tries again after this long.
 REFILL_RETRY = 0.1
 
@@ -151,7 +145,6 @@ class Feed:
         self._stopping = asyncio.Event()
         self._request_ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[wire.Reply]] = {}
-        self._request_slots = asyncio.Semaphore(REQUESTS_IN_FLIGHT)
         self._synced: dict[str, asyncio.Future[None]] = {}
         self._subscribed_at: dict[str, float] = {}
         # When to look at each buffer to see whether it is idle (`edge.idle`).
@@ -215,7 +208,8 @@ class Feed:
     def _control_socket(self, keys: curve.ClientKeys | None) -> zmq.asyncio.Socket:
         config = self.config
         control = self._context.socket(zmq.DEALER)
-        configure_heartbeats(control)
+        # Replies may wait at the high-water mark: no ZMTP heartbeats on this link.
+        configure_keepalive(control)
         control.setsockopt(zmq.LINGER, 0)
         limit_frames(control, max_reply_frame_size(config.max_message_size, config.max_messages))
         if keys is not None:
@@ -293,10 +287,6 @@ class Feed:
 
     async def request(self, request: wire.Request) -> wire.Reply:
         """Send a control request (its id is assigned here) and await the broker's reply."""
-        async with self._request_slots:
-            return await self._request(request)
-
-    async def _request(self, request: wire.Request) -> wire.Reply:
         request_id = next(self._request_ids)
         frames = wire.encode_request(
             wire.Request(
