@@ -181,7 +181,7 @@ class Broker:
             if sock is ingress:
                 configure_heartbeats(sock)
             else:
-                # Links to edges, whose either end may wait at a high-water mark.
+                # Links to edges: either end may wait at its high-water mark.
                 configure_keepalive(sock)
             sock.setsockopt(zmq.LINGER, 0)
             # A frame over the limit costs its sender the connection, not the broker memory.

@@ -184,8 +184,8 @@ def starved_main_thread(pid: int) -> Iterator[None]:
     libzmq's I/O threads go on reading, writing and heartbeating: a loop far
     behind its sockets, as a busy process is, without changing its code.
     """
-    cpu = min(os.sched_getaffinity(pid))
     before = os.sched_getaffinity(pid)
+    cpu = min(before)
     hog = subprocess.Popen(
         [sys.executable, "-c", "while True: pass"],
         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),

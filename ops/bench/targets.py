@@ -485,15 +485,17 @@ class Nchan(Target):
     def root_pids(self) -> list[int]:
         return [] if self.process is None else [self.process.pid]
 
+    def _status(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
     def exited(self) -> list[str]:
-        status = None if self.process is None else self.process.poll()
+        status = self._status()
         return [] if status is None else [f"nginx (exit status {status})"]
 
     def last_words(self) -> str:
         log = self.folder / "nchan" / "logs" / "error.log"
         lines = log.read_text().splitlines() if log.exists() else []
-        status = None if self.process is None else self.process.poll()
-        return f"nginx (exit status {status}):\n" + "\n".join(lines[-LAST_LINES:])
+        return f"nginx (exit status {self._status()}):\n" + "\n".join(lines[-LAST_LINES:])
 
 
 class TargetExited(Exception):
