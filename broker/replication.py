@@ -28,6 +28,11 @@ The traps:
 * a standby that stopped confirming but still heartbeats would hold every
   ack forever: past `confirm_timeout` it is dropped (`overdue`) and must copy
   again;
+* a standby cannot tell for itself that it was dropped: across a broken
+  link it still holds a replica it thinks complete while the active one
+  goes on alone, and once the link is back no batch comes to show the gap.
+  So the active broker says on every message whether it still counts its
+  peer (`counts_peer`), and a replica no longer counted copies again;
 * released actions are the caller's to run, in the order returned.
 
 Pure bookkeeping with an injected clock, tested without sockets.
@@ -98,6 +103,11 @@ class Replication(Generic[T]):
     @property
     def degraded(self) -> bool:
         return self.backup is not Backup.JOINED
+
+    @property
+    def counts_peer(self) -> bool:
+        """Whether the standby's replica counts: joined, or copying what it asked for."""
+        return self.backup is not Backup.ABSENT
 
     def record(self, packed: bytes) -> None:
         """A change, as one or more packed history records, for the open batch."""
@@ -233,6 +243,16 @@ class Replica:
         if self._copy_asked_at is not None and now - self._copy_asked_at < self.copy_retry:
             return False
         self._copy_asked_at = now
+        return True
+
+    def on_active(self, counted: bool) -> bool:
+        """The active broker said whether it counts this replica. One it no longer counts
+        went on without it, so it is stale and must copy again; True when that made it
+        so. It is kept meanwhile: should the active broker die before the copy, it is
+        still the best there is."""
+        if self.applied is None or counted:
+            return False
+        self.applied = None
         return True
 
     def on_copy(self, epoch: int, number: int) -> None:

@@ -46,6 +46,13 @@ PEER_SNDHWM = 100_000
 # trip to the standby carries, so the pair's cost per message stays that of a batch.
 MAX_IN_FLIGHT = 2
 BATCH_RECORDS = 2_000
+# A joined standby that leaves a batch unconfirmed for this share of
+# `failover_timeout` is dropped and its held acks go out. Clients try the
+# other broker after a third of it without an ack, and one that reaches the
+# backup once its peer has been silent for all of it makes it active: with
+# only the link between the brokers broken, held acks that waited the whole
+# timeout would make that second active broker themselves.
+CONFIRM_SHARE = 0.5
 
 
 class Standby:
@@ -54,7 +61,7 @@ class Standby:
         self.config = config
         role = Role.BACKUP if config.backup else Role.PRIMARY
         self.pair = Pair(role, config.failover_timeout)
-        self.replication: Replication[Action] = Replication(config.failover_timeout)
+        self.replication: Replication[Action] = self._replication()
         self.replica = Replica(COPY_RETRY)
         self._router: zmq.asyncio.Socket | None = None
         self._dealer: zmq.Socket[bytes] | None = None
@@ -63,6 +70,9 @@ class Standby:
         self._degraded_told = False
         self._figures: dict[str, tuple[str, float]] = {}
         self._measure()
+
+    def _replication(self) -> Replication[Action]:
+        return Replication(self.config.failover_timeout * CONFIRM_SHARE)
 
     # -- sockets -------------------------------------------------------------
 
@@ -108,6 +118,7 @@ class Standby:
             number,
             follows,
             records,
+            self.replication.counts_peer,
         )
         assert self._dealer is not None
         try:
@@ -247,6 +258,14 @@ class Standby:
         transition = self.pair.on_peer(status)
         if transition is not None:
             self._changed(transition)
+        if self._following(message) and self.replica.on_active(message.counts_peer):
+            log.warning(
+                "the active broker (epoch %d) went on without this replica; copying again",
+                message.epoch,
+            )
+            self.pair.synced = False
+            if self.replica.wants_copy():
+                self._send(wire.PEER_WANT_COPY)
         handle: Callable[[wire.PeerMessage], None] | None = {
             wire.PEER_BATCH: self._on_batch,
             wire.PEER_COPY: self._on_copy,
@@ -336,13 +355,13 @@ class Standby:
         if transition.after is State.ACTIVE:
             self.replica.reset()
             # Held actions of an older activity are void; a new epoch starts afresh.
-            self.replication = Replication(self.config.failover_timeout)
+            self.replication = self._replication()
             self._degraded_told = False
             self.broker.took_over()
         elif transition.before is State.ACTIVE:
             # What was held was never confirmed: its publishers send it again to the
             # active broker, and nothing of it left this one.
-            self.replication = Replication(self.config.failover_timeout)
+            self.replication = self._replication()
             self.replica.reset()
             self.broker.stepped_down()
         self._send(wire.PEER_HEARTBEAT)

@@ -930,7 +930,8 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
 # Each broker of a pair sends everything it has to say to its peer on one
 # DEALER, connected to the peer's ROUTER: `[header, *record frames]`. Every
 # header carries the sender's role, state, epoch and whether it holds a
-# complete replica, so each message is also a heartbeat (`broker.pair`).
+# complete replica, so each message is also a heartbeat (`broker.pair`);
+# an active sender's also says whether it counts its peer as its standby.
 
 PEER_HEARTBEAT = "hb"
 PEER_BATCH = "batch"  # records after batch `n - 1`, as batch `n`
@@ -953,6 +954,9 @@ class PeerMessage:
     # A confirmation's: the epoch of the active broker whose batches it confirms.
     follows: int = 0
     records: tuple[bytes, ...] = ()
+    # An active broker's: whether its peer's replica still counts (joined or
+    # copying). A peer that never says so (an older release) is taken as counting.
+    counts_peer: bool = True
 
 
 def encode_peer(message: PeerMessage) -> list[bytes]:
@@ -965,6 +969,7 @@ def encode_peer(message: PeerMessage) -> list[bytes]:
         "y": message.synced,
         "n": message.number,
         "f": message.follows,
+        "c": message.counts_peer,
     }
     return [_pack(header), *message.records]
 
@@ -988,4 +993,5 @@ def decode_peer(frames: Sequence[bytes]) -> PeerMessage:
         cast(int, number),
         cast(int, follows),
         tuple(_bytes(frame) for frame in frames[1:]),
+        bool(header.get("c", True)),
     )

@@ -224,6 +224,47 @@ def test_the_backup_killed_under_load_leaves_the_primary_serving_alone(pair: Clu
     assert figure(pair.metrics_url, "pushserver_broker_pair_degraded") == 1.0
 
 
+def test_a_frozen_backup_dropped_by_the_active_broker_copies_again_once_resumed_and_can_take_over(
+    pair: Cluster,
+) -> None:
+    """Frozen past the failover time, the backup is dropped (the active broker acks alone);
+    resumed, its replica from before is stale, and nothing but the active broker's word
+    tells it so."""
+    wait_for(lambda: synced(pair, pair.backup_metrics_url), 20, "the backup's replica")
+    backup = pair.backup
+    assert backup is not None
+    degraded: list[float] = []
+
+    def resume() -> None:
+        degraded.append(figure(pair.metrics_url, "pushserver_broker_pair_degraded"))
+        backup.popen.send_signal(signal.SIGCONT)
+
+    def kill_the_primary_once_whole() -> None:
+        wait_for(
+            lambda: figure(pair.metrics_url, "pushserver_broker_pair_degraded") == 0.0,
+            10,
+            "the resumed backup to copy again",
+        )
+        pair.stop_broker(signal.SIGKILL)
+
+    result, fault_times, deliveries = run(
+        pair,
+        faults=[
+            (3, "SIGSTOP the backup", lambda: backup.popen.send_signal(signal.SIGSTOP)),
+            (3 + 2 * FAILOVER_TIMEOUT, "SIGCONT the backup", resume),
+            (12, "kill -9 the primary once its backup copied again", kill_the_primary_once_whole),
+        ],
+        duration=18,
+    )
+    result.report(
+        "pair: backup frozen, resumed, then the active killed",
+        {"pause after the kill (s)": f"{pause_after(fault_times[2], deliveries):.2f}"},
+    )
+    assert degraded == [1.0]
+    result.check()
+    assert figure(pair.backup_metrics_url, "pushserver_broker_pair_active") == 1.0
+
+
 def test_a_frozen_active_broker_resumed_after_the_failover_steps_down_and_repeats_nothing(
     pair: Cluster,
 ) -> None:

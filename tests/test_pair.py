@@ -9,6 +9,8 @@ import pytest
 from broker import wire
 from broker.choice import Choice
 from broker.pair import Pair, PeerStatus, Role, State
+from broker.replication import Replication
+from broker.standby import CONFIRM_SHARE
 from tests.clock import Clock
 
 TIMEOUT = 2.0
@@ -83,6 +85,53 @@ def test_a_broken_link_between_the_brokers_alone_never_makes_two_actives(clock: 
         assert primary.on_client() == (True, None)
     assert backup.peer_silent() and primary.peer_silent()
     assert primary.state is State.ACTIVE and backup.state is State.PASSIVE
+
+
+def cut_off_under_load(clock: Clock, tick_phase: float, client_phase: float) -> list[str]:
+    """A pair whose link breaks just after the active broker sent a batch, and a client
+    waiting for that batch's ack; the broker ticks every `TIMEOUT / 6` (its longest tick)
+    from `tick_phase`, the client last heard it `client_phase` before the break. Returns
+    the acks released; fails if the client voted the backup in."""
+    primary, backup = started(clock)
+    replication: Replication[str] = Replication(TIMEOUT * CONFIRM_SHARE, clock)
+    number, _ = replication.begin_copy()
+    replication.confirmed(number)
+    start = clock.now
+    clock.now -= client_phase
+    client = Choice(2, TIMEOUT / 3, clock)
+    clock.now = start
+    replication.record(b"m")
+    assert replication.hold("ack")
+    replication.close()
+    released: list[str] = []
+    next_tick = start + tick_phase
+    while clock.now < start + 3 * TIMEOUT:
+        clock.now += 0.01
+        if clock.now >= next_tick:
+            next_tick += TIMEOUT / 6
+            if replication.overdue():
+                released += replication.lost()
+        if client.current == 1:
+            serves, _ = backup.on_client()
+            assert not serves, f"the backup was voted active {clock.now - start:.2f} s in"
+            client.refused(1)
+        elif released:
+            client.heard(0, active=True, epoch=primary.epoch)
+        else:
+            client.silent()
+    assert backup.state is State.PASSIVE and client.current == 0
+    return released
+
+
+@pytest.mark.parametrize("tick_phase", [TIMEOUT / 6 * n / 4 for n in range(4)])
+@pytest.mark.parametrize("client_phase", [TIMEOUT / 3 * n / 4 for n in range(4)])
+def test_a_broken_link_releases_the_acks_held_for_the_standby_before_a_client_could_vote(
+    clock: Clock, tick_phase: float, client_phase: float
+) -> None:
+    """The active broker holds each ack until its standby confirms; with only the link
+    between the two broken, a client without acks tries the backup every third of the
+    failover timeout, and one that reaches it after the whole timeout makes it active."""
+    assert cut_off_under_load(clock, tick_phase, client_phase) == ["ack"]
 
 
 def test_a_client_that_tries_the_backup_during_a_mere_hiccup_is_refused(clock: Clock) -> None:
@@ -236,6 +285,16 @@ def test_a_peer_message_carries_its_senders_status_and_its_records() -> None:
         wire.PEER_BATCH, "primary", "active", 1_700_000_000_000, False, 7, 0, (b"r1", b"r2")
     )
     assert wire.decode_peer(wire.encode_peer(message)) == message
+
+
+def test_an_active_brokers_message_says_whether_it_still_counts_its_standby() -> None:
+    dropped = wire.PeerMessage(
+        wire.PEER_HEARTBEAT, "primary", "active", 5, False, counts_peer=False
+    )
+    assert not wire.decode_peer(wire.encode_peer(dropped)).counts_peer
+    # A peer that never says (an older release) is taken as counting, as it always was.
+    header = {"v": wire.VERSION, "k": "hb", "r": "primary", "s": "active", "e": 5, "n": 0}
+    assert wire.decode_peer([msgpack.packb(header)]).counts_peer
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,34 @@ def test_a_standby_asking_for_a_copy_again_no_longer_holds_acks_back(clock: Cloc
     assert released == ["ack 0"]
 
 
+def test_the_active_broker_counts_its_standby_from_the_copy_it_asked_for_until_it_is_lost(
+    clock: Clock,
+) -> None:
+    replication: Replication[str] = Replication(CONFIRM_TIMEOUT, clock)
+    assert not replication.counts_peer
+    number, _ = replication.begin_copy()
+    assert replication.counts_peer  # copying: what it asked for is on its way
+    replication.confirmed(number)
+    assert replication.counts_peer
+    replication.lost()
+    assert not replication.counts_peer
+
+
 # -- the standby's side ----------------------------------------------------------
+
+
+def test_a_replica_the_active_broker_no_longer_counts_asks_for_a_copy_again(
+    clock: Clock,
+) -> None:
+    replica = Replica(1.0, clock)
+    replica.on_copy(7, 3)
+    assert not replica.on_active(counted=True)
+    assert replica.synced and not replica.wants_copy()
+    # The active broker dropped it (a broken link, a batch overdue) and went on alone;
+    # no batch will show the gap, only its word.
+    assert replica.on_active(counted=False)
+    assert not replica.synced and replica.wants_copy()
+    assert not replica.on_active(counted=False)  # dropped already: said once
 
 
 def test_a_standby_applies_batches_in_order_and_asks_for_a_copy_after_a_missing_one(
