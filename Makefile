@@ -17,7 +17,7 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-1
 # System packages the tests need, as command:debian-package pairs. A package
 # is installed only when its command is missing (looked up on PATH and in
 # /usr/sbin, where Debian puts nginx and haproxy), e.g. `nginx:nginx`.
-SYSTEM_DEPS := node:nodejs npm:npm chromium:chromium nginx:nginx haproxy:haproxy
+SYSTEM_DEPS := node:nodejs npm:npm chromium:chromium nginx:nginx haproxy:haproxy nft:nftables
 
 DEMO_PYTHON := ../../$(BIN)/python
 

@@ -158,21 +158,28 @@ def memory_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def tcp_peer_ports(pid: int) -> list[int]:
-    """The remote ports of the established TCP connections process `pid` holds (IPv4)."""
+def tcp_connections(pid: int) -> list[tuple[int, int]]:
+    """The (local, remote) ports of the established TCP connections process `pid` holds
+    (IPv4)."""
     inodes = set()
     for descriptor in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
             target = os.readlink(descriptor)
             if target.startswith("socket:["):
                 inodes.add(target[len("socket:[") : -1])
-    ports = []
+    connections = []
     for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         # fields: slot, local address, remote address, state (01: established), …, inode
         if fields[3] == "01" and fields[9] in inodes:
-            ports.append(int(fields[2].rpartition(":")[2], 16))
-    return ports
+            local, remote = (int(field.rpartition(":")[2], 16) for field in fields[1:3])
+            connections.append((local, remote))
+    return connections
+
+
+def tcp_peer_ports(pid: int) -> list[int]:
+    """The remote ports of the established TCP connections process `pid` holds (IPv4)."""
+    return [remote for _, remote in tcp_connections(pid)]
 
 
 @contextlib.contextmanager
