@@ -87,6 +87,10 @@ class LocalLink:
         self._subscriptions.append(SUBSCRIBE + wire.HEARTBEAT_TOPIC)
         self._schedule()
 
+    def reconnect(self, endpoint: str) -> bool:
+        """Nothing to connect again: the broker is in this process."""
+        return False
+
     def subscribe(self, topic: bytes, again: bool) -> None:
         """Follow a topic; the broker answers each subscription, repeated or not, with a sync."""
         self.topics.add(topic)

@@ -39,6 +39,11 @@ KEEPALIVE_COUNT = 3
 # a lost host's connection is given up, and so is a peer that has read
 # nothing for that long; it connects again and refills.
 UNACKNOWLEDGED_MS = 30_000
+# How long a connection attempt may wait for its peer's answer before it is
+# made again: else, after a lost host is back, the kernel's retries of an
+# unanswered SYN, further and further apart, keep a link down for tens of
+# seconds more.
+CONNECT_TIMEOUT_MS = 2_000
 # How long a drain waits before checking whether it should stop.
 POLL_MS = 200
 
@@ -102,7 +107,9 @@ def configure_keepalive(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
     process reads, so a slow peer stays connected while a lost host is
     noticed in seconds; a broker that is alive but frozen is noticed by its
     own heartbeat events, which the edge times (``broker_timeout``), and by
-    control requests that time out. Data a lost peer never acknowledges is
+    control requests that time out. Keepalive probes only a connection with
+    nothing unacknowledged on it, so an edge whose broker fell silent also
+    connects again (`edge.feed.Feed`). Data a lost peer never acknowledges is
     given up after `UNACKNOWLEDGED_MS`, which releases its share of the
     queues; until then that share is bounded by the high-water mark.
     """
@@ -111,6 +118,7 @@ def configure_keepalive(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTERVAL_S)
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_COUNT)
     sock.setsockopt(zmq.TCP_MAXRT, UNACKNOWLEDGED_MS)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
 
 
 def send_now(sock: zmq.asyncio.Socket, frames: list[bytes]) -> bool:

@@ -38,7 +38,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import zmq
 import zmq.asyncio
@@ -91,6 +91,11 @@ class Events(Protocol):
 
     def connect(self, endpoint: str) -> None: ...
 
+    def reconnect(self, endpoint: str) -> bool:
+        """Give up the connection for a new one, unless events wait to be read; returns
+        whether it did."""
+        ...
+
     def subscribe(self, topic: bytes, again: bool) -> None: ...
 
     def unsubscribe(self, topic: bytes) -> None: ...
@@ -109,6 +114,14 @@ class SocketEvents:
     def connect(self, endpoint: str) -> None:
         self._socket.connect(endpoint)
         self._reader.start()
+
+    def reconnect(self, endpoint: str) -> bool:
+        if cast(int, self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            return False  # the edge is behind on its reading, not the broker silent
+        # The SUB socket sends its subscriptions again on the new connection.
+        self._socket.disconnect(endpoint)
+        self._socket.connect(endpoint)
+        return True
 
     def subscribe(self, topic: bytes, again: bool) -> None:
         if again:
@@ -244,6 +257,25 @@ class Feed:
                 if not future.done():
                     future.set_exception(BrokerUnavailable("edge stopping"))
             self._context.destroy(linger=0)
+
+    def _reconnect(self, index: int) -> None:
+        """New connections to a broker that went silent.
+
+        Its host may be gone, or a network may have dropped the connections
+        without a word. TCP keepalive tells only a connection with nothing
+        unacknowledged on it, and one with a subscription or a request in
+        flight is given up after `UNACKNOWLEDGED_MS` (30 s): meanwhile no
+        event would arrive even from a broker back at once. A broker merely
+        frozen loses nothing by it: its events come on the new connections.
+        """
+        events_endpoint, control_endpoint = self._links[index]
+        if not self._events[index].reconnect(events_endpoint):
+            return
+        control = self._control_sockets[index]
+        control.disconnect(control_endpoint)
+        control.connect(control_endpoint)
+        self.counters["reconnects"] += 1
+        log.info("connecting again to the broker at %s", events_endpoint)
 
     # -- what handlers call ----------------------------------------------------
 
@@ -405,6 +437,7 @@ class Feed:
             if silent and not self.broker_away:
                 log.warning("no heartbeat from the broker at %s", self._broker_events)
                 self.broker_away = True
+                self._reconnect(self.choice.current)
             if self.choice.silent():
                 # The vote: the requests of the resynchronisation go to the other broker.
                 self._resynchronise("the broker went silent")

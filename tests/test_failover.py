@@ -8,11 +8,12 @@ frozen or restarted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,9 @@ class TimedList(list[bytes]):
         super().append(item)
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def started_pair(tmp_path: Path) -> Iterator[Cluster]:
+    """A pair of brokers, each a "host" with a history file of its own, 3 edges, nginx."""
     cluster = Cluster(
         tmp_path,
         edges=3,
@@ -67,6 +69,12 @@ def pair(tmp_path: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Cluster]:
+    with started_pair(tmp_path) as cluster:
+        yield cluster
+
+
 def figure(url: str | None, name: str) -> float:
     assert url is not None
     text = httpx.get(url, timeout=5).text
@@ -81,6 +89,20 @@ def wait_for(check: object, timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_once_whole(pair: Cluster) -> Callable[[], None]:
+    """A fault: kill -9 the primary as soon as it counts its backup again (not degraded)."""
+
+    def kill() -> None:
+        wait_for(
+            lambda: figure(pair.metrics_url, "pushserver_broker_pair_degraded") == 0.0,
+            10,
+            "the backup to copy the active broker's state again",
+        )
+        pair.stop_broker(signal.SIGKILL)
+
+    return kill
 
 
 def synced(cluster: Cluster, metrics_url: str | None) -> bool:
@@ -239,20 +261,12 @@ def test_a_frozen_backup_dropped_by_the_active_broker_copies_again_once_resumed_
         degraded.append(figure(pair.metrics_url, "pushserver_broker_pair_degraded"))
         backup.popen.send_signal(signal.SIGCONT)
 
-    def kill_the_primary_once_whole() -> None:
-        wait_for(
-            lambda: figure(pair.metrics_url, "pushserver_broker_pair_degraded") == 0.0,
-            10,
-            "the resumed backup to copy again",
-        )
-        pair.stop_broker(signal.SIGKILL)
-
     result, fault_times, deliveries = run(
         pair,
         faults=[
             (3, "SIGSTOP the backup", lambda: backup.popen.send_signal(signal.SIGSTOP)),
             (3 + 2 * FAILOVER_TIMEOUT, "SIGCONT the backup", resume),
-            (12, "kill -9 the primary once its backup copied again", kill_the_primary_once_whole),
+            (12, "kill -9 the primary once the backup copied again", kill_once_whole(pair)),
         ],
         duration=18,
     )
