@@ -40,9 +40,9 @@ KEEPALIVE_COUNT = 3
 # nothing for that long; it connects again and refills.
 UNACKNOWLEDGED_MS = 30_000
 # How long a connection attempt may wait for its peer's answer before it is
-# made again: else, after a lost host is back, the kernel's retries of an
-# unanswered SYN, further and further apart, keep a link down for tens of
-# seconds more.
+# made again, on every link: else, after a lost host or a broken network is
+# back, the kernel's retries of an unanswered SYN, further and further apart
+# (1, 2, 4, 8, 16, 32 s), keep a link down for up to half a minute more.
 CONNECT_TIMEOUT_MS = 2_000
 # How long a drain waits before checking whether it should stop.
 POLL_MS = 200
@@ -94,6 +94,7 @@ def configure_heartbeats(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
 
 
 def configure_keepalive(sock: zmq.Socket[bytes] | zmq.asyncio.Socket) -> None:

@@ -1,9 +1,10 @@
 """Hosts and links cut off the network, with real processes: every packet dropped, none
 refused (`tests.partition`), so only timeouts can tell. A broker's host that vanishes is
-failed over and steps down when it returns; a link between the two brokers that breaks
-alone never makes a second active broker, and once it heals the backup is a replica again;
-an edge whose connections to the broker a network silently drops replaces them. Through
-all of it every client gets every message once, in order."""
+failed over and steps down when it returns, and a lone broker is reached again at once; a
+link between the two brokers that breaks alone never makes a second active broker, and
+once it heals the backup is a replica again; an edge whose connections to the broker a
+network silently drops replaces them. Through all of it every client gets every message
+once, in order."""
 
 from __future__ import annotations
 
@@ -116,6 +117,43 @@ def test_a_broken_link_between_the_brokers_alone_keeps_one_active_and_once_heale
     }
     result.check()
     assert figure(pair.backup_metrics_url, ACTIVE) == 1.0
+
+
+def test_a_lone_broker_cut_off_the_network_is_reached_again_within_seconds_of_its_return(
+    tmp_path: Path,
+) -> None:
+    """Publishers and edges give up their connections within seconds of the cut and try
+    again. The kernel retries an unanswered SYN 1, 2, 4, 8 and 16 s apart, so an attempt
+    begun 3 or 4 s after the cut would send nothing between about 18 and 34 s after it;
+    each attempt is bounded instead. The network heals 26 s after the cut, publishing ends
+    4 s later, and the publisher then waits only `exit_timeout` (1 s) for its acks."""
+    cluster = Cluster(
+        tmp_path,
+        edges=1,
+        balancer=None,
+        launcher=Launcher(tmp_path),
+        store=STORE,
+        history_file=str(tmp_path / "history"),
+        broker_unreachable_timeout=60,
+    ).start()
+    try:
+        ports = [port_of(address) for address in cluster.endpoints.values()]
+        with Partition([*ports, port_of(cluster.metrics_url)]) as partition:
+            result = run_stream(
+                cluster,
+                channels=5,
+                per_channel=10,
+                duration=32,
+                faults=[
+                    (2, "cut the broker's host off the network", partition.cut),
+                    (28, "the network heals", partition.heal),
+                ],
+                settle=8,
+            )
+        result.report("lone broker cut off for 26 s", edge_figures(cluster))
+        result.check()
+    finally:
+        cluster.stop()
 
 
 def test_an_edge_whose_links_to_the_broker_are_silently_dropped_replaces_them_and_loses_nothing(
