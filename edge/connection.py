@@ -36,7 +36,9 @@ output is above `OUTPUT_HIGH` (the transport's write-buffer limits call
 `pause_writing`/`resume_writing`), and stops reading while it takes none,
 or while more than `PIPELINE_LIMIT` requests (`PIPELINE_BYTES` of bodies)
 wait. A connection whose client takes none of its output for
-`idle_timeout` is dropped.
+`idle_timeout` is dropped, and the kernel drops one whose output goes
+unacknowledged for twice that (`TCP_USER_TIMEOUT`, for a client's host
+gone).
 
 Every connection owes something with a deadline, counted from when it
 began to owe it and never renewed by a byte: a request head within
@@ -939,6 +941,16 @@ class HTTPServer:
     async def serve(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         for sock in sockets:
+            # Inherited by every connection accepted. A client whose host vanished
+            # never acknowledges what it is sent, and an EventSource stream's few bytes
+            # of keepalive fit in the kernel's buffer, so the edge would see no output
+            # stalled: the kernel gives such a connection up after twice `idle_timeout`
+            # instead of after its own retries (about 15 minutes). Twice, so that a
+            # client that is there but reads nothing meets the edge's own rule first,
+            # which counts it (`OUTPUT_STALLED`).
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.idle_timeout * 2000)
+            )
             server = await loop.create_server(
                 lambda: Connection(self),
                 sock=sock,

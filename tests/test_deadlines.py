@@ -3,7 +3,8 @@ body, each counted from when it was begun and not renewed by each byte. A client
 trickles its head or never sends the body it announced is answered 408, one that
 sends nothing is closed, each is counted, and an edge filled to its connection cap
 by such clients serves others again once their deadline has passed. A client that
-takes none of its answer is dropped after the idle timeout."""
+takes none of its answer is dropped after the idle timeout, and the kernel gives up the
+stream of one whose host vanished."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from edge.connection import BODY_LATE, HEAD_LATE, OUTPUT_STALLED, OVER_CAPACITY, HTTPServer
 from edge.connection import Connection as HTTPConnection
 from tests.client import fresh, path, publish
+from tests.partition import Partition
 from tests.processes import Launcher, Process, eventually
 from tests.raw_http import (
     closed,
@@ -204,3 +206,68 @@ def test_a_client_that_takes_none_of_its_answer_is_dropped_after_the_idle_timeou
 
     asyncio.run(scenario())
     assert events == Counter({OUTPUT_STALLED: 1})
+
+
+class Trickle:
+    """Answers with a stream's head, then a comment every TRICKLE_EVERY seconds: output
+    small enough to fit the kernel's buffers whether or not it is ever acknowledged."""
+
+    def __init__(self, connection: HTTPConnection) -> None:
+        self.connection = connection
+        self.timer: asyncio.TimerHandle | None = None
+
+    def body(self, chunk: bytes) -> None:
+        pass
+
+    def complete(self) -> None:
+        self.connection.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        self._tick()
+
+    def _tick(self) -> None:
+        self.connection.send(b":\n\n")
+        self.timer = asyncio.get_running_loop().call_later(TRICKLE_EVERY, self._tick)
+
+    def closed(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def test_a_stream_whose_client_vanished_is_given_up_after_twice_the_idle_timeout() -> None:
+    """A client whose host is gone acknowledges nothing, but a quiet stream's comments
+    fit the kernel's buffer, so no output waits in the edge's: the kernel must give the
+    connection up itself, and not after its own retries of a quarter of an hour."""
+    events: Counter[str] = Counter()
+
+    async def scenario() -> None:
+        server = HTTPServer(
+            lambda connection, request: Trickle(connection),
+            Counter(),
+            events,
+            max_connections=10,
+            max_body_size=1024,
+            idle_timeout=1.0,
+            head_timeout=30,
+            body_timeout=30,
+        )
+        listening = socket.create_server(("127.0.0.1", 0))
+        await server.serve([listening])
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, listening.getsockname())
+            await loop.sock_sendall(client, get("/stream"))
+            assert (await loop.sock_recv(client, 4096)).startswith(b"HTTP/1.1 200 OK")
+            with Partition([client.getsockname()[1]]) as gone:
+                gone.cut()
+                deadline = loop.time() + 10
+                while server.connections:
+                    assert loop.time() < deadline, "the vanished client's stream was kept"
+                    await asyncio.sleep(0.05)
+        finally:
+            client.close()
+            server.stop_accepting()
+            await server.close_all()
+
+    asyncio.run(scenario())
+    assert OUTPUT_STALLED not in events  # the edge's own rule never saw it
