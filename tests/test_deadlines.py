@@ -9,15 +9,24 @@ stream of one whose host vanished."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from typing import BinaryIO
 
 import pytest
 
-from edge.connection import BODY_LATE, HEAD_LATE, OUTPUT_STALLED, OVER_CAPACITY, HTTPServer
+from edge.connection import (
+    BODY_LATE,
+    HEAD_LATE,
+    OUTPUT_STALLED,
+    OVER_CAPACITY,
+    HTTPServer,
+    Responder,
+)
 from edge.connection import Connection as HTTPConnection
 from tests.client import fresh, path, publish
 from tests.partition import Partition
@@ -150,6 +159,31 @@ def test_late_heads_and_bodies_get_408_and_a_capped_edge_serves_again_after_the_
     assert "Traceback" not in process.output
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    responder: Callable[[HTTPConnection], Responder], events: Counter[str], idle_timeout: float
+) -> AsyncIterator[tuple[HTTPServer, tuple[str, int]]]:
+    """The edge's HTTP server in this loop, on a loopback port, each request answered by
+    a `responder` of its own; yields the server and its address."""
+    server = HTTPServer(
+        lambda connection, request: responder(connection),
+        Counter(),
+        events,
+        max_connections=10,
+        max_body_size=1024,
+        idle_timeout=idle_timeout,
+        head_timeout=30,
+        body_timeout=30,
+    )
+    listening = socket.create_server(("127.0.0.1", 0))
+    await server.serve([listening])
+    try:
+        yield server, listening.getsockname()
+    finally:
+        server.stop_accepting()
+        await server.close_all()
+
+
 class BigAnswer:
     """Answers any request with BIG_ANSWER bytes, all written at once."""
 
@@ -176,33 +210,20 @@ def test_a_client_that_takes_none_of_its_answer_is_dropped_after_the_idle_timeou
     events: Counter[str] = Counter()
 
     async def scenario() -> None:
-        server = HTTPServer(
-            lambda connection, request: BigAnswer(connection),
-            Counter(),
-            events,
-            max_connections=10,
-            max_body_size=1024,
-            idle_timeout=0.5,
-            head_timeout=30,
-            body_timeout=30,
-        )
-        listening = socket.create_server(("127.0.0.1", 0))
-        await server.serve([listening])
         client = socket.socket()
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.setblocking(False)
         loop = asyncio.get_running_loop()
-        try:
-            await loop.sock_connect(client, listening.getsockname())
-            await loop.sock_sendall(client, get("/anything"))
-            deadline = loop.time() + 10
-            while events[OUTPUT_STALLED] == 0 or server.connections:
-                assert loop.time() < deadline, "the unread connection was not dropped"
-                await asyncio.sleep(0.05)
-        finally:
-            client.close()
-            server.stop_accepting()
-            await server.close_all()
+        async with serving(BigAnswer, events, idle_timeout=0.5) as (server, address):
+            try:
+                await loop.sock_connect(client, address)
+                await loop.sock_sendall(client, get("/anything"))
+                deadline = loop.time() + 10
+                while events[OUTPUT_STALLED] == 0 or server.connections:
+                    assert loop.time() < deadline, "the unread connection was not dropped"
+                    await asyncio.sleep(0.05)
+            finally:
+                client.close()
 
     asyncio.run(scenario())
     assert events == Counter({OUTPUT_STALLED: 1})
@@ -239,35 +260,22 @@ def test_a_stream_whose_client_vanished_is_given_up_after_twice_the_idle_timeout
     events: Counter[str] = Counter()
 
     async def scenario() -> None:
-        server = HTTPServer(
-            lambda connection, request: Trickle(connection),
-            Counter(),
-            events,
-            max_connections=10,
-            max_body_size=1024,
-            idle_timeout=1.0,
-            head_timeout=30,
-            body_timeout=30,
-        )
-        listening = socket.create_server(("127.0.0.1", 0))
-        await server.serve([listening])
-        loop = asyncio.get_running_loop()
         client = socket.socket()
         client.setblocking(False)
-        try:
-            await loop.sock_connect(client, listening.getsockname())
-            await loop.sock_sendall(client, get("/stream"))
-            assert (await loop.sock_recv(client, 4096)).startswith(b"HTTP/1.1 200 OK")
-            with Partition([client.getsockname()[1]]) as gone:
-                gone.cut()
-                deadline = loop.time() + 10
-                while server.connections:
-                    assert loop.time() < deadline, "the vanished client's stream was kept"
-                    await asyncio.sleep(0.05)
-        finally:
-            client.close()
-            server.stop_accepting()
-            await server.close_all()
+        loop = asyncio.get_running_loop()
+        async with serving(Trickle, events, idle_timeout=1.0) as (server, address):
+            try:
+                await loop.sock_connect(client, address)
+                await loop.sock_sendall(client, get("/stream"))
+                assert (await loop.sock_recv(client, 4096)).startswith(b"HTTP/1.1 200 OK")
+                with Partition([client.getsockname()[1]]) as gone:
+                    gone.cut()
+                    deadline = loop.time() + 10
+                    while server.connections:
+                        assert loop.time() < deadline, "the vanished client's stream was kept"
+                        await asyncio.sleep(0.05)
+            finally:
+                client.close()
 
     asyncio.run(scenario())
     assert OUTPUT_STALLED not in events  # the edge's own rule never saw it
