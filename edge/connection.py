@@ -947,10 +947,12 @@ class HTTPServer:
             # stalled: the kernel gives such a connection up after twice `idle_timeout`
             # instead of after its own retries (about 15 minutes). Twice, so that a
             # client that is there but reads nothing meets the edge's own rule first,
-            # which counts it (`OUTPUT_STALLED`).
-            sock.setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.idle_timeout * 2000)
-            )
+            # which counts it (`OUTPUT_STALLED`). Linux's option; elsewhere (a
+            # developer's macOS) the kernel's own retries decide.
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.idle_timeout * 2000)
+                )
             server = await loop.create_server(
                 lambda: Connection(self),
                 sock=sock,
