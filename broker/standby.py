@@ -263,9 +263,7 @@ class Standby:
                 "the active broker (epoch %d) went on without this replica; copying again",
                 message.epoch,
             )
-            self.pair.synced = False
-            if self.replica.wants_copy():
-                self._send(wire.PEER_WANT_COPY)
+            self._copy_again()
         handle: Callable[[wire.PeerMessage], None] | None = {
             wire.PEER_BATCH: self._on_batch,
             wire.PEER_COPY: self._on_copy,
@@ -293,9 +291,13 @@ class Standby:
         elif verdict is Verdict.OLD:
             self._confirm()
         else:
-            self.pair.synced = False
-            if self.replica.wants_copy():
-                self._send(wire.PEER_WANT_COPY)
+            self._copy_again()
+
+    def _copy_again(self) -> None:
+        """The replica is not whole (a batch missing, or dropped by the active broker)."""
+        self.pair.synced = False
+        if self.replica.wants_copy():
+            self._send(wire.PEER_WANT_COPY)
 
     def _on_copy(self, message: wire.PeerMessage) -> None:
         if not self._following(message):
